@@ -1,0 +1,15 @@
+"""moelearn: mixtures of experts learned by consistent, globally initialised algorithms."""
+
+from moelearn.datasets import make_moe
+from moelearn.estimators import NonGaussianInputWarning, SpectralMoE
+from moelearn.metrics import parameter_error
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "NonGaussianInputWarning",
+    "SpectralMoE",
+    "__version__",
+    "make_moe",
+    "parameter_error",
+]

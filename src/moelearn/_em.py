@@ -1,0 +1,268 @@
+"""EM for mixtures of experts: the gate with fixed regressors, or everything jointly.
+
+Each iteration is a generalised EM step (Jordan & Jacobs 1994):
+
+* E-step: ``r_ij = pi_j(x_i) N(y_i | g(a_j . x_i), sigma^2) / p(y_i | x_i)``;
+* M-step, one Newton (IRLS) step on the expected complete log-likelihood ``Q``:
+  experts ``a_j += H_j^{-1} sum_i r_ij (y_i - g_ij) g'_ij x_i`` with
+  ``H_j = sum_i r_ij g'_ij^2 x_i x_i^T`` (exact weighted least squares for linear g);
+  gate ``G += H_G^{-1} sum_i (r_i - pi_i) x_i`` with the multinomial-logistic
+  Hessian ``H_G[a, b] = sum_i pi_ia (delta_ab - pi_ib) x_i x_i^T``;
+  ``sigma^2 = sum_ij r_ij (y_i - g_ij)^2 / n``.
+
+The gradient of ``Q`` at the current parameters is the gradient of the observed
+log-likelihood (Fisher's identity), so it is always computed over all rows, in one
+chunked pass. The Newton matrices only precondition it: above
+:func:`curvature_rows`' threshold they are estimated from a fixed random subset of
+rows, which changes the speed of convergence, never the fixed point. A step that
+lowers the log-likelihood is halved until it does not.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+from scipy.linalg import LinAlgError, cho_factor, cho_solve
+
+from moelearn._links import Link, get_link
+from moelearn._model import MoEParams
+from moelearn._moments import row_slices
+
+Array = np.ndarray
+ProgressCallback = Callable[[str, int, float, float], None]
+
+_MIN_CURVATURE_ROWS = 20_000
+_HALF_LOG_2PI = 0.5 * np.log(2.0 * np.pi)
+_MAX_HALVINGS = 30
+
+
+@dataclass
+class EMResult:
+    params: MoEParams
+    n_iter: int
+    converged: bool
+    log_likelihood: list[float] = field(default_factory=list)  # mean, per iteration
+
+
+def curvature_rows(n_samples: int, n_features: int, rng: np.random.Generator):
+    """Rows used for the Newton matrices: all (``None``) or a sorted random subset.
+
+    The subset has ``max(20000, 50 d)`` rows, so the matrices' relative error
+    ``~ sqrt(d / m)`` stays below 0.05 and EM's rate of convergence barely changes.
+    """
+    m = max(_MIN_CURVATURE_ROWS, 50 * n_features)
+    if n_samples <= m:
+        return None
+    return np.sort(rng.choice(n_samples, size=m, replace=False))
+
+
+def expert_residuals(X: Array, y: Array, params: MoEParams) -> Array:
+    """``y_i - g(a_j . x_i)`` for all experts and rows, shape (k, n)."""
+    g = get_link(params.link).func
+    out = np.empty((params.n_experts, X.shape[0]))
+    for rows in row_slices(*X.shape):
+        out[:, rows] = y[rows] - g(params.experts @ X[rows].T)
+    return out
+
+
+def _posterior(logits: Array, res: Array, noise_std: float):
+    """Log-likelihoods, responsibilities and gate probabilities, experts-by-rows.
+
+    ``r_j = softmax_j(l_j - res_j^2 / (2 sigma^2))`` (the gate's normaliser cancels)
+    and ``log p(y|x) = lse_j(l_j - res_j^2/2sigma^2) - lse_j(l_j) - log sigma
+    - log(2 pi)/2``: two exponentials per expert and row, one logarithm per row.
+    """
+    top = logits.max(axis=0)
+    gates = np.exp(logits - top)
+    gate_norm = gates.sum(axis=0)
+    gates /= gate_norm
+    z = res * (1.0 / noise_std)
+    a = logits - 0.5 * z * z
+    a_top = a.max(axis=0)
+    resp = np.exp(a - a_top)
+    norm = resp.sum(axis=0)
+    resp /= norm
+    ll = a_top - top + np.log(norm / gate_norm) - (np.log(noise_std) + _HALF_LOG_2PI)
+    return ll, resp, gates
+
+
+@dataclass
+class _Stats:
+    ll_sum: float = 0.0
+    rss: float = 0.0
+    grad: Array | None = None  # (d, n_cols)
+    hess_experts: Array | None = None  # (k, d, d)
+    hess_gate: Array | None = None  # ((k-1) d, (k-1) d)
+
+
+class _Problem:
+    """Data and settings shared by the passes of one EM run."""
+
+    def __init__(self, X, y, link: Link, fit_experts: bool, residuals: Array | None):
+        self.X, self.y, self.link = X, y, link
+        self.fit_experts = fit_experts
+        self.residuals = residuals
+
+    def estep(self, xc: Array, rows, params: MoEParams):
+        """Log-likelihoods (m,), responsibilities, gates, residuals and ``eta`` (k, m).
+
+        Everything per expert is laid out experts-by-rows (``(k, m)``).
+        """
+        k = params.n_experts
+        if self.fit_experts:
+            proj = np.vstack([params.experts, params.gating]) @ xc.T
+            eta, logits = proj[:k], proj[k:]
+            res = self.y[rows] - self.link.func(eta)
+        else:
+            eta, logits = None, params.gating @ xc.T
+            res = self.residuals[:, rows]
+        return (*_posterior(logits, res, params.noise_std), res, eta)
+
+    def accumulate(
+        self, stats: _Stats, xc, rows, params, gradient: bool, curvature: bool
+    ):
+        k = params.n_experts
+        ll, resp, gates, res, eta = self.estep(xc, rows, params)
+        if gradient:
+            stats.ll_sum += ll.sum()
+            stats.rss += np.einsum("ij,ij->", resp, res * res)
+            cols = resp[: k - 1] - gates[: k - 1]
+            if self.fit_experts:
+                cols = np.vstack([resp * res * self.link.deriv(eta), cols])
+            stats.grad += (cols @ xc).T
+        if curvature:
+            if self.fit_experts:
+                weight = resp * self.link.deriv(eta) ** 2
+                for j in range(k):
+                    stats.hess_experts[j] += xc.T @ (weight[j][:, None] * xc)
+            d = xc.shape[1]
+            for a in range(k - 1):
+                for b in range(a, k - 1):
+                    w = gates[a] * ((a == b) - gates[b])
+                    block = xc.T @ (w[:, None] * xc)
+                    stats.hess_gate[a * d : (a + 1) * d, b * d : (b + 1) * d] += block
+
+    def run_pass(self, params: MoEParams, subset: Array | None) -> _Stats:
+        """Gradient over all rows; Newton matrices over ``subset`` (or all rows)."""
+        n, d = self.X.shape
+        k = params.n_experts
+        n_cols = (2 * k - 1) if self.fit_experts else (k - 1)
+        stats = _Stats(grad=np.zeros((d, n_cols)))
+        stats.hess_experts = np.zeros((k, d, d)) if self.fit_experts else None
+        stats.hess_gate = np.zeros(((k - 1) * d, (k - 1) * d))
+        fused = subset is None
+        for rows in row_slices(n, d):
+            self.accumulate(stats, self.X[rows], rows, params, True, fused)
+        if not fused:
+            sub = _Stats(hess_experts=stats.hess_experts, hess_gate=stats.hess_gate)
+            for part in row_slices(len(subset), d):
+                idx = subset[part]
+                self.accumulate(sub, self.X[idx], idx, params, False, True)
+            scale = n / len(subset)
+            stats.hess_gate *= scale
+            if self.fit_experts:
+                stats.hess_experts *= scale
+        # Symmetrise the gate Hessian from its upper blocks.
+        stats.hess_gate = np.triu(stats.hess_gate) + np.triu(stats.hess_gate, 1).T
+        return stats
+
+
+def _newton_solve(H: Array, g: Array) -> Array:
+    """``H^{-1} g`` for a positive semi-definite ``H``, with a tiny ridge if needed."""
+    scale = max(float(np.trace(H)) / H.shape[0], 1e-300)
+    for ridge in (0.0, 1e-10, 1e-8, 1e-6, 1e-4):
+        try:
+            return cho_solve(cho_factor(H + ridge * scale * np.eye(H.shape[0])), g)
+        except LinAlgError:
+            continue
+    return np.linalg.lstsq(H, g, rcond=None)[0]
+
+
+def _interpolate(a: MoEParams, b: MoEParams, t: float) -> MoEParams:
+    return replace(
+        a,
+        experts=a.experts + t * (b.experts - a.experts),
+        gating=a.gating + t * (b.gating - a.gating),
+        noise_std=a.noise_std + t * (b.noise_std - a.noise_std),
+    )
+
+
+def _step_size(old: MoEParams, new: MoEParams, covariance: Array) -> float:
+    """Largest parameter change in whitened units (rows measured in ``Cov``'s metric)."""
+    delta = np.vstack([new.experts - old.experts, new.gating - old.gating])
+    rows = np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", delta, covariance, delta), 0.0))
+    return float(max(rows.max(), abs(new.noise_std - old.noise_std) / old.noise_std))
+
+
+def em(
+    X: Array,
+    y: Array,
+    params: MoEParams,
+    *,
+    fit_experts: bool,
+    fit_noise: bool = True,
+    covariance: Array,
+    max_iter: int,
+    tol: float,
+    rng: np.random.Generator,
+    min_noise_std: float = 0.0,
+    stage: str = "em",
+    callback: ProgressCallback | None = None,
+) -> EMResult:
+    """Generalised EM from ``params``; experts held fixed unless ``fit_experts``,
+    the noise level unless ``fit_noise``.
+
+    Stops when the largest change of a parameter row, measured in whitened units
+    (``sqrt(delta^T Cov delta)``), and the relative change of ``sigma`` fall
+    below ``tol``; ``converged`` is False if ``max_iter`` iterations did not get there
+    (or a step could not raise the likelihood).
+    """
+    n, d = X.shape
+    k = params.n_experts
+    link = get_link(params.link)
+    residuals = None if fit_experts else expert_residuals(X, y, params)
+    problem = _Problem(X, y, link, fit_experts, residuals)
+    subset = curvature_rows(n, d, rng)
+    history: list[float] = []
+    previous: tuple[MoEParams, float] | None = None
+    current = params
+    n_iter, halvings, converged = 0, 0, False
+    while n_iter < max_iter:
+        stats = problem.run_pass(current, subset)
+        ll_mean = stats.ll_sum / n
+        if previous is not None and not ll_mean >= previous[1] - 1e-10 * (
+            1.0 + abs(previous[1])
+        ):
+            halvings += 1
+            if halvings > _MAX_HALVINGS:
+                current = previous[0]
+                break
+            current = _interpolate(previous[0], current, 0.5)
+            continue
+        halvings = 0
+        n_iter += 1
+        history.append(ll_mean)
+        grad = stats.grad
+        experts = current.experts
+        if fit_experts:
+            experts = experts + np.array(
+                [_newton_solve(stats.hess_experts[j], grad[:, j]) for j in range(k)]
+            )
+        gate_step = _newton_solve(stats.hess_gate, grad[:, -(k - 1) :].T.reshape(-1))
+        gating = current.gating.copy()
+        gating[: k - 1] += gate_step.reshape(k - 1, d)
+        noise = current.noise_std
+        if fit_noise:
+            noise = max(float(np.sqrt(stats.rss / n)), min_noise_std)
+        proposal = replace(current, experts=experts, gating=gating, noise_std=noise)
+        change = _step_size(current, proposal, covariance)
+        if callback is not None:
+            callback(stage, n_iter, ll_mean, change)
+        previous = (current, ll_mean)
+        current = proposal
+        if change < tol:
+            converged = True
+            break
+    return EMResult(current, n_iter, converged, history)

@@ -1,0 +1,211 @@
+"""Stein-score moments computed from samples in row chunks.
+
+Nothing here forms a ``d x d x d`` tensor. The second-order moment is used only
+through block products ``T2 @ V`` and the third-order one only through its
+contraction ``T3(W, W, W)`` with a ``d x k`` whitening matrix, each an average over
+samples of low-dimensional projections:
+
+* ``T2 V = E[P2(y) (x x^T - I)] V = E[P2(y) x (x^T V)] - E[P2(y)] V``;
+* ``T3(W, W, W)_abc = E[P3(y) (z_a z_b z_c - z_a M_bc - z_b M_ac - z_c M_ab)]``
+  with ``z = W^T x`` and ``M = W^T W``.
+
+Here ``x`` is the *whitened* input ``L^T (x_raw - mean)``; the kernels take raw rows
+and fold the affine map into the vectors, so the data are never copied.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+Array = np.ndarray
+
+_CHUNK_BYTES = 1 << 22  # rows per chunk chosen so that a chunk stays in cache
+
+
+def chunk_rows(n_features: int) -> int:
+    """Rows per chunk for ``n_features`` columns of float64 (about 4 MiB)."""
+    return int(np.clip(_CHUNK_BYTES // (8 * max(n_features, 1)), 256, 1 << 16))
+
+
+def row_slices(n_samples: int, n_features: int) -> Iterator[slice]:
+    """Consecutive row slices covering ``range(n_samples)``."""
+    step = chunk_rows(n_features)
+    for start in range(0, n_samples, step):
+        yield slice(start, min(start + step, n_samples))
+
+
+@dataclass(frozen=True)
+class Whitening:
+    """Affine map ``x_w = L^T (x - mean)`` with ``L^T Cov(x) L = I``."""
+
+    mean: Array  # (d,)
+    transform: Array  # L, (d, d)
+    covariance: Array  # (d, d)
+
+    def to_raw(self, V: Array) -> Array:
+        """Vectors acting on whitened inputs, as vectors acting on centred raw inputs.
+
+        ``x_w . v = (x - mean) . (L v)``; works row-wise for ``V`` of shape ``(k, d)``.
+        """
+        return V @ self.transform.T
+
+    def to_whitened(self, A: Array) -> Array:
+        """Inverse of :meth:`to_raw`: ``L^{-1} a = L^T Cov a`` row-wise."""
+        return A @ self.covariance @ self.transform
+
+
+@dataclass(frozen=True)
+class InputPass:
+    """What the first pass over the data learns."""
+
+    whitening: Whitening
+    skewness: Array  # per raw column
+    excess_kurtosis: Array  # per raw column
+    t2_start: Array  # T2 @ omega_w, (d, m), in whitened coordinates
+    omega: Array  # the whitened start block omega_w, (d, m)
+    p2_mean: float
+
+
+def input_pass(X: Array, p2: Array, omega_raw: Array) -> InputPass:
+    """One pass: input mean/covariance, marginal shape, and a first ``T2`` block product.
+
+    The whitening is unknown until the pass ends, so the product is accumulated
+    against the raw block ``omega_raw`` about a provisional centre ``c`` and
+    corrected afterwards; the whitened start block is ``omega_w = L^{-1} omega_raw``.
+    Returns ``T2 @ omega_w`` exactly as a second pass with the final whitening
+    would. ``c`` is the first chunk's mean when the columns' means are large next
+    to their spread (to avoid cancellation), else zero (no copy of the rows).
+    Skewness and kurtosis come from an evenly strided subset of at most
+    :data:`SHAPE_ROWS` rows (standard error ``sqrt(6 / m)`` <= 0.006).
+    """
+    n, d = X.shape
+    first = X[: chunk_rows(d)]
+    centre = first.mean(axis=0)
+    if np.all(np.abs(centre) <= 10.0 * (first.std(axis=0) + 1e-300)):
+        centre = np.zeros(d)  # cancellation costs at most two digits
+    shifted = np.any(centre != 0)
+    m = omega_raw.shape[1]
+    sums = np.zeros((2, d))  # [sum x, sum p2 x] about the centre
+    s2 = np.zeros((d, d))
+    p2_xxo = np.zeros((d, m))
+    for rows in row_slices(n, d):
+        xc = X[rows] - centre if shifted else X[rows]
+        w = p2[rows]
+        sums += np.vstack([np.ones_like(w), w]) @ xc
+        s2 += xc.T @ xc
+        p2_xxo += xc.T @ (w[:, None] * (xc @ omega_raw))
+    s1, p2_x = sums
+    p2_sum = float(p2.sum())
+    delta = s1 / n  # mean - centre
+    mean = centre + delta
+    cov = s2 / n - np.outer(delta, delta)
+    cov = 0.5 * (cov + cov.T)
+    transform = _inverse_sqrt(cov)
+    skewness, kurtosis = _marginal_shape(X)
+
+    # sum p2 (x - mean)(x - mean)^T omega, from sums about the centre.
+    do = delta @ omega_raw
+    c2o = (
+        p2_xxo
+        - np.outer(p2_x, do)
+        - np.outer(delta, p2_x @ omega_raw)
+        + p2_sum * np.outer(delta, do)
+    ) / n
+    p2_mean = p2_sum / n
+    omega_w = transform.T @ cov @ omega_raw  # L^{-1} omega_raw
+    t2_start = transform.T @ c2o - p2_mean * omega_w
+    return InputPass(
+        Whitening(mean, transform, cov), skewness, kurtosis, t2_start, omega_w, p2_mean
+    )
+
+
+SHAPE_ROWS = 200_000
+
+
+def _marginal_shape(X: Array) -> tuple[Array, Array]:
+    """Per-column skewness and excess kurtosis on an evenly strided row subset."""
+    step = max(1, X.shape[0] // SHAPE_ROWS)
+    sub = X[::step]
+    m, d = sub.shape
+    mean = sub.mean(axis=0)
+    powers = np.zeros((3, d))
+    for rows in row_slices(m, d):
+        c = sub[rows] - mean
+        c2 = c * c
+        powers += [c2.sum(axis=0), (c2 * c).sum(axis=0), (c2 * c2).sum(axis=0)]
+    m2, m3, m4 = powers / m
+    m2 = np.where(m2 > 0, m2, np.inf)
+    return m3 / m2**1.5, m4 / (m2 * m2) - 3.0
+
+
+def _inverse_sqrt(cov: Array) -> Array:
+    """Symmetric ``Cov^{-1/2}``; ``ValueError`` when columns are (near) collinear."""
+    evals, evecs = np.linalg.eigh(cov)
+    top = evals[-1] if evals.size else 0.0
+    if not np.isfinite(top) or top <= 0 or evals[0] <= 1e-10 * top:
+        raise ValueError(
+            "the columns of X are constant or (nearly) collinear: their covariance "
+            "is singular; drop or combine redundant columns"
+        )
+    return (evecs / np.sqrt(evals)) @ evecs.T
+
+
+def t2_product(X: Array, p2: Array, whitening: Whitening, V: Array) -> Array:
+    """``T2 @ V`` for whitened ``V`` (d, m), in one chunked pass.
+
+    ``T2 V = L^T E[P2(y) (x - mean) (x - mean)^T] L V - E[P2(y)] V``.
+    """
+    n, d = X.shape
+    U = whitening.transform @ V  # acts on centred raw rows
+    offset = whitening.mean @ U
+    acc = np.zeros((d, V.shape[1]))
+    acc_sum = np.zeros(V.shape[1])
+    for rows in row_slices(n, d):
+        xc = X[rows]
+        weighted = p2[rows][:, None] * (xc @ U - offset)
+        acc += xc.T @ weighted
+        acc_sum += weighted.sum(axis=0)
+    centred = (acc - np.outer(whitening.mean, acc_sum)) / n
+    return whitening.transform.T @ centred - p2.mean() * V
+
+
+def t3_whitened(X: Array, weights: Array, whitening: Whitening, W: Array) -> Array:
+    """``T3(W, W, W)`` for each weight column, in one chunked pass.
+
+    Parameters
+    ----------
+    X : (n, d) raw inputs.
+    weights : (n, q) values ``P(y_i)`` of ``q`` polynomials of ``y``.
+    whitening : the input whitening.
+    W : (d, k) matrix acting on whitened inputs.
+
+    Returns
+    -------
+    (q, k, k, k) array: ``E[P(y) S3(x)]`` contracted with ``W`` on every mode.
+    """
+    n, d = X.shape
+    k = W.shape[1]
+    weights = weights.reshape(n, -1)
+    q = weights.shape[1]
+    U = whitening.transform @ W
+    offset = whitening.mean @ U
+    cube = np.zeros((q * k * k, k))
+    first = np.zeros((q, k))
+    for rows in row_slices(n, d):
+        z = X[rows] @ U - offset
+        w = weights[rows]
+        first += w.T @ z
+        outer = (z[:, :, None] * z[:, None, :]).reshape(len(z), k * k)
+        cube += (w[:, :, None] * outer[:, None, :]).reshape(len(z), q * k * k).T @ z
+    cube = cube.reshape(q, k, k, k) / n
+    first /= n
+    M = W.T @ W
+    sym = (
+        np.einsum("qa,bc->qabc", first, M)
+        + np.einsum("qb,ac->qabc", first, M)
+        + np.einsum("qc,ab->qabc", first, M)
+    )
+    return cube - sym

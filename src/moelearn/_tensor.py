@@ -1,0 +1,157 @@
+"""Whitening from block products with ``T2`` and the robust tensor power method.
+
+References
+----------
+Halko, Martinsson, Tropp (2011), "Finding structure with randomness", Alg. 4.4/5.3.
+Anandkumar, Ge, Hsu, Kakade, Telgarsky (2014), "Tensor decompositions for learning
+latent variable models", JMLR 15, Alg. 1 (robust tensor power method).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+Array = np.ndarray
+
+
+@dataclass(frozen=True)
+class Eigenpairs:
+    values: Array  # (m,) Ritz values, sorted by sign * value, largest first
+    vectors: Array  # (d, m)
+
+
+def ritz_eigenpairs(
+    apply: Callable[[Array], Array],
+    start_product: Array,
+    start_block: Array,
+    n_power_iter: int = 0,
+    sign: float = 1.0,
+) -> Eigenpairs:
+    """Eigenpairs of a symmetric operator from block products, largest ``sign * value`` first.
+
+    ``start_product = A @ start_block`` is given (it comes from a pass that was made
+    anyway). When the block is square the operator is recovered exactly,
+    ``A = Y Omega^{-1}``; otherwise ``Q = orth(Y)`` is refined by ``n_power_iter``
+    subspace iterations and the Rayleigh–Ritz matrix ``Q^T A Q`` costs one more
+    product.
+    """
+    d, m = start_block.shape
+    Y = start_product
+    if m >= d:
+        full = np.linalg.solve(start_block.T, Y.T)  # (Y Omega^{-1})^T
+        full = 0.5 * (full + full.T)
+        values, vectors = np.linalg.eigh(full)
+    else:
+        Q = np.linalg.qr(Y)[0]
+        for _ in range(n_power_iter):
+            Q = np.linalg.qr(apply(Q))[0]
+        B = Q.T @ apply(Q)
+        values, small = np.linalg.eigh(0.5 * (B + B.T))
+        vectors = Q @ small
+    order = np.argsort(-sign * values)
+    return Eigenpairs(values[order], vectors[:, order])
+
+
+def whitening_matrix(pairs: Eigenpairs, n_components: int) -> Array:
+    """``W = U_k |Lambda_k|^{-1/2}`` so that ``W^T T2 W = sign * I``."""
+    values = pairs.values[:n_components]
+    return pairs.vectors[:, :n_components] / np.sqrt(np.abs(values))
+
+
+@dataclass(frozen=True)
+class TensorComponents:
+    values: Array  # (k,) eigenvalues lambda_i = T(v_i, v_i, v_i)
+    vectors: Array  # (k, k) rows v_i, unit norm
+
+
+def _apply(T: Array, u: Array) -> Array:
+    """``T(I, u, u)`` for a small explicit symmetric tensor."""
+    return np.einsum("abc,b,c->a", T, u, u)
+
+
+def robust_tensor_power(
+    T: Array,
+    n_components: int,
+    rng: np.random.Generator,
+    n_restarts: int = 10,
+    n_iter: int = 50,
+    tol: float = 1e-12,
+) -> TensorComponents:
+    """Decompose a (nearly) orthogonally decomposable symmetric ``k x k x k`` tensor.
+
+    For each component: ``n_restarts`` random unit starts, each iterated
+    ``u <- T(I, u, u) / |T(I, u, u)|`` up to ``n_iter`` times; the start with the
+    largest ``T(u, u, u)`` is polished, then deflated,
+    ``T <- T - lambda u^{x3}``. Signs are fixed so that every ``lambda >= 0``. ``T`` is the whitened tensor (``k`` = number of
+    experts), never a ``d``-dimensional one.
+    """
+    T = np.array(T, dtype=float)
+    k = T.shape[0]
+    values = np.zeros(n_components)
+    vectors = np.zeros((n_components, k))
+    for i in range(n_components):
+        best_u, best_val = None, -np.inf
+        for _ in range(n_restarts):
+            u = _power_iterate(T, _unit(rng.standard_normal(k)), n_iter, tol)
+            val = float(np.einsum("abc,a,b,c->", T, u, u, u))
+            if val < 0:  # T(-u, -u, -u) = -T(u, u, u): keep lambda >= 0
+                u, val = -u, -val
+            if val > best_val:
+                best_u, best_val = u, val
+        u = _power_iterate(T, best_u, n_iter, tol)
+        lam = float(np.einsum("abc,a,b,c->", T, u, u, u))
+        if lam < 0:
+            u, lam = -u, -lam
+        values[i], vectors[i] = lam, u
+        T = T - lam * np.einsum("a,b,c->abc", u, u, u)
+    return TensorComponents(values, vectors)
+
+
+def orthogonal_polish(
+    T: Array, vectors: Array, n_iter: int = 500, tol: float = 1e-13
+) -> TensorComponents:
+    """Refine components jointly over orthonormal frames.
+
+    In whitened coordinates the true components are orthonormal, but deflation
+    passes each component's error on to the next. This fixed-point iteration
+    ``V <- polar([T(I, v_j, v_j)]_j)`` (polar factor ``U V^T`` of the SVD) seeks an
+    orthonormal frame maximising ``sum_j T(v_j, v_j, v_j)``, treating all components
+    alike. Signs are then fixed so every ``lambda_j = T(v_j, v_j, v_j) >= 0``.
+    """
+    V = _polar(np.asarray(vectors, dtype=float))
+    for _ in range(n_iter):
+        new = _polar(np.einsum("abc,jb,jc->ja", T, V, V))
+        done = np.abs(new - V).max() < tol
+        V = new
+        if done:
+            break
+    values = np.einsum("abc,ja,jb,jc->j", T, V, V, V)
+    signs = np.where(values < 0, -1.0, 1.0)
+    return TensorComponents(values * signs, V * signs[:, None])
+
+
+def _polar(Y: Array) -> Array:
+    u, _, vt = np.linalg.svd(Y, full_matrices=False)
+    return u @ vt
+
+
+def _unit(u: Array) -> Array:
+    return u / np.linalg.norm(u)
+
+
+def _power_iterate(T: Array, u: Array, n_iter: int, tol: float) -> Array:
+    for _ in range(n_iter):
+        v = _apply(T, u)
+        norm = np.linalg.norm(v)
+        if norm == 0.0:
+            return u
+        v = v / norm
+        if np.sign(v @ u) < 0:  # odd tensors can flip the sign each step
+            v = -v
+        if np.linalg.norm(v - u) < tol:
+            return v
+        u = v
+    return u

@@ -1,0 +1,122 @@
+"""Small validators: parameters, arrays, random state. Messages name the problem."""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+Array = np.ndarray
+
+
+def check_random_state(seed: Any) -> np.random.Generator:
+    """A ``Generator`` from ``None``, an int, a ``Generator`` or a ``RandomState``."""
+    if seed is None or isinstance(seed, numbers.Integral):
+        return np.random.default_rng(seed)
+    if isinstance(seed, np.random.Generator):
+        return seed
+    if isinstance(seed, np.random.RandomState):
+        return np.random.default_rng(seed.randint(2**31 - 1))
+    raise ValueError(
+        f"random_state must be None, an int or a numpy Generator; got {seed!r}"
+    )
+
+
+def integer(low: int, high: float = np.inf) -> Callable[[Any], bool]:
+    def check(v: Any) -> bool:
+        return (
+            isinstance(v, numbers.Integral)
+            and not isinstance(v, bool)
+            and (low <= v <= high)
+        )
+
+    check.__doc__ = f"an int in [{low}, {high}]"
+    return check
+
+
+def real(low: float, high: float = np.inf, *, open_low: bool = False):
+    def check(v: Any) -> bool:
+        if not isinstance(v, numbers.Real) or isinstance(v, bool) or not np.isfinite(v):
+            return False
+        return (v > low if open_low else v >= low) and v <= high
+
+    check.__doc__ = f"a finite number {'>' if open_low else '>='} {low}"
+    return check
+
+
+def one_of(*choices: Any):
+    def check(v: Any) -> bool:
+        return any(v is c or (isinstance(v, str) and v == c) for c in choices)
+
+    check.__doc__ = "one of " + ", ".join(repr(c) for c in choices)
+    return check
+
+
+def boolean(v: Any) -> bool:
+    """a bool"""
+    return isinstance(v, (bool, np.bool_))
+
+
+def none_or(rule):
+    def check(v: Any) -> bool:
+        return v is None or rule(v)
+
+    check.__doc__ = f"None or {rule.__doc__}"
+    return check
+
+
+def validate_params(estimator: Any, constraints: dict[str, Callable[[Any], bool]]):
+    """Raise ``ValueError`` naming the first parameter that breaks its rule."""
+    for name, rule in constraints.items():
+        value = getattr(estimator, name)
+        if not rule(value):
+            raise ValueError(
+                f"{type(estimator).__name__}: {name} must be {rule.__doc__}; "
+                f"got {value!r}"
+            )
+
+
+def check_finite_2d(X: Any, name: str = "X") -> Array:
+    """A C-contiguous float64 2-D array with only finite values."""
+    try:
+        arr = np.asarray(X, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{name} must be numeric: {exc}") from None
+    if arr.ndim != 2:
+        raise ValueError(
+            f"{name} must be a 2-D array (n_samples, n_features); got shape {arr.shape}"
+            + (". Reshape 1-D data with X.reshape(-1, 1)" if arr.ndim == 1 else "")
+        )
+    _check_finite(arr, name)
+    return np.ascontiguousarray(arr)
+
+
+def check_target(y: Any, n_samples: int, name: str = "y") -> Array:
+    try:
+        arr = np.asarray(y, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{name} must be numeric: {exc}") from None
+    if arr.ndim == 2 and arr.shape[1] == 1:
+        arr = arr[:, 0]
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be 1-D (n_samples,); got shape {arr.shape}")
+    if arr.shape[0] != n_samples:
+        raise ValueError(
+            f"X and {name} have different numbers of rows: {n_samples} and {arr.shape[0]}"
+        )
+    _check_finite(arr, name)
+    return np.ascontiguousarray(arr)
+
+
+def _check_finite(arr: Array, name: str) -> None:
+    if not np.isfinite(arr).all():
+        bad = np.argwhere(~np.isfinite(arr))[0]
+        where = f"row {bad[0]}" + (f", column {bad[1]}" if arr.ndim == 2 else "")
+        kind = "NaN" if np.isnan(arr[tuple(bad)]) else "infinite value"
+        count = int((~np.isfinite(arr)).sum())
+        raise ValueError(
+            f"{name} contains {count} non-finite value(s) (first: {kind} at {where}); "
+            "remove or impute them before fitting"
+        )

@@ -1,0 +1,432 @@
+"""User-facing estimators: thin classes over the kernels."""
+
+from __future__ import annotations
+
+import sys
+import time
+import warnings
+from dataclasses import replace
+from typing import ClassVar
+
+import numpy as np
+from sklearn.base import BaseEstimator, RegressorMixin
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from moelearn import _validation as v
+from moelearn._em import em
+from moelearn._links import LINKS, get_link
+from moelearn._model import (
+    MoEParams,
+    gate_proba,
+    log_likelihood_terms,
+    predict_mean,
+    sample_outputs,
+)
+from moelearn._spectral import SpectralMoments, spectral_moments, spectral_solve
+
+Array = np.ndarray
+
+__all__ = ["NonGaussianInputWarning", "SpectralMoE"]
+
+
+class NonGaussianInputWarning(UserWarning):
+    """The inputs look far from Gaussian, so Method 1's guarantees do not apply."""
+
+
+# Marginal shape beyond which the inputs are called "far from Gaussian": a
+# skewness or excess kurtosis this large visibly biases the Stein moments.
+_SKEW_LIMIT, _KURTOSIS_LIMIT, _MEAN_LIMIT = 0.5, 1.0, 0.5
+_GATING_TOL_BEFORE_REFINE = 1e-3
+
+
+class SpectralMoE(RegressorMixin, BaseEstimator):
+    r"""Mixture of experts learned by spectral moments, then EM (Method 1).
+
+    The model is
+
+    .. math::
+        P(y \mid x) = \sum_{j=1}^{k} \pi_j(x)\, \mathcal{N}(y \mid g(a_j^\top x), \sigma^2),
+        \qquad \pi(x) = \operatorname{softmax}(G x),
+
+    with the last row of ``G`` zero (for two experts ``pi_1 = sigmoid(w^T x)``).
+    ``fit`` whitens ``X``; recovers the regressors ``a_j`` from the Stein-score
+    moments ``T2 = E[P2(y) S2(x)]`` and ``T3 = E[P3(y) S3(x)]`` (whitening by
+    ``T2``, robust tensor power method on the whitened ``T3``) without knowing the
+    gate; learns the gate by EM with the regressors fixed; and, with
+    ``refine=True``, runs joint EM from there to the maximum-likelihood estimate.
+    The moments are only ever used through chunked contractions with samples.
+
+    The guarantees need Gaussian inputs (any mean and covariance) and a gate
+    without bias; a warning says when the inputs look far from that.
+
+    Parameters
+    ----------
+    n_experts : int, default=2
+        Number of experts ``k`` (at most ``n_features``).
+    link : {'linear', 'sigmoid'}, default='linear'
+        The experts' link ``g``.
+    noise_std : float or None, default=None
+        Noise level ``sigma`` if known (then held fixed); ``None`` estimates it.
+    refine : bool, default=True
+        Run joint EM (experts, gate and noise) after the spectral + gating stage.
+    max_iter : int, default=200
+        Maximum EM iterations per stage (gating EM, refinement). ``0`` stops after
+        the spectral step (gate left at zero).
+    tol : float, default=1e-5
+        EM stops when no parameter row moves more than ``tol`` (in whitened units).
+        When ``refine=True`` the gating stage, which only provides refinement's
+        start, stops at ``max(tol, 1e-3)``.
+    n_init : int, default=10
+        Random restarts of the tensor power method per component.
+    random_state : int, Generator or None, default=None
+        Seeds the power method's restarts and the Newton subsample.
+    verbose : int, default=0
+        ``1`` prints each stage to stderr, ``2`` also each EM iteration.
+
+    Attributes
+    ----------
+    experts_ : ndarray of shape (n_experts, n_features)
+        Regressors ``a_j`` in the input coordinates.
+    gating_ : ndarray of shape (n_experts, n_features)
+        Gate logits ``G``; the last row is zero.
+    noise_std_ : float
+        Noise level ``sigma``.
+    spectral_experts_ : ndarray of shape (n_experts, n_features)
+        The regressors from the spectral step alone.
+    converged_ : bool
+        Whether every EM stage met ``tol`` within ``max_iter``.
+    n_iter_ : int
+        EM iterations over all stages.
+    log_likelihood_curve_ : list of float
+        Mean log-likelihood at each EM iteration.
+    diagnostics_ : dict
+        ``t2_eigenvalues``, ``spectral_gap``, ``tensor_eigenvalues``,
+        ``mixing_weights`` (spectral), ``input_skewness``, ``input_kurtosis``.
+    fit_times_ : dict
+        Seconds spent in each stage (``spectral``, ``gating``, ``refine``).
+    n_features_in_ : int
+    feature_names_in_ : ndarray of str, only when X has string column names
+
+    References
+    ----------
+    Makkuva, Oh, Kannan, Viswanath, "Breaking the gridlock in Mixture-of-Experts:
+    Consistent and Efficient Algorithms", ICML 2019.
+
+    Examples
+    --------
+    >>> from moelearn import SpectralMoE, make_moe, parameter_error
+    >>> X, y, truth = make_moe(20_000, 5, random_state=0)
+    >>> model = SpectralMoE(random_state=0).fit(X, y)
+    >>> parameter_error(model, truth) < 0.1
+    True
+    """
+
+    _parameter_constraints: ClassVar[dict] = {
+        "n_experts": v.integer(2),
+        "link": v.one_of(*LINKS),
+        "noise_std": v.none_or(v.real(0.0, open_low=True)),
+        "refine": v.boolean,
+        "max_iter": v.integer(0),
+        "tol": v.real(0.0),
+        "n_init": v.integer(1),
+        "verbose": v.integer(0),
+    }
+
+    def __init__(
+        self,
+        n_experts: int = 2,
+        *,
+        link: str = "linear",
+        noise_std: float | None = None,
+        refine: bool = True,
+        max_iter: int = 200,
+        tol: float = 1e-5,
+        n_init: int = 10,
+        random_state=None,
+        verbose: int = 0,
+    ):
+        self.n_experts = n_experts
+        self.link = link
+        self.noise_std = noise_std
+        self.refine = refine
+        self.max_iter = max_iter
+        self.tol = tol
+        self.n_init = n_init
+        self.random_state = random_state
+        self.verbose = verbose
+
+    # ------------------------------------------------------------------ fit
+    def fit(self, X, y):
+        """Learn the parameters from samples ``X`` (n, d) and targets ``y`` (n,).
+
+        Returns
+        -------
+        self : SpectralMoE
+        """
+        v.validate_params(self, self._parameter_constraints)
+        rng = v.check_random_state(self.random_state)
+        X, y = self._validate_training_data(X, y)
+        n, d = X.shape
+        link = get_link(self.link)
+        self._log(
+            1, f"fitting {self.n_experts} {self.link} experts to {n} x {d} inputs"
+        )
+
+        start = time.perf_counter()
+        moments = spectral_moments(X, y, link, self.n_experts, rng)
+        self._warn_about_inputs(moments, n)
+        noise = self.noise_std if self.noise_std is not None else 0.0
+        spectral = spectral_solve(moments, noise, rng, self.n_init)
+        times = {"spectral": time.perf_counter() - start}
+        self._log(1, f"spectral step done in {times['spectral']:.2f} s")
+
+        params = MoEParams(
+            spectral.experts, np.zeros_like(spectral.experts), noise, self.link
+        )
+        common = {
+            "covariance": moments.inputs.whitening.covariance,
+            "rng": rng,
+            "callback": self._progress if self.verbose >= 2 else None,
+        }
+        history: list[float] = []
+        n_iter, converged = 0, True
+
+        if self.max_iter > 0:
+            start = time.perf_counter()
+            params = replace(
+                params, noise_std=_initial_noise(X, y, params, self.noise_std)
+            )
+            # Before refinement the gate only has to be a good start: a looser tol.
+            gating_tol = (
+                max(self.tol, _GATING_TOL_BEFORE_REFINE) if self.refine else self.tol
+            )
+            result = self._em(
+                X,
+                y,
+                params,
+                fit_experts=False,
+                stage="gating",
+                **common,
+                tol=gating_tol,
+            )
+            history += result.log_likelihood
+            n_iter += result.n_iter
+            converged &= result.converged
+            params = result.params
+            if self.noise_std is None:
+                # Re-solve the moments at the estimated noise (no pass over the data).
+                spectral = spectral_solve(moments, params.noise_std, rng, self.n_init)
+                params = replace(params, experts=spectral.experts)
+                if not self.refine:  # let the gate adjust to the corrected regressors
+                    result = self._em(
+                        X,
+                        y,
+                        params,
+                        fit_experts=False,
+                        stage="gating",
+                        **common,
+                        tol=gating_tol,
+                    )
+                    history += result.log_likelihood
+                    n_iter += result.n_iter
+                    converged &= result.converged
+                    params = result.params
+            times["gating"] = time.perf_counter() - start
+            self._log(
+                1, f"gating EM done in {times['gating']:.2f} s ({n_iter} iterations)"
+            )
+
+            if self.refine:
+                start = time.perf_counter()
+                result = self._em(
+                    X,
+                    y,
+                    params,
+                    fit_experts=True,
+                    stage="refine",
+                    **common,
+                    tol=self.tol,
+                )
+                history += result.log_likelihood
+                n_iter += result.n_iter
+                converged &= result.converged
+                params = result.params
+                times["refine"] = time.perf_counter() - start
+                self._log(
+                    1,
+                    f"refinement done in {times['refine']:.2f} s "
+                    f"({result.n_iter} iterations)",
+                )
+            if not converged:
+                warnings.warn(
+                    f"EM did not converge within max_iter={self.max_iter} iterations "
+                    f"per stage (tol={self.tol}). Increase max_iter or tol; check that "
+                    "n_experts and link suit the data.",
+                    ConvergenceWarning,
+                    stacklevel=2,
+                )
+
+        self.experts_ = params.experts
+        self.gating_ = params.gating
+        self.noise_std_ = float(params.noise_std)
+        self.spectral_experts_ = spectral.experts
+        self.converged_ = bool(converged)
+        self.n_iter_ = n_iter
+        self.log_likelihood_curve_ = history
+        self.fit_times_ = times
+        self.diagnostics_ = {
+            "t2_eigenvalues": moments.t2_values,
+            "spectral_gap": moments.spectral_gap,
+            "tensor_eigenvalues": spectral.tensor_values,
+            "mixing_weights": spectral.weights,
+            "input_skewness": moments.inputs.skewness,
+            "input_kurtosis": moments.inputs.excess_kurtosis,
+        }
+        return self
+
+    def _em(self, X, y, params, *, fit_experts, stage, **common):
+        return em(
+            X,
+            y,
+            params,
+            fit_experts=fit_experts,
+            fit_noise=self.noise_std is None,
+            max_iter=self.max_iter,
+            stage=stage,
+            **common,
+        )
+
+    def _validate_training_data(self, X, y) -> tuple[Array, Array]:
+        X, y = validate_data(
+            self,
+            X,
+            y,
+            dtype=np.float64,
+            ensure_all_finite=False,
+            y_numeric=True,
+            order="C",
+            ensure_min_features=1,
+        )
+        X = v.check_finite_2d(X)
+        y = v.check_target(y, X.shape[0])
+        n, d = X.shape
+        k = self.n_experts
+        if k > d:
+            raise ValueError(
+                f"n_experts={k} exceeds n_features={d}: the spectral method recovers "
+                "at most one expert per input dimension"
+            )
+        n_params = 2 * k * d + 1
+        if n < n_params:
+            raise ValueError(
+                f"n_samples={n} is too small for n_features={d} and n_experts={k}: "
+                f"the model has {n_params} parameters; the spectral step's error is "
+                "about 3 * sqrt(d / n), so use many more samples than parameters"
+            )
+        if np.ptp(y) == 0:
+            raise ValueError("y is constant: there is nothing to learn")
+        return X, y
+
+    def _warn_about_inputs(self, moments: SpectralMoments, n: int) -> None:
+        inputs = moments.inputs
+        reasons = []
+        skew_se, kurt_se = np.sqrt(6.0 / n), np.sqrt(24.0 / n)
+        skewed = np.abs(inputs.skewness) > max(_SKEW_LIMIT, 5 * skew_se)
+        heavy = np.abs(inputs.excess_kurtosis) > max(_KURTOSIS_LIMIT, 5 * kurt_se)
+        if skewed.any() or heavy.any():
+            cols = np.flatnonzero(skewed | heavy)
+            reasons.append(
+                f"{len(cols)} column(s) (e.g. {cols[:5].tolist()}) have skewness or "
+                "excess kurtosis far from a Gaussian's 0"
+            )
+        white = inputs.whitening
+        offset = float(np.linalg.norm(white.mean @ white.transform))
+        if offset > _MEAN_LIMIT:
+            reasons.append(
+                f"the inputs' mean is {offset:.2f} standard deviations from 0, so the "
+                "model without intercepts has gate and expert offsets after centring"
+            )
+        d = white.mean.shape[0]
+        expected = 3.0 * np.sqrt(d / n)
+        if expected > 0.3:
+            reasons.append(
+                f"few samples: the spectral error is about 3*sqrt(d/n) = {expected:.2f} "
+                f"(n={n}, d={d})"
+            )
+        if reasons:
+            warnings.warn(
+                "the spectral step's guarantees may not hold: "
+                + "; ".join(reasons)
+                + ". Its regressors can be biased; EM refinement (refine=True) "
+                "corrects a moderate bias but may find a local optimum if it is large.",
+                NonGaussianInputWarning,
+                stacklevel=3,
+            )
+
+    # ------------------------------------------------------------- inference
+    def _params(self) -> MoEParams:
+        check_is_fitted(self)
+        return MoEParams(self.experts_, self.gating_, self.noise_std_, self.link)
+
+    def _inputs(self, X) -> Array:
+        check_is_fitted(self)
+        X = validate_data(
+            self, X, reset=False, dtype=np.float64, ensure_all_finite=False
+        )
+        return v.check_finite_2d(X)
+
+    def predict(self, X) -> Array:
+        """Conditional mean ``E[y | x] = sum_j pi_j(x) g(a_j . x)``, shape (n,)."""
+        return predict_mean(self._inputs(X), self._params())
+
+    def predict_proba(self, X) -> Array:
+        """Gate probabilities ``pi(x)``, shape (n, n_experts)."""
+        return gate_proba(self._inputs(X), self._params())
+
+    def posterior_proba(self, X, y) -> Array:
+        """Responsibilities ``P(expert j | x, y)``, shape (n, n_experts)."""
+        X = self._inputs(X)
+        return log_likelihood_terms(X, v.check_target(y, X.shape[0]), self._params())[1]
+
+    def score_samples(self, X, y) -> Array:
+        """Log-likelihood ``log p(y_i | x_i)`` of each sample, shape (n,)."""
+        X = self._inputs(X)
+        return log_likelihood_terms(X, v.check_target(y, X.shape[0]), self._params())[0]
+
+    def score(self, X, y, sample_weight=None) -> float:
+        """Mean log-likelihood ``(1/n) sum_i log p(y_i | x_i)`` (higher is better)."""
+        ll = self.score_samples(X, y)
+        return float(np.average(ll, weights=sample_weight))
+
+    def sample(self, X, random_state=None) -> tuple[Array, Array]:
+        """Draw ``y ~ P(y | x)`` for each row of ``X``; returns ``(y, expert_index)``."""
+        return sample_outputs(
+            self._inputs(X), self._params(), v.check_random_state(random_state)
+        )
+
+    # ------------------------------------------------------------- progress
+    def _log(self, level: int, message: str) -> None:
+        if self.verbose >= level:
+            print(f"[moelearn] {message}", file=sys.stderr, flush=True)
+
+    def _progress(self, stage: str, iteration: int, ll: float, change: float) -> None:
+        self._log(
+            2, f"{stage} iter {iteration:3d}: mean log-lik {ll:.6f}, step {change:.2e}"
+        )
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = False
+        return tags
+
+
+def _initial_noise(X: Array, y: Array, params: MoEParams, known: float | None) -> float:
+    """Starting ``sigma`` for EM: the known value, else the RMS best-expert residual."""
+    if known is not None:
+        return float(known)
+    g = get_link(params.link).func
+    m = min(len(y), 20_000)
+    resid = y[:m, None] - g(X[:m] @ params.experts.T)
+    rms = float(np.sqrt(np.mean(np.min(resid**2, axis=1))))
+    return max(rms, 1e-6 * float(np.std(y)) + 1e-12)
