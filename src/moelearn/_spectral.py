@@ -46,6 +46,8 @@ class SpectralMoments:
     t3_zero_noise: Array  # (k, k, k) E[P3_0(y) S3](W, W, W)
     t3_linear: Array  # (k, k, k) E[y S3](W, W, W)
     sign: float  # sign of the T2 constant c2
+    sign_ok: bool  # T2 has n_experts eigenvalues of the sign c2 predicts
+    t2_noise: float  # about the operator norm of T2's sampling error
 
     @property
     def n_experts(self) -> int:
@@ -84,13 +86,14 @@ def spectral_moments(
         inputs.omega,
         sign=sign,
     )
-    top = sign * pairs.values[:n_experts]
-    if np.any(top <= 0):
-        raise ValueError(
-            f"the second-order moment T2 has fewer than {n_experts} eigenvalues of the "
-            "expected sign: the data do not support this many experts (or the link is "
-            "wrong); try fewer experts"
-        )
+    sign_ok = bool(np.all(sign * pairs.values[:n_experts] > 0))
+    if not sign_ok:  # fall back to the largest magnitudes; the caller warns
+        order = np.argsort(-np.abs(pairs.values))
+        pairs = type(pairs)(pairs.values[order], pairs.vectors[:, order])
+    # A d x d matrix of independent entries with sd tau / sqrt(n) has operator
+    # norm about 2 tau sqrt(d / n); tau^2 ~ Var(P2) for the entries of P2 (x x^T - I)
+    # (a constant in P2 adds nothing: the sample-whitened sum of x x^T - I is 0).
+    t2_noise = float(2.0 * np.sqrt(d * np.var(p2) / X.shape[0]))
     W = whitening_matrix(pairs, n_experts)
     weights = np.column_stack([transforms.p3(y), y])
     t3 = t3_whitened(X, weights, inputs.whitening, W)
@@ -103,6 +106,8 @@ def spectral_moments(
         t3[0],
         t3[1],
         sign,
+        sign_ok,
+        t2_noise,
     )
 
 
@@ -118,8 +123,8 @@ def spectral_solve(
     ``T3`` from the power method, then polished jointly over orthonormal frames;
     eigenvalue ``lambda_i``), ``|c2| p_i s_i^2 = 1`` and
     ``lambda_i = c3 p_i s_i^3`` give ``s_i = |c2| lambda_i / c3``; for links whose
-    constants depend on ``|a_i| = |s_i| nu_i`` this is solved by fixed-point
-    iteration. The eigenvalues are first rescaled by a common factor so that the
+    constants depend on ``|a_i| = |s_i| nu_i`` this is solved for ``|a_i|`` by
+    :class:`_ScaleSolver`. The eigenvalues are first rescaled by a common factor so that the
     implied weights ``p_i = E[pi_i(x)]`` sum to one, as they must; only their ratios
     then carry noise. ``a_i = s_i U_k D^{1/2} mu_i`` in whitened coordinates.
     """
@@ -137,12 +142,12 @@ def spectral_solve(
     directions = (moments.t2_vectors * root_d) @ comps.vectors.T  # (d, k): U D^1/2 mu
     nu = np.linalg.norm(directions, axis=0)
 
+    solve_scale = _ScaleSolver(transforms, moments.link)
+
     def scales_and_weights(factor: float) -> tuple[Array, Array]:
         scales, weights = np.empty(k), np.empty(k)
         for i in range(k):
-            scales[i], weights[i] = _scale(
-                transforms, moments.link, factor * comps.values[i], nu[i]
-            )
+            scales[i], weights[i] = solve_scale(factor * comps.values[i], nu[i])
         return scales, weights
 
     # The weights p_i = E[pi_i(x)] sum to one; the eigenvalues share one noisy
@@ -156,26 +161,72 @@ def spectral_solve(
         log_t += 0.5 * np.log(total)
     if not np.all(np.isfinite(scales)):
         scales, weights = scales_and_weights(1.0)
+    scales = np.where(np.isfinite(scales), scales, 1.0)
     experts_w = (directions * scales).T
     experts = moments.inputs.whitening.to_raw(experts_w)
     return SpectralEstimate(experts, weights, comps.values)
 
 
-def _scale(
-    transforms: Transforms, link: Link, value: float, nu: float
-) -> tuple[float, float]:
-    """Scale ``s`` and weight ``p`` of one component with tensor eigenvalue ``value``.
+class _ScaleSolver:
+    """Solves ``r = nu |c2(r)| lambda / |c3(r)|`` for the norm ``r = |a_i|``.
 
-    Solves ``s = |c2(r)| value / c3(r)`` with ``r = |s| nu`` by fixed-point
-    iteration (immediate for linear ``g``), then ``p = 1 / (|c2| s^2)``.
+    With ``x = log r`` the equation reads ``h(x) = log(nu lambda)``,
+    ``h(x) = x + log|c3(e^x)| - log|c2(e^x)|``, which depends only on the link and
+    noise: ``h`` is tabulated once on ``r`` in [0.2, 5] (whitened units), the
+    crossing nearest ``r = 1`` is taken and polished by secant steps on exact
+    constants; without a crossing, the closest point. For saturating links ``h`` is
+    flat near ``r = 1`` (sigmoid: ``h`` peaks there), so the norm is weakly
+    identified by this route and noise can move it far; the bracket keeps the
+    spectral start sane and EM refinement then settles the norms. (A plain
+    fixed-point iteration diverges for the sigmoid.)
     """
-    norm = 1.0
-    for _ in range(50):
-        c2, c3 = tensor_constants(transforms, link, norm)
+
+    GRID = np.linspace(np.log(0.2), np.log(5.0), 97)
+
+    def __init__(self, transforms: Transforms, link: Link):
+        self.transforms, self.link = transforms, link
+        self.h = np.array([self._h(x) for x in self.GRID])
+        # Only the interval around r = 1 where c3 keeps its sign: where c3 crosses
+        # zero, log|c3| has a pole that would look like a crossing.
+        signs = np.sign([self._constants(x)[1] for x in self.GRID])
+        centre = int(np.argmin(np.abs(self.GRID)))
+        lo = centre
+        while lo > 0 and signs[lo - 1] == signs[centre]:
+            lo -= 1
+        hi = centre
+        while hi < len(signs) - 1 and signs[hi + 1] == signs[centre]:
+            hi += 1
+        self.valid = slice(lo, hi + 1)
+
+    def _constants(self, x: float) -> tuple[float, float]:
+        return tensor_constants(self.transforms, self.link, float(np.exp(x)))
+
+    def _h(self, x: float) -> float:
+        c2, c3 = self._constants(x)
+        return x + np.log(abs(c3) + 1e-300) - np.log(abs(c2) + 1e-300)
+
+    def __call__(self, value: float, nu: float) -> tuple[float, float]:
+        """Scale ``s = |c2| value / c3`` (signed) and weight ``p = 1 / (|c2| s^2)``."""
+        target = np.log(max(value * nu, 1e-300))
+        grid = self.GRID[self.valid]
+        diff = self.h[self.valid] - target
+        crossings = np.flatnonzero(np.sign(diff[:-1]) != np.sign(diff[1:]))
+        if crossings.size:
+            i = crossings[np.argmin(np.abs(grid[crossings]))]
+            x0, x1 = grid[i], grid[i + 1]
+            f0, f1 = diff[i], diff[i + 1]
+            for _ in range(20):  # secant polish, kept inside the bracket
+                if f1 == f0:
+                    break
+                x2 = x1 - f1 * (x1 - x0) / (f1 - f0)
+                x0, f0 = x1, f1
+                x1, f1 = x2, self._h(x2) - target
+                if abs(f1) < 1e-12:
+                    break
+            x = x1
+        else:  # no exact solution on the grid: the closest point
+            x = grid[np.argmin(np.abs(diff))]
+        c2, c3 = self._constants(x)
         s = abs(c2) * value / c3
-        new_norm = max(abs(s) * nu, 1e-8)
-        if abs(new_norm - norm) < 1e-10 * norm:
-            break
-        norm = new_norm
-    weight = 1.0 / (abs(c2) * s * s) if s != 0 else np.inf
-    return s, weight
+        weight = 1.0 / (abs(c2) * s * s) if s != 0 else np.inf
+        return s, weight

@@ -27,17 +27,24 @@ from moelearn._spectral import SpectralMoments, spectral_moments, spectral_solve
 
 Array = np.ndarray
 
-__all__ = ["NonGaussianInputWarning", "SpectralMoE"]
+__all__ = ["NonGaussianInputWarning", "SpectralMoE", "SpectralReliabilityWarning"]
 
 
 class NonGaussianInputWarning(UserWarning):
     """The inputs look far from Gaussian, so Method 1's guarantees do not apply."""
 
 
+class SpectralReliabilityWarning(UserWarning):
+    """The moments do not have the structure the model implies: the spectral start
+    (and so the fit) may be poor."""
+
+
 # Marginal shape beyond which the inputs are called "far from Gaussian": a
 # skewness or excess kurtosis this large visibly biases the Stein moments.
 _SKEW_LIMIT, _KURTOSIS_LIMIT, _MEAN_LIMIT = 0.5, 1.0, 0.5
 _GATING_TOL_BEFORE_REFINE = 1e-3
+# |lambda_k| of T2 below this many noise levels: the k-th direction is lost in noise.
+_MIN_SIGNAL_TO_NOISE = 3.0
 
 
 class SpectralMoE(RegressorMixin, BaseEstimator):
@@ -176,6 +183,7 @@ class SpectralMoE(RegressorMixin, BaseEstimator):
         start = time.perf_counter()
         moments = spectral_moments(X, y, link, self.n_experts, rng)
         self._warn_about_inputs(moments, n)
+        self._warn_about_moments(moments)
         noise = self.noise_std if self.noise_std is not None else 0.0
         spectral = spectral_solve(moments, noise, rng, self.n_init)
         times = {"spectral": time.perf_counter() - start}
@@ -184,6 +192,7 @@ class SpectralMoE(RegressorMixin, BaseEstimator):
         params = MoEParams(
             spectral.experts, np.zeros_like(spectral.experts), noise, self.link
         )
+        params = replace(params, noise_std=_initial_noise(X, y, params, self.noise_std))
         common = {
             "covariance": moments.inputs.whitening.covariance,
             "rng": rng,
@@ -194,9 +203,6 @@ class SpectralMoE(RegressorMixin, BaseEstimator):
 
         if self.max_iter > 0:
             start = time.perf_counter()
-            params = replace(
-                params, noise_std=_initial_noise(X, y, params, self.noise_std)
-            )
             # Before refinement the gate only has to be a good start: a looser tol.
             gating_tol = (
                 max(self.tol, _GATING_TOL_BEFORE_REFINE) if self.refine else self.tol
@@ -364,6 +370,29 @@ class SpectralMoE(RegressorMixin, BaseEstimator):
                 stacklevel=3,
             )
 
+    def _warn_about_moments(self, moments: SpectralMoments) -> None:
+        k, values = self.n_experts, moments.t2_values
+        shown = np.round(values[: k + 1], 4).tolist()
+        if not moments.sign_ok:
+            problem = (
+                f"T2 has fewer than {k} eigenvalues of the sign a {self.link} mixture "
+                f"implies (top values {shown}); the largest magnitudes were used instead"
+            )
+        elif abs(values[k - 1]) < _MIN_SIGNAL_TO_NOISE * moments.t2_noise:
+            problem = (
+                f"T2's eigenvalue {k} is not separated from its sampling noise (top "
+                f"values {shown}, noise level about {moments.t2_noise:.3g}): experts "
+                "nearly parallel, too few samples, or no such structure in the data"
+            )
+        else:
+            return
+        warnings.warn(
+            f"the spectral step cannot be trusted: {problem}. The data may not support "
+            f"{k} experts or this link; the fit may be a poor local optimum.",
+            SpectralReliabilityWarning,
+            stacklevel=3,
+        )
+
     # ------------------------------------------------------------- inference
     def _params(self) -> MoEParams:
         check_is_fitted(self)
@@ -389,14 +418,14 @@ class SpectralMoE(RegressorMixin, BaseEstimator):
         X = self._inputs(X)
         return log_likelihood_terms(X, v.check_target(y, X.shape[0]), self._params())[1]
 
-    def score_samples(self, X, y) -> Array:
+    def log_likelihood(self, X, y) -> Array:
         """Log-likelihood ``log p(y_i | x_i)`` of each sample, shape (n,)."""
         X = self._inputs(X)
         return log_likelihood_terms(X, v.check_target(y, X.shape[0]), self._params())[0]
 
     def score(self, X, y, sample_weight=None) -> float:
         """Mean log-likelihood ``(1/n) sum_i log p(y_i | x_i)`` (higher is better)."""
-        ll = self.score_samples(X, y)
+        ll = self.log_likelihood(X, y)
         return float(np.average(ll, weights=sample_weight))
 
     def sample(self, X, random_state=None) -> tuple[Array, Array]:

@@ -1,0 +1,344 @@
+"""Command line: ``moelearn simulate | fit | predict | evaluate | demo``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from moelearn import __version__
+from moelearn._links import LINKS
+from moelearn.datasets import make_moe
+from moelearn.estimators import SpectralMoE
+from moelearn.io import (
+    load_model,
+    read_table,
+    save_model,
+    write_json,
+    write_table,
+)
+from moelearn.metrics import parameter_error
+
+
+class CLIError(Exception):
+    """A user error: printed as one line, exit status 2."""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(float(text)) if "e" in text.lower() else int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a positive integer, got {text!r}"
+        ) from None
+    if value < 1 or (("e" in text.lower()) and float(text) != value):
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _nonneg_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not np.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
+
+
+def _experts(text: str) -> int:
+    return _positive_int(text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="moelearn",
+        description="Learn mixtures of experts with consistent spectral + EM methods.",
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"moelearn {__version__}"
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sim = sub.add_parser("simulate", help="draw data from a random mixture of experts")
+    sim.add_argument("--samples", "-n", type=_positive_int, default=100_000)
+    sim.add_argument("--features", "-d", type=_positive_int, default=10)
+    sim.add_argument("--experts", "-k", type=_experts, default=2)
+    sim.add_argument("--link", choices=sorted(LINKS), default="linear")
+    sim.add_argument(
+        "--noise", type=_nonneg_float, default=0.1, help="noise std (default 0.1)"
+    )
+    sim.add_argument("--seed", type=int, default=0)
+    sim.add_argument(
+        "--out", required=True, help="data file: .csv, .npz, .npy or .parquet"
+    )
+    sim.add_argument(
+        "--truth",
+        help="where to write the true parameters (default: OUT with .truth.json)",
+    )
+
+    fit = sub.add_parser("fit", help="fit a model to a data file")
+    fit.add_argument(
+        "data", help="data file: .csv (with header), .npz, .npy or .parquet"
+    )
+    fit.add_argument(
+        "--target", default="y", help="name of the target column (default y)"
+    )
+    fit.add_argument("--experts", "-k", type=_experts, default=2)
+    fit.add_argument("--link", choices=sorted(LINKS), default="linear")
+    fit.add_argument("--noise-std", type=float, default=None, help="known noise std")
+    fit.add_argument(
+        "--no-refine", action="store_true", help="skip joint-EM refinement"
+    )
+    fit.add_argument("--max-iter", type=int, default=200)
+    fit.add_argument("--tol", type=float, default=1e-5)
+    fit.add_argument("--seed", type=int, default=0)
+    fit.add_argument("--out", required=True, help="model file to write (.json)")
+    fit.add_argument("--quiet", "-q", action="store_true", help="no progress output")
+
+    pred = sub.add_parser("predict", help="predict E[y|x] and gate probabilities")
+    pred.add_argument("model", help="model .json written by 'moelearn fit'")
+    pred.add_argument("data", help="data file with the model's feature columns")
+    pred.add_argument(
+        "--out", required=True, help="predictions file (.csv, .npz, .parquet)"
+    )
+
+    ev = sub.add_parser("evaluate", help="compare a model with the truth and/or data")
+    ev.add_argument("model", help="model .json")
+    ev.add_argument("--truth", help="true parameters (.truth.json from 'simulate')")
+    ev.add_argument("--data", help="data file to score (mean log-likelihood, RMSE)")
+    ev.add_argument("--target", default=None, help="target column of --data")
+    ev.add_argument("--json", action="store_true", help="print the figures as JSON")
+
+    demo = sub.add_parser("demo", help="simulate, fit, report errors and write a plot")
+    demo.add_argument("--samples", "-n", type=_positive_int, default=200_000)
+    demo.add_argument("--features", "-d", type=_positive_int, default=10)
+    demo.add_argument("--link", choices=sorted(LINKS), default="linear")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--out-dir", default="demo_output")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except (CLIError, ValueError) as exc:
+        print(f"moelearn {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            f"moelearn {args.command}: interrupted; no output written", file=sys.stderr
+        )
+        return 130
+
+
+# ----------------------------------------------------------------- commands
+def _truth_path(out: str, truth: str | None) -> Path:
+    if truth:
+        return Path(truth)
+    p = Path(out)
+    return p.with_name(p.stem + ".truth.json")
+
+
+def truth_to_json(truth: dict) -> dict:
+    return {
+        "experts": np.asarray(truth["experts"]).tolist(),
+        "gating": np.asarray(truth["gating"]).tolist(),
+        "noise_std": float(truth["noise_std"]),
+        "link": truth["link"],
+    }
+
+
+def cmd_simulate(args) -> int:
+    if args.experts > args.features:
+        raise CLIError(f"--experts {args.experts} exceeds --features {args.features}")
+    X, y, truth = make_moe(
+        args.samples,
+        args.features,
+        args.experts,
+        args.link,
+        args.noise,
+        random_state=args.seed,
+    )
+    columns = {f"x{i}": X[:, i] for i in range(X.shape[1])} | {"y": y}
+    out = Path(args.out)
+    if out.suffix.lower() == ".npz":
+        write_table_npz(out, X, y)
+    else:
+        write_table(out, columns)
+    truth_path = _truth_path(args.out, args.truth)
+    write_json(truth_path, truth_to_json(truth))
+    print(
+        f"wrote {out} ({args.samples} rows, {args.features} features) and {truth_path}"
+    )
+    return 0
+
+
+def write_table_npz(path: Path, X: np.ndarray, y: np.ndarray) -> None:
+    from moelearn.io import atomic_path
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, X=X, y=y)
+
+
+def _load_xy(path: str, target: str):
+    table = read_table(path)
+    X, y, names = table.split(target)
+    return X, y, names
+
+
+def _check_out_dir(out: str) -> None:
+    parent = Path(out).parent
+    if not parent.is_dir():
+        raise CLIError(f"{out}: the folder {parent} does not exist")
+
+
+def cmd_fit(args) -> int:
+    _check_out_dir(args.out)
+    X, y, names = _load_xy(args.data, args.target)
+    model = SpectralMoE(
+        n_experts=args.experts,
+        link=args.link,
+        noise_std=args.noise_std,
+        refine=not args.no_refine,
+        max_iter=args.max_iter,
+        tol=args.tol,
+        random_state=args.seed,
+        verbose=0 if args.quiet else 2,
+    )
+    start = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.fit(X, y)
+    for w in caught:
+        print(f"moelearn fit: warning: {w.message}", file=sys.stderr)
+    save_model(model, args.out, feature_names=names, target=args.target)
+    if not args.quiet:
+        print(
+            f"fitted {args.experts} {args.link} experts to {X.shape[0]} rows in "
+            f"{time.perf_counter() - start:.1f} s; noise_std={model.noise_std_:.4g}; "
+            f"mean log-likelihood {model.score(X, y):.4f}; wrote {args.out}"
+        )
+    return 0
+
+
+def _features_for(model, path: str) -> np.ndarray:
+    table = read_table(path).drop(getattr(model, "target_name_", None))
+    names = getattr(model, "feature_names_in_", None)
+    if names is not None:
+        missing = [n for n in names if n not in table.columns]
+        if missing:
+            raise CLIError(f"{path}: missing feature column(s) {missing[:5]}")
+        idx = [table.columns.index(n) for n in names]
+        return table.data[:, idx]
+    if table.data.shape[1] != model.n_features_in_:
+        raise CLIError(
+            f"{path}: {table.data.shape[1]} feature columns, the model expects "
+            f"{model.n_features_in_}"
+        )
+    return table.data
+
+
+def cmd_predict(args) -> int:
+    _check_out_dir(args.out)
+    model = load_model(args.model)
+    X = _features_for(model, args.data)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="X does not have valid feature names")
+        mean = model.predict(X)
+        gates = model.predict_proba(X)
+    columns = {"prediction": mean} | {
+        f"gate_{j}": gates[:, j] for j in range(gates.shape[1])
+    }
+    write_table(args.out, columns)
+    print(f"wrote {args.out} ({X.shape[0]} rows)")
+    return 0
+
+
+def _read_truth(path: str) -> dict:
+    try:
+        truth = json.loads(Path(path).read_text())
+        experts = np.asarray(truth["experts"], dtype=float)
+        gating = np.asarray(truth["gating"], dtype=float) if "gating" in truth else None
+    except FileNotFoundError:
+        raise CLIError(f"{path}: no such file") from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CLIError(
+            f"{path}: not a truth file with 'experts' and 'gating' ({exc})"
+        ) from None
+    return {"experts": experts, "gating": gating, "noise_std": truth.get("noise_std")}
+
+
+def evaluate(model, truth: dict | None, X=None, y=None) -> dict:
+    out: dict = {}
+    if truth is not None:
+        if np.shape(truth["experts"]) != model.experts_.shape:
+            raise CLIError(
+                f"truth has {np.shape(truth['experts'])} experts, the model {model.experts_.shape}"
+            )
+        out["parameter_error"] = parameter_error(model, truth)
+        out["regressor_error"] = parameter_error(model, truth, experts_only=True)
+        out["spectral_regressor_error"] = parameter_error(
+            model.spectral_experts_, truth["experts"]
+        )
+        if truth.get("noise_std") is not None:
+            out["noise_std_error"] = abs(model.noise_std_ - float(truth["noise_std"]))
+    if X is not None and y is not None:
+        with warnings.catch_warnings():
+            warnings.filterwarnings(
+                "ignore", message="X does not have valid feature names"
+            )
+            out["mean_log_likelihood"] = model.score(X, y)
+            out["rmse"] = float(np.sqrt(np.mean((model.predict(X) - y) ** 2)))
+    return out
+
+
+def cmd_evaluate(args) -> int:
+    if args.truth is None and args.data is None:
+        raise CLIError("give --truth, --data or both")
+    model = load_model(args.model)
+    truth = _read_truth(args.truth) if args.truth else None
+    X = y = None
+    if args.data:
+        target = args.target or getattr(model, "target_name_", None) or "y"
+        table = read_table(args.data)
+        if target not in table.columns:
+            raise CLIError(
+                f"{args.data}: target column {target!r} not found (use --target)"
+            )
+        y = table.split(target)[1]
+        X = _features_for(model, args.data)
+    figures = evaluate(model, truth, X, y)
+    if args.json:
+        print(json.dumps(figures, indent=2))
+    else:
+        for key, value in figures.items():
+            print(f"{key:28s} {value:.6g}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from moelearn._demo import run_demo
+
+    return run_demo(
+        args.samples, args.features, args.link, args.seed, Path(args.out_dir)
+    )
+
+
+COMMANDS = {
+    "simulate": cmd_simulate,
+    "fit": cmd_fit,
+    "predict": cmd_predict,
+    "evaluate": cmd_evaluate,
+    "demo": cmd_demo,
+}
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,348 @@
+"""Reading data files, writing results atomically, and models as JSON (no pickle)."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from moelearn._links import LINKS
+
+Array = np.ndarray
+
+__all__ = [
+    "Table",
+    "atomic_path",
+    "load_model",
+    "read_table",
+    "save_model",
+    "write_table",
+]
+
+FORMAT = "moelearn-model"
+FORMAT_VERSION = 1
+SUFFIXES = (".csv", ".npy", ".npz", ".parquet")
+
+
+@dataclass
+class Table:
+    """Numeric columns read from a file."""
+
+    data: Array  # (n, p)
+    columns: list[str]
+
+    def split(self, target: str | None) -> tuple[Array, Array | None, list[str]]:
+        """``(X, y, feature_names)``; ``y`` is None when ``target`` is None."""
+        if target is None:
+            return self.data, None, list(self.columns)
+        if target not in self.columns:
+            shown = ", ".join(self.columns[:10]) + (
+                " ..." if len(self.columns) > 10 else ""
+            )
+            raise ValueError(
+                f"target column {target!r} not found; columns are: {shown}"
+            )
+        j = self.columns.index(target)
+        keep = [i for i in range(len(self.columns)) if i != j]
+        return self.data[:, keep], self.data[:, j], [self.columns[i] for i in keep]
+
+    def drop(self, column: str | None) -> Table:
+        if column is None or column not in self.columns:
+            return self
+        X, _, names = self.split(column)
+        return Table(X, names)
+
+
+def _suffix(path: Path) -> str:
+    suffix = path.suffix.lower()
+    if suffix not in SUFFIXES:
+        raise ValueError(
+            f"{path}: unsupported file type {suffix or '(none)'!r}; use one of "
+            + ", ".join(SUFFIXES)
+        )
+    return suffix
+
+
+def read_table(path: str | os.PathLike) -> Table:
+    """Read a numeric table from CSV (with a header), .npy, .npz or Parquet.
+
+    * CSV: first line names the columns; every value must be numeric.
+    * .npy: a 2-D array; columns are named ``x0, x1, ...`` and the last ``y``.
+    * .npz: arrays ``X`` (n, d) and ``y`` (n,) as written by ``moelearn simulate``,
+      or any set of 1-D arrays of equal length (one column each).
+    * Parquet (needs ``pyarrow``): numeric columns.
+    """
+    path = Path(path)
+    suffix = _suffix(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: no such file")
+    try:
+        if suffix == ".csv":
+            return _read_csv(path)
+        if suffix == ".npy":
+            arr = np.load(path, allow_pickle=False)
+            if arr.ndim != 2 or arr.shape[1] < 2:
+                raise ValueError(
+                    f"{path}: expected a 2-D array with >= 2 columns, got shape {arr.shape}"
+                )
+            names = [f"x{i}" for i in range(arr.shape[1] - 1)] + ["y"]
+            return Table(_numeric(arr, path), names)
+        if suffix == ".npz":
+            return _read_npz(path)
+        return _read_parquet(path)
+    except (OSError, EOFError, KeyError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: cannot read the file ({exc})") from None
+    except ValueError as exc:
+        if str(exc).startswith(str(path)):
+            raise
+        raise ValueError(f"{path}: cannot read the file ({exc})") from None
+
+
+def _numeric(arr: Any, path: Path) -> Array:
+    try:
+        return np.asarray(arr, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"{path}: the data are not numeric") from None
+
+
+def _read_csv(path: Path) -> Table:
+    with open(path, newline="") as fh:
+        header = next(csv.reader(fh), None)
+    if not header:
+        raise ValueError(f"{path}: the file is empty")
+    names = [h.strip() for h in header]
+    try:
+        float(names[0])
+        raise ValueError(
+            f"{path}: the first line must name the columns (found a number)"
+        )
+    except ValueError as exc:
+        if "first line" in str(exc):
+            raise
+    try:
+        data = np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2, dtype=np.float64)
+    except ValueError as exc:
+        raise ValueError(f"{path}: non-numeric or missing value ({exc})") from None
+    if data.shape[0] == 0:
+        raise ValueError(f"{path}: no data rows after the header")
+    if data.shape[1] != len(names):
+        raise ValueError(
+            f"{path}: {len(names)} column names but {data.shape[1]} values per row"
+        )
+    return Table(data, names)
+
+
+def _read_npz(path: Path) -> Table:
+    with np.load(path, allow_pickle=False) as archive:
+        keys = list(archive.keys())
+        if "X" in keys:
+            X = _numeric(archive["X"], path)
+            if X.ndim != 2:
+                raise ValueError(f"{path}: array X must be 2-D, got shape {X.shape}")
+            names = [f"x{i}" for i in range(X.shape[1])]
+            cols = [X]
+            for key in keys:
+                arr = archive[key]
+                if key != "X" and arr.ndim == 1 and arr.shape[0] == X.shape[0]:
+                    cols.append(_numeric(arr, path)[:, None])
+                    names.append(key)
+            return Table(np.hstack(cols), names)
+        arrays = {k: archive[k] for k in keys if archive[k].ndim == 1}
+    lengths = {a.shape[0] for a in arrays.values()}
+    if not arrays or len(lengths) != 1:
+        raise ValueError(f"{path}: expected an array 'X' or 1-D arrays of equal length")
+    return Table(
+        np.column_stack([_numeric(a, path) for a in arrays.values()]), list(arrays)
+    )
+
+
+def _read_parquet(path: Path) -> Table:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise ValueError(
+            f"{path}: reading Parquet needs pyarrow: pip install 'moelearn[parquet]'"
+        ) from None
+    table = pq.read_table(path)
+    names = list(table.column_names)
+    cols = []
+    for name in names:
+        col = table.column(name)
+        try:
+            cols.append(col.to_numpy(zero_copy_only=False).astype(np.float64))
+        except (TypeError, ValueError):
+            raise ValueError(f"{path}: column {name!r} is not numeric") from None
+    return Table(np.column_stack(cols), names)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it into place only on success.
+
+    An exception (or Ctrl-C) inside the block removes the temporary file, so no
+    half-written output is ever left at ``path``.
+    """
+    path = Path(path)
+    if path.parent and not path.parent.exists():
+        raise ValueError(f"{path}: the folder {path.parent} does not exist")
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{path.name}.", suffix=".part" + path.suffix, dir=path.parent or "."
+    )
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+
+
+def write_table(
+    path: str | os.PathLike, columns: dict[str, Array], **npz_extra: Array
+) -> None:
+    """Write equal-length 1-D columns to CSV, .npz or Parquet, atomically."""
+    path = Path(path)
+    suffix = _suffix(path)
+    names = list(columns)
+    data = np.column_stack([np.asarray(columns[k], dtype=float) for k in names])
+    with atomic_path(path) as tmp:
+        if suffix == ".csv":
+            np.savetxt(
+                tmp,
+                data,
+                delimiter=",",
+                header=",".join(names),
+                comments="",
+                fmt="%.17g",
+            )
+        elif suffix == ".npz":
+            with open(tmp, "wb") as fh:
+                np.savez(
+                    fh, **{k: data[:, i] for i, k in enumerate(names)}, **npz_extra
+                )
+        elif suffix == ".npy":
+            with open(tmp, "wb") as fh:
+                np.save(fh, data)
+        else:
+            try:
+                import pyarrow as pa
+                import pyarrow.parquet as pq
+            except ImportError:
+                raise ValueError(
+                    f"{path}: writing Parquet needs pyarrow: pip install 'moelearn[parquet]'"
+                ) from None
+            pq.write_table(pa.table({k: data[:, i] for i, k in enumerate(names)}), tmp)
+
+
+def write_json(path: str | os.PathLike, obj: dict) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2) + "\n")
+
+
+# ----------------------------------------------------------------- models
+def save_model(model: Any, path: str | os.PathLike, **metadata: Any) -> None:
+    """Write a fitted estimator's parameters and settings as JSON (atomically)."""
+    from sklearn.utils.validation import check_is_fitted
+
+    check_is_fitted(model)
+    names = getattr(model, "feature_names_in_", None)
+    obj = {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "estimator": type(model).__name__,
+        "params": {k: v for k, v in model.get_params().items() if _jsonable(v)},
+        "link": model.link,
+        "n_features": int(model.n_features_in_),
+        "feature_names": None if names is None else [str(n) for n in names],
+        "experts": model.experts_.tolist(),
+        "gating": model.gating_.tolist(),
+        "noise_std": float(model.noise_std_),
+        "spectral_experts": model.spectral_experts_.tolist(),
+        "converged": bool(model.converged_),
+        "n_iter": int(model.n_iter_),
+        **metadata,
+    }
+    write_json(path, obj)
+
+
+def _jsonable(value: Any) -> bool:
+    return value is None or isinstance(value, (bool, int, float, str))
+
+
+def load_model(path: str | os.PathLike):
+    """Read a model written by :func:`save_model`; checks every field's type and shape."""
+    from moelearn.estimators import SpectralMoE
+
+    path = Path(path)
+    try:
+        obj = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such model file") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: not a moelearn model file ({exc})") from None
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+        raise ValueError(f"{path}: not a moelearn model file (missing format tag)")
+    if obj.get("version") != FORMAT_VERSION:
+        raise ValueError(
+            f"{path}: model format version {obj.get('version')!r} is not supported"
+        )
+    if obj.get("estimator") != "SpectralMoE":
+        raise ValueError(f"{path}: unknown estimator {obj.get('estimator')!r}")
+
+    def matrix(key: str) -> Array:
+        try:
+            arr = np.asarray(obj[key], dtype=np.float64)
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(
+                f"{path}: field {key!r} is missing or not numeric"
+            ) from None
+        if arr.ndim != 2 or not np.isfinite(arr).all():
+            raise ValueError(f"{path}: field {key!r} must be a finite 2-D array")
+        return arr
+
+    experts, gating, spectral = (
+        matrix("experts"),
+        matrix("gating"),
+        matrix("spectral_experts"),
+    )
+    d = obj.get("n_features")
+    if not isinstance(d, int) or experts.shape[1] != d:
+        raise ValueError(
+            f"{path}: experts have shape {experts.shape}, n_features is {d!r}"
+        )
+    if gating.shape != experts.shape or spectral.shape != experts.shape:
+        raise ValueError(f"{path}: experts, gating and spectral_experts shapes differ")
+    if np.any(gating[-1] != 0):
+        raise ValueError(f"{path}: the last gating row must be zero")
+    noise = obj.get("noise_std")
+    if not isinstance(noise, (int, float)) or not noise > 0:
+        raise ValueError(f"{path}: noise_std must be a positive number")
+    link = obj.get("link")
+    if link not in LINKS:
+        raise ValueError(f"{path}: unknown link {link!r}")
+    names = obj.get("feature_names")
+    if names is not None and (not isinstance(names, list) or len(names) != d):
+        raise ValueError(f"{path}: feature_names must list {d} names")
+    params = dict(obj.get("params") or {})
+    params.update(link=link, n_experts=experts.shape[0])
+    model = SpectralMoE()
+    valid = set(model.get_params())
+    model.set_params(**{k: v for k, v in params.items() if k in valid})
+    model.experts_, model.gating_, model.spectral_experts_ = experts, gating, spectral
+    model.noise_std_ = float(noise)
+    model.n_features_in_ = d
+    if names is not None:
+        model.feature_names_in_ = np.asarray(names, dtype=object)
+    model.converged_ = bool(obj.get("converged", True))
+    model.n_iter_ = int(obj.get("n_iter", 0))
+    model.target_name_ = obj.get("target")
+    return model

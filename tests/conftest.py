@@ -1,0 +1,25 @@
+import os
+
+import numpy as np
+import pytest
+
+import moelearn._moments as moments
+
+
+@pytest.fixture
+def global_random_seed():
+    """Fixed seed; MOELEARN_TEST_SEED overrides it to sweep seeds."""
+    return int(os.environ.get("MOELEARN_TEST_SEED", "0"))
+
+
+@pytest.fixture
+def small_chunks(monkeypatch):
+    """Force many row chunks so chunked accumulation is exercised."""
+    monkeypatch.setattr(moments, "_CHUNK_BYTES", 1)  # chunk_rows clips to 256 rows
+
+
+def correlated_inputs(n, d, rng, mean_scale=0.3):
+    """Gaussian rows with a random mean and a random non-identity covariance."""
+    B = rng.standard_normal((d, d)) / np.sqrt(d) + np.eye(d)
+    mean = mean_scale * rng.standard_normal(d)
+    return rng.standard_normal((n, d)) @ B.T + mean

@@ -1,0 +1,140 @@
+"""The command line as a user drives it: round trips, and every failure a clear
+one-line error with exit status 2 and no output file left behind."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from moelearn.cli import main
+from moelearn.io import atomic_path, load_model, read_table
+
+
+def run(*args):
+    return main([str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cli")
+    assert (
+        run("simulate", "-n", 30000, "-d", 4, "--seed", 1, "--out", path / "data.csv")
+        == 0
+    )
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".npz", ".npy", ".parquet"])
+def test_simulate_fit_predict_evaluate_round_trip(tmp_path, suffix, capsys):
+    if suffix == ".parquet":
+        pytest.importorskip("pyarrow")
+    data = tmp_path / f"data{suffix}"
+    assert run("simulate", "-n", 20000, "-d", 3, "--seed", 2, "--out", data) == 0
+    truth = tmp_path / "data.truth.json"
+    assert truth.exists()
+    model = tmp_path / "model.json"
+    assert run("fit", data, "--target", "y", "--out", model, "-q") == 0
+    assert run("predict", model, data, "--out", tmp_path / "pred.csv") == 0
+    pred = read_table(tmp_path / "pred.csv")
+    assert pred.columns == ["prediction", "gate_0", "gate_1"]
+    assert pred.data.shape == (20000, 3)
+    np.testing.assert_allclose(pred.data[:, 1] + pred.data[:, 2], 1.0)
+    capsys.readouterr()
+    assert run("evaluate", model, "--truth", truth, "--data", data, "--json") == 0
+    figures = json.loads(capsys.readouterr().out)
+    # n = 2e4, d = 3: expected full error ~ 2 sqrt(d/n) = 0.024; allow 3x.
+    assert figures["parameter_error"] < 3 * 2 * np.sqrt(3 / 20000)
+    assert set(figures) >= {"regressor_error", "mean_log_likelihood", "rmse"}
+
+
+def test_model_file_round_trips_the_predictions(workdir):
+    model_path = workdir / "m.json"
+    assert run("fit", workdir / "data.csv", "--out", model_path, "-q") == 0
+    model = load_model(model_path)
+    X = read_table(workdir / "data.csv").split("y")[0]
+    assert model.predict(X[:10]).shape == (10,)
+    saved = json.loads(model_path.read_text())
+    assert saved["feature_names"] == ["x0", "x1", "x2", "x3"]
+    assert saved["target"] == "y"
+
+
+@pytest.mark.parametrize(
+    "corrupt, match",
+    [
+        (lambda m: m.update(format="other"), "not a moelearn model"),
+        (lambda m: m.update(experts=[[1.0, 2.0]]), "shape"),
+        (lambda m: m.update(gating=[["a", "b"]]), "not numeric"),
+        (lambda m: m.update(noise_std=-1), "noise_std"),
+        (lambda m: m.update(link="cubic"), "unknown link"),
+        (lambda m: m["gating"][-1].__setitem__(0, 1.0), "last gating row"),
+    ],
+)
+def test_loading_checks_every_field(workdir, corrupt, match):
+    model_path = workdir / "m2.json"
+    if not model_path.exists():
+        assert run("fit", workdir / "data.csv", "--out", model_path, "-q") == 0
+    obj = json.loads(model_path.read_text())
+    corrupt(obj)
+    bad = workdir / "bad.json"
+    bad.write_text(json.dumps(obj))
+    with pytest.raises(ValueError, match=match):
+        load_model(bad)
+
+
+def test_errors_are_one_line_exit_2_and_leave_no_file(workdir, capsys):
+    data = workdir / "data.csv"
+    rows = data.read_text().splitlines()
+    cells = rows[5].split(",")
+    cells[2] = "nan"
+    rows[5] = ",".join(cells)
+    (workdir / "nan.csv").write_text("\n".join(rows) + "\n")
+    (workdir / "text.csv").write_text("a,b,y\n1,2,x\n")
+    cases = [
+        (["fit", workdir / "nan.csv"], "NaN at row 4, column 2"),
+        (["fit", workdir / "missing.csv"], "no such file"),
+        (["fit", data, "--target", "z"], "target column 'z' not found"),
+        (["fit", data, "--experts", 9], "exceeds n_features"),
+        (["fit", workdir / "text.csv"], "non-numeric"),
+        (["fit", workdir / "data.txt"], "unsupported file type"),
+    ]
+    for args, message in cases:
+        out = workdir / "out.json"
+        capsys.readouterr()
+        assert run(*args, "--out", out) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1, err
+        assert not out.exists()
+        assert not list(workdir.glob(".out.json.*"))
+
+
+def test_typo_in_command_or_option_exits_2():
+    for argv in (
+        ["fti"],
+        ["fit", "x.csv", "--otu", "m.json"],
+        ["fit", "x.csv", "--link", "cubic"],
+    ):
+        proc = subprocess.run(
+            [sys.executable, "-m", "moelearn.cli", *argv],
+            capture_output=True,
+            check=False,
+            text=True,
+        )
+        assert proc.returncode == 2
+        assert "error" in proc.stderr
+
+
+def test_atomic_path_removes_the_partial_file_on_failure(tmp_path):
+    target = tmp_path / "out.csv"
+    with pytest.raises(KeyboardInterrupt), atomic_path(target) as tmp:
+        tmp.write_text("half")
+        raise KeyboardInterrupt
+    assert not target.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_fit_shows_progress(workdir, capsys):
+    assert run("fit", workdir / "data.csv", "--out", workdir / "p.json") == 0
+    err = capsys.readouterr().err
+    assert "spectral step done" in err and "refine iter" in err

@@ -1,0 +1,83 @@
+import numpy as np
+import pytest
+
+import moelearn._em as em_module
+from moelearn import make_moe, parameter_error
+from moelearn._em import em
+from moelearn._model import MoEParams, log_likelihood_terms
+
+
+def truth_params(truth):
+    return MoEParams(
+        truth["experts"], truth["gating"], truth["noise_std"], truth["link"]
+    )
+
+
+@pytest.mark.parametrize("fit_experts", [False, True])
+def test_em_never_lowers_the_likelihood(fit_experts, global_random_seed):
+    X, y, truth = make_moe(20_000, 5, random_state=global_random_seed)
+    rng = np.random.default_rng(global_random_seed)
+    start = truth_params(truth)
+    start = MoEParams(start.experts + 0.1, np.zeros_like(start.gating), 0.3, "linear")
+    result = em(
+        X,
+        y,
+        start,
+        fit_experts=fit_experts,
+        covariance=np.eye(5),
+        max_iter=30,
+        tol=1e-8,
+        rng=rng,
+    )
+    curve = np.array(result.log_likelihood)
+    assert np.all(np.diff(curve) >= -1e-10 * (1 + np.abs(curve[:-1])))
+    final = log_likelihood_terms(X, y, result.params)[0].mean()
+    assert final >= curve[-1] - 1e-10
+
+
+def test_gating_em_with_true_experts_recovers_the_gate(global_random_seed):
+    """Gate error of the MLE ~ sqrt(d/n) * c; tolerance 5 sqrt(d/n) (c ~ 2 measured)."""
+    n, d = 50_000, 5
+    X, y, truth = make_moe(n, d, random_state=global_random_seed)
+    start = MoEParams(truth["experts"], np.zeros((2, d)), 0.5, "linear")
+    result = em(
+        X,
+        y,
+        start,
+        fit_experts=False,
+        covariance=np.eye(d),
+        max_iter=200,
+        tol=1e-7,
+        rng=np.random.default_rng(0),
+    )
+    assert result.converged
+    est = {"experts": result.params.experts, "gating": result.params.gating}
+    assert parameter_error(est, truth) < 5 * np.sqrt(d / n)
+    assert abs(result.params.noise_std - 0.1) < 5 * 0.1 / np.sqrt(n)
+
+
+def test_newton_subsample_changes_speed_not_the_fixed_point(
+    monkeypatch, global_random_seed
+):
+    """Curvature from a row subset preconditions the exact full-data gradient, so the
+    fixed point equals the one with full-data curvature (to the EM tolerance)."""
+    X, y, truth = make_moe(30_000, 4, random_state=global_random_seed)
+    start = truth_params(truth)
+
+    def run():
+        return em(
+            X,
+            y,
+            start,
+            fit_experts=True,
+            covariance=np.eye(4),
+            max_iter=200,
+            tol=1e-9,
+            rng=np.random.default_rng(1),
+        ).params
+
+    full = run()
+    monkeypatch.setattr(em_module, "_MIN_CURVATURE_ROWS", 2_000)
+    sub = run()
+    np.testing.assert_allclose(sub.experts, full.experts, atol=1e-6)
+    np.testing.assert_allclose(sub.gating, full.gating, atol=1e-6)

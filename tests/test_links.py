@@ -1,0 +1,65 @@
+import numpy as np
+import pytest
+
+from moelearn._links import (
+    gaussian_expectation,
+    get_link,
+    tensor_constants,
+    transform_coefficients,
+)
+
+
+def test_quadrature_gaussian_moments():
+    for power, moment in [(2, 1.0), (4, 3.0), (6, 15.0), (8, 105.0)]:
+        assert gaussian_expectation(lambda z, p=power: z**p) == pytest.approx(
+            moment, rel=1e-12
+        )
+
+
+@pytest.mark.parametrize("sigma", [0.0, 0.1, 0.5])
+def test_linear_transforms_are_hermite_like(sigma):
+    t = transform_coefficients(get_link("linear"), sigma)
+    assert t.alpha == 0.0 and t.gamma == 0.0
+    assert t.beta == pytest.approx(-3 * (1 + sigma**2), rel=1e-12)
+    assert tensor_constants(t, get_link("linear"), 1.0) == pytest.approx(
+        (2.0, 6.0), rel=1e-10
+    )
+    # Linear experts: the constants do not depend on |a|.
+    assert tensor_constants(t, get_link("linear"), 1.7) == pytest.approx(
+        (2.0, 6.0), rel=1e-10
+    )
+
+
+def test_sigmoid_system_reproduces_the_talk():
+    """The talk's 2x2 system for sigmoid experts: [[0.2067, 0.2066], [0.0624, -0.0001]]
+    [alpha, beta] = [-0.1755 - 0.6199 sigma^2, -0.0936]."""
+    sigma = 0.3
+    t = transform_coefficients(get_link("sigmoid"), sigma)
+    lhs = np.array([[0.2067, 0.2066], [0.0624, -0.0001]]) @ [t.alpha, t.beta]
+    np.testing.assert_allclose(lhs, [-0.1755 - 0.6199 * sigma**2, -0.0936], atol=2e-4)
+    assert t.alpha == pytest.approx(-1.5, abs=1e-6)
+    assert t.gamma == pytest.approx(-1.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("name", ["linear", "sigmoid"])
+def test_hermite_conditions_hold(name):
+    """E[phi3 He1] = E[phi3 He2] = 0 and E[phi2 He1] = 0 for the solved coefficients."""
+    link, sigma = get_link(name), 0.2
+    t = transform_coefficients(link, sigma)
+    g = link.func
+
+    def phi3(z):
+        gz = g(z)
+        return gz**3 + 3 * sigma**2 * gz + t.alpha * (gz**2 + sigma**2) + t.beta * gz
+
+    def phi2(z):
+        return g(z) ** 2 + sigma**2 + t.gamma * g(z)
+
+    assert abs(gaussian_expectation(lambda z: phi3(z) * z)) < 1e-12
+    assert abs(gaussian_expectation(lambda z: phi3(z) * (z**2 - 1))) < 1e-12
+    assert abs(gaussian_expectation(lambda z: phi2(z) * z)) < 1e-12
+
+
+def test_unknown_link_names_the_choices():
+    with pytest.raises(ValueError, match=r"unknown link 'relu'.*'linear'"):
+        get_link("relu")

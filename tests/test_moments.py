@@ -1,0 +1,147 @@
+"""Chunked contractions against explicit tensors (test-only oracles, d <= 6)."""
+
+import numpy as np
+import pytest
+
+from conftest import correlated_inputs
+from moelearn._moments import input_pass, t2_product, t3_whitened
+
+
+def explicit_whitened(X):
+    mean = X.mean(axis=0)
+    cov = np.cov(X.T, bias=True)
+    evals, evecs = np.linalg.eigh(cov)
+    L = evecs @ np.diag(evals**-0.5) @ evecs.T
+    return (X - mean) @ L, mean, cov
+
+
+def explicit_t2(Z, w):
+    d = Z.shape[1]
+    S2 = np.einsum("ni,nj->nij", Z, Z) - np.eye(d)
+    return np.einsum("n,nij->ij", w, S2) / len(w)
+
+
+def explicit_t3(Z, w):
+    d = Z.shape[1]
+    eye = np.eye(d)
+    S3 = (
+        np.einsum("ni,nj,nk->nijk", Z, Z, Z)
+        - np.einsum("ni,jk->nijk", Z, eye)
+        - np.einsum("nj,ik->nijk", Z, eye)
+        - np.einsum("nk,ij->nijk", Z, eye)
+    )
+    return np.einsum("n,nijk->ijk", w, S3) / len(w)
+
+
+@pytest.fixture
+def data(global_random_seed):
+    rng = np.random.default_rng(global_random_seed)
+    X = correlated_inputs(3000, 5, rng)
+    w = rng.standard_normal(3000) ** 2
+    return X, w, rng
+
+
+@pytest.mark.parametrize("mean_scale", [0.3, 50.0])
+def test_input_pass_matches_explicit(small_chunks, global_random_seed, mean_scale):
+    rng = np.random.default_rng(global_random_seed)
+    X = correlated_inputs(3000, 5, rng, mean_scale=mean_scale)
+    w = rng.standard_normal(3000) ** 2
+    omega = rng.standard_normal((5, 3))
+    result = input_pass(X, w, omega)
+    Z, mean, cov = explicit_whitened(X)
+    np.testing.assert_allclose(result.whitening.mean, mean, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(result.whitening.covariance, cov, rtol=1e-8, atol=1e-10)
+    L = result.whitening.transform
+    np.testing.assert_allclose(L.T @ cov @ L, np.eye(5), atol=1e-8)
+    np.testing.assert_allclose(
+        result.t2_start, explicit_t2(Z, w) @ result.omega, atol=1e-8
+    )
+    centred = X - mean
+    skew = (centred**3).mean(0) / centred.var(0) ** 1.5
+    np.testing.assert_allclose(result.skewness, skew, atol=1e-8)
+
+
+def test_t2_product_matches_explicit(data, small_chunks):
+    X, w, rng = data
+    white = input_pass(X, w, rng.standard_normal((5, 2))).whitening
+    Z, _, _ = explicit_whitened(X)
+    V = rng.standard_normal((5, 4))
+    np.testing.assert_allclose(
+        t2_product(X, w, white, V), explicit_t2(Z, w) @ V, atol=1e-10
+    )
+
+
+def test_t3_whitened_matches_explicit(data, small_chunks):
+    X, w, rng = data
+    white = input_pass(X, w, rng.standard_normal((5, 2))).whitening
+    Z, _, _ = explicit_whitened(X)
+    W = rng.standard_normal((5, 3))
+    weights = np.column_stack([w, np.sin(w)])
+    got = t3_whitened(X, weights, white, W)
+    for j in range(2):
+        want = np.einsum("ijk,ia,jb,kc->abc", explicit_t3(Z, weights[:, j]), W, W, W)
+        np.testing.assert_allclose(got[j], want, atol=1e-10)
+
+
+def _summands_t2(Z, w):
+    return w[:, None, None] * (np.einsum("ni,nj->nij", Z, Z) - np.eye(Z.shape[1]))
+
+
+def _summands_t3(Z, w):
+    eye = np.eye(Z.shape[1])
+    S3 = (
+        np.einsum("ni,nj,nk->nijk", Z, Z, Z)
+        - np.einsum("ni,jk->nijk", Z, eye)
+        - np.einsum("nj,ik->nijk", Z, eye)
+        - np.einsum("nk,ij->nijk", Z, eye)
+    )
+    return w[:, None, None, None] * S3
+
+
+@pytest.mark.parametrize("link", ["linear", "sigmoid"])
+def test_moments_have_no_gate_cross_terms(link, global_random_seed):
+    """Population identities (SPEC.md): T2 = sum_i c2 p_i a_i a_i^T and
+    T3 = sum_i c3 p_i a_i^{x3} (p_i = 1/2 for a gate without bias), whatever the
+    gate direction. Every entry must lie within 5 standard errors (the summands'
+    standard deviation / sqrt(n)) of that."""
+    from moelearn import make_moe
+    from moelearn._links import get_link, tensor_constants, transform_coefficients
+
+    n, d, sigma = 400_000, 3, 0.1
+    X, y, truth = make_moe(
+        n, d, link=link, noise_std=sigma, random_state=global_random_seed
+    )
+    t = transform_coefficients(get_link(link), sigma)
+    c2, c3 = tensor_constants(t, get_link(link), 1.0)
+    A = truth["experts"]
+    true_t2 = 0.5 * c2 * A.T @ A
+    true_t3 = 0.5 * c3 * np.einsum("ri,rj,rk->ijk", A, A, A)
+    for summands, truth_tensor in [
+        (_summands_t2(X, t.p2(y)), true_t2),
+        (_summands_t3(X, t.p3(y)), true_t3),
+    ]:
+        se = summands.std(axis=0) / np.sqrt(n)
+        z = np.abs(summands.mean(axis=0) - truth_tensor) / se
+        assert z.max() < 5, z.max()
+    assert np.abs(true_t3).max() > 10 * se.max()  # the test has power
+
+
+def test_sigmoid_needs_its_quadratic_term(global_random_seed):
+    """Negative control: for sigmoid experts, P3 without the alpha y^2 term gives a
+    tensor that no multiple of sum_i a_i^{x3} fits within the sampling error."""
+    from moelearn import make_moe
+    from moelearn._links import get_link, transform_coefficients
+
+    n, sigma = 400_000, 0.1
+    X, y, truth = make_moe(
+        n, 3, link="sigmoid", noise_std=sigma, random_state=global_random_seed
+    )
+    t = transform_coefficients(get_link("sigmoid"), sigma)
+    summands = _summands_t3(X, y**3 + t.beta * y)  # alpha dropped
+    A = truth["experts"]
+    structure = np.einsum("ri,rj,rk->ijk", A, A, A)
+    T = summands.mean(axis=0)
+    best = (T * structure).sum() / (structure * structure).sum()  # best c in c*sum a^3
+    z = np.abs(T - best * structure) / (summands.std(axis=0) / np.sqrt(n))
+    # Under "no cross terms" the largest of 27 z-scores exceeds 6 with p < 1e-7.
+    assert z.max() > 6

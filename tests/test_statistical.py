@@ -1,0 +1,63 @@
+"""Acceptance-scale statistical checks (marked slow; `make test-slow`).
+
+Fixed seeds; thresholds are the issue's acceptance figures, each above SPEC.md's
+expected (median) error: full error after gating EM 0.035 at d=10, n=1e5 (limit 0.06);
+0.019 at d=50, n=1e6 (limit 0.03). The spectral step alone is held to 3x its
+expected error 3 sqrt(d/n) here; the full 20-seed sweep against the issue's 0.05 is
+`make accuracy`.
+"""
+
+import numpy as np
+import pytest
+
+from moelearn import SpectralMoE, make_moe, parameter_error
+from moelearn._em import em
+from moelearn._model import MoEParams
+
+pytestmark = pytest.mark.slow
+
+
+def em_from_truth(X, y, truth):
+    start = MoEParams(
+        truth["experts"], truth["gating"], truth["noise_std"], truth["link"]
+    )
+    params = em(
+        X,
+        y,
+        start,
+        fit_experts=True,
+        covariance=np.eye(X.shape[1]),
+        max_iter=500,
+        tol=1e-7,
+        rng=np.random.default_rng(0),
+    ).params
+    return {"experts": params.experts, "gating": params.gating}
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_d10_n1e5_linear(seed):
+    n, d = 100_000, 10
+    X, y, truth = make_moe(n, d, random_state=seed)
+    gated = SpectralMoE(refine=False, random_state=seed).fit(X, y)
+    refined = SpectralMoE(random_state=seed).fit(X, y)
+    assert parameter_error(gated.spectral_experts_, truth["experts"]) < 3 * 3 * np.sqrt(
+        d / n
+    )
+    assert parameter_error(gated, truth) <= 0.06
+    mle = em_from_truth(X, y, truth)
+    assert abs(parameter_error(refined, truth) - parameter_error(mle, truth)) <= 0.005
+    assert parameter_error(refined, mle) <= 0.005  # the same optimum
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_d50_n1e6_linear(seed):
+    X, y, truth = make_moe(1_000_000, 50, random_state=seed)
+    model = SpectralMoE(random_state=seed).fit(X, y)
+    assert parameter_error(model, truth) <= 0.03
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_d10_n1e6_sigmoid(seed):
+    X, y, truth = make_moe(1_000_000, 10, link="sigmoid", random_state=seed)
+    model = SpectralMoE(link="sigmoid", random_state=seed).fit(X, y)
+    assert parameter_error(model, truth) <= 0.03
