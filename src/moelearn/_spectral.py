@@ -31,7 +31,7 @@ from moelearn._tensor import (
 
 Array = np.ndarray
 
-OVERSAMPLING = 8
+OVERSAMPLING = 6
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,7 @@ class SpectralEstimate:
 def spectral_moments(
     X: Array, y: Array, link: Link, n_experts: int, rng: np.random.Generator
 ) -> SpectralMoments:
-    """Compute the moment products (3 passes; 2 when ``d <= k + 8``)."""
+    """Compute the moment products (3 passes; 2 when ``d <= k + 6``)."""
     _n, d = X.shape
     transforms = transform_coefficients(link, 0.0)
     sign = float(np.sign(tensor_constants(transforms, link, 1.0)[0])) or 1.0
@@ -124,8 +124,8 @@ def spectral_solve(
     eigenvalue ``lambda_i``), ``|c2| p_i s_i^2 = 1`` and
     ``lambda_i = c3 p_i s_i^3`` give ``s_i = |c2| lambda_i / c3``; for links whose
     constants depend on ``|a_i| = |s_i| nu_i`` this is solved for ``|a_i|`` by
-    :class:`_ScaleSolver`. The eigenvalues are first rescaled by a common factor so that the
-    implied weights ``p_i = E[pi_i(x)]`` sum to one, as they must; only their ratios
+    :class:`_ScaleSolver`. The eigenvalues are first rescaled by a common factor so
+    that the implied weights ``p_i = E[pi_i(x)]`` sum to one, as they must; only their ratios
     then carry noise. ``a_i = s_i U_k D^{1/2} mu_i`` in whitened coordinates.
     """
     k = moments.n_experts

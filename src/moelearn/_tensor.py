@@ -85,8 +85,9 @@ def robust_tensor_power(
     For each component: ``n_restarts`` random unit starts, each iterated
     ``u <- T(I, u, u) / |T(I, u, u)|`` up to ``n_iter`` times; the start with the
     largest ``T(u, u, u)`` is polished, then deflated,
-    ``T <- T - lambda u^{x3}``. Signs are fixed so that every ``lambda >= 0``. ``T`` is the whitened tensor (``k`` = number of
-    experts), never a ``d``-dimensional one.
+    ``T <- T - lambda u^{x3}``. Signs are fixed so that every ``lambda >= 0``.
+    ``T`` is the whitened tensor (``k`` = number of experts), never a
+    ``d``-dimensional one.
     """
     T = np.array(T, dtype=float)
     k = T.shape[0]

@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-refine", action="store_true", help="skip joint-EM refinement"
     )
     fit.add_argument("--max-iter", type=int, default=200)
-    fit.add_argument("--tol", type=float, default=1e-5)
+    fit.add_argument("--tol", type=float, default=1e-4)
     fit.add_argument("--seed", type=int, default=0)
     fit.add_argument("--out", required=True, help="model file to write (.json)")
     fit.add_argument("--quiet", "-q", action="store_true", help="no progress output")

@@ -42,7 +42,7 @@ class SpectralReliabilityWarning(UserWarning):
 # Marginal shape beyond which the inputs are called "far from Gaussian": a
 # skewness or excess kurtosis this large visibly biases the Stein moments.
 _SKEW_LIMIT, _KURTOSIS_LIMIT, _MEAN_LIMIT = 0.5, 1.0, 0.5
-_GATING_TOL_BEFORE_REFINE = 1e-3
+_GATING_TOL_BEFORE_REFINE = 1e-2
 # |lambda_k| of T2 below this many noise levels: the k-th direction is lost in noise.
 _MIN_SIGNAL_TO_NOISE = 3.0
 
@@ -80,10 +80,12 @@ class SpectralMoE(RegressorMixin, BaseEstimator):
     max_iter : int, default=200
         Maximum EM iterations per stage (gating EM, refinement). ``0`` stops after
         the spectral step (gate left at zero).
-    tol : float, default=1e-5
+    tol : float, default=1e-4
         EM stops when no parameter row moves more than ``tol`` (in whitened units).
+        EM converges linearly (rate ~0.15 at sigma = 0.1), so what remains is a few
+        times ``tol / 10``: far below the MLE's own error (~1.6 sigma sqrt(d/n)).
         When ``refine=True`` the gating stage, which only provides refinement's
-        start, stops at ``max(tol, 1e-3)``.
+        start, stops at ``max(tol, 1e-2)``.
     n_init : int, default=10
         Random restarts of the tensor power method per component.
     random_state : int, Generator or None, default=None
@@ -148,7 +150,7 @@ class SpectralMoE(RegressorMixin, BaseEstimator):
         noise_std: float | None = None,
         refine: bool = True,
         max_iter: int = 200,
-        tol: float = 1e-5,
+        tol: float = 1e-4,
         n_init: int = 10,
         random_state=None,
         verbose: int = 0,
