@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from _report import emit
 from moelearn import SpectralMoE, make_moe, parameter_error
 
 MEMORY_SCRIPT = r"""
@@ -147,10 +148,7 @@ def main() -> None:
         "",
     ]
     text = "\n".join(lines)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
+    emit(text, args.out)
 
 
 if __name__ == "__main__":

@@ -81,3 +81,48 @@ def test_newton_subsample_changes_speed_not_the_fixed_point(
     sub = run()
     np.testing.assert_allclose(sub.experts, full.experts, atol=1e-6)
     np.testing.assert_allclose(sub.gating, full.gating, atol=1e-6)
+
+
+def naive_em_step(X, y, A, G, sigma):
+    """One textbook EM iteration for linear experts (Jordan & Jacobs), plain numpy."""
+    from scipy.special import softmax
+    from scipy.stats import norm
+
+    gates = softmax(X @ G.T, axis=1)
+    dens = gates * norm.pdf(y[:, None], loc=X @ A.T, scale=sigma)
+    r = dens / dens.sum(axis=1, keepdims=True)
+    A_new = np.array(
+        [np.linalg.solve(X.T @ (r[:, [j]] * X), X.T @ (r[:, j] * y)) for j in range(2)]
+    )
+    p = gates[:, 0]
+    H = X.T @ ((p * (1 - p))[:, None] * X)
+    G_new = G.copy()
+    G_new[0] += np.linalg.solve(H, X.T @ (r[:, 0] - p))
+    sigma_new = np.sqrt((r * (y[:, None] - X @ A.T) ** 2).sum() / len(y))
+    loglik = np.log(dens.sum(axis=1)).mean()
+    return A_new, G_new, sigma_new, loglik
+
+
+def test_one_em_iteration_matches_the_textbook_step(small_chunks, global_random_seed):
+    X, y, truth = make_moe(3_000, 3, random_state=global_random_seed)
+    rng = np.random.default_rng(global_random_seed)
+    A = truth["experts"] + 0.1 * rng.standard_normal((2, 3))
+    G = truth["gating"] * 0.5
+    start = MoEParams(A, G, 0.2, "linear")
+    result = em(
+        X,
+        y,
+        start,
+        fit_experts=True,
+        covariance=np.eye(3),
+        max_iter=1,
+        tol=0.0,
+        rng=rng,
+    )
+    A_new, G_new, sigma_new, loglik = naive_em_step(X, y, A, G, 0.2)
+    np.testing.assert_allclose(result.params.experts, A_new, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(result.params.gating, G_new, rtol=1e-9, atol=1e-12)
+    assert result.params.noise_std == pytest.approx(sigma_new, rel=1e-12)
+    assert result.log_likelihood[0] == pytest.approx(loglik, rel=1e-12)
+    ll, _ = log_likelihood_terms(X, y, start)
+    assert ll.mean() == pytest.approx(loglik, rel=1e-12)

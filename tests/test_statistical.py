@@ -11,26 +11,17 @@ import numpy as np
 import pytest
 
 from moelearn import SpectralMoE, make_moe, parameter_error
-from moelearn._em import em
+from moelearn._em import joint_em_from
 from moelearn._model import MoEParams
 
 pytestmark = pytest.mark.slow
 
 
-def em_from_truth(X, y, truth):
+def em_from_truth(X, y, truth) -> dict:
     start = MoEParams(
         truth["experts"], truth["gating"], truth["noise_std"], truth["link"]
     )
-    params = em(
-        X,
-        y,
-        start,
-        fit_experts=True,
-        covariance=np.eye(X.shape[1]),
-        max_iter=500,
-        tol=1e-7,
-        rng=np.random.default_rng(0),
-    ).params
+    params = joint_em_from(X, y, start)
     return {"experts": params.experts, "gating": params.gating}
 
 

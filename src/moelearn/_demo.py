@@ -156,14 +156,16 @@ def _plot(path: Path, model, truth: dict, X, y, perm) -> None:
     order = np.argsort(t)
     gate_true = 1.0 / (1.0 + np.exp(-t))
     gate_est = model.predict_proba(X)[:, perm[0]]
-    ax.plot(t[order], gate_true[order], color="black", lw=2, label="true gate")
     ax.scatter(
-        t[::20],
-        gate_est[::20],
-        s=3,
-        alpha=0.4,
+        t[::10],
+        gate_est[::10],
+        s=6,
+        alpha=0.5,
         color="tab:purple",
-        label="learned gate",
+        label="learned gate (test points)",
+    )
+    ax.plot(
+        t[order], gate_true[order], color="black", lw=1.2, ls="--", label="true gate"
     )
     ax.set(xlabel="true gate logit  w^T x", ylabel="P(expert 1 | x)", title="Gate")
     ax.legend(fontsize=8)

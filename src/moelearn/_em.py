@@ -266,3 +266,23 @@ def em(
             converged = True
             break
     return EMResult(current, n_iter, converged, history)
+
+
+def joint_em_from(
+    X: Array, y: Array, params: MoEParams, *, tol: float = 1e-7, max_iter: int = 500
+) -> MoEParams:
+    """Joint EM (experts, gate, noise) from ``params`` to its fixed point.
+
+    Used for reference optima, e.g. the MLE reached from the true parameters.
+    """
+    covariance = np.cov(X.T, bias=True).reshape(X.shape[1], X.shape[1])
+    return em(
+        X,
+        y,
+        params,
+        fit_experts=True,
+        covariance=covariance,
+        max_iter=max_iter,
+        tol=tol,
+        rng=np.random.default_rng(0),
+    ).params

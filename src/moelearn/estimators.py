@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import time
 import warnings
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from typing import ClassVar
 
 import numpy as np
@@ -14,7 +14,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from moelearn import _validation as v
-from moelearn._em import em
+from moelearn._em import EMResult, em
 from moelearn._links import LINKS, get_link
 from moelearn._model import (
     MoEParams,
@@ -200,8 +200,7 @@ class SpectralMoE(RegressorMixin, BaseEstimator):
             "rng": rng,
             "callback": self._progress if self.verbose >= 2 else None,
         }
-        history: list[float] = []
-        n_iter, converged = 0, True
+        record = _EMRecord()
 
         if self.max_iter > 0:
             start = time.perf_counter()
@@ -209,64 +208,53 @@ class SpectralMoE(RegressorMixin, BaseEstimator):
             gating_tol = (
                 max(self.tol, _GATING_TOL_BEFORE_REFINE) if self.refine else self.tol
             )
-            result = self._em(
-                X,
-                y,
-                params,
-                fit_experts=False,
-                stage="gating",
-                **common,
-                tol=gating_tol,
-            )
-            history += result.log_likelihood
-            n_iter += result.n_iter
-            converged &= result.converged
-            params = result.params
-            if self.noise_std is None:
-                # Re-solve the moments at the estimated noise (no pass over the data).
-                spectral = spectral_solve(moments, params.noise_std, rng, self.n_init)
-                params = replace(params, experts=spectral.experts)
-                if not self.refine:  # let the gate adjust to the corrected regressors
-                    result = self._em(
+
+            def gating_em(params: MoEParams) -> MoEParams:
+                return record.add(
+                    self._em(
                         X,
                         y,
                         params,
                         fit_experts=False,
                         stage="gating",
-                        **common,
                         tol=gating_tol,
+                        **common,
                     )
-                    history += result.log_likelihood
-                    n_iter += result.n_iter
-                    converged &= result.converged
-                    params = result.params
+                )
+
+            params = gating_em(params)
+            if self.noise_std is None:
+                # Re-solve the moments at the estimated noise (no pass over the data).
+                spectral = spectral_solve(moments, params.noise_std, rng, self.n_init)
+                params = replace(params, experts=spectral.experts)
+                if not self.refine:  # let the gate adjust to the corrected regressors
+                    params = gating_em(params)
             times["gating"] = time.perf_counter() - start
             self._log(
-                1, f"gating EM done in {times['gating']:.2f} s ({n_iter} iterations)"
+                1,
+                f"gating EM done in {times['gating']:.2f} s ({record.n_iter} iterations)",
             )
 
             if self.refine:
-                start = time.perf_counter()
-                result = self._em(
-                    X,
-                    y,
-                    params,
-                    fit_experts=True,
-                    stage="refine",
-                    **common,
-                    tol=self.tol,
+                start, before = time.perf_counter(), record.n_iter
+                params = record.add(
+                    self._em(
+                        X,
+                        y,
+                        params,
+                        fit_experts=True,
+                        stage="refine",
+                        tol=self.tol,
+                        **common,
+                    )
                 )
-                history += result.log_likelihood
-                n_iter += result.n_iter
-                converged &= result.converged
-                params = result.params
                 times["refine"] = time.perf_counter() - start
                 self._log(
                     1,
                     f"refinement done in {times['refine']:.2f} s "
-                    f"({result.n_iter} iterations)",
+                    f"({record.n_iter - before} iterations)",
                 )
-            if not converged:
+            if not record.converged:
                 warnings.warn(
                     f"EM did not converge within max_iter={self.max_iter} iterations "
                     f"per stage (tol={self.tol}). Increase max_iter or tol; check that "
@@ -279,9 +267,9 @@ class SpectralMoE(RegressorMixin, BaseEstimator):
         self.gating_ = params.gating
         self.noise_std_ = float(params.noise_std)
         self.spectral_experts_ = spectral.experts
-        self.converged_ = bool(converged)
-        self.n_iter_ = n_iter
-        self.log_likelihood_curve_ = history
+        self.converged_ = record.converged
+        self.n_iter_ = record.n_iter
+        self.log_likelihood_curve_ = record.history
         self.fit_times_ = times
         self.diagnostics_ = {
             "t2_eigenvalues": moments.t2_values,
@@ -450,6 +438,21 @@ class SpectralMoE(RegressorMixin, BaseEstimator):
         tags = super().__sklearn_tags__()
         tags.input_tags.allow_nan = False
         return tags
+
+
+@dataclass
+class _EMRecord:
+    """Iterations, convergence and likelihood history over the EM stages of a fit."""
+
+    history: list[float] = field(default_factory=list)
+    n_iter: int = 0
+    converged: bool = True
+
+    def add(self, result: EMResult) -> MoEParams:
+        self.history += result.log_likelihood
+        self.n_iter += result.n_iter
+        self.converged = self.converged and result.converged
+        return result.params
 
 
 def _initial_noise(X: Array, y: Array, params: MoEParams, known: float | None) -> float:

@@ -6,7 +6,9 @@ import contextlib
 import csv
 import json
 import os
+import re
 import tempfile
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,6 +132,17 @@ def _read_csv(path: Path) -> Table:
     try:
         data = np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2, dtype=np.float64)
     except ValueError as exc:
+        found = re.search(
+            r"string '(.*)' to float64 at row (\d+), column (\d+)", str(exc)
+        )
+        if found:
+            text, row, col = found.group(1), int(found.group(2)), int(found.group(3))
+            what = "an empty value" if text == "" else f"non-numeric value {text!r}"
+            raise ValueError(
+                f"{path}: {what} at line {row + 2}, column {names[col - 1]!r}"
+                if 0 < col <= len(names)
+                else f"{path}: {what} at line {row + 2}"
+            ) from None
         raise ValueError(f"{path}: non-numeric or missing value ({exc})") from None
     if data.shape[0] == 0:
         raise ValueError(f"{path}: no data rows after the header")
@@ -141,6 +154,8 @@ def _read_csv(path: Path) -> Table:
 
 
 def _read_npz(path: Path) -> Table:
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"{path}: not an .npz archive")
     with np.load(path, allow_pickle=False) as archive:
         keys = list(archive.keys())
         if "X" in keys:
