@@ -4,8 +4,8 @@ Three chunked passes over the data:
 
 1. input mean/covariance (the whitening of ``x``), marginal skewness and kurtosis,
    and a first block product ``T2 @ Omega``;
-2. the Rayleigh–Ritz product ``T2 @ Q`` (skipped when ``d`` is at most the block
-   width, where pass 1 already determines ``T2``);
+2. the Rayleigh–Ritz product ``T2 @ Q`` (skipped when ``d <= 2 (k + 6)``: then
+   the start block is square and pass 1 already determines ``T2``);
 3. ``T3(W, W, W)`` for the whitening ``W`` of ``T2``, for two polynomials of ``y``
    (``P3`` at zero noise and ``y`` itself), so that ``T3`` for any noise level is
    ``T3_0 - 3 sigma^2 T3_y`` without another pass.
@@ -72,12 +72,14 @@ class SpectralEstimate:
 def spectral_moments(
     X: Array, y: Array, link: Link, n_experts: int, rng: np.random.Generator
 ) -> SpectralMoments:
-    """Compute the moment products (3 passes; 2 when ``d <= k + 6``)."""
+    """Compute the moment products (3 passes; 2 when ``d <= 2 (k + 6)``)."""
     _n, d = X.shape
     transforms = transform_coefficients(link, 0.0)
     sign = float(np.sign(tensor_constants(transforms, link, 1.0)[0])) or 1.0
     p2 = transforms.p2(y)
-    width = min(d, n_experts + OVERSAMPLING)
+    width = n_experts + OVERSAMPLING
+    if d <= 2 * width:  # a square start block gives T2 exactly and saves a pass
+        width = d
     omega = np.eye(d) if width == d else rng.standard_normal((d, width))
     inputs = input_pass(X, p2, omega)
     pairs = ritz_eigenpairs(
