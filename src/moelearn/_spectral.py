@@ -126,8 +126,9 @@ def spectral_solve(
     eigenvalue ``lambda_i``), ``|c2| p_i s_i^2 = 1`` and
     ``lambda_i = c3 p_i s_i^3`` give ``s_i = |c2| lambda_i / c3``; for links whose
     constants depend on ``|a_i| = |s_i| nu_i`` this is solved for ``|a_i|`` by
-    :class:`_ScaleSolver`. The eigenvalues are first rescaled by a common factor so
-    that the implied weights ``p_i = E[pi_i(x)]`` sum to one, as they must; only their ratios
+    :class:`_ScaleSolver`. For links whose constants do not depend on the norm
+    (linear), the eigenvalues are first rescaled by a common factor so that the
+    implied weights ``p_i = E[pi_i(x)]`` sum to one, as they must; only their ratios
     then carry noise. ``a_i = s_i U_k D^{1/2} mu_i`` in whitened coordinates.
     """
     k = moments.n_experts
@@ -145,24 +146,23 @@ def spectral_solve(
     nu = np.linalg.norm(directions, axis=0)
 
     solve_scale = _ScaleSolver(transforms, moments.link)
-
-    def scales_and_weights(factor: float) -> tuple[Array, Array]:
+    if solve_scale.constant:
+        # s_i = |c2| lambda_i / c3 in closed form. The weights p_i = 1 / (|c2| s_i^2)
+        # must sum to one and the eigenvalues share one noisy common factor t, so
+        # rescale: p_i ~ 1 / t^2 gives t^2 = sum_i p_i.
+        c2, c3 = tensor_constants(transforms, moments.link, 1.0)
+        scales = abs(c2) * comps.values / c3
+        weights = 1.0 / (abs(c2) * scales * scales)
+        total = weights.sum()
+        if np.isfinite(total) and total > 0:
+            scales, weights = scales * np.sqrt(total), weights / total
+    else:
+        # The eigenvalue is ambiguous near h's peak: take the solution nearest the
+        # common norm that sum_i p_i = 1 implies.
+        near = solve_scale.common_norm(nu)
         scales, weights = np.empty(k), np.empty(k)
         for i in range(k):
-            scales[i], weights[i] = solve_scale(factor * comps.values[i], nu[i])
-        return scales, weights
-
-    # The weights p_i = E[pi_i(x)] sum to one; the eigenvalues share one noisy
-    # common factor, so solve sum_i p_i(t lambda_i) = 1 for t (p_i ~ 1/t^2).
-    log_t = 0.0
-    for _ in range(60):
-        scales, weights = scales_and_weights(np.exp(log_t))
-        total = weights.sum()
-        if not np.isfinite(total) or total <= 0 or abs(np.log(total)) < 1e-12:
-            break
-        log_t += 0.5 * np.log(total)
-    if not np.all(np.isfinite(scales)):
-        scales, weights = scales_and_weights(1.0)
+            scales[i], weights[i] = solve_scale(comps.values[i], nu[i], near)
     scales = np.where(np.isfinite(scales), scales, 1.0)
     experts_w = (directions * scales).T
     experts = moments.inputs.whitening.to_raw(experts_w)
@@ -177,10 +177,10 @@ class _ScaleSolver:
     noise: ``h`` is tabulated once on ``r`` in [0.2, 5] (whitened units), the
     crossing nearest ``r = 1`` is taken and polished by secant steps on exact
     constants; without a crossing, the closest point. For saturating links ``h`` is
-    flat near ``r = 1`` (sigmoid: ``h`` peaks there), so the norm is weakly
-    identified by this route and noise can move it far; the bracket keeps the
-    spectral start sane and EM refinement then settles the norms. (A plain
-    fixed-point iteration diverges for the sigmoid.)
+    flat near ``r = 1`` (sigmoid: ``h`` peaks there), so two solutions can lie on
+    either side of the peak; the one nearest the common norm implied by
+    ``sum_i p_i = 1`` (:meth:`common_norm`) is taken. (A plain fixed-point
+    iteration diverges for the sigmoid.)
     """
 
     GRID = np.linspace(np.log(0.2), np.log(5.0), 97)
@@ -199,6 +199,8 @@ class _ScaleSolver:
         while hi < len(signs) - 1 and signs[hi + 1] == signs[centre]:
             hi += 1
         self.valid = slice(lo, hi + 1)
+        # Linear-type links: c2, c3 do not depend on r, h(x) = x + const.
+        self.constant = bool(np.ptp(self.h - self.GRID) < 1e-9)
 
     def _constants(self, x: float) -> tuple[float, float]:
         return tensor_constants(self.transforms, self.link, float(np.exp(x)))
@@ -207,14 +209,32 @@ class _ScaleSolver:
         c2, c3 = self._constants(x)
         return x + np.log(abs(c3) + 1e-300) - np.log(abs(c2) + 1e-300)
 
-    def __call__(self, value: float, nu: float) -> tuple[float, float]:
-        """Scale ``s = |c2| value / c3`` (signed) and weight ``p = 1 / (|c2| s^2)``."""
+    def common_norm(self, nu: Array) -> float:
+        """``log r`` solving ``sum_i p_i = 1`` when all experts share the norm ``r``.
+
+        ``p_i = nu_i^2 / (|c2(r)| r^2)``, so ``|c2(r)| r^2 = sum_i nu_i^2``: a
+        well-conditioned equation (monotone for the built-in links), unlike the
+        tensor eigenvalue's, which is flat near ``r = 1`` for saturating links.
+        """
+        grid = self.GRID[self.valid]
+        lhs = np.array(
+            [np.log(abs(self._constants(x)[0]) + 1e-300) + 2 * x for x in grid]
+        )
+        return float(grid[np.argmin(np.abs(lhs - np.log(np.sum(nu * nu))))])
+
+    def __call__(
+        self, value: float, nu: float, near: float = 0.0
+    ) -> tuple[float, float]:
+        """Scale ``s = |c2| value / c3`` (signed) and weight ``p = 1 / (|c2| s^2)``.
+
+        Of several solutions for ``log r``, the one nearest ``near`` is taken.
+        """
         target = np.log(max(value * nu, 1e-300))
         grid = self.GRID[self.valid]
         diff = self.h[self.valid] - target
         crossings = np.flatnonzero(np.sign(diff[:-1]) != np.sign(diff[1:]))
         if crossings.size:
-            i = crossings[np.argmin(np.abs(grid[crossings]))]
+            i = crossings[np.argmin(np.abs(grid[crossings] - near))]
             x0, x1 = grid[i], grid[i + 1]
             f0, f1 = diff[i], diff[i + 1]
             for _ in range(20):  # secant polish, kept inside the bracket
@@ -229,6 +249,5 @@ class _ScaleSolver:
         else:  # no exact solution on the grid: the closest point
             x = grid[np.argmin(np.abs(diff))]
         c2, c3 = self._constants(x)
-        s = abs(c2) * value / c3
-        weight = 1.0 / (abs(c2) * s * s) if s != 0 else np.inf
-        return s, weight
+        s = np.sign(c3) * np.exp(x) / nu  # consistent with r = |s| nu
+        return s, 1.0 / (abs(c2) * s * s)
