@@ -261,17 +261,16 @@ def test_docstring_examples_run():
 
 
 @pytest.mark.parametrize("seed", range(4))
-def test_sigmoid_spectral_norms_pick_the_right_branch(seed):
-    """Sigmoid experts: the tensor eigenvalue barely identifies |a| near 1 (two
-    solutions either side of a flat peak); the sum-to-one weights pick the branch.
-    Spectral error ~ 3 sqrt(d/n) / (10x fewer effective samples) ~ 0.05 here; a wrong
-    branch gives |a| ~ 2.2 and errors ~ 1.2."""
+def test_sigmoid_spectral_norms_are_stable(seed):
+    """Sigmoid experts: the tensor eigenvalue barely identifies |a| near 1 (it moved
+    the norm to ~2.2 on some seeds before); the norm now comes from T2 and the
+    weights' sum-to-one constraint. Directions carry the spectral error, ~0.01 here;
+    the bound is 3x that plus the norm's own slack."""
     n, d = 1_000_000, 6
     X, y, truth = make_moe(n, d, link="sigmoid", random_state=seed)
-    model = SpectralMoE(link="sigmoid", max_iter=0, noise_std=0.1, random_state=0).fit(
-        X, y
-    )
-    np.testing.assert_allclose(
-        np.linalg.norm(model.spectral_experts_, axis=1), 1.0, atol=0.25
-    )
-    assert parameter_error(model.spectral_experts_, truth["experts"]) < 0.25
+    for noise in (0.09, 0.1, 0.11):  # insensitive to the noise level used
+        model = SpectralMoE(link="sigmoid", max_iter=0, noise_std=noise, random_state=0)
+        model.fit(X, y)
+        norms = np.linalg.norm(model.spectral_experts_, axis=1)
+        np.testing.assert_allclose(norms, 1.0, atol=0.05)
+        assert parameter_error(model.spectral_experts_, truth["experts"]) < 0.06

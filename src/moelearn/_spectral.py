@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.optimize import brentq
 
 from moelearn._links import Link, Transforms, tensor_constants, transform_coefficients
 from moelearn._moments import InputPass, input_pass, t2_product, t3_whitened
@@ -124,12 +125,12 @@ def spectral_solve(
     With ``W^T a_i = s_i mu_i`` (``mu_i`` orthonormal eigenvectors of the whitened
     ``T3`` from the power method, then polished jointly over orthonormal frames;
     eigenvalue ``lambda_i``), ``|c2| p_i s_i^2 = 1`` and
-    ``lambda_i = c3 p_i s_i^3`` give ``s_i = |c2| lambda_i / c3``; for links whose
-    constants depend on ``|a_i| = |s_i| nu_i`` this is solved for ``|a_i|`` by
-    :class:`_ScaleSolver`. For links whose constants do not depend on the norm
-    (linear), the eigenvalues are first rescaled by a common factor so that the
-    implied weights ``p_i = E[pi_i(x)]`` sum to one, as they must; only their ratios
-    then carry noise. ``a_i = s_i U_k D^{1/2} mu_i`` in whitened coordinates.
+    ``lambda_i = c3 p_i s_i^3`` give ``s_i = |c2| lambda_i / c3`` when the constants
+    do not depend on the norm (linear ``g``); the eigenvalues are first rescaled by a
+    common factor so that the implied weights ``p_i = E[pi_i(x)]`` sum to one, as
+    they must, and only their ratios carry noise. For links whose constants depend
+    on ``|a_i| = |s_i| nu_i``, the norm comes from :func:`_common_norm`.
+    ``a_i = s_i U_k D^{1/2} mu_i`` in whitened coordinates.
     """
     k = moments.n_experts
     tensor = moments.t3_zero_noise - 3.0 * noise_std**2 * moments.t3_linear
@@ -145,8 +146,7 @@ def spectral_solve(
     directions = (moments.t2_vectors * root_d) @ comps.vectors.T  # (d, k): U D^1/2 mu
     nu = np.linalg.norm(directions, axis=0)
 
-    solve_scale = _ScaleSolver(transforms, moments.link)
-    if solve_scale.constant:
+    if not _constants_depend_on_norm(transforms, moments.link):
         # s_i = |c2| lambda_i / c3 in closed form. The weights p_i = 1 / (|c2| s_i^2)
         # must sum to one and the eigenvalues share one noisy common factor t, so
         # rescale: p_i ~ 1 / t^2 gives t^2 = sum_i p_i.
@@ -157,97 +157,45 @@ def spectral_solve(
         if np.isfinite(total) and total > 0:
             scales, weights = scales * np.sqrt(total), weights / total
     else:
-        # The eigenvalue is ambiguous near h's peak: take the solution nearest the
-        # common norm that sum_i p_i = 1 implies.
-        near = solve_scale.common_norm(nu)
-        scales, weights = np.empty(k), np.empty(k)
-        for i in range(k):
-            scales[i], weights[i] = solve_scale(comps.values[i], nu[i], near)
+        # For saturating links (sigmoid) the eigenvalue barely informs the norm:
+        # lambda = c3(r) r / (|c2(r)| nu) is flat in r near |a| = 1, and a 10 %
+        # change of sigma moved its root from |a| = 1 to 0.85 or 1.2. T2's whitening
+        # and sum_i p_i = 1 give a well-conditioned common norm instead; experts of
+        # unequal norms get a biased start, which refinement corrects.
+        r = _common_norm(transforms, moments.link, nu)
+        c2, c3 = tensor_constants(transforms, moments.link, r)
+        scales = np.sign(c3) * r / nu
+        weights = 1.0 / (abs(c2) * scales * scales)
     scales = np.where(np.isfinite(scales), scales, 1.0)
     experts_w = (directions * scales).T
     experts = moments.inputs.whitening.to_raw(experts_w)
     return SpectralEstimate(experts, weights, comps.values)
 
 
-class _ScaleSolver:
-    """Solves ``r = nu |c2(r)| lambda / |c3(r)|`` for the norm ``r = |a_i|``.
+def _constants_depend_on_norm(transforms: Transforms, link: Link) -> bool:
+    """Whether ``c2, c3`` change with ``|a|`` (not for linear ``g``)."""
+    ref = np.array(tensor_constants(transforms, link, 1.0))
+    return any(
+        not np.allclose(tensor_constants(transforms, link, r), ref, rtol=1e-9)
+        for r in (0.5, 2.0)
+    )
 
-    With ``x = log r`` the equation reads ``h(x) = log(nu lambda)``,
-    ``h(x) = x + log|c3(e^x)| - log|c2(e^x)|``, which depends only on the link and
-    noise: ``h`` is tabulated once on ``r`` in [0.2, 5] (whitened units), the
-    crossing nearest ``r = 1`` is taken and polished by secant steps on exact
-    constants; without a crossing, the closest point. For saturating links ``h`` is
-    flat near ``r = 1`` (sigmoid: ``h`` peaks there), so two solutions can lie on
-    either side of the peak; the one nearest the common norm implied by
-    ``sum_i p_i = 1`` (:meth:`common_norm`) is taken. (A plain fixed-point
-    iteration diverges for the sigmoid.)
+
+def _common_norm(transforms: Transforms, link: Link, nu: Array) -> float:
+    """The norm ``r`` all experts share when ``sum_i p_i = 1``.
+
+    Whitening gives ``p_i = nu_i^2 / (|c2(r)| r^2)``, so
+    ``|c2(r)| r^2 = sum_i nu_i^2``; solved for ``log r`` in [log 0.2, log 5]
+    (clamped to the nearer end when there is no root).
     """
+    target = np.log(np.sum(nu * nu))
 
-    GRID = np.linspace(np.log(0.2), np.log(5.0), 97)
+    def f(x: float) -> float:
+        c2 = abs(tensor_constants(transforms, link, float(np.exp(x)))[0])
+        return np.log(c2 + 1e-300) + 2.0 * x - target
 
-    def __init__(self, transforms: Transforms, link: Link):
-        self.transforms, self.link = transforms, link
-        self.h = np.array([self._h(x) for x in self.GRID])
-        # Only the interval around r = 1 where c3 keeps its sign: where c3 crosses
-        # zero, log|c3| has a pole that would look like a crossing.
-        signs = np.sign([self._constants(x)[1] for x in self.GRID])
-        centre = int(np.argmin(np.abs(self.GRID)))
-        lo = centre
-        while lo > 0 and signs[lo - 1] == signs[centre]:
-            lo -= 1
-        hi = centre
-        while hi < len(signs) - 1 and signs[hi + 1] == signs[centre]:
-            hi += 1
-        self.valid = slice(lo, hi + 1)
-        # Linear-type links: c2, c3 do not depend on r, h(x) = x + const.
-        self.constant = bool(np.ptp(self.h - self.GRID) < 1e-9)
-
-    def _constants(self, x: float) -> tuple[float, float]:
-        return tensor_constants(self.transforms, self.link, float(np.exp(x)))
-
-    def _h(self, x: float) -> float:
-        c2, c3 = self._constants(x)
-        return x + np.log(abs(c3) + 1e-300) - np.log(abs(c2) + 1e-300)
-
-    def common_norm(self, nu: Array) -> float:
-        """``log r`` solving ``sum_i p_i = 1`` when all experts share the norm ``r``.
-
-        ``p_i = nu_i^2 / (|c2(r)| r^2)``, so ``|c2(r)| r^2 = sum_i nu_i^2``: a
-        well-conditioned equation (monotone for the built-in links), unlike the
-        tensor eigenvalue's, which is flat near ``r = 1`` for saturating links.
-        """
-        grid = self.GRID[self.valid]
-        lhs = np.array(
-            [np.log(abs(self._constants(x)[0]) + 1e-300) + 2 * x for x in grid]
-        )
-        return float(grid[np.argmin(np.abs(lhs - np.log(np.sum(nu * nu))))])
-
-    def __call__(
-        self, value: float, nu: float, near: float = 0.0
-    ) -> tuple[float, float]:
-        """Scale ``s = |c2| value / c3`` (signed) and weight ``p = 1 / (|c2| s^2)``.
-
-        Of several solutions for ``log r``, the one nearest ``near`` is taken.
-        """
-        target = np.log(max(value * nu, 1e-300))
-        grid = self.GRID[self.valid]
-        diff = self.h[self.valid] - target
-        crossings = np.flatnonzero(np.sign(diff[:-1]) != np.sign(diff[1:]))
-        if crossings.size:
-            i = crossings[np.argmin(np.abs(grid[crossings] - near))]
-            x0, x1 = grid[i], grid[i + 1]
-            f0, f1 = diff[i], diff[i + 1]
-            for _ in range(20):  # secant polish, kept inside the bracket
-                if f1 == f0:
-                    break
-                x2 = x1 - f1 * (x1 - x0) / (f1 - f0)
-                x0, f0 = x1, f1
-                x1, f1 = x2, self._h(x2) - target
-                if abs(f1) < 1e-12:
-                    break
-            x = x1
-        else:  # no exact solution on the grid: the closest point
-            x = grid[np.argmin(np.abs(diff))]
-        c2, c3 = self._constants(x)
-        s = np.sign(c3) * np.exp(x) / nu  # consistent with r = |s| nu
-        return s, 1.0 / (abs(c2) * s * s)
+    lo, hi = np.log(0.2), np.log(5.0)
+    f_lo, f_hi = f(lo), f(hi)
+    if f_lo * f_hi > 0:
+        return float(np.exp(lo if abs(f_lo) < abs(f_hi) else hi))
+    return float(np.exp(brentq(f, lo, hi, xtol=1e-10)))
