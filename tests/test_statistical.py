@@ -66,3 +66,31 @@ def test_sigmoid_unequal_norms_refinement_recovers(seed):
     y, _ = sample_outputs(X, params, np.random.default_rng(seed + 100))
     model = SpectralMoE(link="sigmoid", random_state=seed).fit(X, y)
     assert parameter_error(model, {"experts": A, "gating": truth["gating"]}) <= 0.03
+
+
+def _hard_case(seed, kind):
+    from moelearn._model import sample_outputs
+
+    rng = np.random.default_rng(seed + 1000)  # a stream apart from make_moe's
+    X, _, truth = make_moe(100_000, 10, random_state=seed)
+    A, G = truth["experts"].copy(), truth["gating"].copy()
+    if kind == "sharp gate |w| = 10":
+        G[0] *= 10.0 / np.linalg.norm(G[0])
+    else:  # correlated experts, a1 . a2 = 0.9
+        b = rng.standard_normal(10)
+        b -= (b @ A[0]) * A[0]
+        A[1] = 0.9 * A[0] + np.sqrt(1 - 0.81) * b / np.linalg.norm(b)
+    params = MoEParams(A, G, 0.1, "linear")
+    y, _ = sample_outputs(X, params, rng)
+    return X, y, params
+
+
+@pytest.mark.parametrize("kind", ["sharp gate |w| = 10", "correlated experts"])
+@pytest.mark.parametrize("seed", range(3))
+def test_hard_cases_reach_the_mle(kind, seed):
+    """SPEC.md's hard cases for EM/GD from random starts: from the spectral start we
+    reach the optimum EM finds from the truth (same parameters to 1e-3)."""
+    X, y, params = _hard_case(seed, kind)
+    model = SpectralMoE(random_state=seed).fit(X, y)
+    mle = joint_em_from(X, y, params)
+    assert parameter_error(model, {"experts": mle.experts, "gating": mle.gating}) < 1e-3
