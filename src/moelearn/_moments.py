@@ -52,10 +52,6 @@ class Whitening:
         """
         return V @ self.transform.T
 
-    def to_whitened(self, A: Array) -> Array:
-        """Inverse of :meth:`to_raw`: ``L^{-1} a = L^T Cov a`` row-wise."""
-        return A @ self.covariance @ self.transform
-
 
 @dataclass(frozen=True)
 class InputPass:
@@ -66,7 +62,6 @@ class InputPass:
     excess_kurtosis: Array  # per raw column
     t2_start: Array  # T2 @ omega_w, (d, m), in whitened coordinates
     omega: Array  # the whitened start block omega_w, (d, m)
-    p2_mean: float
 
 
 def input_pass(X: Array, p2: Array, omega_raw: Array) -> InputPass:
@@ -118,7 +113,7 @@ def input_pass(X: Array, p2: Array, omega_raw: Array) -> InputPass:
     omega_w = transform.T @ cov @ omega_raw  # L^{-1} omega_raw
     t2_start = transform.T @ c2o - p2_mean * omega_w
     return InputPass(
-        Whitening(mean, transform, cov), skewness, kurtosis, t2_start, omega_w, p2_mean
+        Whitening(mean, transform, cov), skewness, kurtosis, t2_start, omega_w
     )
 
 

@@ -51,10 +51,6 @@ def _nonneg_float(text: str) -> float:
     return value
 
 
-def _experts(text: str) -> int:
-    return _positive_int(text)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="moelearn",
@@ -68,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim = sub.add_parser("simulate", help="draw data from a random mixture of experts")
     sim.add_argument("--samples", "-n", type=_positive_int, default=100_000)
     sim.add_argument("--features", "-d", type=_positive_int, default=10)
-    sim.add_argument("--experts", "-k", type=_experts, default=2)
+    sim.add_argument("--experts", "-k", type=_positive_int, default=2)
     sim.add_argument("--link", choices=sorted(LINKS), default="linear")
     sim.add_argument(
         "--noise", type=_nonneg_float, default=0.1, help="noise std (default 0.1)"
@@ -89,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument(
         "--target", default="y", help="name of the target column (default y)"
     )
-    fit.add_argument("--experts", "-k", type=_experts, default=2)
+    fit.add_argument("--experts", "-k", type=_positive_int, default=2)
     fit.add_argument("--link", choices=sorted(LINKS), default="linear")
     fit.add_argument("--noise-std", type=float, default=None, help="known noise std")
     fit.add_argument(
