@@ -126,3 +126,26 @@ def test_one_em_iteration_matches_the_textbook_step(small_chunks, global_random_
     assert result.log_likelihood[0] == pytest.approx(loglik, rel=1e-12)
     ll, _ = log_likelihood_terms(X, y, start)
     assert ll.mean() == pytest.approx(loglik, rel=1e-12)
+
+
+@pytest.mark.parametrize("link", ["linear", "sigmoid"])
+@pytest.mark.parametrize("fit_experts", [False, True])
+@pytest.mark.parametrize("k", [2, 3])
+def test_compiled_pass_matches_numpy(monkeypatch, link, fit_experts, k):
+    """The optional numba pass computes the same sums as the NumPy path."""
+    from moelearn import _em_fast
+
+    if not _em_fast.AVAILABLE:
+        pytest.skip("numba (the 'fast' extra) is not installed")
+    monkeypatch.setattr(em_module, "_MIN_CURVATURE_ROWS", 500)
+    X, y, truth = make_moe(5_000, 4, n_experts=k, link=link, random_state=0)
+    params = MoEParams(truth["experts"] * 0.9, truth["gating"] * 0.5, 0.2, link)
+    residuals = None if fit_experts else em_module.expert_residuals(X, y, params)
+    problem = em_module._Problem(X, y, em_module.get_link(link), fit_experts, residuals)
+    subset = np.arange(0, 5_000, 5)
+    compiled = problem.run_pass(params, subset)
+    monkeypatch.setattr(em_module, "USE_COMPILED", False)
+    plain = problem.run_pass(params, subset)
+    assert compiled.ll_sum == pytest.approx(plain.ll_sum, rel=1e-10)
+    assert compiled.rss == pytest.approx(plain.rss, rel=1e-10)
+    np.testing.assert_allclose(compiled.grad, plain.grad, rtol=1e-9, atol=1e-9)

@@ -111,6 +111,10 @@ def check_target(y: Any, n_samples: int, name: str = "y") -> Array:
 
 
 def _check_finite(arr: Array, name: str) -> None:
+    # Fast path: the sum is finite when every value is (NaN and inf propagate); only
+    # if it is not (or overflowed) are the values checked one by one.
+    if np.isfinite(np.add.reduce(arr, axis=None)):
+        return
     if not np.isfinite(arr).all():
         bad = np.argwhere(~np.isfinite(arr))[0]
         where = f"row {bad[0]}" + (f", column {bad[1]}" if arr.ndim == 2 else "")
