@@ -100,6 +100,7 @@ class _Stats:
     grad: Array | None = None  # (d, n_cols)
     hess_experts: Array | None = None  # (k, d, d)
     hess_gate: Array | None = None  # ((k-1) d, (k-1) d)
+    gate_missing: Array | None = None  # ((k-1) d, (k-1) d), gating stage only
 
 
 class _Problem:
@@ -145,9 +146,14 @@ class _Problem:
             d = xc.shape[1]
             for a in range(k - 1):
                 for b in range(a, k - 1):
+                    block = slice(a * d, (a + 1) * d), slice(b * d, (b + 1) * d)
                     w = gates[a] * ((a == b) - gates[b])
-                    block = xc.T @ (w[:, None] * xc)
-                    stats.hess_gate[a * d : (a + 1) * d, b * d : (b + 1) * d] += block
+                    stats.hess_gate[block] += xc.T @ (w[:, None] * xc)
+                    if not self.fit_experts:
+                        # The posterior's variance: complete-data minus this is the
+                        # gate's observed information with the experts fixed.
+                        w = resp[a] * ((a == b) - resp[b])
+                        stats.gate_missing[block] += xc.T @ (w[:, None] * xc)
 
     def run_pass(self, params: MoEParams, subset: Array | None) -> _Stats:
         """Gradient over all rows; Newton matrices over ``subset`` (or all rows)."""
@@ -157,6 +163,8 @@ class _Problem:
         stats = _Stats(grad=np.zeros((d, n_cols)))
         stats.hess_experts = np.zeros((k, d, d)) if self.fit_experts else None
         stats.hess_gate = np.zeros(((k - 1) * d, (k - 1) * d))
+        if not self.fit_experts:
+            stats.gate_missing = np.zeros_like(stats.hess_gate)
         fused = subset is None
         if not fused and USE_COMPILED and _em_fast.AVAILABLE:
             ll, stats.rss, stats.grad = _em_fast.gradient_pass(
@@ -167,7 +175,11 @@ class _Problem:
             for rows in row_slices(n, d):
                 self.accumulate(stats, self.X[rows], rows, params, True, fused)
         if not fused:
-            sub = _Stats(hess_experts=stats.hess_experts, hess_gate=stats.hess_gate)
+            sub = _Stats(
+                hess_experts=stats.hess_experts,
+                hess_gate=stats.hess_gate,
+                gate_missing=stats.gate_missing,
+            )
             for part in row_slices(len(subset), d):
                 idx = subset[part]
                 self.accumulate(sub, self.X[idx], idx, params, False, True)
@@ -175,9 +187,33 @@ class _Problem:
             stats.hess_gate *= scale
             if self.fit_experts:
                 stats.hess_experts *= scale
-        # Symmetrise the gate Hessian from its upper blocks.
-        stats.hess_gate = np.triu(stats.hess_gate) + np.triu(stats.hess_gate, 1).T
+            else:
+                stats.gate_missing *= scale
+        # Symmetrise the gate matrices from their upper blocks.
+        stats.hess_gate = _symmetric_from_upper(stats.hess_gate)
+        if stats.gate_missing is not None:
+            stats.gate_missing = _symmetric_from_upper(stats.gate_missing)
         return stats
+
+
+def _symmetric_from_upper(M: Array) -> Array:
+    return np.triu(M) + np.triu(M, 1).T
+
+
+def _gate_step(stats: _Stats, grad: Array) -> Array:
+    """Newton step for the gate.
+
+    With the experts fixed, the observed information (complete-data Hessian minus
+    the posterior's variance) gives Newton's fast convergence to the gate's MLE;
+    where it is not positive definite (far from the optimum), and in joint EM, the
+    complete-data Hessian (an EM M-step) is used.
+    """
+    if stats.gate_missing is not None:
+        try:
+            return cho_solve(cho_factor(stats.hess_gate - stats.gate_missing), grad)
+        except LinAlgError:
+            pass
+    return _newton_solve(stats.hess_gate, grad)
 
 
 def _newton_solve(H: Array, g: Array) -> Array:
@@ -261,7 +297,7 @@ def em(
             experts = experts + np.array(
                 [_newton_solve(stats.hess_experts[j], grad[:, j]) for j in range(k)]
             )
-        gate_step = _newton_solve(stats.hess_gate, grad[:, -(k - 1) :].T.reshape(-1))
+        gate_step = _gate_step(stats, grad[:, -(k - 1) :].T.reshape(-1))
         gating = current.gating.copy()
         gating[: k - 1] += gate_step.reshape(k - 1, d)
         noise = current.noise_std
