@@ -10,6 +10,11 @@ Each iteration is a generalised EM step (Jordan & Jacobs 1994):
   Hessian ``H_G[a, b] = sum_i pi_ia (delta_ab - pi_ib) x_i x_i^T``;
   ``sigma^2 = sum_ij r_ij (y_i - g_ij)^2 / n``.
 
+With the experts fixed (the gating stage) the gate's step uses its observed
+information instead, ``H_G - sum_i Cov_r(e_a, e_b) x_i x_i^T`` (the posterior's
+variance subtracted): Newton on the log-likelihood itself, converging faster than
+EM; where that matrix is not positive definite the M-step's ``H_G`` is used.
+
 The gradient of ``Q`` at the current parameters is the gradient of the observed
 log-likelihood (Fisher's identity), so it is always computed over all rows, in one
 chunked pass. The Newton matrices only precondition it: above
