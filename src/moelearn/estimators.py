@@ -2,26 +2,20 @@
 
 from __future__ import annotations
 
-import sys
 import time
 import warnings
 from dataclasses import dataclass, field, replace
 from typing import ClassVar
 
 import numpy as np
-from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.utils.validation import check_is_fitted, validate_data
 
 from moelearn import _validation as v
+from moelearn._base import MoEBase
 from moelearn._em import EMResult, em
 from moelearn._links import LINKS, get_link
 from moelearn._model import (
     MoEParams,
-    gate_proba,
-    log_likelihood_terms,
-    predict_mean,
-    sample_outputs,
 )
 from moelearn._spectral import SpectralMoments, spectral_moments, spectral_solve
 
@@ -47,7 +41,7 @@ _GATING_TOL_BEFORE_REFINE = 1e-2
 _MIN_SIGNAL_TO_NOISE = 3.0
 
 
-class SpectralMoE(RegressorMixin, BaseEstimator):
+class SpectralMoE(MoEBase):
     r"""Mixture of experts learned by spectral moments, then EM (Method 1).
 
     The model is
@@ -293,37 +287,6 @@ class SpectralMoE(RegressorMixin, BaseEstimator):
             **common,
         )
 
-    def _validate_training_data(self, X, y) -> tuple[Array, Array]:
-        X, y = validate_data(
-            self,
-            X,
-            y,
-            dtype=np.float64,
-            ensure_all_finite=False,
-            y_numeric=True,
-            order="C",
-            ensure_min_features=1,
-        )
-        X = v.check_finite_2d(X)
-        y = v.check_target(y, X.shape[0])
-        n, d = X.shape
-        k = self.n_experts
-        if k > d:
-            raise ValueError(
-                f"n_experts={k} exceeds n_features={d}: the spectral method recovers "
-                "at most one expert per input dimension"
-            )
-        n_params = 2 * k * d + 1
-        if n < n_params:
-            raise ValueError(
-                f"n_samples={n} is too small for n_features={d} and n_experts={k}: "
-                f"the model has {n_params} parameters; the spectral step's error is "
-                "about 3 * sqrt(d / n), so use many more samples than parameters"
-            )
-        if np.ptp(y) == 0:
-            raise ValueError("y is constant: there is nothing to learn")
-        return X, y
-
     def _warn_about_inputs(self, moments: SpectralMoments, n: int) -> None:
         inputs = moments.inputs
         reasons = []
@@ -382,62 +345,6 @@ class SpectralMoE(RegressorMixin, BaseEstimator):
             SpectralReliabilityWarning,
             stacklevel=3,
         )
-
-    # ------------------------------------------------------------- inference
-    def _params(self) -> MoEParams:
-        check_is_fitted(self)
-        return MoEParams(self.experts_, self.gating_, self.noise_std_, self.link)
-
-    def _inputs(self, X) -> Array:
-        check_is_fitted(self)
-        X = validate_data(
-            self, X, reset=False, dtype=np.float64, ensure_all_finite=False
-        )
-        return v.check_finite_2d(X)
-
-    def predict(self, X) -> Array:
-        """Conditional mean ``E[y | x] = sum_j pi_j(x) g(a_j . x)``, shape (n,)."""
-        return predict_mean(self._inputs(X), self._params())
-
-    def predict_proba(self, X) -> Array:
-        """Gate probabilities ``pi(x)``, shape (n, n_experts)."""
-        return gate_proba(self._inputs(X), self._params())
-
-    def posterior_proba(self, X, y) -> Array:
-        """Responsibilities ``P(expert j | x, y)``, shape (n, n_experts)."""
-        X = self._inputs(X)
-        return log_likelihood_terms(X, v.check_target(y, X.shape[0]), self._params())[1]
-
-    def log_likelihood(self, X, y) -> Array:
-        """Log-likelihood ``log p(y_i | x_i)`` of each sample, shape (n,)."""
-        X = self._inputs(X)
-        return log_likelihood_terms(X, v.check_target(y, X.shape[0]), self._params())[0]
-
-    def score(self, X, y, sample_weight=None) -> float:
-        """Mean log-likelihood ``(1/n) sum_i log p(y_i | x_i)`` (higher is better)."""
-        ll = self.log_likelihood(X, y)
-        return float(np.average(ll, weights=sample_weight))
-
-    def sample(self, X, random_state=None) -> tuple[Array, Array]:
-        """Draw ``y ~ P(y | x)`` for each row of ``X``; returns ``(y, expert_index)``."""
-        return sample_outputs(
-            self._inputs(X), self._params(), v.check_random_state(random_state)
-        )
-
-    # ------------------------------------------------------------- progress
-    def _log(self, level: int, message: str) -> None:
-        if self.verbose >= level:
-            print(f"[moelearn] {message}", file=sys.stderr, flush=True)
-
-    def _progress(self, stage: str, iteration: int, ll: float, change: float) -> None:
-        self._log(
-            2, f"{stage} iter {iteration:3d}: mean log-lik {ll:.6f}, step {change:.2e}"
-        )
-
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.input_tags.allow_nan = False
-        return tags
 
 
 @dataclass

@@ -1,0 +1,115 @@
+"""What every moelearn estimator shares: data checks and the fitted-model API."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+from sklearn.base import BaseEstimator, RegressorMixin
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from moelearn import _validation as v
+from moelearn._model import (
+    MoEParams,
+    gate_proba,
+    log_likelihood_terms,
+    predict_mean,
+    sample_outputs,
+)
+
+Array = np.ndarray
+
+
+class MoEBase(RegressorMixin, BaseEstimator):
+    """Base of the mixture-of-experts estimators.
+
+    Subclasses learn ``experts_`` (k, d), ``gating_`` (k, d, last row zero),
+    ``noise_std_`` and declare ``n_experts``, ``link`` and ``verbose``.
+    """
+
+    def _validate_training_data(self, X, y) -> tuple[Array, Array]:
+        X, y = validate_data(
+            self,
+            X,
+            y,
+            dtype=np.float64,
+            ensure_all_finite=False,
+            y_numeric=True,
+            order="C",
+            ensure_min_features=1,
+        )
+        X = v.check_finite_2d(X)
+        y = v.check_target(y, X.shape[0])
+        n, d = X.shape
+        k = self.n_experts
+        if k > d:
+            raise ValueError(
+                f"n_experts={k} exceeds n_features={d}: the spectral method recovers "
+                "at most one expert per input dimension"
+            )
+        n_params = 2 * k * d + 1
+        if n < n_params:
+            raise ValueError(
+                f"n_samples={n} is too small for n_features={d} and n_experts={k}: "
+                f"the model has {n_params} parameters; the spectral step's error is "
+                "about 3 * sqrt(d / n), so use many more samples than parameters"
+            )
+        if np.ptp(y) == 0:
+            raise ValueError("y is constant: there is nothing to learn")
+        return X, y
+
+    # ------------------------------------------------------------- inference
+    def _params(self) -> MoEParams:
+        check_is_fitted(self)
+        return MoEParams(self.experts_, self.gating_, self.noise_std_, self.link)
+
+    def _inputs(self, X) -> Array:
+        check_is_fitted(self)
+        X = validate_data(
+            self, X, reset=False, dtype=np.float64, ensure_all_finite=False
+        )
+        return v.check_finite_2d(X)
+
+    def predict(self, X) -> Array:
+        """Conditional mean ``E[y | x] = sum_j pi_j(x) g(a_j . x)``, shape (n,)."""
+        return predict_mean(self._inputs(X), self._params())
+
+    def predict_proba(self, X) -> Array:
+        """Gate probabilities ``pi(x)``, shape (n, n_experts)."""
+        return gate_proba(self._inputs(X), self._params())
+
+    def posterior_proba(self, X, y) -> Array:
+        """Responsibilities ``P(expert j | x, y)``, shape (n, n_experts)."""
+        X = self._inputs(X)
+        return log_likelihood_terms(X, v.check_target(y, X.shape[0]), self._params())[1]
+
+    def log_likelihood(self, X, y) -> Array:
+        """Log-likelihood ``log p(y_i | x_i)`` of each sample, shape (n,)."""
+        X = self._inputs(X)
+        return log_likelihood_terms(X, v.check_target(y, X.shape[0]), self._params())[0]
+
+    def score(self, X, y, sample_weight=None) -> float:
+        """Mean log-likelihood ``(1/n) sum_i log p(y_i | x_i)`` (higher is better)."""
+        ll = self.log_likelihood(X, y)
+        return float(np.average(ll, weights=sample_weight))
+
+    def sample(self, X, random_state=None) -> tuple[Array, Array]:
+        """Draw ``y ~ P(y | x)`` for each row of ``X``; returns ``(y, expert_index)``."""
+        return sample_outputs(
+            self._inputs(X), self._params(), v.check_random_state(random_state)
+        )
+
+    # ------------------------------------------------------------- progress
+    def _log(self, level: int, message: str) -> None:
+        if self.verbose >= level:
+            print(f"[moelearn] {message}", file=sys.stderr, flush=True)
+
+    def _progress(self, stage: str, iteration: int, ll: float, change: float) -> None:
+        self._log(
+            2, f"{stage} iter {iteration:3d}: mean log-lik {ll:.6f}, step {change:.2e}"
+        )
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = False
+        return tags
