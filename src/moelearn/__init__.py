@@ -1,5 +1,6 @@
 """moelearn: mixtures of experts learned by consistent, globally initialised algorithms."""
 
+from moelearn.baselines import EMMoE
 from moelearn.datasets import make_moe
 from moelearn.estimators import (
     NonGaussianInputWarning,
@@ -11,6 +12,7 @@ from moelearn.metrics import parameter_error
 __version__ = "0.1.0"
 
 __all__ = [
+    "EMMoE",
     "NonGaussianInputWarning",
     "SpectralMoE",
     "SpectralReliabilityWarning",

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import sys
+from typing import ClassVar
 
 import numpy as np
 from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from moelearn import _validation as v
+from moelearn._links import LINKS
 from moelearn._model import (
     MoEParams,
     gate_proba,
@@ -26,6 +28,17 @@ class MoEBase(RegressorMixin, BaseEstimator):
     Subclasses learn ``experts_`` (k, d), ``gating_`` (k, d, last row zero),
     ``noise_std_`` and declare ``n_experts``, ``link`` and ``verbose``.
     """
+
+    # Rules for the parameters every estimator has; subclasses add their own.
+    _common_constraints: ClassVar[dict] = {
+        "n_experts": v.integer(2),
+        "link": v.one_of(*LINKS),
+        "noise_std": v.none_or(v.real(0.0, open_low=True)),
+        "max_iter": v.integer(0),
+        "tol": v.real(0.0),
+        "n_init": v.integer(1),
+        "verbose": v.integer(0),
+    }
 
     def _validate_training_data(self, X, y) -> tuple[Array, Array]:
         X, y = validate_data(

@@ -13,7 +13,7 @@ from sklearn.exceptions import ConvergenceWarning
 from moelearn import _validation as v
 from moelearn._base import MoEBase
 from moelearn._em import EMResult, em
-from moelearn._links import LINKS, get_link
+from moelearn._links import get_link
 from moelearn._model import (
     MoEParams,
 )
@@ -126,14 +126,8 @@ class SpectralMoE(MoEBase):
     """
 
     _parameter_constraints: ClassVar[dict] = {
-        "n_experts": v.integer(2),
-        "link": v.one_of(*LINKS),
-        "noise_std": v.none_or(v.real(0.0, open_low=True)),
+        **MoEBase._common_constraints,
         "refine": v.boolean,
-        "max_iter": v.integer(0),
-        "tol": v.real(0.0),
-        "n_init": v.integer(1),
-        "verbose": v.integer(0),
     }
 
     def __init__(

@@ -281,7 +281,11 @@ def save_model(model: Any, path: str | os.PathLike, **metadata: Any) -> None:
         "experts": model.experts_.tolist(),
         "gating": model.gating_.tolist(),
         "noise_std": float(model.noise_std_),
-        "spectral_experts": model.spectral_experts_.tolist(),
+        "spectral_experts": (
+            model.spectral_experts_.tolist()
+            if hasattr(model, "spectral_experts_")
+            else None
+        ),
         "converged": bool(model.converged_),
         "n_iter": int(model.n_iter_),
         **metadata,
@@ -294,9 +298,14 @@ def _jsonable(value: Any) -> bool:
 
 
 def load_model(path: str | os.PathLike):
-    """Read a model written by :func:`save_model`; checks every field's type and shape."""
+    """Read a model written by :func:`save_model` (SpectralMoE or EMMoE).
+
+    Checks every field's type and shape.
+    """
+    from moelearn.baselines import EMMoE
     from moelearn.estimators import SpectralMoE
 
+    classes = {"SpectralMoE": SpectralMoE, "EMMoE": EMMoE}
     path = Path(path)
     try:
         obj = json.loads(path.read_text())
@@ -310,7 +319,7 @@ def load_model(path: str | os.PathLike):
         raise ValueError(
             f"{path}: model format version {obj.get('version')!r} is not supported"
         )
-    if obj.get("estimator") != "SpectralMoE":
+    if obj.get("estimator") not in classes:
         raise ValueError(f"{path}: unknown estimator {obj.get('estimator')!r}")
 
     def matrix(key: str) -> Array:
@@ -324,11 +333,9 @@ def load_model(path: str | os.PathLike):
             raise ValueError(f"{path}: field {key!r} must be a finite 2-D array")
         return arr
 
-    experts, gating, spectral = (
-        matrix("experts"),
-        matrix("gating"),
-        matrix("spectral_experts"),
-    )
+    experts, gating = matrix("experts"), matrix("gating")
+    has_spectral = obj.get("spectral_experts") is not None
+    spectral = matrix("spectral_experts") if has_spectral else experts
     d = obj.get("n_features")
     if not isinstance(d, int) or experts.shape[1] != d:
         raise ValueError(
@@ -349,10 +356,12 @@ def load_model(path: str | os.PathLike):
         raise ValueError(f"{path}: feature_names must list {d} names")
     params = dict(obj.get("params") or {})
     params.update(link=link, n_experts=experts.shape[0])
-    model = SpectralMoE()
+    model = classes[obj["estimator"]]()
     valid = set(model.get_params())
     model.set_params(**{k: v for k, v in params.items() if k in valid})
-    model.experts_, model.gating_, model.spectral_experts_ = experts, gating, spectral
+    model.experts_, model.gating_ = experts, gating
+    if has_spectral:
+        model.spectral_experts_ = spectral
     model.noise_std_ = float(noise)
     model.n_features_in_ = d
     if names is not None:

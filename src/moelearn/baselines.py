@@ -1,0 +1,163 @@
+"""The classic algorithms moelearn is measured against."""
+
+from __future__ import annotations
+
+import time
+import warnings
+from typing import ClassVar
+
+import numpy as np
+from sklearn.exceptions import ConvergenceWarning
+
+from moelearn import _validation as v
+from moelearn._base import MoEBase
+from moelearn._em import em
+from moelearn._model import MoEParams, log_likelihood_terms
+from moelearn._moments import input_pass
+
+Array = np.ndarray
+
+__all__ = ["EMMoE"]
+
+
+class EMMoE(MoEBase):
+    r"""Mixture of experts learned by joint EM from random starts (Jordan & Jacobs).
+
+    The same model as :class:`moelearn.SpectralMoE`; each of ``n_init`` random
+    starts is run to convergence by EM (E-step posteriors; M-step weighted least
+    squares for the experts, an IRLS/Newton step for the gate, and ``sigma``), and
+    the start reaching the highest log-likelihood is kept. This is the "traditional
+    algorithm" that can stop at a local optimum; it is here as the baseline.
+
+    Random starts, in whitened input coordinates: each regressor a uniform
+    direction with norm ``std(y)`` (linear experts) or 1 (other links); each
+    non-reference gate row a uniform direction with norm ``init_gate_norm``;
+    ``sigma`` = ``std(y)`` unless ``noise_std`` is given.
+
+    Parameters
+    ----------
+    n_experts : int, default=2
+    link : {'linear', 'sigmoid'}, default='linear'
+    noise_std : float or None, default=None
+        Known noise level (held fixed); ``None`` estimates it.
+    max_iter : int, default=200
+        Maximum EM iterations per start.
+    tol : float, default=1e-4
+        EM stops when no parameter row moves more than ``tol`` (whitened units).
+    n_init : int, default=5
+        Random starts; the best by log-likelihood is kept.
+    init_gate_norm : float, default=1.0
+        Norm of the random starting gate rows (whitened units).
+    random_state : int, Generator or None, default=None
+    verbose : int, default=0
+
+    Attributes
+    ----------
+    experts_, gating_, noise_std_ : as in :class:`moelearn.SpectralMoE`
+    converged_ : bool
+        Whether the kept start converged.
+    n_iter_ : int
+        EM iterations of the kept start.
+    log_likelihood_curve_ : list of float
+        Mean log-likelihood per iteration of the kept start.
+    init_log_likelihoods_ : ndarray of shape (n_init,)
+        Final mean log-likelihood of every start.
+    fit_times_ : dict
+    n_features_in_ : int
+
+    References
+    ----------
+    Jordan, Jacobs, "Hierarchical mixtures of experts and the EM algorithm",
+    Neural Computation 6 (1994).
+    """
+
+    _parameter_constraints: ClassVar[dict] = {
+        **MoEBase._common_constraints,
+        "init_gate_norm": v.real(0.0),
+    }
+
+    def __init__(
+        self,
+        n_experts: int = 2,
+        *,
+        link: str = "linear",
+        noise_std: float | None = None,
+        max_iter: int = 200,
+        tol: float = 1e-4,
+        n_init: int = 5,
+        init_gate_norm: float = 1.0,
+        random_state=None,
+        verbose: int = 0,
+    ):
+        self.n_experts = n_experts
+        self.link = link
+        self.noise_std = noise_std
+        self.max_iter = max_iter
+        self.tol = tol
+        self.n_init = n_init
+        self.init_gate_norm = init_gate_norm
+        self.random_state = random_state
+        self.verbose = verbose
+
+    def fit(self, X, y):
+        """Run EM from ``n_init`` random starts and keep the best. Returns self."""
+        v.validate_params(self, self._parameter_constraints)
+        rng = v.check_random_state(self.random_state)
+        X, y = self._validate_training_data(X, y)
+        n, d = X.shape
+        k = self.n_experts
+        start = time.perf_counter()
+        # One chunked pass for the input covariance (the step-size metric and the
+        # whitened frame the random starts are drawn in).
+        whitening = input_pass(X, np.zeros(n), np.zeros((d, 1))).whitening
+        expert_norm = float(np.std(y)) if self.link == "linear" else 1.0
+        noise = self.noise_std if self.noise_std is not None else float(np.std(y))
+        best, best_ll, finals = None, -np.inf, []
+        for init in range(self.n_init):
+            experts = _random_rows(rng, k, d) * expert_norm
+            gating = np.zeros((k, d))
+            gating[: k - 1] = _random_rows(rng, k - 1, d) * self.init_gate_norm
+            params = MoEParams(
+                whitening.to_raw(experts), whitening.to_raw(gating), noise, self.link
+            )
+            result = em(
+                X,
+                y,
+                params,
+                fit_experts=True,
+                fit_noise=self.noise_std is None,
+                covariance=whitening.covariance,
+                max_iter=self.max_iter,
+                tol=self.tol,
+                rng=rng,
+                stage=f"start {init + 1}",
+                callback=self._progress if self.verbose >= 2 else None,
+            )
+            ll = float(log_likelihood_terms(X, y, result.params)[0].mean())
+            finals.append(ll)
+            self._log(1, f"start {init + 1}/{self.n_init}: mean log-lik {ll:.6f}")
+            if ll > best_ll:
+                best, best_ll = result, ll
+        if self.max_iter > 0 and not best.converged:
+            warnings.warn(
+                f"EM did not converge within max_iter={self.max_iter} iterations "
+                f"(tol={self.tol}) from the best of {self.n_init} starts. Increase "
+                "max_iter or tol, or try moelearn.SpectralMoE.",
+                ConvergenceWarning,
+                stacklevel=2,
+            )
+        self.experts_ = best.params.experts
+        self.gating_ = best.params.gating
+        self.noise_std_ = float(best.params.noise_std)
+        self.converged_ = bool(best.converged)
+        self.n_iter_ = best.n_iter
+        self.log_likelihood_curve_ = best.log_likelihood
+        self.init_log_likelihoods_ = np.array(finals)
+        self.fit_times_ = {"em": time.perf_counter() - start}
+        return self
+
+
+def _random_rows(rng: np.random.Generator, rows: int, d: int) -> Array:
+    """``rows`` directions uniform on the unit sphere."""
+    out = rng.standard_normal((rows, d))
+    return out / np.linalg.norm(out, axis=1, keepdims=True)
