@@ -36,7 +36,7 @@ from scipy.linalg import LinAlgError, cho_factor, cho_solve
 from moelearn import _em_fast
 from moelearn._links import Link, get_link
 from moelearn._model import MoEParams
-from moelearn._moments import row_slices
+from moelearn._moments import input_whitening, row_slices
 
 Array = np.ndarray
 ProgressCallback = Callable[[str, int, float, float], None]
@@ -327,13 +327,12 @@ def joint_em_from(
 
     Used for reference optima, e.g. the MLE reached from the true parameters.
     """
-    covariance = np.cov(X.T, bias=True).reshape(X.shape[1], X.shape[1])
     return em(
         X,
         y,
         params,
         fit_experts=True,
-        covariance=covariance,
+        covariance=input_whitening(X).covariance,
         max_iter=max_iter,
         tol=tol,
         rng=np.random.default_rng(0),

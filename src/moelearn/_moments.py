@@ -117,6 +117,12 @@ def input_pass(X: Array, p2: Array, omega_raw: Array) -> InputPass:
     )
 
 
+def input_whitening(X: Array) -> Whitening:
+    """The input whitening alone (mean, covariance, ``Cov^{-1/2}``), in one pass."""
+    n, d = X.shape
+    return input_pass(X, np.zeros(n), np.zeros((d, 1))).whitening
+
+
 SHAPE_ROWS = 50_000
 
 

@@ -13,7 +13,7 @@ from moelearn import _validation as v
 from moelearn._base import MoEBase
 from moelearn._em import em
 from moelearn._model import MoEParams, log_likelihood_terms
-from moelearn._moments import input_pass
+from moelearn._moments import input_whitening
 
 Array = np.ndarray
 
@@ -104,12 +104,12 @@ class EMMoE(MoEBase):
         v.validate_params(self, self._parameter_constraints)
         rng = v.check_random_state(self.random_state)
         X, y = self._validate_training_data(X, y)
-        n, d = X.shape
+        d = X.shape[1]
         k = self.n_experts
         start = time.perf_counter()
         # One chunked pass for the input covariance (the step-size metric and the
         # whitened frame the random starts are drawn in).
-        whitening = input_pass(X, np.zeros(n), np.zeros((d, 1))).whitening
+        whitening = input_whitening(X)
         expert_norm = float(np.std(y)) if self.link == "linear" else 1.0
         noise = self.noise_std if self.noise_std is not None else float(np.std(y))
         best, best_ll, finals = None, -np.inf, []
