@@ -16,6 +16,7 @@ from moelearn._links import LINKS
 from moelearn.datasets import make_moe
 from moelearn.estimators import SpectralMoE
 from moelearn.io import (
+    atomic_path,
     load_model,
     read_table,
     save_model,
@@ -178,8 +179,6 @@ def cmd_simulate(args) -> int:
 
 
 def write_table_npz(path: Path, X: np.ndarray, y: np.ndarray) -> None:
-    from moelearn.io import atomic_path
-
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         np.savez(fh, X=X, y=y)
 

@@ -221,9 +221,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
-def write_table(
-    path: str | os.PathLike, columns: dict[str, Array], **npz_extra: Array
-) -> None:
+def write_table(path: str | os.PathLike, columns: dict[str, Array]) -> None:
     """Write equal-length 1-D columns to CSV, .npz or Parquet, atomically."""
     path = Path(path)
     suffix = _suffix(path)
@@ -241,9 +239,7 @@ def write_table(
             )
         elif suffix == ".npz":
             with open(tmp, "wb") as fh:
-                np.savez(
-                    fh, **{k: data[:, i] for i, k in enumerate(names)}, **npz_extra
-                )
+                np.savez(fh, **{k: data[:, i] for i, k in enumerate(names)})
         elif suffix == ".npy":
             with open(tmp, "wb") as fh:
                 np.save(fh, data)
