@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from moelearn import parameter_error
+from moelearn.metrics import best_permutation
 
 
 def test_error_is_invariant_to_expert_order_and_gate_shift(global_random_seed):
@@ -15,6 +16,9 @@ def test_error_is_invariant_to_expert_order_and_gate_shift(global_random_seed):
     assert parameter_error(
         {"experts": A[perm], "gating": shifted}, truth
     ) == pytest.approx(0, abs=1e-12)
+    # The order that lines the estimate up with the truth undoes the shuffle.
+    order = best_permutation({"experts": A[perm], "gating": shifted}, truth)
+    np.testing.assert_array_equal(A[perm][order], A)
 
 
 def test_error_is_the_max_row_error():

@@ -11,25 +11,12 @@ import numpy as np
 from moelearn.datasets import make_moe
 from moelearn.estimators import SpectralMoE
 from moelearn.io import atomic_path, save_model
-from moelearn.metrics import parameter_error
+from moelearn.metrics import best_permutation, parameter_error
 
 
 def _row(label: str, vec: np.ndarray, width: int = 5) -> str:
     shown = " ".join(f"{v:+.3f}" for v in vec[:width])
     return f"  {label:22s} {shown}{' ...' if len(vec) > width else ''}"
-
-
-def _align(estimate: np.ndarray, truth: np.ndarray) -> list[int]:
-    """Permutation of the estimated experts closest to the true ones."""
-    k = truth.shape[0]
-    from itertools import permutations
-
-    return list(
-        min(
-            permutations(range(k)),
-            key=lambda p: np.linalg.norm(estimate[list(p)] - truth, axis=1).max(),
-        )
-    )
 
 
 def run_demo(n: int, d: int, link: str, seed: int, out_dir: Path) -> int:
@@ -38,7 +25,7 @@ def run_demo(n: int, d: int, link: str, seed: int, out_dir: Path) -> int:
         f"Simulating n={n}, d={d}, 2 {link} experts, noise 0.1, |w| in [1, 2] (seed {seed})"
     )
     X, y, truth = make_moe(n, d, link=link, random_state=seed)
-    X_test, y_test, _ = _resample(truth, n // 4, d, seed + 1)
+    X_test, y_test = _resample(truth, n // 4, d, seed + 1)
 
     fits = {}
     for name, refine in (
@@ -49,7 +36,7 @@ def run_demo(n: int, d: int, link: str, seed: int, out_dir: Path) -> int:
         fits[name] = SpectralMoE(link=link, refine=refine, random_state=seed).fit(X, y)
         fits[name].elapsed_ = time.perf_counter() - start
     final = fits["+ joint-EM refinement"]
-    perm = _align(final.experts_, truth["experts"])
+    perm = best_permutation(final.experts_, truth["experts"])
 
     print("\nRegressors (first coordinates):")
     for j in range(2):
@@ -59,7 +46,7 @@ def run_demo(n: int, d: int, link: str, seed: int, out_dir: Path) -> int:
             _row(
                 "spectral",
                 final.spectral_experts_[
-                    _align(final.spectral_experts_, truth["experts"])[j]
+                    best_permutation(final.spectral_experts_, truth["experts"])[j]
                 ],
             )
         )
@@ -108,7 +95,7 @@ def _resample(truth: dict, n: int, d: int, seed: int):
         truth["experts"], truth["gating"], truth["noise_std"], truth["link"]
     )
     y, _ = sample_outputs(X, params, rng)
-    return X, y, None
+    return X, y
 
 
 def _plot(path: Path, model, truth: dict, X, y, perm) -> None:
@@ -122,7 +109,7 @@ def _plot(path: Path, model, truth: dict, X, y, perm) -> None:
     A = truth["experts"]
     colours = ["tab:blue", "tab:orange", "tab:green", "tab:red"]
     lim = 1.1 * max(np.abs(A).max(), np.abs(model.experts_).max())
-    sp = model.spectral_experts_[_align(model.spectral_experts_, A)]
+    sp = model.spectral_experts_[best_permutation(model.spectral_experts_, A)]
     for j in range(A.shape[0]):
         ax.scatter(
             A[j],

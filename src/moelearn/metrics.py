@@ -9,7 +9,7 @@ import numpy as np
 
 Array = np.ndarray
 
-__all__ = ["parameter_error"]
+__all__ = ["best_permutation", "parameter_error"]
 
 
 def _as_params(obj: Any, name: str) -> tuple[Array, Array | None]:
@@ -46,6 +46,20 @@ def parameter_error(estimated: Any, truth: Any, *, experts_only: bool = False) -
     experts_only : bool, default=False
         Compare only the regressors (also the case when either side has no gate).
     """
+    return _best_alignment(estimated, truth, experts_only)[1]
+
+
+def best_permutation(
+    estimated: Any, truth: Any, *, experts_only: bool = False
+) -> list[int]:
+    """The expert order ``P`` attaining :func:`parameter_error`: ``estimated[P]``
+    lines up with ``truth`` row by row."""
+    return _best_alignment(estimated, truth, experts_only)[0]
+
+
+def _best_alignment(
+    estimated: Any, truth: Any, experts_only: bool
+) -> tuple[list[int], float]:
     A_est, G_est = _as_params(estimated, "estimated")
     A, G = _as_params(truth, "truth")
     if A_est.shape != A.shape:
@@ -53,14 +67,14 @@ def parameter_error(estimated: Any, truth: Any, *, experts_only: bool = False) -
             f"estimated experts have shape {A_est.shape}, the truth {A.shape}"
         )
     use_gate = not experts_only and G is not None and G_est is not None
-    k = A.shape[0]
-    best = np.inf
-    for perm in permutations(range(k)):
+    best, best_perm = np.inf, list(range(A.shape[0]))
+    for perm in permutations(range(A.shape[0])):
         p = list(perm)
         err = np.linalg.norm(A_est[p] - A, axis=1).max()
         if use_gate:
             shifted_est = G_est[p] - G_est[p][-1]
             shifted = G - G[-1]
             err = max(err, np.linalg.norm(shifted_est - shifted, axis=1).max())
-        best = min(best, float(err))
-    return best
+        if err < best:
+            best, best_perm = float(err), p
+    return best_perm, best
