@@ -1,6 +1,6 @@
 """moelearn: mixtures of experts learned by consistent, globally initialised algorithms."""
 
-from moelearn.baselines import EMMoE
+from moelearn.baselines import EMMoE, GradientMoE
 from moelearn.datasets import make_moe
 from moelearn.estimators import (
     NonGaussianInputWarning,
@@ -8,14 +8,17 @@ from moelearn.estimators import (
     SpectralReliabilityWarning,
 )
 from moelearn.metrics import parameter_error
+from moelearn.tensor_loss import TensorLossMoE
 
 __version__ = "0.1.0"
 
 __all__ = [
     "EMMoE",
+    "GradientMoE",
     "NonGaussianInputWarning",
     "SpectralMoE",
     "SpectralReliabilityWarning",
+    "TensorLossMoE",
     "__version__",
     "make_moe",
     "parameter_error",

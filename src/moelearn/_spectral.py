@@ -24,6 +24,7 @@ from scipy.optimize import brentq
 from moelearn._links import Link, Transforms, tensor_constants, transform_coefficients
 from moelearn._moments import InputPass, input_pass, t2_product, t3_whitened
 from moelearn._tensor import (
+    Eigenpairs,
     orthogonal_polish,
     ritz_eigenpairs,
     robust_tensor_power,
@@ -74,21 +75,11 @@ def spectral_moments(
     X: Array, y: Array, link: Link, n_experts: int, rng: np.random.Generator
 ) -> SpectralMoments:
     """Compute the moment products (3 passes; 2 when ``d <= 2 (k + 6)``)."""
-    _n, d = X.shape
+    d = X.shape[1]
     transforms = transform_coefficients(link, 0.0)
     sign = float(np.sign(tensor_constants(transforms, link, 1.0)[0])) or 1.0
     p2 = transforms.p2(y)
-    width = n_experts + OVERSAMPLING
-    if d <= 2 * width:  # a square start block gives T2 exactly and saves a pass
-        width = d
-    omega = np.eye(d) if width == d else rng.standard_normal((d, width))
-    inputs = input_pass(X, p2, omega)
-    pairs = ritz_eigenpairs(
-        lambda V: t2_product(X, p2, inputs.whitening, V),
-        inputs.t2_start,
-        inputs.omega,
-        sign=sign,
-    )
+    inputs, pairs = second_moment_eigenpairs(X, p2, n_experts, rng, sign)
     sign_ok = bool(np.all(sign * pairs.values[:n_experts] > 0))
     if not sign_ok:  # fall back to the largest magnitudes; the caller warns
         order = np.argsort(-np.abs(pairs.values))
@@ -112,6 +103,30 @@ def spectral_moments(
         sign_ok,
         t2_noise,
     )
+
+
+def second_moment_eigenpairs(
+    X: Array, p2: Array, n_components: int, rng: np.random.Generator, sign: float
+) -> tuple[InputPass, Eigenpairs]:
+    """The input pass and the leading eigenpairs of ``E[P2(y) S2(x)]`` (1–2 passes).
+
+    A random start block of ``n_components + OVERSAMPLING`` columns and one
+    Rayleigh–Ritz pass; when ``d <= 2 (n_components + OVERSAMPLING)`` the block is
+    the identity, pass 1 determines the matrix exactly and the second pass is saved.
+    """
+    d = X.shape[1]
+    width = n_components + OVERSAMPLING
+    if d <= 2 * width:
+        width = d
+    omega = np.eye(d) if width == d else rng.standard_normal((d, width))
+    inputs = input_pass(X, p2, omega)
+    pairs = ritz_eigenpairs(
+        lambda V: t2_product(X, p2, inputs.whitening, V),
+        inputs.t2_start,
+        inputs.omega,
+        sign=sign,
+    )
+    return inputs, pairs
 
 
 def spectral_solve(

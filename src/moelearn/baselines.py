@@ -7,17 +7,21 @@ import warnings
 from typing import ClassVar
 
 import numpy as np
+from scipy.optimize import minimize_scalar
 from sklearn.exceptions import ConvergenceWarning
 
 from moelearn import _validation as v
 from moelearn._base import MoEBase
 from moelearn._em import em
+from moelearn._gradients import nll_gradient, squared_error_gradient
+from moelearn._links import get_link
 from moelearn._model import MoEParams, log_likelihood_terms
 from moelearn._moments import input_whitening
+from moelearn._optim import minimize_minibatch
 
 Array = np.ndarray
 
-__all__ = ["EMMoE"]
+__all__ = ["EMMoE", "GradientMoE"]
 
 
 class EMMoE(MoEBase):
@@ -155,6 +159,186 @@ class EMMoE(MoEBase):
         self.init_log_likelihoods_ = np.array(finals)
         self.fit_times_ = {"em": time.perf_counter() - start}
         return self
+
+
+class GradientMoE(MoEBase):
+    r"""Mixture of experts learned by (stochastic) gradient descent from random starts.
+
+    Minimises, jointly in the regressors, the gate and (for ``loss='nll'``)
+    ``log sigma``, either the negative log-likelihood
+    ``-mean_i log sum_j pi_j(x_i) N(y_i | g(a_j . x_i), sigma^2)`` or the squared
+    error ``mean_i (y_i - sum_j pi_j(x_i) g(a_j . x_i))^2``, by minibatch Adam or
+    SGD, from ``n_init`` random starts drawn as in :class:`EMMoE`; the start with
+    the highest training log-likelihood is kept. The squared error does not
+    involve ``sigma``: it is then set to the maximiser of the likelihood with the
+    other parameters fixed. This is the other "traditional algorithm" of SPEC.md.
+
+    Parameters
+    ----------
+    n_experts : int, default=2
+    link : {'linear', 'sigmoid'}, default='linear'
+    loss : {'nll', 'l2'}, default='nll'
+    optimizer : {'adam', 'sgd'}, default='adam'
+    batch_size : int, default=1000
+    learning_rate : float, default=0.05
+        Step size at epoch 0, decaying as ``1 / sqrt(1 + epoch)``; parameters are
+        optimised in whitened input units, so one rate suits any input scaling.
+    max_iter : int, default=30
+        Maximum epochs per start.
+    tol : float, default=1e-3
+        Stop when consecutive tail-averaged iterates differ by less than ``tol``.
+    n_init : int, default=5
+    init_gate_norm : float, default=1.0
+    noise_std : float or None, default=None
+        Known noise level (held fixed); ``None`` learns it.
+    random_state : int, Generator or None, default=None
+    verbose : int, default=0
+
+    Attributes
+    ----------
+    experts_, gating_, noise_std_ : as in :class:`moelearn.SpectralMoE`
+    loss_curve_ : list of float
+        Mean minibatch loss per epoch of the kept start.
+    converged_ : bool
+    n_iter_ : int
+        Epochs of the kept start.
+    init_log_likelihoods_ : ndarray of shape (n_init,)
+    fit_times_ : dict
+    n_features_in_ : int
+    """
+
+    _parameter_constraints: ClassVar[dict] = {
+        **MoEBase._common_constraints,
+        "loss": v.one_of("nll", "l2"),
+        "optimizer": v.one_of("adam", "sgd"),
+        "batch_size": v.integer(1),
+        "learning_rate": v.real(0.0, open_low=True),
+        "init_gate_norm": v.real(0.0),
+    }
+
+    def __init__(
+        self,
+        n_experts: int = 2,
+        *,
+        link: str = "linear",
+        loss: str = "nll",
+        optimizer: str = "adam",
+        batch_size: int = 1000,
+        learning_rate: float = 0.05,
+        max_iter: int = 30,
+        tol: float = 1e-3,
+        n_init: int = 5,
+        init_gate_norm: float = 1.0,
+        noise_std: float | None = None,
+        random_state=None,
+        verbose: int = 0,
+    ):
+        self.n_experts = n_experts
+        self.link = link
+        self.loss = loss
+        self.optimizer = optimizer
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.max_iter = max_iter
+        self.tol = tol
+        self.n_init = n_init
+        self.init_gate_norm = init_gate_norm
+        self.noise_std = noise_std
+        self.random_state = random_state
+        self.verbose = verbose
+
+    def fit(self, X, y):
+        """Run minibatch gradient descent from ``n_init`` random starts. Returns self."""
+        v.validate_params(self, self._parameter_constraints)
+        rng = v.check_random_state(self.random_state)
+        X, y = self._validate_training_data(X, y)
+        d = X.shape[1]
+        k = self.n_experts
+        link = get_link(self.link)
+        start = time.perf_counter()
+        L = input_whitening(X).transform
+        expert_norm = float(np.std(y)) if self.link == "linear" else 1.0
+        noise0 = self.noise_std if self.noise_std is not None else float(np.std(y))
+        learn_noise = self.loss == "nll" and self.noise_std is None
+
+        def unpack(flat: Array) -> tuple[Array, Array, float]:
+            experts = flat[: k * d].reshape(k, d) @ L.T
+            gating = np.zeros((k, d))
+            gating[:-1] = flat[k * d : (2 * k - 1) * d].reshape(k - 1, d) @ L.T
+            return experts, gating, float(np.exp(flat[-1]))
+
+        def objective(flat: Array, rows: Array) -> tuple[float, Array]:
+            experts, gating, noise = unpack(flat)
+            if self.loss == "nll":
+                g = nll_gradient(X[rows], y[rows], experts, gating, noise, link)
+            else:
+                g = squared_error_gradient(X[rows], y[rows], experts, gating, link)
+            grad = np.concatenate(
+                [
+                    (g.experts @ L).ravel(),
+                    (g.gating[:-1] @ L).ravel(),
+                    [g.log_noise if learn_noise else 0.0],
+                ]
+            )
+            return g.loss, grad
+
+        best, best_ll, finals = None, -np.inf, []
+        for init in range(self.n_init):
+            flat0 = np.concatenate(
+                [
+                    (_random_rows(rng, k, d) * expert_norm).ravel(),
+                    (_random_rows(rng, k - 1, d) * self.init_gate_norm).ravel(),
+                    [np.log(noise0)],
+                ]
+            )
+            result = minimize_minibatch(
+                objective,
+                flat0,
+                X.shape[0],
+                batch_size=self.batch_size,
+                learning_rate=self.learning_rate,
+                optimizer=self.optimizer,
+                max_epochs=self.max_iter,
+                tol=self.tol,
+                rng=rng,
+            )
+            experts, gating, noise = unpack(result.params)
+            if self.loss == "l2" and self.noise_std is None:
+                noise = _likelihood_noise(X, y, experts, gating, self.link, noise0)
+            params = MoEParams(experts, gating, noise, self.link)
+            ll = float(log_likelihood_terms(X, y, params)[0].mean())
+            finals.append(ll)
+            self._log(1, f"start {init + 1}/{self.n_init}: mean log-lik {ll:.6f}")
+            if ll > best_ll:
+                best, best_ll = (params, result), ll
+        params, result = best
+        if self.max_iter > 0 and not result.converged:
+            warnings.warn(
+                f"gradient descent did not settle within max_iter={self.max_iter} "
+                f"epochs (tol={self.tol}) from the best of {self.n_init} starts",
+                ConvergenceWarning,
+                stacklevel=2,
+            )
+        self.experts_ = params.experts
+        self.gating_ = params.gating
+        self.noise_std_ = float(params.noise_std)
+        self.loss_curve_ = result.loss_curve
+        self.converged_ = bool(result.converged)
+        self.n_iter_ = result.n_epochs
+        self.init_log_likelihoods_ = np.array(finals)
+        self.fit_times_ = {"gradient": time.perf_counter() - start}
+        return self
+
+
+def _likelihood_noise(X, y, experts, gating, link, upper) -> float:
+    """``sigma`` maximising the likelihood with the other parameters fixed."""
+    def neg_ll(log_sigma: float) -> float:
+        params = MoEParams(experts, gating, float(np.exp(log_sigma)), link)
+        return -float(log_likelihood_terms(X, y, params)[0].mean())
+
+    hi = np.log(max(upper, 1e-12)) + 1.0
+    res = minimize_scalar(neg_ll, bounds=(hi - 12.0, hi), method="bounded")
+    return float(np.exp(res.x))
 
 
 def _random_rows(rng: np.random.Generator, rows: int, d: int) -> Array:

@@ -294,14 +294,17 @@ def _jsonable(value: Any) -> bool:
 
 
 def load_model(path: str | os.PathLike):
-    """Read a model written by :func:`save_model` (SpectralMoE or EMMoE).
+    """Read a model written by :func:`save_model` (any moelearn estimator).
 
     Checks every field's type and shape.
     """
-    from moelearn.baselines import EMMoE
+    from moelearn.baselines import EMMoE, GradientMoE
     from moelearn.estimators import SpectralMoE
+    from moelearn.tensor_loss import TensorLossMoE
 
-    classes = {"SpectralMoE": SpectralMoE, "EMMoE": EMMoE}
+    classes = {
+        cls.__name__: cls for cls in (SpectralMoE, EMMoE, GradientMoE, TensorLossMoE)
+    }
     path = Path(path)
     try:
         obj = json.loads(path.read_text())
