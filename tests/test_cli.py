@@ -98,6 +98,7 @@ def test_errors_are_one_line_exit_2_and_leave_no_file(workdir, capsys):
         (["fit", data, "--experts", 9], "exceeds n_features"),
         (["fit", workdir / "text.csv"], "non-numeric"),
         (["fit", workdir / "data.txt"], "unsupported file type"),
+        (["fit", data, "--method", "em", "--no-refine"], "--no-refine applies"),
     ]
     for args, message in cases:
         out = workdir / "out.json"
@@ -138,3 +139,21 @@ def test_fit_shows_progress(workdir, capsys):
     assert run("fit", workdir / "data.csv", "--out", workdir / "p.json") == 0
     err = capsys.readouterr().err
     assert "spectral step done" in err and "refine iter" in err
+
+
+@pytest.mark.parametrize("method", ["tensor-loss", "em", "gd"])
+def test_fit_with_other_methods_then_evaluate(workdir, method, capsys):
+    """Every learner is reachable from the CLI, and evaluate works on its model."""
+    out = workdir / f"{method}.json"
+    assert run("fit", workdir / "data.csv", "--method", method, "-q", "--out", out) == 0
+    assert load_model(out).experts_.shape == (2, 4)
+    capsys.readouterr()
+    assert run("evaluate", out, "--truth", workdir / "data.truth.json") == 0
+    report = capsys.readouterr().out
+    assert "parameter_error" in report and "spectral_regressor_error" not in report
+
+
+def test_reproduce_unknown_experiment_is_a_one_line_error(capsys):
+    assert run("reproduce", "figure9") == 2
+    err = capsys.readouterr().err.strip()
+    assert "unknown experiment 'figure9'" in err and len(err.splitlines()) == 1

@@ -12,6 +12,7 @@ from moelearn.datasets import make_moe
 from moelearn.estimators import SpectralMoE
 from moelearn.io import atomic_path, save_model
 from moelearn.metrics import best_permutation, parameter_error
+from moelearn.tensor_loss import TensorLossMoE
 
 
 def _row(label: str, vec: np.ndarray, width: int = 5) -> str:
@@ -29,14 +30,20 @@ def run_demo(n: int, d: int, link: str, seed: int, out_dir: Path) -> int:
 
     fits = {}
     for name, refine in (
-        ("spectral + gating EM", False),
-        ("+ joint-EM refinement", True),
+        ("  + gating EM", False),
+        ("  + joint-EM refinement", True),
     ):
         start = time.perf_counter()
         fits[name] = SpectralMoE(link=link, refine=refine, random_state=seed).fit(X, y)
         fits[name].elapsed_ = time.perf_counter() - start
-    final = fits["+ joint-EM refinement"]
+    final = fits["  + joint-EM refinement"]
     perm = best_permutation(final.experts_, truth["experts"])
+    method2 = None
+    if link == "linear":  # L4 is derived for linear experts
+        start = time.perf_counter()
+        method2 = TensorLossMoE(random_state=seed).fit(X, y)
+        method2.elapsed_ = time.perf_counter() - start
+        fits["Method 2: L4 + L_log (SGD)"] = method2
 
     print("\nRegressors (first coordinates):")
     for j in range(2):
@@ -51,6 +58,9 @@ def run_demo(n: int, d: int, link: str, seed: int, out_dir: Path) -> int:
             )
         )
         print(_row("refined", final.experts_[perm[j]]))
+        if method2 is not None:
+            m2perm = best_permutation(method2.experts_, truth["experts"])
+            print(_row("Method 2 (L4, SGD)", method2.experts_[m2perm[j]]))
     gate = final.gating_[perm] - final.gating_[perm][-1]
     print(" gate w (logit of expert 1 against expert 2)")
     print(_row("truth", truth["gating"][0] - truth["gating"][1]))
@@ -58,11 +68,11 @@ def run_demo(n: int, d: int, link: str, seed: int, out_dir: Path) -> int:
 
     print("\nErrors (max over experts of the Euclidean row error, best permutation):")
     print(
-        f"  {'stage':26s} {'regressors':>10s} {'all params':>10s} {'test loglik':>11s} {'time':>7s}"
+        f"  {'method / stage':26s} {'regressors':>10s} {'all params':>10s} {'test loglik':>11s} {'time':>7s}"
     )
     spec_err = parameter_error(final.spectral_experts_, truth["experts"])
     print(
-        f"  {'spectral step':26s} {spec_err:10.4f} {'-':>10s} {'-':>11s} {final.fit_times_['spectral']:6.2f}s"
+        f"  {'Method 1: spectral step':26s} {spec_err:10.4f} {'-':>10s} {'-':>11s} {final.fit_times_['spectral']:6.2f}s"
     )
     for name, model in fits.items():
         print(
@@ -76,7 +86,7 @@ def run_demo(n: int, d: int, link: str, seed: int, out_dir: Path) -> int:
     save_model(final, out_dir / "model.json", target="y")
     plot_path = out_dir / "demo.png"
     try:
-        _plot(plot_path, final, truth, X_test, y_test, perm)
+        _plot(plot_path, final, truth, X_test, y_test, perm, method2)
         print(f"\nWrote {out_dir / 'model.json'} and the figure {plot_path}")
     except ImportError:
         print(
@@ -98,7 +108,7 @@ def _resample(truth: dict, n: int, d: int, seed: int):
     return X, y
 
 
-def _plot(path: Path, model, truth: dict, X, y, perm) -> None:
+def _plot(path: Path, model, truth: dict, X, y, perm, method2=None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -127,6 +137,17 @@ def _plot(path: Path, model, truth: dict, X, y, perm) -> None:
             color=colours[j],
             label=f"expert {j + 1}, refined",
         )
+        if method2 is not None:
+            m2 = method2.experts_[best_permutation(method2.experts_, A)]
+            ax.scatter(
+                A[j],
+                m2[j],
+                marker="^",
+                s=14,
+                color=colours[j],
+                alpha=0.6,
+                label=f"expert {j + 1}, Method 2",
+            )
     ax.plot([-lim, lim], [-lim, lim], color="grey", lw=0.8)
     ax.set(
         xlim=(-lim, lim),

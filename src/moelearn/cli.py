@@ -1,4 +1,4 @@
-"""Command line: ``moelearn simulate | fit | predict | evaluate | demo``."""
+"""Command line: ``moelearn simulate | fit | predict | evaluate | demo | reproduce``."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import numpy as np
 from moelearn import __version__
 from moelearn._links import LINKS
 from moelearn.datasets import make_moe
+from moelearn.baselines import EMMoE, GradientMoE
 from moelearn.estimators import SpectralMoE
 from moelearn.io import (
     atomic_path,
@@ -24,6 +25,14 @@ from moelearn.io import (
     write_table,
 )
 from moelearn.metrics import parameter_error
+from moelearn.tensor_loss import TensorLossMoE
+
+FIT_METHODS = {
+    "spectral": SpectralMoE,
+    "tensor-loss": TensorLossMoE,
+    "em": EMMoE,
+    "gd": GradientMoE,
+}
 
 
 class CLIError(Exception):
@@ -87,13 +96,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--target", default="y", help="name of the target column (default y)"
     )
     fit.add_argument("--experts", "-k", type=_positive_int, default=2)
+    fit.add_argument(
+        "--method",
+        choices=sorted(FIT_METHODS),
+        default="spectral",
+        help="spectral (Method 1, default), tensor-loss (Method 2), "
+        "em or gd (baselines from random starts)",
+    )
     fit.add_argument("--link", choices=sorted(LINKS), default="linear")
     fit.add_argument("--noise-std", type=float, default=None, help="known noise std")
     fit.add_argument(
         "--no-refine", action="store_true", help="skip joint-EM refinement"
     )
-    fit.add_argument("--max-iter", type=int, default=200)
-    fit.add_argument("--tol", type=float, default=1e-4)
+    fit.add_argument(
+        "--max-iter", type=int, default=None, help="iterations/epochs (method default)"
+    )
+    fit.add_argument("--tol", type=float, default=None, help="tolerance (method default)")
     fit.add_argument("--seed", type=int, default=0)
     fit.add_argument("--out", required=True, help="model file to write (.json)")
     fit.add_argument("--quiet", "-q", action="store_true", help="no progress output")
@@ -118,6 +136,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--link", choices=sorted(LINKS), default="linear")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--out-dir", default="demo_output")
+
+    rep = sub.add_parser(
+        "reproduce", help="re-run the papers' experiments: figures and CSV tables"
+    )
+    rep.add_argument("name", help="experiment: all, sample-size, hard-cases, l4-curves")
+    rep.add_argument("--quick", action="store_true", help="fewer seeds and sizes")
+    rep.add_argument("--out-dir", default="results")
     return parser
 
 
@@ -198,16 +223,22 @@ def _check_out_dir(out: str) -> None:
 def cmd_fit(args) -> int:
     _check_out_dir(args.out)
     X, y, names = _load_xy(args.data, args.target)
-    model = SpectralMoE(
-        n_experts=args.experts,
-        link=args.link,
-        noise_std=args.noise_std,
-        refine=not args.no_refine,
-        max_iter=args.max_iter,
-        tol=args.tol,
-        random_state=args.seed,
-        verbose=0 if args.quiet else 2,
-    )
+    settings = {
+        "n_experts": args.experts,
+        "link": args.link,
+        "noise_std": args.noise_std,
+        "random_state": args.seed,
+        "verbose": 0 if args.quiet else 2,
+    }
+    if args.max_iter is not None:
+        settings["max_iter"] = args.max_iter
+    if args.tol is not None:
+        settings["tol"] = args.tol
+    if args.method == "spectral":
+        settings["refine"] = not args.no_refine
+    elif args.no_refine:
+        raise CLIError("--no-refine applies to --method spectral only")
+    model = FIT_METHODS[args.method](**settings)
     start = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -280,9 +311,10 @@ def evaluate(model, truth: dict | None, X=None, y=None) -> dict:
             )
         out["parameter_error"] = parameter_error(model, truth)
         out["regressor_error"] = parameter_error(model, truth, experts_only=True)
-        out["spectral_regressor_error"] = parameter_error(
-            model.spectral_experts_, truth["experts"]
-        )
+        if hasattr(model, "spectral_experts_"):  # Method 1 models only
+            out["spectral_regressor_error"] = parameter_error(
+                model.spectral_experts_, truth["experts"]
+            )
         if truth.get("noise_std") is not None:
             out["noise_std_error"] = abs(model.noise_std_ - float(truth["noise_std"]))
     if X is not None and y is not None:
@@ -319,6 +351,18 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_reproduce(args) -> int:
+    from moelearn.experiments import reproduce
+
+    reproduce(
+        args.name,
+        Path(args.out_dir),
+        args.quick,
+        log=lambda msg: print(f"[moelearn] {msg}", file=sys.stderr, flush=True),
+    )
+    return 0
+
+
 def cmd_demo(args) -> int:
     from moelearn._demo import run_demo
 
@@ -333,6 +377,7 @@ COMMANDS = {
     "predict": cmd_predict,
     "evaluate": cmd_evaluate,
     "demo": cmd_demo,
+    "reproduce": cmd_reproduce,
 }
 
 if __name__ == "__main__":  # pragma: no cover

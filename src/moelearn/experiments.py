@@ -1,0 +1,222 @@
+"""The papers' experiments, re-run from fixed seeds: ``moelearn reproduce NAME``.
+
+Each experiment writes a CSV table (one row per fit) and a PNG figure into the
+output folder and returns the table's rows. ``quick=True`` uses fewer seeds and
+sample sizes (for CI and a first look); the full settings are the ones whose
+figures are committed in ``docs/``.
+
+Success is ``parameter_error < 0.1`` (SPEC.md, Metrics). Random-start methods get
+one start per trial, as in the papers' success-rate experiments.
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from moelearn._model import MoEParams, sample_outputs
+from moelearn.baselines import EMMoE, GradientMoE
+from moelearn.datasets import make_moe
+from moelearn.estimators import SpectralMoE
+from moelearn.io import atomic_path
+from moelearn.metrics import parameter_error
+from moelearn.tensor_loss import TensorLossMoE
+
+Array = np.ndarray
+SUCCESS = 0.1
+N_FEATURES = 10
+
+
+def _methods(init_gate_norm: float = 1.0) -> dict[str, Callable[[int], object]]:
+    return {
+        "spectral+EM": lambda seed: SpectralMoE(random_state=seed),
+        "TensorLoss": lambda seed: TensorLossMoE(random_state=seed),
+        "EM": lambda seed: EMMoE(n_init=1, init_gate_norm=init_gate_norm, random_state=seed),
+        "GD (nll)": lambda seed: GradientMoE(
+            n_init=1, init_gate_norm=init_gate_norm, random_state=seed
+        ),
+        "GD (l2)": lambda seed: GradientMoE(
+            loss="l2", n_init=1, init_gate_norm=init_gate_norm, random_state=seed
+        ),
+    }
+
+
+def _fit(make: Callable[[int], object], seed: int, X: Array, y: Array, truth: dict):
+    model = make(seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # convergence warnings are part of the result
+        start = time.perf_counter()
+        model.fit(X, y)
+        elapsed = time.perf_counter() - start
+    return parameter_error(model, truth), elapsed, model
+
+
+def correlated_experts(n: int, d: int, cosine: float, seed: int):
+    """Nominal draw, then ``a_2`` replaced so that ``a_1 . a_2 = cosine`` (unit norms)."""
+    _, _, truth = make_moe(10 * d, d, random_state=seed)
+    rng = np.random.default_rng(seed)
+    a1 = truth["experts"][0]
+    u = rng.standard_normal(d)
+    u -= (u @ a1) * a1
+    u /= np.linalg.norm(u)
+    truth["experts"][1] = cosine * a1 + np.sqrt(1 - cosine**2) * u
+    X = rng.standard_normal((n, d))
+    params = MoEParams(truth["experts"], truth["gating"], truth["noise_std"], "linear")
+    y, _ = sample_outputs(X, params, rng)
+    return X, y, truth
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _savefig(fig, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=80, format="png")
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def sample_size(out: Path, quick: bool, log=print) -> list[dict]:
+    """Error and time against the number of samples, d=10, k=2, nominal model."""
+    sizes = [10_000, 30_000, 100_000] if quick else [10_000, 30_000, 100_000, 300_000]
+    seeds = range(3) if quick else range(10)
+    methods = {k: v for k, v in _methods().items() if k != "GD (l2)"}
+    rows = []
+    for n in sizes:
+        for seed in seeds:
+            X, y, truth = make_moe(n, N_FEATURES, random_state=seed)
+            for name, make in methods.items():
+                err, t, _ = _fit(make, seed, X, y, truth)
+                rows.append({"n": n, "seed": seed, "method": name, "error": err, "seconds": t})
+            log(f"sample-size: n={n} seed={seed} done")
+    _write_csv(out / "sample_size.csv", rows)
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for name in methods:
+        sel = [r for r in rows if r["method"] == name]
+        med_err = [np.median([r["error"] for r in sel if r["n"] == n]) for n in sizes]
+        med_t = [np.median([r["seconds"] for r in sel if r["n"] == n]) for n in sizes]
+        axes[0].loglog(sizes, med_err, "o-", label=name)
+        axes[1].loglog(sizes, med_t, "o-", label=name)
+    axes[0].loglog(sizes, [3 * np.sqrt(N_FEATURES / n) for n in sizes], "k--", lw=0.8,
+                   label="3 sqrt(d/n)")
+    axes[0].set(xlabel="samples n", ylabel="median parameter error",
+                title=f"Error vs n (d={N_FEATURES}, k=2, {len(seeds)} seeds)")
+    axes[1].set(xlabel="samples n", ylabel="median fit time (s)", title="Time vs n")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    _savefig(fig, out / "sample_size.png")
+    plt.close(fig)
+    return rows
+
+
+HARD_CASES = ("nominal", "sharp gate |w|=10", "correlated a1.a2=0.9", "large initial gate")
+
+
+def _hard_case_data(case: str, n: int, seed: int):
+    if case == "sharp gate |w|=10":
+        return make_moe(n, N_FEATURES, gating_norm=(10.0, 10.0), random_state=seed)
+    if case == "correlated a1.a2=0.9":
+        return correlated_experts(n, N_FEATURES, 0.9, seed)
+    return make_moe(n, N_FEATURES, random_state=seed)
+
+
+def hard_cases(out: Path, quick: bool, log=print) -> list[dict]:
+    """Success rate (error < 0.1) and time of every method from random starts."""
+    n = 100_000
+    trials = range(5) if quick else range(20)
+    rows = []
+    for case in HARD_CASES:
+        methods = _methods(10.0 if case == "large initial gate" else 1.0)
+        for seed in trials:
+            X, y, truth = _hard_case_data(case, n, 100 + seed)
+            for name, make in methods.items():
+                err, t, _ = _fit(make, seed, X, y, truth)
+                rows.append({"case": case, "seed": seed, "method": name, "error": err,
+                             "success": int(err < SUCCESS), "seconds": t})
+            log(f"hard-cases: {case} trial {seed} done")
+    _write_csv(out / "hard_cases.csv", rows)
+    plt = _pyplot()
+    names = list(_methods())
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.2))
+    width = 0.8 / len(names)
+    for i, name in enumerate(names):
+        rate = [np.mean([r["success"] for r in rows if r["case"] == c and r["method"] == name])
+                for c in HARD_CASES]
+        secs = [np.median([r["seconds"] for r in rows if r["case"] == c and r["method"] == name])
+                for c in HARD_CASES]
+        x = np.arange(len(HARD_CASES)) + i * width
+        axes[0].bar(x, rate, width, label=name)
+        axes[1].bar(x, secs, width, label=name)
+    for ax, label in zip(axes, ("success rate (error < 0.1)", "median fit time (s)")):
+        ax.set_xticks(np.arange(len(HARD_CASES)) + 0.4 - width / 2)
+        ax.set_xticklabels(HARD_CASES, fontsize=8)
+        ax.set_ylabel(label)
+    axes[0].set_title(f"One random start per trial, {len(trials)} trials, n={n}, d={N_FEATURES}")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    _savefig(fig, out / "hard_cases.png")
+    plt.close(fig)
+    return rows
+
+
+def l4_curves(out: Path, quick: bool, log=print) -> list[dict]:
+    """``L4`` training curves from random starts on one data set."""
+    X, y, truth = make_moe(100_000, N_FEATURES, random_state=0)
+    starts = range(5) if quick else range(20)
+    rows, curves = [], []
+    for seed in starts:
+        err, t, model = _fit(lambda s: TensorLossMoE(random_state=s), seed, X, y, truth)
+        curves.append(model.loss_curve_)
+        rows.append({"start": seed, "error": err, "epochs": len(model.loss_curve_),
+                     "final_loss": model.loss_curve_[-1], "seconds": t})
+    log(f"l4-curves: {len(rows)} starts done")
+    _write_csv(out / "l4_curves.csv", rows)
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for curve in curves:
+        ax.plot(np.arange(1, len(curve) + 1), curve, alpha=0.7)
+    ax.set(xlabel="epoch", ylabel="mean minibatch L4",
+           title=f"L4 from {len(curves)} random starts (d={N_FEATURES}, n=1e5)")
+    fig.tight_layout()
+    _savefig(fig, out / "l4_curves.png")
+    plt.close(fig)
+    return rows
+
+
+EXPERIMENTS: dict[str, Callable[..., list[dict]]] = {
+    "sample-size": sample_size,
+    "hard-cases": hard_cases,
+    "l4-curves": l4_curves,
+}
+
+
+def reproduce(name: str, out: Path, quick: bool, log=print) -> None:
+    """Run one experiment by name, or ``all``."""
+    names = list(EXPERIMENTS) if name == "all" else [name]
+    unknown = [n for n in names if n not in EXPERIMENTS]
+    if unknown:
+        raise ValueError(
+            f"unknown experiment {unknown[0]!r}; choose from: all, {', '.join(EXPERIMENTS)}"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    for n in names:
+        start = time.perf_counter()
+        EXPERIMENTS[n](out, quick, log=log)
+        log(f"{n}: finished in {time.perf_counter() - start:.0f} s -> {out}")
