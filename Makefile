@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-slow bench accuracy lint clean
+.PHONY: demo test test-slow bench accuracy figures figures-quick peers lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,9 +27,22 @@ test-slow: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_fit.py --out benchmarks/results/fit.md
 
-# The issue's accuracy sweep over 20 seeds (several minutes).
+# Accuracy sweeps: Method 1 over 20 seeds, Method 2 over 50 trials (several minutes).
 accuracy: $(STAMP)
 	$(BIN)/python benchmarks/bench_accuracy.py --out benchmarks/results/accuracy.md
+	$(BIN)/python benchmarks/bench_method2.py --out benchmarks/results/method2.md
+
+# The papers' experiments, full settings, into docs/figures (about 30 minutes).
+figures: $(STAMP)
+	$(BIN)/moelearn reproduce all --out-dir docs/figures
+
+# The same at reduced settings (under 10 minutes), into results/.
+figures-quick: $(STAMP)
+	$(BIN)/moelearn reproduce all --quick --out-dir results
+
+# Side by side with R's flexmix and mixtools (needs Rscript; skipped without it).
+peers: $(STAMP)
+	$(BIN)/python benchmarks/peers/run_peers.py --out benchmarks/results/peers.md
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

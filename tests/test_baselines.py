@@ -87,25 +87,34 @@ def test_loss_gradients_match_finite_differences():
     gating[-1] = 0
     link = get_link("sigmoid")
     for loss in ("nll", "l2"):
-        def value(A, G, s=0.7):
+
+        def value(A, G, s=0.7, loss=loss):
             if loss == "nll":
                 return nll_gradient(Z, y, A, G, s, link).loss
             return squared_error_gradient(Z, y, A, G, link).loss
 
-        g = (nll_gradient(Z, y, experts, gating, 0.7, link) if loss == "nll"
-             else squared_error_gradient(Z, y, experts, gating, link))
+        g = (
+            nll_gradient(Z, y, experts, gating, 0.7, link)
+            if loss == "nll"
+            else squared_error_gradient(Z, y, experts, gating, link)
+        )
         eps = 1e-6
         for which, base, grad in (("A", experts, g.experts), ("G", gating, g.gating)):
             for idx in np.ndindex(2, 3):  # the last gate row is fixed at zero
                 E = np.zeros_like(base)
                 E[idx] = eps
-                args = ((experts + E, gating), (experts - E, gating)) if which == "A" \
+                args = (
+                    ((experts + E, gating), (experts - E, gating))
+                    if which == "A"
                     else ((experts, gating + E), (experts, gating - E))
+                )
                 numeric = (value(*args[0]) - value(*args[1])) / (2 * eps)
                 assert grad[idx] == pytest.approx(numeric, abs=1e-6)
         if loss == "nll":
-            numeric = (value(experts, gating, 0.7 * np.exp(eps))
-                       - value(experts, gating, 0.7 * np.exp(-eps))) / (2 * eps)
+            numeric = (
+                value(experts, gating, 0.7 * np.exp(eps))
+                - value(experts, gating, 0.7 * np.exp(-eps))
+            ) / (2 * eps)
             assert g.log_noise == pytest.approx(numeric, abs=1e-6)
 
 

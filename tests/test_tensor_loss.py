@@ -21,8 +21,12 @@ def explicit_s4(z):
     pair = sum(
         np.einsum(spec, zz, eye)
         for spec in (
-            "ab,ce->abce", "ac,be->abce", "ae,bc->abce",
-            "bc,ae->abce", "be,ac->abce", "ce,ab->abce",
+            "ab,ce->abce",
+            "ac,be->abce",
+            "ae,bc->abce",
+            "bc,ae->abce",
+            "be,ac->abce",
+            "ce,ab->abce",
         )
     )
     const = (
@@ -40,7 +44,7 @@ def small_problem():
     Z = rng.standard_normal((b, d))
     w = rng.standard_normal(b) / b
     U = rng.standard_normal((d, k))
-    T4 = sum(wi * explicit_s4(z) for wi, z in zip(w, Z))
+    T4 = sum(wi * explicit_s4(z) for wi, z in zip(w, Z, strict=False))
     return Z, w, U, T4
 
 
@@ -82,7 +86,11 @@ def test_t4_has_no_gate_terms_in_population():
     variate of P4 included (it must add nothing)."""
     rng = np.random.default_rng(3)
     basis = np.linalg.qr(rng.standard_normal((3, 3)))[0]
-    a1, a2, w = basis @ np.array([1.0, 0.0, 0.0]), basis @ [0.6, 0.8, 0.0], basis @ [0.3, -1.0, 1.5]
+    a1, a2, w = (
+        basis @ np.array([1.0, 0.0, 0.0]),
+        basis @ [0.6, 0.8, 0.0],
+        basis @ [0.3, -1.0, 1.5],
+    )
     nodes, weights = hermegauss(24)
     weights = weights / weights.sum()
     grid = np.stack(np.meshgrid(nodes, nodes, nodes, indexing="ij"), -1).reshape(-1, 3)
@@ -90,7 +98,10 @@ def test_t4_has_no_gate_terms_in_population():
     sigma, m2 = 0.3, 1.7
 
     def cond_moment(mean, power):  # E[(mean + sigma eps)^power]
-        return {2: mean**2 + sigma**2, 4: mean**4 + 6 * mean**2 * sigma**2 + 3 * sigma**4}[power]
+        return {
+            2: mean**2 + sigma**2,
+            4: mean**4 + 6 * mean**2 * sigma**2 + 3 * sigma**4,
+        }[power]
 
     gate = 1 / (1 + np.exp(-grid @ w))
     p4 = sum(
@@ -118,8 +129,15 @@ def test_minibatch_optimiser_reaches_least_squares():
         return float(r @ r) / len(rows), 2 * A[rows].T @ r / len(rows)
 
     result = minimize_minibatch(
-        objective, np.zeros(5), 20_000, batch_size=200, learning_rate=0.05,
-        optimizer="adam", max_epochs=40, tol=1e-4, rng=rng,
+        objective,
+        np.zeros(5),
+        20_000,
+        batch_size=200,
+        learning_rate=0.05,
+        optimizer="adam",
+        max_epochs=40,
+        tol=1e-4,
+        rng=rng,
     )
     assert np.max(np.abs(result.params - exact)) < 5e-3
     assert result.loss_curve[-1] < result.loss_curve[0]
@@ -127,24 +145,35 @@ def test_minibatch_optimiser_reaches_least_squares():
 
 def test_sgd_steps_are_capped_not_divergent():
     """Quartic loss from far away: plain SGD would overflow; the capped step does not."""
+
     def objective(x, rows):
         return float(np.sum(x**4)), 4 * x**3
 
     result = minimize_minibatch(
-        objective, np.full(3, 50.0), 100, batch_size=10, learning_rate=0.01,
-        optimizer="sgd", max_epochs=30, tol=0.0, rng=np.random.default_rng(0),
+        objective,
+        np.full(3, 50.0),
+        100,
+        batch_size=10,
+        learning_rate=0.01,
+        optimizer="sgd",
+        max_epochs=30,
+        tol=0.0,
+        rng=np.random.default_rng(0),
     )
     assert np.all(np.abs(result.params) < 50.0)
 
 
-def test_recovers_regressors_and_gate_from_random_start():
-    """d=5, n=1e5: the empirical L4 minimiser's error was measured at about
-    0.04-0.06 (fourth moments: noisier than Method 1); the bound 0.12 is twice
-    that. Then L_log gives the gate and sigma."""
+@pytest.mark.parametrize("subspace", ["span", "full"])
+def test_recovers_regressors_and_gate_from_random_start(subspace):
+    """d=5, n=1e5: at d=10 the error over 50 trials had median 0.028 (span) and
+    0.058 (full), worst 0.086 and 0.18 (fourth moments: noisier than Method 1);
+    the bounds are 0.1 (the success threshold) and 0.15. Then L_log gives the gate
+    and sigma."""
     X, y, truth = make_moe(100_000, 5, random_state=2)
-    model = TensorLossMoE(random_state=0).fit(X, y)
-    assert parameter_error(model, truth, experts_only=True) < 0.12
-    assert parameter_error(model, truth) < 0.2
+    model = TensorLossMoE(random_state=0, subspace=subspace).fit(X, y)
+    limit = 0.1 if subspace == "span" else 0.15
+    assert parameter_error(model, truth, experts_only=True) < limit
+    assert parameter_error(model, truth) < limit + 0.05
     assert model.noise_std_ == pytest.approx(0.1, rel=0.3)
     assert len(model.loss_curve_) >= 2 and len(model.gating_loss_curve_) >= 2
     assert model.loss_curve_[-1] < model.loss_curve_[0]
@@ -152,7 +181,7 @@ def test_recovers_regressors_and_gate_from_random_start():
 
 def test_penalty_must_dominate_mu():
     X, y, _ = make_moe(2_000, 3, random_state=0)
-    with pytest.raises(ValueError, match="penalty=10.0 must exceed 12"):
+    with pytest.raises(ValueError, match=r"penalty=10\.0 must exceed 12"):
         TensorLossMoE(mu=1.0, penalty=10.0).fit(X, y)
 
 

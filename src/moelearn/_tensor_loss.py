@@ -45,7 +45,9 @@ def coupling_matrix(n_columns: int, mu: float) -> Array:
     return np.ones((n_columns, n_columns)) - (1.0 + mu) * np.eye(n_columns)
 
 
-def tensor_loss_terms(P: Array, weights: Array, gram: Array, C: Array) -> TensorLossTerms:
+def tensor_loss_terms(
+    P: Array, weights: Array, gram: Array, C: Array
+) -> TensorLossTerms:
     r"""``sum_i w_i sum_jk C_jk S4(z_i)(u_j, u_j, u_k, u_k)`` and its gradient.
 
     Parameters

@@ -332,6 +332,7 @@ class GradientMoE(MoEBase):
 
 def _likelihood_noise(X, y, experts, gating, link, upper) -> float:
     """``sigma`` maximising the likelihood with the other parameters fixed."""
+
     def neg_ll(log_sigma: float) -> float:
         params = MoEParams(experts, gating, float(np.exp(log_sigma)), link)
         return -float(log_likelihood_terms(X, y, params)[0].mean())

@@ -13,8 +13,8 @@ import numpy as np
 
 from moelearn import __version__
 from moelearn._links import LINKS
-from moelearn.datasets import make_moe
 from moelearn.baselines import EMMoE, GradientMoE
+from moelearn.datasets import make_moe
 from moelearn.estimators import SpectralMoE
 from moelearn.io import (
     atomic_path,
@@ -111,7 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument(
         "--max-iter", type=int, default=None, help="iterations/epochs (method default)"
     )
-    fit.add_argument("--tol", type=float, default=None, help="tolerance (method default)")
+    fit.add_argument(
+        "--tol", type=float, default=None, help="tolerance (method default)"
+    )
     fit.add_argument("--seed", type=int, default=0)
     fit.add_argument("--out", required=True, help="model file to write (.json)")
     fit.add_argument("--quiet", "-q", action="store_true", help="no progress output")

@@ -36,7 +36,9 @@ def _methods(init_gate_norm: float = 1.0) -> dict[str, Callable[[int], object]]:
     return {
         "spectral+EM": lambda seed: SpectralMoE(random_state=seed),
         "TensorLoss": lambda seed: TensorLossMoE(random_state=seed),
-        "EM": lambda seed: EMMoE(n_init=1, init_gate_norm=init_gate_norm, random_state=seed),
+        "EM": lambda seed: EMMoE(
+            n_init=1, init_gate_norm=init_gate_norm, random_state=seed
+        ),
         "GD (nll)": lambda seed: GradientMoE(
             n_init=1, init_gate_norm=init_gate_norm, random_state=seed
         ),
@@ -59,7 +61,9 @@ def _fit(make: Callable[[int], object], seed: int, X: Array, y: Array, truth: di
 def correlated_experts(n: int, d: int, cosine: float, seed: int):
     """Nominal draw, then ``a_2`` replaced so that ``a_1 . a_2 = cosine`` (unit norms)."""
     _, _, truth = make_moe(10 * d, d, random_state=seed)
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(
+        [seed, 1]
+    )  # not make_moe's stream: u must differ from a1
     a1 = truth["experts"][0]
     u = rng.standard_normal(d)
     u -= (u @ a1) * a1
@@ -103,7 +107,9 @@ def sample_size(out: Path, quick: bool, log=print) -> list[dict]:
             X, y, truth = make_moe(n, N_FEATURES, random_state=seed)
             for name, make in methods.items():
                 err, t, _ = _fit(make, seed, X, y, truth)
-                rows.append({"n": n, "seed": seed, "method": name, "error": err, "seconds": t})
+                rows.append(
+                    {"n": n, "seed": seed, "method": name, "error": err, "seconds": t}
+                )
             log(f"sample-size: n={n} seed={seed} done")
     _write_csv(out / "sample_size.csv", rows)
     plt = _pyplot()
@@ -114,10 +120,18 @@ def sample_size(out: Path, quick: bool, log=print) -> list[dict]:
         med_t = [np.median([r["seconds"] for r in sel if r["n"] == n]) for n in sizes]
         axes[0].loglog(sizes, med_err, "o-", label=name)
         axes[1].loglog(sizes, med_t, "o-", label=name)
-    axes[0].loglog(sizes, [3 * np.sqrt(N_FEATURES / n) for n in sizes], "k--", lw=0.8,
-                   label="3 sqrt(d/n)")
-    axes[0].set(xlabel="samples n", ylabel="median parameter error",
-                title=f"Error vs n (d={N_FEATURES}, k=2, {len(seeds)} seeds)")
+    axes[0].loglog(
+        sizes,
+        [3 * np.sqrt(N_FEATURES / n) for n in sizes],
+        "k--",
+        lw=0.8,
+        label="3 sqrt(d/n)",
+    )
+    axes[0].set(
+        xlabel="samples n",
+        ylabel="median parameter error",
+        title=f"Error vs n (d={N_FEATURES}, k=2, {len(seeds)} seeds)",
+    )
     axes[1].set(xlabel="samples n", ylabel="median fit time (s)", title="Time vs n")
     axes[0].legend(fontsize=8)
     fig.tight_layout()
@@ -126,7 +140,12 @@ def sample_size(out: Path, quick: bool, log=print) -> list[dict]:
     return rows
 
 
-HARD_CASES = ("nominal", "sharp gate |w|=10", "correlated a1.a2=0.9", "large initial gate")
+HARD_CASES = (
+    "nominal",
+    "sharp gate |w|=10",
+    "correlated a1.a2=0.9",
+    "large initial gate",
+)
 
 
 def _hard_case_data(case: str, n: int, seed: int):
@@ -148,8 +167,16 @@ def hard_cases(out: Path, quick: bool, log=print) -> list[dict]:
             X, y, truth = _hard_case_data(case, n, 100 + seed)
             for name, make in methods.items():
                 err, t, _ = _fit(make, seed, X, y, truth)
-                rows.append({"case": case, "seed": seed, "method": name, "error": err,
-                             "success": int(err < SUCCESS), "seconds": t})
+                rows.append(
+                    {
+                        "case": case,
+                        "seed": seed,
+                        "method": name,
+                        "error": err,
+                        "success": int(err < SUCCESS),
+                        "seconds": t,
+                    }
+                )
             log(f"hard-cases: {case} trial {seed} done")
     _write_csv(out / "hard_cases.csv", rows)
     plt = _pyplot()
@@ -157,18 +184,30 @@ def hard_cases(out: Path, quick: bool, log=print) -> list[dict]:
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.2))
     width = 0.8 / len(names)
     for i, name in enumerate(names):
-        rate = [np.mean([r["success"] for r in rows if r["case"] == c and r["method"] == name])
-                for c in HARD_CASES]
-        secs = [np.median([r["seconds"] for r in rows if r["case"] == c and r["method"] == name])
-                for c in HARD_CASES]
+        rate = [
+            np.mean(
+                [r["success"] for r in rows if r["case"] == c and r["method"] == name]
+            )
+            for c in HARD_CASES
+        ]
+        secs = [
+            np.median(
+                [r["seconds"] for r in rows if r["case"] == c and r["method"] == name]
+            )
+            for c in HARD_CASES
+        ]
         x = np.arange(len(HARD_CASES)) + i * width
         axes[0].bar(x, rate, width, label=name)
         axes[1].bar(x, secs, width, label=name)
-    for ax, label in zip(axes, ("success rate (error < 0.1)", "median fit time (s)")):
+    for ax, label in zip(
+        axes, ("success rate (error < 0.1)", "median fit time (s)"), strict=False
+    ):
         ax.set_xticks(np.arange(len(HARD_CASES)) + 0.4 - width / 2)
         ax.set_xticklabels(HARD_CASES, fontsize=8)
         ax.set_ylabel(label)
-    axes[0].set_title(f"One random start per trial, {len(trials)} trials, n={n}, d={N_FEATURES}")
+    axes[0].set_title(
+        f"One random start per trial, {len(trials)} trials, n={n}, d={N_FEATURES}"
+    )
     axes[0].legend(fontsize=7)
     fig.tight_layout()
     _savefig(fig, out / "hard_cases.png")
@@ -177,23 +216,47 @@ def hard_cases(out: Path, quick: bool, log=print) -> list[dict]:
 
 
 def l4_curves(out: Path, quick: bool, log=print) -> list[dict]:
-    """``L4`` training curves from random starts on one data set."""
+    """``L4`` training curves from random starts on one data set, with the columns
+    searched in the span of ``M2``'s top eigenvectors (the default) and in all of
+    ``R^d`` (the landscape of the papers' theorem)."""
     X, y, truth = make_moe(100_000, N_FEATURES, random_state=0)
     starts = range(5) if quick else range(20)
-    rows, curves = [], []
-    for seed in starts:
-        err, t, model = _fit(lambda s: TensorLossMoE(random_state=s), seed, X, y, truth)
-        curves.append(model.loss_curve_)
-        rows.append({"start": seed, "error": err, "epochs": len(model.loss_curve_),
-                     "final_loss": model.loss_curve_[-1], "seconds": t})
-    log(f"l4-curves: {len(rows)} starts done")
+    rows, curves = [], {"span": [], "full": []}
+    for subspace in curves:
+        for seed in starts:
+            err, t, model = _fit(
+                lambda s, sub=subspace: TensorLossMoE(random_state=s, subspace=sub),
+                seed,
+                X,
+                y,
+                truth,
+            )
+            curves[subspace].append(model.loss_curve_)
+            rows.append(
+                {
+                    "subspace": subspace,
+                    "start": seed,
+                    "error": err,
+                    "epochs": len(model.loss_curve_),
+                    "final_loss": model.loss_curve_[-1],
+                    "seconds": t,
+                }
+            )
+        log(f"l4-curves: {subspace}: {len(starts)} starts done")
     _write_csv(out / "l4_curves.csv", rows)
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for curve in curves:
-        ax.plot(np.arange(1, len(curve) + 1), curve, alpha=0.7)
-    ax.set(xlabel="epoch", ylabel="mean minibatch L4",
-           title=f"L4 from {len(curves)} random starts (d={N_FEATURES}, n=1e5)")
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for ax, (subspace, runs) in zip(axes, curves.items(), strict=False):
+        errs = [r["error"] for r in rows if r["subspace"] == subspace]
+        for curve in runs:
+            ax.plot(np.arange(1, len(curve) + 1), curve, alpha=0.7)
+        ax.set(
+            xlabel="epoch",
+            title=f"columns in {'span(M2)' if subspace == 'span' else 'R^d'}: "
+            f"error {min(errs):.3f}-{max(errs):.3f}",
+        )
+    axes[0].set_ylabel("mean minibatch L4")
+    fig.suptitle(f"L4 from {len(starts)} random starts (d={N_FEATURES}, n=1e5)")
     fig.tight_layout()
     _savefig(fig, out / "l4_curves.png")
     plt.close(fig)
