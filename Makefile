@@ -27,10 +27,12 @@ test-slow: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_fit.py --out benchmarks/results/fit.md
 
-# Accuracy sweeps: Method 1 over 20 seeds, Method 2 over 50 trials (several minutes).
+# Accuracy sweeps: Method 1 over 20 seeds, Method 2 over 50 trials, the model
+# family (tanh, k=3, choosing k) over 10 seeds (about 15 minutes).
 accuracy: $(STAMP)
 	$(BIN)/python benchmarks/bench_accuracy.py --out benchmarks/results/accuracy.md
 	$(BIN)/python benchmarks/bench_method2.py --out benchmarks/results/method2.md
+	$(BIN)/python benchmarks/bench_family.py --out benchmarks/results/family.md
 
 # The papers' experiments, full settings, into docs/figures (about 30 minutes).
 figures: $(STAMP)

@@ -157,3 +157,14 @@ def test_reproduce_unknown_experiment_is_a_one_line_error(capsys):
     assert run("reproduce", "figure9") == 2
     err = capsys.readouterr().err.strip()
     assert "unknown experiment 'figure9'" in err and len(err.splitlines()) == 1
+
+
+def test_outputs_get_the_usual_file_mode(tmp_path):
+    """Temporary files are created 0600; the renamed output must not stay private."""
+    import os
+
+    with atomic_path(tmp_path / "out.txt") as tmp:
+        tmp.write_text("x")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "out.txt").stat().st_mode & 0o777 == 0o666 & ~umask

@@ -41,7 +41,7 @@ def test_sigmoid_system_reproduces_the_talk():
     assert t.gamma == pytest.approx(-1.0, abs=1e-6)
 
 
-@pytest.mark.parametrize("name", ["linear", "sigmoid"])
+@pytest.mark.parametrize("name", ["linear", "sigmoid", "tanh"])
 def test_hermite_conditions_hold(name):
     """E[phi3 He1] = E[phi3 He2] = 0 and E[phi2 He1] = 0 for the solved coefficients."""
     link, sigma = get_link(name), 0.2
@@ -63,3 +63,20 @@ def test_hermite_conditions_hold(name):
 def test_unknown_link_names_the_choices():
     with pytest.raises(ValueError, match=r"unknown link 'relu'.*'linear'"):
         get_link("relu")
+
+
+@pytest.mark.parametrize("link", ["sigmoid", "tanh"])
+@pytest.mark.parametrize("r_true", [0.6, 1.0, 1.6])
+def test_common_norm_recovers_the_norm_even_with_two_roots(link, r_true):
+    """|c2(r)| r^2 rises and falls for saturating links (tanh peaks near r = 1),
+    so the whitening equation has two roots; the tensor eigenvalues pick the right
+    one. Exact population inputs: nu_i^2 = |c2| p_i r^2, lambda_i = c3 s_i / |c2|."""
+    from moelearn._spectral import _common_norm
+
+    g = get_link(link)
+    t = transform_coefficients(g, 0.1)
+    c2, c3 = tensor_constants(t, g, r_true)
+    p = np.array([0.4, 0.6])
+    nu = np.sqrt(abs(c2) * p) * r_true
+    eigenvalues = c3 * (r_true / nu) / abs(c2)
+    assert _common_norm(t, g, nu, eigenvalues) == pytest.approx(r_true, rel=1e-6)

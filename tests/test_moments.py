@@ -98,7 +98,7 @@ def _summands_t3(Z, w):
     return w[:, None, None, None] * S3
 
 
-@pytest.mark.parametrize("link", ["linear", "sigmoid"])
+@pytest.mark.parametrize("link", ["linear", "sigmoid", "tanh"])
 def test_moments_have_no_gate_cross_terms(link, global_random_seed):
     """Population identities (SPEC.md): T2 = sum_i c2 p_i a_i a_i^T and
     T3 = sum_i c3 p_i a_i^{x3} (p_i = 1/2 for a gate without bias), whatever the

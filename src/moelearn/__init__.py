@@ -8,12 +8,14 @@ from moelearn.estimators import (
     SpectralReliabilityWarning,
 )
 from moelearn.metrics import parameter_error
+from moelearn.selection import ExpertSelection, select_n_experts
 from moelearn.tensor_loss import TensorLossMoE
 
 __version__ = "0.1.0"
 
 __all__ = [
     "EMMoE",
+    "ExpertSelection",
     "GradientMoE",
     "NonGaussianInputWarning",
     "SpectralMoE",
@@ -22,4 +24,5 @@ __all__ = [
     "__version__",
     "make_moe",
     "parameter_error",
+    "select_n_experts",
 ]

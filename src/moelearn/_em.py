@@ -171,7 +171,10 @@ class _Problem:
         if not self.fit_experts:
             stats.gate_missing = np.zeros_like(stats.hess_gate)
         fused = subset is None
-        if not fused and USE_COMPILED and _em_fast.AVAILABLE:
+        compiled = (
+            USE_COMPILED and _em_fast.AVAILABLE and params.link in _em_fast.LINK_CODES
+        )
+        if not fused and compiled:
             ll, stats.rss, stats.grad = _em_fast.gradient_pass(
                 self.X, self.y, params, self.fit_experts, self.residuals
             )

@@ -17,7 +17,7 @@ except ImportError:  # the extra is not installed: the NumPy path is used
     numba = None
 
 AVAILABLE = numba is not None
-LINK_CODES = {"linear": 0, "sigmoid": 1}
+LINK_CODES = {"linear": 0, "sigmoid": 1, "tanh": 2}
 
 if AVAILABLE:
 
@@ -54,10 +54,14 @@ if AVAILABLE:
                         if link_code == 0:
                             res[j] = y[i] - eta
                             deriv[j] = 1.0
-                        else:
+                        elif link_code == 1:
                             g = 1.0 / (1.0 + np.exp(-eta))
                             res[j] = y[i] - g
                             deriv[j] = g * (1.0 - g)
+                        else:
+                            g = np.tanh(eta)
+                            res[j] = y[i] - g
+                            deriv[j] = 1.0 - g * g
                     else:
                         res[j] = residuals[j, i]
                 for j in range(k - 1):

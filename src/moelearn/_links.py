@@ -47,9 +47,15 @@ def _sigmoid_deriv(u: Array) -> Array:
     return s * (1.0 - s)
 
 
+def _tanh_deriv(u: Array) -> Array:
+    t = np.tanh(u)
+    return 1.0 - t * t
+
+
 LINKS: dict[str, Link] = {
     "linear": Link("linear", _identity, _ones),
     "sigmoid": Link("sigmoid", expit, _sigmoid_deriv),
+    "tanh": Link("tanh", np.tanh, _tanh_deriv),
 }
 
 

@@ -177,7 +177,7 @@ def spectral_solve(
         # change of sigma moved its root from |a| = 1 to 0.85 or 1.2. T2's whitening
         # and sum_i p_i = 1 give a well-conditioned common norm instead; experts of
         # unequal norms get a biased start, which refinement corrects.
-        r = _common_norm(transforms, moments.link, nu)
+        r = _common_norm(transforms, moments.link, nu, comps.values)
         c2, c3 = tensor_constants(transforms, moments.link, r)
         scales = np.sign(c3) * r / nu
         weights = 1.0 / (abs(c2) * scales * scales)
@@ -196,12 +196,18 @@ def _constants_depend_on_norm(transforms: Transforms, link: Link) -> bool:
     )
 
 
-def _common_norm(transforms: Transforms, link: Link, nu: Array) -> float:
+def _common_norm(
+    transforms: Transforms, link: Link, nu: Array, eigenvalues: Array
+) -> float:
     """The norm ``r`` all experts share when ``sum_i p_i = 1``.
 
-    Whitening gives ``p_i = nu_i^2 / (|c2(r)| r^2)``, so
-    ``|c2(r)| r^2 = sum_i nu_i^2``; solved for ``log r`` in [log 0.2, log 5]
-    (clamped to the nearer end when there is no root).
+    Whitening gives ``p_i = nu_i^2 / (|c2(r)| r^2)``, so ``|c2(r)| r^2 = sum_i nu_i^2``,
+    solved for ``log r`` in [log 0.2, log 5]. For saturating links ``|c2(r)| r^2``
+    rises and falls (tanh peaks near ``r = 1``), so the equation can have two roots
+    or, through sampling noise, none: every root on a fine grid is refined, and
+    among several the one whose implied tensor eigenvalues
+    ``c3(r) s_i / |c2(r)|`` (``s_i = r / nu_i``) match the observed ones best is
+    kept; with no root, the ``r`` that comes closest.
     """
     target = np.log(np.sum(nu * nu))
 
@@ -209,8 +215,23 @@ def _common_norm(transforms: Transforms, link: Link, nu: Array) -> float:
         c2 = abs(tensor_constants(transforms, link, float(np.exp(x)))[0])
         return np.log(c2 + 1e-300) + 2.0 * x - target
 
-    lo, hi = np.log(0.2), np.log(5.0)
-    f_lo, f_hi = f(lo), f(hi)
-    if f_lo * f_hi > 0:
-        return float(np.exp(lo if abs(f_lo) < abs(f_hi) else hi))
-    return float(np.exp(brentq(f, lo, hi, xtol=1e-10)))
+    grid = np.linspace(np.log(0.2), np.log(5.0), 97)
+    values = np.array([f(x) for x in grid])
+    roots = [
+        brentq(f, grid[i], grid[i + 1], xtol=1e-10)
+        for i in range(len(grid) - 1)
+        if values[i] == 0.0 or values[i] * values[i + 1] < 0
+    ]
+    if not roots:
+        return float(np.exp(grid[np.argmin(np.abs(values))]))
+    if len(roots) == 1:
+        return float(np.exp(roots[0]))
+
+    def eigenvalue_misfit(x: float) -> float:
+        r = float(np.exp(x))
+        c2, c3 = tensor_constants(transforms, link, r)
+        predicted = c3 * (r / nu) / abs(c2)
+        ratio = np.abs(predicted) / np.maximum(np.abs(eigenvalues), 1e-300)
+        return float(np.sum(np.log(ratio + 1e-300) ** 2))
+
+    return float(np.exp(min(roots, key=eigenvalue_misfit)))

@@ -39,6 +39,10 @@ class CLIError(Exception):
     """A user error: printed as one line, exit status 2."""
 
 
+def _experts_arg(text: str) -> int | str:
+    return "auto" if text == "auto" else _positive_int(text)
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(float(text)) if "e" in text.lower() else int(text)
@@ -95,7 +99,14 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument(
         "--target", default="y", help="name of the target column (default y)"
     )
-    fit.add_argument("--experts", "-k", type=_positive_int, default=2)
+    fit.add_argument(
+        "--experts",
+        "-k",
+        type=_experts_arg,
+        default=2,
+        help="number of experts, or 'auto' (BIC over 1..--max-experts, spectral only)",
+    )
+    fit.add_argument("--max-experts", type=_positive_int, default=5)
     fit.add_argument(
         "--method",
         choices=sorted(FIT_METHODS),
@@ -240,6 +251,10 @@ def cmd_fit(args) -> int:
         settings["refine"] = not args.no_refine
     elif args.no_refine:
         raise CLIError("--no-refine applies to --method spectral only")
+    if args.experts == "auto":
+        if args.method != "spectral":
+            raise CLIError("--experts auto needs --method spectral")
+        return _fit_auto(args, X, y, names, settings)
     model = FIT_METHODS[args.method](**settings)
     start = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
@@ -253,6 +268,43 @@ def cmd_fit(args) -> int:
             f"fitted {args.experts} {args.link} experts to {X.shape[0]} rows in "
             f"{time.perf_counter() - start:.1f} s; noise_std={model.noise_std_:.4g}; "
             f"mean log-likelihood {model.score(X, y):.4f}; wrote {args.out}"
+        )
+    return 0
+
+
+def _fit_auto(args, X, y, names, settings) -> int:
+    from moelearn.selection import select_n_experts
+
+    settings = {k: v for k, v in settings.items() if k not in ("n_experts", "verbose")}
+    link, seed = settings.pop("link"), settings.pop("random_state")
+    max_k = min(args.max_experts, X.shape[1])
+    start = time.perf_counter()
+    choice = select_n_experts(
+        X, y, max_experts=max_k, link=link, random_state=seed, **settings
+    )
+    if not args.quiet:
+        print("experts  log-likelihood           BIC", file=sys.stderr)
+        for k in sorted(choice.bic):
+            mark = "  <- lowest BIC" if k == choice.n_experts else ""
+            print(
+                f"{k:7d}  {choice.log_likelihood[k]:14.2f}  {choice.bic[k]:12.2f}{mark}",
+                file=sys.stderr,
+            )
+        print(
+            f"T2's eigen-gap points to {choice.eigengap_n_experts} experts",
+            file=sys.stderr,
+        )
+    if choice.n_experts == 1:
+        raise CLIError(
+            "BIC prefers a single expert: the data show no mixture; nothing written "
+            "(pass --experts K to fit K experts anyway)"
+        )
+    model = choice.models[choice.n_experts]
+    save_model(model, args.out, feature_names=names, target=args.target)
+    if not args.quiet:
+        print(
+            f"chose {choice.n_experts} experts in {time.perf_counter() - start:.1f} s; "
+            f"wrote {args.out}"
         )
     return 0
 

@@ -1,0 +1,140 @@
+"""How many experts do the data support? ``select_n_experts``."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+from sklearn.utils.validation import validate_data
+
+from moelearn import _validation as v
+from moelearn._links import get_link
+from moelearn._model import MoEParams, log_likelihood_terms
+from moelearn.estimators import SpectralMoE
+
+Array = np.ndarray
+
+__all__ = ["ExpertSelection", "select_n_experts"]
+
+
+@dataclass
+class ExpertSelection:
+    """What :func:`select_n_experts` measured.
+
+    Attributes
+    ----------
+    n_experts : int
+        The number of experts with the smallest BIC.
+    bic : dict of int to float
+        ``BIC(k) = -2 log L_k + p_k log n`` with ``p_k = (2k - 1) d + 1`` free
+        parameters (``k`` regressors, ``k - 1`` gate rows, ``sigma``).
+    log_likelihood : dict of int to float
+        Total log-likelihood of the fit with ``k`` experts.
+    t2_eigenvalues : ndarray
+        Eigenvalues of Method 1's ``T2`` (from the largest fit), largest first: ``T2``
+        has rank ``k``, so a gap after the ``k``-th is a second, fit-free opinion.
+    eigengap_n_experts : int
+        ``argmax_j |lambda_j| / |lambda_{j+1}|`` over ``j <= max_experts``.
+    models : dict of int to estimator
+        The fitted models (``k = 1`` is a single linear-link regression).
+    """
+
+    n_experts: int
+    bic: dict[int, float]
+    log_likelihood: dict[int, float]
+    t2_eigenvalues: Array
+    eigengap_n_experts: int
+    models: dict[int, object] = field(repr=False)
+
+
+def select_n_experts(
+    X,
+    y,
+    *,
+    max_experts: int = 5,
+    link: str = "linear",
+    random_state=None,
+    **fit_params,
+) -> ExpertSelection:
+    """Choose the number of experts by BIC over Method 1 fits with ``k = 1 .. max_experts``.
+
+    Each ``k >= 2`` is fitted by :class:`SpectralMoE` (spectral start, gating EM,
+    joint-EM refinement, so the likelihood is the MLE's); ``k = 1`` is one expert
+    fitted by least squares (linear link) or by the same EM with a constant gate.
+    The eigen-gap of ``T2`` is reported alongside as a check that needs no fit.
+
+    Parameters
+    ----------
+    X : array-like of shape (n, d)
+    y : array-like of shape (n,)
+    max_experts : int, default=5
+        Largest ``k`` tried; at most ``d``.
+    link : str, default='linear'
+    random_state : int, Generator or None
+    **fit_params
+        Passed to :class:`SpectralMoE` (e.g. ``noise_std``, ``max_iter``).
+
+    Returns
+    -------
+    ExpertSelection
+    """
+    probe = SpectralMoE(link=link)
+    X, y = validate_data(probe, X, y, dtype=np.float64, y_numeric=True)
+    X = v.check_finite_2d(X)
+    y = v.check_target(y, X.shape[0])
+    n, d = X.shape
+    if not (isinstance(max_experts, (int, np.integer)) and 1 <= max_experts <= d):
+        raise ValueError(
+            f"max_experts must be an integer between 1 and n_features={d}; "
+            f"got {max_experts!r}"
+        )
+    rng = v.check_random_state(random_state)
+    bic, loglik, models = {}, {}, {}
+    loglik[1], models[1] = _single_expert(X, y, link)
+    for k in range(2, max_experts + 1):
+        model = SpectralMoE(n_experts=k, link=link, random_state=rng, **fit_params)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # over-specified k warns by design
+            model.fit(X, y)
+        models[k] = model
+        loglik[k] = float(model.score(X, y) * n)
+    for k, ll in loglik.items():
+        bic[k] = -2.0 * ll + ((2 * k - 1) * d + 1) * np.log(n)
+    values = (
+        np.asarray(models[max_experts].diagnostics_["t2_eigenvalues"])
+        if max_experts > 1
+        else np.array([])
+    )
+    magnitudes = np.abs(values[: max_experts + 1])
+    if magnitudes.size >= 2:
+        ratios = magnitudes[:-1] / np.maximum(magnitudes[1:], 1e-300)
+        gap_k = int(np.argmax(ratios) + 1)
+    else:
+        gap_k = 1
+    best = min(bic, key=bic.get)
+    return ExpertSelection(best, bic, loglik, values, gap_k, models)
+
+
+def _single_expert(X: Array, y: Array, link: str) -> tuple[float, object]:
+    """Log-likelihood of one expert ``y = g(a . x) + sigma eps`` at its MLE."""
+    if link != "linear":
+        from scipy.optimize import least_squares
+
+        g = get_link(link)
+        start = np.linalg.lstsq(X, y, rcond=None)[0]
+        fit = least_squares(
+            lambda a: g.func(X @ a) - y,
+            start,
+            jac=lambda a: g.deriv(X @ a)[:, None] * X,
+        )
+        coef = fit.x
+    else:
+        coef = np.linalg.lstsq(X, y, rcond=None)[0]
+    residual = y - get_link(link).func(X @ coef)
+    sigma = float(np.sqrt(np.mean(residual * residual)))
+    params = MoEParams(
+        coef[None, :], np.zeros((1, X.shape[1])), max(sigma, 1e-300), link
+    )
+    ll = float(log_likelihood_terms(X, y, params)[0].sum())
+    return ll, params

@@ -1,0 +1,80 @@
+"""select_n_experts and `moelearn fit --experts auto`."""
+
+import numpy as np
+import pytest
+
+from moelearn import make_moe, select_n_experts
+from moelearn.cli import main
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_bic_picks_the_true_number_of_experts(k):
+    """n=5e4, d=6: the log-likelihood gained by the true k over k-1 is thousands
+    of nats, far above BIC's penalty (d log n = 65 per extra expert)."""
+    X, y, _ = make_moe(50_000, 6, n_experts=k, random_state=k)
+    choice = select_n_experts(X, y, max_experts=4, random_state=0)
+    assert choice.n_experts == k
+    assert sorted(choice.bic) == [1, 2, 3, 4]
+    assert choice.log_likelihood[k] > choice.log_likelihood[k - 1] + 1000
+
+
+def test_one_expert_is_chosen_when_there_is_no_mixture():
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((20_000, 4))
+    y = X @ np.array([1.0, -0.5, 0.2, 0.0]) + 0.1 * rng.standard_normal(20_000)
+    choice = select_n_experts(X, y, max_experts=3, random_state=0)
+    assert choice.n_experts == 1
+
+
+def test_max_experts_is_checked():
+    X, y, _ = make_moe(5_000, 3, random_state=0)
+    with pytest.raises(
+        ValueError, match="max_experts must be an integer between 1 and"
+    ):
+        select_n_experts(X, y, max_experts=4)
+
+
+def test_cli_experts_auto(tmp_path, capsys):
+    data, out = tmp_path / "d.csv", tmp_path / "m.json"
+    assert (
+        main(
+            [
+                "simulate",
+                "-n",
+                "30000",
+                "-d",
+                "5",
+                "-k",
+                "3",
+                "--seed",
+                "2",
+                "--out",
+                str(data),
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "fit",
+                str(data),
+                "--experts",
+                "auto",
+                "--max-experts",
+                "4",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    captured = capsys.readouterr()
+    assert "<- lowest BIC" in captured.err
+    assert "chose 3 experts" in captured.out
+    assert (
+        main(
+            ["fit", str(data), "--experts", "auto", "--method", "em", "--out", str(out)]
+        )
+        == 2
+    )
