@@ -128,7 +128,7 @@ def test_one_em_iteration_matches_the_textbook_step(small_chunks, global_random_
     assert ll.mean() == pytest.approx(loglik, rel=1e-12)
 
 
-@pytest.mark.parametrize("link", ["linear", "sigmoid", "tanh"])
+@pytest.mark.parametrize("link", ["linear", "sigmoid", "tanh", "relu"])
 @pytest.mark.parametrize("fit_experts", [False, True])
 @pytest.mark.parametrize("k", [2, 3])
 def test_compiled_pass_matches_numpy(monkeypatch, link, fit_experts, k):

@@ -205,7 +205,7 @@ def test_bad_input_is_a_clear_error(X, y, match):
 @pytest.mark.parametrize(
     "params, name",
     [
-        ({"link": "relu"}, "link"),
+        ({"link": "softplus"}, "link"),
         ({"n_experts": 1}, "n_experts"),
         ({"noise_std": -1.0}, "noise_std"),
         ({"max_iter": -1}, "max_iter"),

@@ -41,9 +41,12 @@ def test_sigmoid_system_reproduces_the_talk():
     assert t.gamma == pytest.approx(-1.0, abs=1e-6)
 
 
-@pytest.mark.parametrize("name", ["linear", "sigmoid", "tanh"])
+@pytest.mark.parametrize("name", ["linear", "sigmoid", "tanh", "relu"])
 def test_hermite_conditions_hold(name):
-    """E[phi3 He1] = E[phi3 He2] = 0 and E[phi2 He1] = 0 for the solved coefficients."""
+    """E[phi3 He_j] = 0 for the link's p3_orders and E[phi2 He_j] = 0 for its
+    p2_orders, with the noise included in phi."""
+    from moelearn._links import _hermite
+
     link, sigma = get_link(name), 0.2
     t = transform_coefficients(link, sigma)
     g = link.func
@@ -53,16 +56,19 @@ def test_hermite_conditions_hold(name):
         return gz**3 + 3 * sigma**2 * gz + t.alpha * (gz**2 + sigma**2) + t.beta * gz
 
     def phi2(z):
-        return g(z) ** 2 + sigma**2 + t.gamma * g(z)
+        gz = g(z)
+        return t.delta * (gz**3 + 3 * sigma**2 * gz) + gz**2 + sigma**2 + t.gamma * gz
 
-    assert abs(gaussian_expectation(lambda z: phi3(z) * z)) < 1e-12
-    assert abs(gaussian_expectation(lambda z: phi3(z) * (z**2 - 1))) < 1e-12
-    assert abs(gaussian_expectation(lambda z: phi2(z) * z)) < 1e-12
-
-
-def test_unknown_link_names_the_choices():
-    with pytest.raises(ValueError, match=r"unknown link 'relu'.*'linear'"):
-        get_link("relu")
+    for j in link.p3_orders:
+        assert (
+            abs(gaussian_expectation(lambda z, j=j: phi3(z) * _hermite(j, z))) < 1e-10
+        )
+    for j in link.p2_orders:
+        assert (
+            abs(gaussian_expectation(lambda z, j=j: phi2(z) * _hermite(j, z))) < 1e-10
+        )
+    if name == "relu":  # no parity: both transforms need their extra freedom
+        assert link.p3_orders == (2, 4) and t.delta != 0
 
 
 @pytest.mark.parametrize("link", ["sigmoid", "tanh"])

@@ -126,6 +126,35 @@ def test_moments_have_no_gate_cross_terms(link, global_random_seed):
     assert np.abs(true_t3).max() > 10 * se.max()  # the test has power
 
 
+def test_relu_moments_are_exact_when_the_gate_is_orthogonal(global_random_seed):
+    """ReLU has no parity: the transforms cancel He2/He4 (T3) and He1/He3 (T2), and
+    the He6+ remainders couple gate and regressors unless w is orthogonal to them
+    (SPEC.md). With w orthogonal the identities hold within 5 standard errors."""
+    from moelearn._links import get_link, tensor_constants, transform_coefficients
+    from moelearn._model import MoEParams, sample_outputs
+
+    rng = np.random.default_rng(global_random_seed)
+    n, sigma = 400_000, 0.1
+    basis = np.linalg.qr(rng.standard_normal((3, 3)))[0]
+    A = np.vstack([basis[:, 0], 0.6 * basis[:, 0] + 0.8 * basis[:, 1]])
+    gating = np.vstack([1.5 * basis[:, 2], np.zeros(3)])
+    X = rng.standard_normal((n, 3))
+    y, _ = sample_outputs(X, MoEParams(A, gating, sigma, "relu"), rng)
+    link = get_link("relu")
+    t = transform_coefficients(link, sigma)
+    c2, c3 = tensor_constants(t, link, 1.0)
+    true_t2 = 0.5 * c2 * A.T @ A
+    true_t3 = 0.5 * c3 * np.einsum("ri,rj,rk->ijk", A, A, A)
+    for summands, truth_tensor in [
+        (_summands_t2(X, t.p2(y)), true_t2),
+        (_summands_t3(X, t.p3(y)), true_t3),
+    ]:
+        se = summands.std(axis=0) / np.sqrt(n)
+        z = np.abs(summands.mean(axis=0) - truth_tensor) / se
+        assert z.max() < 5, z.max()
+    assert np.abs(true_t3).max() > 10 * se.max()  # the test has power
+
+
 def test_sigmoid_needs_its_quadratic_term(global_random_seed):
     """Negative control: for sigmoid experts, P3 without the alpha y^2 term gives a
     tensor that no multiple of sum_i a_i^{x3} fits within the sampling error."""

@@ -47,15 +47,18 @@ def test_d50_n1e6_linear(seed):
     assert parameter_error(model, truth) <= 0.03
 
 
-@pytest.mark.parametrize("link", ["sigmoid", "tanh"])
+@pytest.mark.parametrize("link", ["sigmoid", "tanh", "relu"])
 @pytest.mark.parametrize("seed", range(2))
-def test_d10_n1e6_saturating_links(link, seed):
-    """Measured on seeds 0-2: refined 0.005-0.012 for both links (spectral step
-    0.006-0.017); the bound is issue 2's 0.03 for sigmoid."""
+def test_d10_n1e6_other_links(link, seed):
+    """Measured on seeds 0-2: refined 0.005-0.013 for every link; spectral step
+    0.006-0.017 for sigmoid and tanh (exact transforms) but 0.04-0.35 for ReLU (the
+    He6+ cross terms its transforms leave, SPEC.md). Bounds: issue 2's 0.03 after
+    refinement, 0.05 for the exact spectral steps."""
     X, y, truth = make_moe(1_000_000, 10, link=link, random_state=seed)
     model = SpectralMoE(link=link, random_state=seed).fit(X, y)
     assert parameter_error(model, truth) <= 0.03
-    assert parameter_error(model.spectral_experts_, truth["experts"]) <= 0.05
+    if link != "relu":
+        assert parameter_error(model.spectral_experts_, truth["experts"]) <= 0.05
 
 
 @pytest.mark.parametrize("seed", range(2))

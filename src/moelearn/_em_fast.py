@@ -17,7 +17,7 @@ except ImportError:  # the extra is not installed: the NumPy path is used
     numba = None
 
 AVAILABLE = numba is not None
-LINK_CODES = {"linear": 0, "sigmoid": 1, "tanh": 2}
+LINK_CODES = {"linear": 0, "sigmoid": 1, "tanh": 2, "relu": 3}
 
 if AVAILABLE:
 
@@ -58,10 +58,13 @@ if AVAILABLE:
                             g = 1.0 / (1.0 + np.exp(-eta))
                             res[j] = y[i] - g
                             deriv[j] = g * (1.0 - g)
-                        else:
+                        elif link_code == 2:
                             g = np.tanh(eta)
                             res[j] = y[i] - g
                             deriv[j] = 1.0 - g * g
+                        else:
+                            res[j] = y[i] - max(eta, 0.0)
+                            deriv[j] = 1.0 if eta > 0.0 else 0.0
                     else:
                         res[j] = residuals[j, i]
                 for j in range(k - 1):

@@ -5,8 +5,18 @@ polynomials are chosen so that, for a standard Gaussian ``Z``, the Hermite
 coefficients of ``phi(u) = E_eps[P(g(u) + sigma * eps)]`` that would couple the
 regressors with the gate vanish (SPEC.md, Method 1, step 1):
 
-* ``P3(y) = y**3 + alpha * y**2 + beta * y`` with ``E[phi3 He1] = E[phi3 He2] = 0``;
-* ``P2(y) = y**2 + gamma * y`` with ``E[phi2 He1] = 0``.
+* ``P3(y) = y**3 + alpha * y**2 + beta * y`` with ``E[phi3 He_j] = 0`` for the
+  link's two ``p3_orders`` (default ``j = 1, 2``);
+* ``P2(y) = delta * y**3 + y**2 + gamma * y`` with ``E[phi2 He_j] = 0`` for its
+  ``p2_orders`` (default ``j = 1`` and ``delta = 0``).
+
+For a symmetric gate (no bias) the cross terms of ``T3`` come from the even
+Hermite components of ``phi3`` and those of ``T2`` from the odd ones of ``phi2``.
+Odd links (linear, tanh) have no even ``phi3`` components beyond what ``beta``
+removes; the sigmoid's are cancelled by ``alpha`` (the talk's system). ReLU has no
+parity: it cancels ``He2`` and ``He4`` in ``P3`` and ``He1`` and ``He3`` in a cubic
+``P2`` (SPEC.md); the ``He6`` and higher remainders stay, a bias that refinement
+removes.
 
 All expectations are one-dimensional and computed by Gauss–Hermite quadrature, so
 the same code serves any link.
@@ -19,7 +29,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
-from numpy.polynomial.hermite_e import hermegauss
+from numpy.polynomial.hermite_e import hermegauss, hermeval
 from scipy.special import expit
 
 Array = np.ndarray
@@ -27,11 +37,14 @@ Array = np.ndarray
 
 @dataclass(frozen=True)
 class Link:
-    """An expert link ``g`` with its derivative ``g'``."""
+    """An expert link ``g`` with its derivative ``g'``, and the Hermite orders the
+    transforms of ``y`` cancel for it (see the module docstring)."""
 
     name: str
     func: Callable[[Array], Array]
     deriv: Callable[[Array], Array]
+    p3_orders: tuple[int, int] = (1, 2)
+    p2_orders: tuple[int, ...] = (1,)
 
 
 def _identity(u: Array) -> Array:
@@ -47,6 +60,14 @@ def _sigmoid_deriv(u: Array) -> Array:
     return s * (1.0 - s)
 
 
+def _relu(u: Array) -> Array:
+    return np.maximum(u, 0.0)
+
+
+def _step(u: Array) -> Array:
+    return (u > 0).astype(float)
+
+
 def _tanh_deriv(u: Array) -> Array:
     t = np.tanh(u)
     return 1.0 - t * t
@@ -56,6 +77,7 @@ LINKS: dict[str, Link] = {
     "linear": Link("linear", _identity, _ones),
     "sigmoid": Link("sigmoid", expit, _sigmoid_deriv),
     "tanh": Link("tanh", np.tanh, _tanh_deriv),
+    "relu": Link("relu", _relu, _step, p3_orders=(2, 4), p2_orders=(1, 3)),
 }
 
 
@@ -82,38 +104,45 @@ def gaussian_expectation(f: Callable[[Array], Array]) -> float:
 
 
 def _hermite(order: int, z: Array) -> Array:
-    """Probabilists' Hermite polynomial ``He_order(z)`` for orders 0 to 4."""
-    polys = {
-        0: lambda t: np.ones_like(t),
-        1: lambda t: t,
-        2: lambda t: t**2 - 1.0,
-        3: lambda t: t**3 - 3.0 * t,
-        4: lambda t: t**4 - 6.0 * t**2 + 3.0,
-    }
-    return polys[order](z)
+    """Probabilists' Hermite polynomial ``He_order(z)``."""
+    coef = np.zeros(order + 1)
+    coef[order] = 1.0
+    return hermeval(z, coef)
 
 
 @dataclass(frozen=True)
 class Transforms:
-    """Coefficients of ``P3(y) = y^3 + alpha y^2 + beta y`` and ``P2(y) = y^2 + gamma y``.
+    """Coefficients of ``P3(y) = y^3 + alpha y^2 + beta y`` and
+    ``P2(y) = delta y^3 + y^2 + gamma y``.
 
-    ``beta = beta0 - 3 sigma^2``: ``alpha``, ``beta0`` and ``gamma`` do not depend on
-    the noise, so a moment computed once with ``beta0`` can be corrected for any
-    noise level afterwards (:func:`p3_noise_shift`).
+    ``beta = beta0 - 3 sigma^2`` and ``gamma = gamma0 - 3 delta sigma^2``: ``alpha``,
+    ``beta0``, ``gamma0`` and ``delta`` do not depend on the noise, so a moment
+    computed once at zero noise can be corrected for any noise level afterwards.
     """
 
     alpha: float
     beta0: float
-    gamma: float
+    gamma0: float
     noise_std: float
+    delta: float = 0.0
 
     @property
     def beta(self) -> float:
         return self.beta0 - 3.0 * self.noise_std**2
 
+    @property
+    def gamma(self) -> float:
+        return self.gamma0 - 3.0 * self.delta * self.noise_std**2
+
+    def at_noise(self, noise_std: float) -> Transforms:
+        """The same transforms for another noise level."""
+        return Transforms(
+            self.alpha, self.beta0, self.gamma0, float(noise_std), self.delta
+        )
+
     def p2(self, y: Array) -> Array:
-        """``P2(y) = y^2 + gamma y``."""
-        return y * (y + self.gamma)
+        """``P2(y) = delta y^3 + y^2 + gamma y``."""
+        return y * (y * (self.delta * y + 1.0) + self.gamma)
 
     def p3(self, y: Array) -> Array:
         """``P3(y) = y^3 + alpha y^2 + beta y``."""
@@ -123,36 +152,50 @@ class Transforms:
 def transform_coefficients(link: Link, noise_std: float = 0.0) -> Transforms:
     """Solve the Hermite conditions for the transforms of ``y``.
 
-    With ``h_m(u) = E[g(u)^m]`` over ``Z ~ N(0,1)`` moments ``M[m, j] = E[g(Z)^m He_j(Z)]``,
-    ``E[phi3 He_j] = M[3, j] + 3 sigma^2 M[1, j] + alpha M[2, j] + beta M[1, j]`` for
-    ``j = 1, 2`` (a 2x2 linear system in ``alpha, beta``), and
-    ``E[phi2 He1] = M[2, 1] + gamma M[1, 1] = 0``.
+    With moments ``M[m, j] = E[g(Z)^m He_j(Z)]`` over ``Z ~ N(0,1)``,
+    ``E[phi3 He_j] = M[3, j] + 3 sigma^2 M[1, j] + alpha M[2, j] + beta M[1, j]``
+    for the link's two ``p3_orders`` (a 2x2 linear system in ``alpha, beta0``), and
+    ``E[phi2 He_j] = delta (M[3, j] + 3 sigma^2 M[1, j]) + M[2, j] + gamma M[1, j]``
+    for its ``p2_orders`` (one order: ``delta = 0``; two: a 2x2 system in
+    ``delta, gamma0``).
 
     Raises
     ------
     ValueError
-        If the system is singular for this link (the conditions cannot be met).
+        If a system is singular for this link (the conditions cannot be met).
     """
     g = link.func
+    orders = sorted({*link.p3_orders, *link.p2_orders})
     m = {
         (p, j): gaussian_expectation(lambda z, p=p, j=j: g(z) ** p * _hermite(j, z))
         for p in (1, 2, 3)
-        for j in (1, 2)
+        for j in orders
     }
-    system = np.array([[m[2, 1], m[1, 1]], [m[2, 2], m[1, 2]]])
-    rhs = -np.array([m[3, 1], m[3, 2]])
-    if abs(np.linalg.det(system)) < 1e-10 or abs(m[1, 1]) < 1e-10:
-        raise ValueError(
-            f"the transform conditions are singular for link {link.name!r}: "
-            "the spectral method cannot cancel the gate's cross terms for it"
-        )
-    alpha, beta0 = np.linalg.solve(system, rhs)
-    gamma = -m[2, 1] / m[1, 1]
-    # Round away quadrature dust so that linear g gives exactly alpha = gamma = 0.
-    alpha, beta0, gamma = (
-        0.0 if abs(c) < 1e-12 else float(c) for c in (alpha, beta0, gamma)
+    singular = ValueError(
+        f"the transform conditions are singular for link {link.name!r}: "
+        "the spectral method cannot cancel the gate's cross terms for it"
     )
-    return Transforms(alpha, beta0, gamma, float(noise_std))
+    j1, j2 = link.p3_orders
+    system = np.array([[m[2, j1], m[1, j1]], [m[2, j2], m[1, j2]]])
+    if abs(np.linalg.det(system)) < 1e-10:
+        raise singular
+    alpha, beta0 = np.linalg.solve(system, -np.array([m[3, j1], m[3, j2]]))
+    if len(link.p2_orders) == 1:
+        (j,) = link.p2_orders
+        if abs(m[1, j]) < 1e-10:
+            raise singular
+        delta, gamma0 = 0.0, -m[2, j] / m[1, j]
+    else:
+        j1, j2 = link.p2_orders
+        system = np.array([[m[3, j1], m[1, j1]], [m[3, j2], m[1, j2]]])
+        if abs(np.linalg.det(system)) < 1e-10:
+            raise singular
+        delta, gamma0 = np.linalg.solve(system, -np.array([m[2, j1], m[2, j2]]))
+    # Round away quadrature dust so that linear g gives exactly alpha = gamma = 0.
+    alpha, beta0, gamma0, delta = (
+        0.0 if abs(c) < 1e-12 else float(c) for c in (alpha, beta0, gamma0, delta)
+    )
+    return Transforms(alpha, beta0, gamma0, float(noise_std), delta)
 
 
 def tensor_constants(
@@ -171,7 +214,9 @@ def tensor_constants(
 
     def phi2(u: Array) -> Array:
         gu = g(u)
-        return gu * gu + transforms.gamma * gu
+        return (
+            transforms.delta * (gu**3 + 3.0 * s2 * gu) + gu * gu + transforms.gamma * gu
+        )
 
     def phi3(u: Array) -> Array:
         gu = g(u)

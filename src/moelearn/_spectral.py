@@ -151,12 +151,7 @@ def spectral_solve(
     tensor = moments.t3_zero_noise - 3.0 * noise_std**2 * moments.t3_linear
     comps = robust_tensor_power(tensor, k, rng, n_restarts=n_restarts)
     comps = orthogonal_polish(tensor, comps.vectors)
-    transforms = Transforms(
-        moments.transforms.alpha,
-        moments.transforms.beta0,
-        moments.transforms.gamma,
-        float(noise_std),
-    )
+    transforms = moments.transforms.at_noise(noise_std)
     root_d = np.sqrt(np.abs(moments.t2_values[:k]))
     directions = (moments.t2_vectors * root_d) @ comps.vectors.T  # (d, k): U D^1/2 mu
     nu = np.linalg.norm(directions, axis=0)

@@ -182,7 +182,7 @@ def hard_cases(out: Path, quick: bool, log=print) -> list[dict]:
         for seed in trials:
             X, y, truth = _hard_case_data(case, n, 100 + seed)
             start = time.perf_counter()
-            mle = joint_em_from(X, y, _truth_params(truth))
+            mle = joint_em_from(X, y, _truth_params(truth), tol=1e-5, max_iter=300)
             mle_dict = {"experts": mle.experts, "gating": mle.gating}
             rows.append(
                 {
