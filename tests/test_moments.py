@@ -98,49 +98,13 @@ def _summands_t3(Z, w):
     return w[:, None, None, None] * S3
 
 
-@pytest.mark.parametrize("link", ["linear", "sigmoid", "tanh"])
-def test_moments_have_no_gate_cross_terms(link, global_random_seed):
-    """Population identities (SPEC.md): T2 = sum_i c2 p_i a_i a_i^T and
-    T3 = sum_i c3 p_i a_i^{x3} (p_i = 1/2 for a gate without bias), whatever the
-    gate direction. Every entry must lie within 5 standard errors (the summands'
-    standard deviation / sqrt(n)) of that."""
-    from moelearn import make_moe
+def assert_moment_identities(X, y, A, link_name, sigma):
+    """T2 = sum_i c2 p_i a_i a_i^T and T3 = sum_i c3 p_i a_i^{x3} with p_i = 1/2 (a
+    gate without bias): every entry within 5 standard errors (the summands'
+    standard deviation / sqrt(n)), and the test able to see T3."""
     from moelearn._links import get_link, tensor_constants, transform_coefficients
 
-    n, d, sigma = 400_000, 3, 0.1
-    X, y, truth = make_moe(
-        n, d, link=link, noise_std=sigma, random_state=global_random_seed
-    )
-    t = transform_coefficients(get_link(link), sigma)
-    c2, c3 = tensor_constants(t, get_link(link), 1.0)
-    A = truth["experts"]
-    true_t2 = 0.5 * c2 * A.T @ A
-    true_t3 = 0.5 * c3 * np.einsum("ri,rj,rk->ijk", A, A, A)
-    for summands, truth_tensor in [
-        (_summands_t2(X, t.p2(y)), true_t2),
-        (_summands_t3(X, t.p3(y)), true_t3),
-    ]:
-        se = summands.std(axis=0) / np.sqrt(n)
-        z = np.abs(summands.mean(axis=0) - truth_tensor) / se
-        assert z.max() < 5, z.max()
-    assert np.abs(true_t3).max() > 10 * se.max()  # the test has power
-
-
-def test_relu_moments_are_exact_when_the_gate_is_orthogonal(global_random_seed):
-    """ReLU has no parity: the transforms cancel He2/He4 (T3) and He1/He3 (T2), and
-    the He6+ remainders couple gate and regressors unless w is orthogonal to them
-    (SPEC.md). With w orthogonal the identities hold within 5 standard errors."""
-    from moelearn._links import get_link, tensor_constants, transform_coefficients
-    from moelearn._model import MoEParams, sample_outputs
-
-    rng = np.random.default_rng(global_random_seed)
-    n, sigma = 400_000, 0.1
-    basis = np.linalg.qr(rng.standard_normal((3, 3)))[0]
-    A = np.vstack([basis[:, 0], 0.6 * basis[:, 0] + 0.8 * basis[:, 1]])
-    gating = np.vstack([1.5 * basis[:, 2], np.zeros(3)])
-    X = rng.standard_normal((n, 3))
-    y, _ = sample_outputs(X, MoEParams(A, gating, sigma, "relu"), rng)
-    link = get_link("relu")
+    link = get_link(link_name)
     t = transform_coefficients(link, sigma)
     c2, c3 = tensor_constants(t, link, 1.0)
     true_t2 = 0.5 * c2 * A.T @ A
@@ -149,10 +113,38 @@ def test_relu_moments_are_exact_when_the_gate_is_orthogonal(global_random_seed):
         (_summands_t2(X, t.p2(y)), true_t2),
         (_summands_t3(X, t.p3(y)), true_t3),
     ]:
-        se = summands.std(axis=0) / np.sqrt(n)
+        se = summands.std(axis=0) / np.sqrt(X.shape[0])
         z = np.abs(summands.mean(axis=0) - truth_tensor) / se
         assert z.max() < 5, z.max()
     assert np.abs(true_t3).max() > 10 * se.max()  # the test has power
+
+
+@pytest.mark.parametrize("link", ["linear", "sigmoid", "tanh"])
+def test_moments_have_no_gate_cross_terms(link, global_random_seed):
+    """Population identities (SPEC.md), whatever the gate direction."""
+    from moelearn import make_moe
+
+    sigma = 0.1
+    X, y, truth = make_moe(
+        400_000, 3, link=link, noise_std=sigma, random_state=global_random_seed
+    )
+    assert_moment_identities(X, y, truth["experts"], link, sigma)
+
+
+def test_relu_moments_are_exact_when_the_gate_is_orthogonal(global_random_seed):
+    """ReLU has no parity: the transforms cancel He2/He4 (T3) and He1/He3 (T2), and
+    the He6+ remainders couple gate and regressors unless w is orthogonal to them
+    (SPEC.md). With w orthogonal the identities hold."""
+    from moelearn._model import MoEParams, sample_outputs
+
+    rng = np.random.default_rng(global_random_seed)
+    sigma = 0.1
+    basis = np.linalg.qr(rng.standard_normal((3, 3)))[0]
+    A = np.vstack([basis[:, 0], 0.6 * basis[:, 0] + 0.8 * basis[:, 1]])
+    gating = np.vstack([1.5 * basis[:, 2], np.zeros(3)])
+    X = rng.standard_normal((400_000, 3))
+    y, _ = sample_outputs(X, MoEParams(A, gating, sigma, "relu"), rng)
+    assert_moment_identities(X, y, A, "relu", sigma)
 
 
 def test_sigmoid_needs_its_quadratic_term(global_random_seed):

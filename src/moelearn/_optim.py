@@ -113,3 +113,30 @@ def minimize_minibatch(
             break
         previous = average
     return result
+
+
+class MinibatchMixin:
+    """For estimators with ``batch_size``, ``learning_rate``, ``optimizer``,
+    ``max_iter`` (epochs), ``tol`` and ``verbose``: run :func:`minimize_minibatch`
+    with those settings, logging each epoch at ``verbose >= 2``."""
+
+    def _minimise(
+        self, objective: BatchObjective, start: Array, n_samples: int, rng, stage: str
+    ) -> OptimResult:
+        def log(epoch: int, loss: float, change: float) -> None:
+            self._log(
+                2, f"{stage} epoch {epoch:3d}: loss {loss:.6f}, change {change:.2e}"
+            )
+
+        return minimize_minibatch(
+            objective,
+            start,
+            n_samples,
+            batch_size=self.batch_size,
+            learning_rate=self.learning_rate,
+            optimizer=self.optimizer,
+            max_epochs=self.max_iter,
+            tol=self.tol,
+            rng=rng,
+            callback=log if self.verbose >= 2 else None,
+        )

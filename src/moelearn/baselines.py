@@ -17,7 +17,7 @@ from moelearn._gradients import nll_gradient, squared_error_gradient
 from moelearn._links import get_link
 from moelearn._model import MoEParams, log_likelihood_terms
 from moelearn._moments import input_whitening
-from moelearn._optim import minimize_minibatch
+from moelearn._optim import MinibatchMixin
 
 Array = np.ndarray
 
@@ -161,7 +161,7 @@ class EMMoE(MoEBase):
         return self
 
 
-class GradientMoE(MoEBase):
+class GradientMoE(MinibatchMixin, MoEBase):
     r"""Mixture of experts learned by (stochastic) gradient descent from random starts.
 
     Minimises, jointly in the regressors, the gate and (for ``loss='nll'``)
@@ -291,16 +291,8 @@ class GradientMoE(MoEBase):
                     [np.log(noise0)],
                 ]
             )
-            result = minimize_minibatch(
-                objective,
-                flat0,
-                X.shape[0],
-                batch_size=self.batch_size,
-                learning_rate=self.learning_rate,
-                optimizer=self.optimizer,
-                max_epochs=self.max_iter,
-                tol=self.tol,
-                rng=rng,
+            result = self._minimise(
+                objective, flat0, X.shape[0], rng, f"start {init + 1}"
             )
             experts, gating, noise = unpack(result.params)
             if self.loss == "l2" and self.noise_std is None:

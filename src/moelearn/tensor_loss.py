@@ -13,7 +13,7 @@ from moelearn import _validation as v
 from moelearn._base import MoEBase
 from moelearn._gradients import nll_gradient
 from moelearn._links import get_link
-from moelearn._optim import minimize_minibatch
+from moelearn._optim import MinibatchMixin
 from moelearn._spectral import second_moment_eigenpairs
 from moelearn._tensor_loss import coupling_matrix, tensor_loss_terms
 from moelearn.estimators import SpectralReliabilityWarning
@@ -36,7 +36,7 @@ EXHAUSTIVE_SIGNS = 8
 MIN_EIGENVALUE_RATIO = 1e-3
 
 
-class TensorLossMoE(MoEBase):
+class TensorLossMoE(MinibatchMixin, MoEBase):
     r"""Mixture of experts learned by minimising designed losses with SGD (Method 2).
 
     Regressors: with ``P4(y) = y^4 - 12 E[y^2] y^2`` (linear experts, sigmoid gate,
@@ -254,18 +254,7 @@ class TensorLossMoE(MoEBase):
 
         C0 = rng.standard_normal((dim, k))
         C0 /= np.linalg.norm(C0, axis=0)
-        result = minimize_minibatch(
-            objective,
-            C0.ravel(),
-            n,
-            batch_size=self.batch_size,
-            learning_rate=self.learning_rate,
-            optimizer=self.optimizer,
-            max_epochs=self.max_iter,
-            tol=self.tol,
-            rng=rng,
-            callback=self._epoch_logger("L4"),
-        )
+        result = self._minimise(objective, C0.ravel(), n, rng, "L4")
         B = basis @ result.params.reshape(dim, k)
         B = B / np.maximum(np.linalg.norm(B, axis=0), 1e-300)
         return B, result.loss_curve, result
@@ -289,32 +278,10 @@ class TensorLossMoE(MoEBase):
             return g.loss, np.append(grad_w.ravel(), g.log_noise if fit_noise else 0.0)
 
         start = np.append(np.zeros((k - 1) * d), np.log(noise0))
-        result = minimize_minibatch(
-            objective,
-            start,
-            X.shape[0],
-            batch_size=self.batch_size,
-            learning_rate=self.learning_rate,
-            optimizer=self.optimizer,
-            max_epochs=self.max_iter,
-            tol=self.tol,
-            rng=rng,
-            callback=self._epoch_logger("L_log"),
-        )
+        result = self._minimise(objective, start, X.shape[0], rng, "L_log")
         gating = np.zeros((k, d))
         gating[:-1] = result.params[:-1].reshape(k - 1, d) @ L.T
         return gating, float(np.exp(result.params[-1])), result
-
-    def _epoch_logger(self, name: str):
-        if self.verbose < 2:
-            return None
-
-        def log(epoch: int, loss: float, change: float) -> None:
-            self._log(
-                2, f"{name} epoch {epoch:3d}: loss {loss:.6f}, change {change:.2e}"
-            )
-
-        return log
 
 
 class _OrthonormalisingMap:
