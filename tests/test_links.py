@@ -86,3 +86,20 @@ def test_common_norm_recovers_the_norm_even_with_two_roots(link, r_true):
     nu = np.sqrt(abs(c2) * p) * r_true
     eigenvalues = c3 * (r_true / nu) / abs(c2)
     assert _common_norm(t, g, nu, eigenvalues) == pytest.approx(r_true, rel=1e-6)
+
+
+def test_callable_links_get_the_builtin_transforms():
+    """A callable is classified by its symmetry: tanh as a function gets tanh's
+    transforms; a ReLU written by hand gets ReLU's (cubic P2)."""
+    t_callable = transform_coefficients(get_link(np.tanh), 0.1)
+    assert t_callable == transform_coefficients(get_link("tanh"), 0.1)
+    relu = transform_coefficients(get_link(lambda u: np.where(u > 0, u, 0.0)), 0.1)
+    assert relu == pytest.approx(transform_coefficients(get_link("relu"), 0.1))
+    assert get_link(np.tanh).deriv(np.array([0.3])) == pytest.approx(
+        1 - np.tanh(0.3) ** 2, rel=1e-8
+    )
+
+
+def test_unknown_link_names_the_choices():
+    with pytest.raises(ValueError, match=r"choose one of 'linear'.*or pass a callable"):
+        get_link("softplus")

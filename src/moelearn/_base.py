@@ -32,7 +32,7 @@ class MoEBase(RegressorMixin, BaseEstimator):
     # Rules for the parameters every estimator has; subclasses add their own.
     _common_constraints: ClassVar[dict] = {
         "n_experts": v.integer(2),
-        "link": v.one_of(*LINKS),
+        "link": v.link_rule(*LINKS),
         "noise_std": v.none_or(v.real(0.0, open_low=True)),
         "max_iter": v.integer(0),
         "tol": v.real(0.0),
@@ -57,8 +57,9 @@ class MoEBase(RegressorMixin, BaseEstimator):
         k = self.n_experts
         if k > d:
             raise ValueError(
-                f"n_experts={k} exceeds n_features={d}: the spectral method recovers "
-                "at most one expert per input dimension"
+                f"n_experts={k} exceeds n_features={d}: moelearn's learners find at "
+                "most one expert per input dimension (the spectral and tensor methods "
+                "whiten onto k directions; the baselines share the check)"
             )
         n_params = 2 * k * d + 1
         if n < n_params:

@@ -54,6 +54,17 @@ def one_of(*choices: Any):
     return check
 
 
+def link_rule(*names: str):
+    """A built-in link name or a callable ``g``."""
+    named = one_of(*names)
+
+    def check(v: Any) -> bool:
+        return named(v) or callable(v)
+
+    check.__doc__ = named.__doc__ + " or a callable"
+    return check
+
+
 def boolean(v: Any) -> bool:
     """a bool"""
     return isinstance(v, (bool, np.bool_))

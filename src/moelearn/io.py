@@ -269,6 +269,12 @@ def save_model(model: Any, path: str | os.PathLike, **metadata: Any) -> None:
     from sklearn.utils.validation import check_is_fitted
 
     check_is_fitted(model)
+    if not isinstance(model.link, str):
+        raise ValueError(
+            f"a model with a callable link ({getattr(model.link, '__name__', model.link)!r}) "
+            "cannot be saved as JSON: code is not data. Keep the callable in your "
+            "program and save experts_, gating_ and noise_std_ yourself"
+        )
     names = getattr(model, "feature_names_in_", None)
     obj = {
         "format": FORMAT,
