@@ -234,11 +234,14 @@ class TensorLossMoE(MinibatchMixin, MoEBase):
         # Coordinates of the columns of B: all of R^d, or the span of M2's top
         # eigenvectors (B = basis @ C), where the truth lies; the latter leaves out
         # the d - k directions in which T4 is pure noise.
-        basis = frame.basis if self.subspace == "span" else np.eye(d)
-        dim = basis.shape[1]
+        span = self.subspace == "span"
+        dim = k if span else d
+
+        def columns(C: Array) -> Array:
+            return frame.basis @ C if span else C
 
         def objective(flat: Array, rows: Array) -> tuple[float, Array]:
-            B = basis @ flat.reshape(dim, k)
+            B = columns(flat.reshape(dim, k))
             U = frame.apply(B, -0.5)  # whitened input coordinates
             R = L @ U  # acts on centred raw rows
             Xb = X[rows]
@@ -250,12 +253,14 @@ class TensorLossMoE(MinibatchMixin, MoEBase):
             grad_U += U @ terms.coef_columns
             norms = np.sum(B * B, axis=0) - 1.0
             grad = frame.apply(grad_U, -0.5) + 4.0 * lam * B * norms
-            return terms.value + lam * float(norms @ norms), (basis.T @ grad).ravel()
+            if span:
+                grad = frame.basis.T @ grad
+            return terms.value + lam * float(norms @ norms), grad.ravel()
 
         C0 = rng.standard_normal((dim, k))
         C0 /= np.linalg.norm(C0, axis=0)
         result = self._minimise(objective, C0.ravel(), n, rng, "L4")
-        B = basis @ result.params.reshape(dim, k)
+        B = columns(result.params.reshape(dim, k))
         B = B / np.maximum(np.linalg.norm(B, axis=0), 1e-300)
         return B, result.loss_curve, result
 
