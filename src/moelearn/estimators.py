@@ -18,6 +18,7 @@ from moelearn._model import (
     MoEParams,
 )
 from moelearn._spectral import SpectralMoments, spectral_moments, spectral_solve
+from moelearn.metrics import parameter_error
 
 Array = np.ndarray
 
@@ -39,6 +40,12 @@ _SKEW_LIMIT, _KURTOSIS_LIMIT, _MEAN_LIMIT = 0.5, 1.0, 0.5
 _GATING_TOL_BEFORE_REFINE = 1e-2
 # |lambda_k| of T2 below this many noise levels: the k-th direction is lost in noise.
 _MIN_SIGNAL_TO_NOISE = 3.0
+#: Refinement moving the regressors this many times the spectral step's expected
+#: sampling error (3 sqrt(d/n) per unit norm) means the moment identities were
+#: biased (cross terms: ReLU, k >= 3 softmax, gate bias, non-Gaussian inputs).
+#: Measured ratios: linear and sigmoid k=2 at most 2; k=3 softmax about 5-25;
+#: ReLU 4-38 (d=10, n=1e6).
+_MAX_SPECTRAL_SHIFT = 10.0
 
 
 class SpectralMoE(MoEBase):
@@ -251,6 +258,20 @@ class SpectralMoE(MoEBase):
                     stacklevel=2,
                 )
 
+        shift = parameter_error(spectral.experts, params.experts)
+        expected = 3.0 * np.sqrt(d / n) * max(1.0, float(np.abs(params.experts).max()))
+        if self.refine and self.max_iter > 0 and shift > _MAX_SPECTRAL_SHIFT * expected:
+            warnings.warn(
+                f"the spectral step was biased: refinement moved the regressors by "
+                f"{shift:.3g}, {shift / expected:.0f} times the spectral step's "
+                f"sampling error (about {expected:.2g}). The moment identities carry "
+                "cross terms here (ReLU links, 3 or more experts, a gate bias or "
+                "non-Gaussian inputs); refinement started near, not at, the truth and "
+                "reached a local optimum of the likelihood, most likely the global "
+                "one. To check, compare score() with EMMoE(n_init=10).",
+                SpectralReliabilityWarning,
+                stacklevel=2,
+            )
         self.experts_ = params.experts
         self.gating_ = params.gating
         self.noise_std_ = float(params.noise_std)
@@ -266,6 +287,8 @@ class SpectralMoE(MoEBase):
             "mixing_weights": spectral.weights,
             "input_skewness": moments.inputs.skewness,
             "input_kurtosis": moments.inputs.excess_kurtosis,
+            "spectral_shift": shift,
+            "spectral_shift_ratio": shift / expected,
         }
         return self
 
