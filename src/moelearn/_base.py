@@ -40,6 +40,18 @@ class MoEBase(RegressorMixin, BaseEstimator):
         "verbose": v.integer(0),
     }
 
+    def _begin_fit(self, X, y) -> tuple[np.random.Generator, Array, Array]:
+        """Check the parameters (declared rules, then :meth:`_check_params`) and the
+        data; return the random generator and the validated ``X, y``."""
+        v.validate_params(self, self._parameter_constraints)
+        self._check_params()
+        rng = v.check_random_state(self.random_state)
+        X, y = self._validate_training_data(X, y)
+        return rng, X, y
+
+    def _check_params(self) -> None:
+        """Rules that relate several parameters; subclasses raise ``ValueError``."""
+
     def _validate_training_data(self, X, y) -> tuple[Array, Array]:
         X, y = validate_data(
             self,

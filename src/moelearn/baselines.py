@@ -105,9 +105,7 @@ class EMMoE(MoEBase):
 
     def fit(self, X, y):
         """Run EM from ``n_init`` random starts and keep the best. Returns self."""
-        v.validate_params(self, self._parameter_constraints)
-        rng = v.check_random_state(self.random_state)
-        X, y = self._validate_training_data(X, y)
+        rng, X, y = self._begin_fit(X, y)
         d = X.shape[1]
         k = self.n_experts
         start = time.perf_counter()
@@ -249,9 +247,7 @@ class GradientMoE(MinibatchMixin, MoEBase):
 
     def fit(self, X, y):
         """Run minibatch gradient descent from ``n_init`` random starts. Returns self."""
-        v.validate_params(self, self._parameter_constraints)
-        rng = v.check_random_state(self.random_state)
-        X, y = self._validate_training_data(X, y)
+        rng, X, y = self._begin_fit(X, y)
         d = X.shape[1]
         k = self.n_experts
         link = get_link(self.link)

@@ -168,9 +168,7 @@ class SpectralMoE(MoEBase):
         -------
         self : SpectralMoE
         """
-        v.validate_params(self, self._parameter_constraints)
-        rng = v.check_random_state(self.random_state)
-        X, y = self._validate_training_data(X, y)
+        rng, X, y = self._begin_fit(X, y)
         n, d = X.shape
         link = get_link(self.link)
         self._log(

@@ -159,16 +159,16 @@ class TensorLossMoE(MinibatchMixin, MoEBase):
         self.random_state = random_state
         self.verbose = verbose
 
-    def fit(self, X, y):
-        """Minimise ``L4`` for the regressors, then ``L_log`` for the gate. Returns self."""
-        v.validate_params(self, self._parameter_constraints)
+    def _check_params(self) -> None:
         if self.penalty <= 12.0 * self.mu:
             raise ValueError(
                 f"penalty={self.penalty} must exceed 12 * mu = {12.0 * self.mu}: "
                 "otherwise L4 is unbounded below"
             )
-        rng = v.check_random_state(self.random_state)
-        X, y = self._validate_training_data(X, y)
+
+    def fit(self, X, y):
+        """Minimise ``L4`` for the regressors, then ``L_log`` for the gate. Returns self."""
+        rng, X, y = self._begin_fit(X, y)
         k = self.n_experts
         times = {}
         start = time.perf_counter()
