@@ -3,13 +3,10 @@
 import numpy as np
 import pytest
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from moelearn import EMMoE, GradientMoE, make_moe, parameter_error
 from moelearn._gradients import nll_gradient, squared_error_gradient
 from moelearn._links import get_link
-from moelearn.io import load_model, save_model
-from test_common import EXPECTED_FAILED_CHECKS
 
 
 def test_recovers_the_nominal_model_from_random_starts():
@@ -38,23 +35,6 @@ def test_convergence_warning():
     X, y, _ = make_moe(5_000, 3, random_state=1)
     with pytest.warns(ConvergenceWarning, match="SpectralMoE"):
         EMMoE(max_iter=1, n_init=1, random_state=0).fit(X, y)
-
-
-def test_saved_and_loaded(tmp_path):
-    X, y, _ = make_moe(5_000, 3, random_state=1)
-    model = EMMoE(n_init=2, random_state=0).fit(X, y)
-    save_model(model, tmp_path / "em.json")
-    loaded = load_model(tmp_path / "em.json")
-    assert isinstance(loaded, EMMoE)
-    np.testing.assert_allclose(loaded.predict(X[:50]), model.predict(X[:50]))
-
-
-@parametrize_with_checks(
-    [EMMoE(n_init=2, random_state=0)],
-    expected_failed_checks=lambda est: EXPECTED_FAILED_CHECKS,
-)
-def test_sklearn_compatible(estimator, check):
-    check(estimator)
 
 
 # ------------------------------------------------------------------ GradientMoE
@@ -116,11 +96,3 @@ def test_loss_gradients_match_finite_differences():
                 - value(experts, gating, 0.7 * np.exp(-eps))
             ) / (2 * eps)
             assert g.log_noise == pytest.approx(numeric, abs=1e-6)
-
-
-@parametrize_with_checks(
-    [GradientMoE(n_init=1, max_iter=3, random_state=0)],
-    expected_failed_checks=lambda est: EXPECTED_FAILED_CHECKS,
-)
-def test_gradient_sklearn_compatible(estimator, check):
-    check(estimator)

@@ -1,8 +1,12 @@
-"""scikit-learn's estimator contract, checked by its own test suite."""
+"""What every estimator shares: scikit-learn's contract, checked by its own test
+suite, and a JSON round trip."""
 
+import numpy as np
+import pytest
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from moelearn import SpectralMoE
+from moelearn import EMMoE, GradientMoE, SpectralMoE, TensorLossMoE, make_moe
+from moelearn.io import load_model, save_model
 
 _SCORE_IS_LOGLIK = (
     "score() is the mean log-likelihood (moelearn's contract for a probabilistic "
@@ -23,9 +27,26 @@ EXPECTED_FAILED_CHECKS = {
 }
 
 
+ESTIMATORS = [
+    SpectralMoE(random_state=0),
+    EMMoE(n_init=2, random_state=0),
+    GradientMoE(n_init=1, max_iter=3, random_state=0),
+    TensorLossMoE(random_state=0, max_iter=3),
+]
+
+
 @parametrize_with_checks(
-    [SpectralMoE(random_state=0)],
-    expected_failed_checks=lambda est: EXPECTED_FAILED_CHECKS,
+    ESTIMATORS, expected_failed_checks=lambda est: EXPECTED_FAILED_CHECKS
 )
 def test_sklearn_compatible(estimator, check):
     check(estimator)
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS, ids=lambda e: type(e).__name__)
+def test_saved_and_loaded(estimator, tmp_path):
+    X, y, _ = make_moe(20_000, 3, random_state=1)
+    model = estimator.fit(X, y)
+    save_model(model, tmp_path / "m.json")
+    loaded = load_model(tmp_path / "m.json")
+    assert isinstance(loaded, type(model))
+    np.testing.assert_allclose(loaded.predict(X[:50]), model.predict(X[:50]))

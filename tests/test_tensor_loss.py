@@ -3,13 +3,10 @@
 import numpy as np
 import pytest
 from numpy.polynomial.hermite_e import hermegauss
-from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from moelearn import TensorLossMoE, make_moe, parameter_error
 from moelearn._optim import minimize_minibatch
 from moelearn._tensor_loss import coupling_matrix, tensor_loss_terms
-from moelearn.io import load_model, save_model
-from test_common import EXPECTED_FAILED_CHECKS
 
 
 def explicit_s4(z):
@@ -189,23 +186,6 @@ def test_only_linear_experts():
     X, y, _ = make_moe(2_000, 3, random_state=0)
     with pytest.raises(ValueError, match="link"):
         TensorLossMoE(link="sigmoid").fit(X, y)
-
-
-def test_saved_and_loaded(tmp_path):
-    X, y, _ = make_moe(20_000, 3, random_state=1)
-    model = TensorLossMoE(random_state=0, max_iter=5).fit(X, y)
-    save_model(model, tmp_path / "m.json")
-    loaded = load_model(tmp_path / "m.json")
-    assert isinstance(loaded, TensorLossMoE)
-    np.testing.assert_allclose(loaded.predict(X[:50]), model.predict(X[:50]))
-
-
-@parametrize_with_checks(
-    [TensorLossMoE(random_state=0, max_iter=3)],
-    expected_failed_checks=lambda est: EXPECTED_FAILED_CHECKS,
-)
-def test_sklearn_compatible(estimator, check):
-    check(estimator)
 
 
 def test_equivariant_to_the_units_of_x_and_y():
