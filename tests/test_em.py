@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 import moelearn._em as em_module
-from moelearn import make_moe, parameter_error
+from moelearn import make_hme, make_moe, parameter_error
 from moelearn._em import em
 from moelearn._model import MoEParams, log_likelihood_terms
 
@@ -151,31 +151,50 @@ def test_compiled_pass_matches_numpy(monkeypatch, link, fit_experts, k):
     np.testing.assert_allclose(compiled.grad, plain.grad, rtol=1e-9, atol=1e-9)
 
 
-def test_gate_observed_information_is_the_loglik_hessian(global_random_seed):
-    """Complete-data Hessian minus the posterior variance = -d^2 loglik / dw^2
-    (experts fixed), checked by central finite differences."""
-    X, y, truth = make_moe(4_000, 3, random_state=global_random_seed)
-    params = MoEParams(truth["experts"], truth["gating"] * 0.7, 0.15, "linear")
+def _gate_problem(gate, seed):
+    """Data, parameters off the truth and the gating-stage pass for a gate form."""
+    if gate == "softmax":
+        X, y, truth = make_moe(4_000, 3, n_experts=3, random_state=seed)
+        G = truth["gating"] * 0.7
+    else:
+        X, y, truth = make_hme(4_000, 4, depth=2, random_state=seed)
+        G = truth["gating"] * 0.7
+    params = MoEParams(truth["experts"], G, 0.15, "linear", gate)
     residuals = em_module.expert_residuals(X, y, params)
     problem = em_module._Problem(X, y, em_module.get_link("linear"), False, residuals)
-    stats = problem.run_pass(params, None)
-    observed = stats.hess_gate - stats.gate_missing
+    return X, y, params, problem.run_pass(params, None)
 
-    def loglik(w):
+
+@pytest.mark.parametrize("gate", ["softmax", "tree"])
+def test_gate_score_and_observed_information_match_the_loglik(gate, global_random_seed):
+    """The pass's gradient = d loglik / dG and complete-data Hessian minus the
+    posterior variance = -d^2 loglik / dG^2 (experts fixed), by central finite
+    differences over the free gate rows (softmax: all but the last; tree: all)."""
+    X, y, params, stats = _gate_problem(gate, global_random_seed)
+    k, d = params.n_experts, X.shape[1]
+    observed = stats.hess_gate - stats.gate_missing
+    free = (k - 1) * d
+
+    def loglik(theta):
         G = params.gating.copy()
-        G[0] = w
-        p = MoEParams(params.experts, G, params.noise_std, "linear")
+        G[: k - 1] = theta.reshape(k - 1, d)
+        p = MoEParams(params.experts, G, params.noise_std, "linear", gate)
         return log_likelihood_terms(X, y, p)[0].sum()
 
-    w0, h = params.gating[0], 1e-4
-    numeric = np.empty((3, 3))
-    for a in range(3):
-        for b in range(3):
-            ea, eb = np.eye(3)[a] * h, np.eye(3)[b] * h
+    theta0, h = params.gating[: k - 1].reshape(-1), 1e-4
+    eye = np.eye(free) * h
+    gradient = np.array(
+        [(loglik(theta0 + e) - loglik(theta0 - e)) / (2 * h) for e in eye]
+    )
+    np.testing.assert_allclose(stats.grad.T.reshape(-1), gradient, rtol=1e-6, atol=1e-4)
+    numeric = np.empty((free, free))
+    for a in range(free):
+        for b in range(free):
+            ea, eb = eye[a], eye[b]
             numeric[a, b] = -(
-                loglik(w0 + ea + eb)
-                - loglik(w0 + ea - eb)
-                - loglik(w0 - ea + eb)
-                + loglik(w0 - ea - eb)
+                loglik(theta0 + ea + eb)
+                - loglik(theta0 + ea - eb)
+                - loglik(theta0 - ea + eb)
+                + loglik(theta0 - ea - eb)
             ) / (4 * h * h)
     np.testing.assert_allclose(observed, numeric, rtol=1e-4, atol=1e-3)

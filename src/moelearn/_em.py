@@ -35,7 +35,7 @@ from scipy.linalg import LinAlgError, cho_factor, cho_solve
 
 from moelearn import _em_fast
 from moelearn._links import Link, get_link
-from moelearn._model import MoEParams
+from moelearn._model import MoEParams, log_gate_cols, tree_paths
 from moelearn._moments import input_whitening, row_slices
 
 Array = np.ndarray
@@ -117,7 +117,8 @@ class _Problem:
         self.residuals = residuals
 
     def estep(self, xc: Array, rows, params: MoEParams):
-        """Log-likelihoods (m,), responsibilities, gates, residuals and ``eta`` (k, m).
+        """Log-likelihoods (m,), responsibilities, gates, residuals, ``eta`` and the
+        gate's logits.
 
         Everything per expert is laid out experts-by-rows (``(k, m)``).
         """
@@ -129,17 +130,23 @@ class _Problem:
         else:
             eta, logits = None, params.gating @ xc.T
             res = self.residuals[:, rows]
-        return (*_posterior(logits, res, params.noise_std), res, eta)
+        # The softmax is normalised inside _posterior; a tree's leaf log-probabilities
+        # are already normalised.
+        scores = logits if params.gate == "softmax" else log_gate_cols(logits, "tree")
+        return (*_posterior(scores, res, params.noise_std), res, eta, logits)
 
     def accumulate(
         self, stats: _Stats, xc, rows, params, gradient: bool, curvature: bool
     ):
         k = params.n_experts
-        ll, resp, gates, res, eta = self.estep(xc, rows, params)
+        ll, resp, gates, res, eta, logits = self.estep(xc, rows, params)
+        missing = curvature and not self.fit_experts
+        cols, complete, posterior_var = gate_terms(
+            params.gate, logits, gates, resp, curvature, missing
+        )
         if gradient:
             stats.ll_sum += ll.sum()
             stats.rss += np.einsum("ij,ij->", resp, res * res)
-            cols = resp[: k - 1] - gates[: k - 1]
             if self.fit_experts:
                 cols = np.vstack([resp * res * self.link.deriv(eta), cols])
             stats.grad += (cols @ xc).T
@@ -152,12 +159,13 @@ class _Problem:
             for a in range(k - 1):
                 for b in range(a, k - 1):
                     block = slice(a * d, (a + 1) * d), slice(b * d, (b + 1) * d)
-                    w = gates[a] * ((a == b) - gates[b])
-                    stats.hess_gate[block] += xc.T @ (w[:, None] * xc)
-                    if not self.fit_experts:
+                    if a == b or params.gate == "softmax":
+                        w = complete[a, b]
+                        stats.hess_gate[block] += xc.T @ (w[:, None] * xc)
+                    if missing:
                         # The posterior's variance: complete-data minus this is the
                         # gate's observed information with the experts fixed.
-                        w = resp[a] * ((a == b) - resp[b])
+                        w = posterior_var[a, b]
                         stats.gate_missing[block] += xc.T @ (w[:, None] * xc)
 
     def run_pass(self, params: MoEParams, subset: Array | None) -> _Stats:
@@ -172,7 +180,10 @@ class _Problem:
             stats.gate_missing = np.zeros_like(stats.hess_gate)
         fused = subset is None
         compiled = (
-            USE_COMPILED and _em_fast.AVAILABLE and params.link in _em_fast.LINK_CODES
+            USE_COMPILED
+            and _em_fast.AVAILABLE
+            and params.link in _em_fast.LINK_CODES
+            and params.gate == "softmax"
         )
         if not fused and compiled:
             ll, stats.rss, stats.grad = _em_fast.gradient_pass(
@@ -202,6 +213,54 @@ class _Problem:
         if stats.gate_missing is not None:
             stats.gate_missing = _symmetric_from_upper(stats.gate_missing)
         return stats
+
+
+def gate_terms(
+    gate: str,
+    logits: Array,
+    gates: Array,
+    resp: Array,
+    curvature: bool,
+    missing: bool,
+) -> tuple[Array, Array | None, Array | None]:
+    """The gate's per-row score weights and Newton weights, for ``m`` rows.
+
+    Returns ``cols`` (k - 1, m) with ``grad_t = sum_i cols_ti x_i``; the
+    complete-data Hessian's weights ``W`` (k - 1, k - 1, m) with
+    ``H[a, b] = sum_i W_abi x_i x_i^T``; and the posterior variance of the score
+    weights (same shape) when ``missing``. With a row's latent expert ``z`` and
+    score weights ``c_t(z)``, ``cols = E_r[c]`` and the variance is ``Cov_r(c)``.
+
+    * softmax: ``c_a(z) = [z = a] - pi_a``, so ``cols = r_a - pi_a``,
+      ``W_ab = pi_a (delta_ab - pi_b)``, ``Cov_ab = r_a (delta_ab - r_b)``;
+    * tree: ``c_t(z) = [z left of t] - [z under t] s_t`` with ``s_t =
+      sigmoid(v_t . x)``, so ``cols_t = h^L_t - h_t s_t`` (``h_t`` the posterior
+      mass under ``t``, ``h^L_t`` under its left child; Jordan & Jacobs' HME
+      M-step) and ``W`` is diagonal, ``W_tt = h_t s_t (1 - s_t)``.
+    """
+    if gate == "softmax":
+        cols = resp[:-1] - gates[:-1]
+        if not curvature:
+            return cols, None, None
+        eye = np.eye(len(cols))[:, :, None]
+        complete = gates[:-1, None] * (eye - gates[None, :-1])
+        var = resp[:-1, None] * (eye - resp[None, :-1]) if missing else None
+        return cols, complete, var
+    left, under = tree_paths(resp.shape[0])
+    left, under = left.astype(float), under.astype(float)
+    s = 1.0 / (1.0 + np.exp(-logits))
+    mass = under @ resp
+    cols = left @ resp - mass * s
+    if not curvature:
+        return cols, None, None
+    complete = np.zeros((len(cols), len(cols), resp.shape[1]))
+    idx = np.arange(len(cols))
+    complete[idx, idx] = mass * s * (1.0 - s)
+    var = None
+    if missing:
+        c = left[:, :, None] - under[:, :, None] * s[:, None, :]  # (k-1, k, m)
+        var = np.einsum("alm,blm,lm->abm", c, c, resp) - cols[:, None] * cols[None]
+    return cols, complete, var
 
 
 def _symmetric_from_upper(M: Array) -> Array:
@@ -321,6 +380,34 @@ def em(
             converged = True
             break
     return EMResult(current, n_iter, converged, history)
+
+
+def offset_score_statistics(
+    X: Array, y: Array, params: MoEParams, rows: Array
+) -> tuple[Array, Array]:
+    """Score statistics for the expert intercepts and gate biases ``params`` lacks.
+
+    Adding an intercept ``b_j`` to expert ``j`` (``g(a_j . x + b_j)``) or a bias
+    ``c_t`` to a gate row adds, per sample, the score ``s_i = r_ij res_ij
+    g'_ij / sigma^2`` or the gate's score weight (:func:`gate_terms`), evaluated
+    at ``b = c = 0``. Without offsets in the data each sum ``sum_i s_i`` has mean
+    zero; ``z = |sum_i s_i| / sqrt(sum_i s_i^2)`` is then about standard normal
+    (conservative, as the fitted parameters absorb part of the variance).
+    Computed over ``rows``; returns ``(z_experts (k,), z_gate (k - 1,))``.
+    """
+    link = get_link(params.link)
+    problem = _Problem(X, y, link, True, None)
+    k = params.n_experts
+    sums, squares = np.zeros(2 * k - 1), np.zeros(2 * k - 1)
+    for part in row_slices(len(rows), X.shape[1]):
+        idx = rows[part]
+        _, resp, gates, res, eta, logits = problem.estep(X[idx], idx, params)
+        cols, _, _ = gate_terms(params.gate, logits, gates, resp, False, False)
+        scores = np.vstack([resp * res * link.deriv(eta) / params.noise_std**2, cols])
+        sums += scores.sum(axis=1)
+        squares += (scores * scores).sum(axis=1)
+    z = np.abs(sums) / np.sqrt(np.maximum(squares, 1e-300))
+    return z[:k], z[k:]
 
 
 def joint_em_from(

@@ -1,11 +1,20 @@
 """The mixture-of-experts model as pure functions of its parameters.
 
-``P(y | x) = sum_j pi_j(x) N(y | g(a_j . x), sigma^2)``, ``pi = softmax(G x)`` with the
-last row of ``G`` zero (``k = 2``: ``pi_1 = sigmoid(w . x)``).
+``P(y | x) = sum_j pi_j(x) N(y | g(a_j . x), sigma^2)`` with one of two gates:
+
+* ``softmax``: ``pi = softmax(G x)`` with the last row of ``G`` zero (``k = 2``:
+  ``pi_1 = sigmoid(w . x)``);
+* ``tree`` (hierarchical mixture of experts): a complete binary tree of depth ``D``
+  with ``k = 2^D`` leaves (the experts) and ``k - 1`` internal nodes in heap order
+  (node ``t`` has children ``2t + 1`` and ``2t + 2``); node ``t`` sends ``x`` left
+  with probability ``sigmoid(v_t . x)``, and a leaf's probability is the product of
+  the branch probabilities on its path. ``G`` holds the node vectors ``v_t``,
+  shape ``(k - 1, d)``.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,6 +34,7 @@ class MoEParams:
     gating: Array  # (k, d) softmax logits, last row zero
     noise_std: float
     link: str
+    gate: str = "softmax"  # or "tree"
 
     @property
     def n_experts(self) -> int:
@@ -51,6 +61,52 @@ def log_gate(logits: Array) -> Array:
     return logits - logsumexp_rows(logits)[:, None]
 
 
+@functools.lru_cache(maxsize=16)
+def tree_paths(n_leaves: int) -> tuple[Array, Array]:
+    """Which leaves lie left of, and under, each internal node of the complete tree.
+
+    Returns boolean ``left`` and ``under`` of shape ``(k - 1, k)``: leaf ``l`` is in
+    node ``t``'s left subtree (``left[t, l]``) or anywhere below ``t``
+    (``under[t, l]``). Leaves are numbered left to right.
+    """
+    k = n_leaves
+    if k < 2 or k & (k - 1):
+        raise ValueError(f"a tree gate needs a power of 2 leaves >= 2; got {k}")
+    left = np.zeros((k - 1, k), dtype=bool)
+    under = np.zeros((k - 1, k), dtype=bool)
+    for leaf in range(k):
+        node = leaf + k - 1  # heap index of the leaf
+        while node > 0:
+            parent = (node - 1) // 2
+            under[parent, leaf] = True
+            left[parent, leaf] = node == 2 * parent + 1
+            node = parent
+    left.setflags(write=False)
+    under.setflags(write=False)
+    return left, under
+
+
+def log_gate_cols(logits: Array, gate: str) -> Array:
+    """Log gate probabilities, experts-by-rows ``(k, m)``, from the gate's logits.
+
+    ``softmax``: ``logits`` are ``G x`` (k, m), normalised over the experts.
+    ``tree``: ``logits`` are the node scores ``v_t . x`` (k - 1, m) and
+    ``log pi_l = sum_t [l left of t] log sigmoid(s_t) + [l right of t]
+    log sigmoid(-s_t)``.
+    """
+    if gate == "softmax":
+        return logits - logsumexp_cols(logits)
+    left, under = tree_paths(logits.shape[0] + 1)
+    log_left = -np.logaddexp(0.0, -logits)  # log sigmoid(s)
+    log_right = -np.logaddexp(0.0, logits)  # log sigmoid(-s)
+    return left.T.astype(float) @ log_left + (under & ~left).T.astype(float) @ log_right
+
+
+def n_gate_rows(n_experts: int, gate: str) -> int:
+    """Rows of ``G``: ``k`` softmax logits (last zero) or ``k - 1`` tree nodes."""
+    return n_experts if gate == "softmax" else n_experts - 1
+
+
 def log_joint(log_gates: Array, residuals: Array, noise_std: float) -> Array:
     """``log pi_j(x) + log N(y | mean_j, sigma^2)`` from the residuals ``y - mean_j``."""
     z = residuals / noise_std
@@ -59,7 +115,7 @@ def log_joint(log_gates: Array, residuals: Array, noise_std: float) -> Array:
 
 def gate_proba(X: Array, params: MoEParams) -> Array:
     """Gate probabilities ``pi(x)``, shape (n, k)."""
-    return np.exp(log_gate(X @ params.gating.T))
+    return np.exp(log_gate_cols(params.gating @ X.T, params.gate)).T
 
 
 def expert_means(X: Array, params: MoEParams) -> Array:
@@ -83,7 +139,7 @@ def log_likelihood_terms(X: Array, y: Array, params: MoEParams) -> tuple[Array, 
     for rows in row_slices(*X.shape):
         xc = X[rows]
         joint = log_joint(
-            log_gate(xc @ params.gating.T),
+            log_gate_cols(params.gating @ xc.T, params.gate).T,
             y[rows][:, None] - expert_means(xc, params),
             params.noise_std,
         )
