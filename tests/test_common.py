@@ -5,7 +5,14 @@ import numpy as np
 import pytest
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from moelearn import EMMoE, GradientMoE, SpectralMoE, TensorLossMoE, make_moe
+from moelearn import (
+    EMMoE,
+    GradientMoE,
+    HierarchicalMoE,
+    SpectralMoE,
+    TensorLossMoE,
+    make_moe,
+)
 from moelearn.io import load_model, save_model
 
 _SCORE_IS_LOGLIK = (
@@ -29,6 +36,8 @@ EXPECTED_FAILED_CHECKS = {
 
 ESTIMATORS = [
     SpectralMoE(random_state=0),
+    SpectralMoE(fit_intercept=True, random_state=0),
+    HierarchicalMoE(depth=1, random_state=0),  # 2 leaves: the checks use d >= 2
     EMMoE(n_init=2, random_state=0),
     GradientMoE(n_init=1, max_iter=3, random_state=0),
     TensorLossMoE(random_state=0, max_iter=3),

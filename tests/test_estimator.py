@@ -15,6 +15,7 @@ from moelearn import (
     parameter_error,
 )
 from moelearn._model import MoEParams, sample_outputs
+from moelearn.io import load_model, save_model
 
 
 @pytest.fixture(scope="module")
@@ -290,3 +291,56 @@ def test_callable_link_fits_and_refuses_to_be_saved(tmp_path):
     assert parameter_error(model, truth) < 0.05
     with pytest.raises(ValueError, match=r"callable link .*softplus.* cannot be saved"):
         save_model(model, tmp_path / "m.json")
+
+
+def _data_with_offsets(n, d, seed, expert_offsets, gate_offset):
+    """Data from a 2-expert model with intercepts b and gate bias c, and the truth
+    with the offsets as a last column (slopes on ``[x, 1]``)."""
+    X, _, truth = make_moe(n, d, random_state=seed)
+    params = MoEParams(
+        np.column_stack([truth["experts"], expert_offsets]),
+        np.column_stack([truth["gating"], [gate_offset, 0.0]]),
+        0.1,
+        "linear",
+    )
+    y, _ = sample_outputs(
+        np.column_stack([X, np.ones(n)]), params, np.random.default_rng(seed)
+    )
+    return X, y, {"experts": params.experts, "gating": params.gating}
+
+
+def test_fit_intercept_recovers_offsets(global_random_seed):
+    """Gate bias c = 1 (mixing 73/27) and intercepts (0.5, -0.3): refinement reaches
+    the MLE of the model on [x, 1] (d + 1 parameters per row): gate error ~
+    2 sqrt((d+1)/n), allowed 3x (measured 0.022 = 3.0 sqrt((d+1)/n) at d=10)."""
+    n, d = 100_000, 5
+    X, y, truth = _data_with_offsets(n, d, global_random_seed, [0.5, -0.3], 1.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SpectralReliabilityWarning)  # biased start
+        model = SpectralMoE(fit_intercept=True, random_state=0).fit(X, y)
+    assert model.intercept_.shape == (2,) and model.gating_intercept_[-1] == 0.0
+    est = {
+        "experts": np.column_stack([model.experts_, model.intercept_]),
+        "gating": np.column_stack([model.gating_, model.gating_intercept_]),
+    }
+    assert parameter_error(est, truth) < SLACK * 2 * np.sqrt((d + 1) / n)
+    # predictions use the intercepts
+    expected = model.predict_proba(X[:5])[:, 0]
+    logits = X[:5] @ (model.gating_[0] - model.gating_[1]) + model.gating_intercept_[0]
+    np.testing.assert_allclose(expected, 1 / (1 + np.exp(-logits)), rtol=1e-10)
+
+
+def test_offsets_the_model_lacks_are_reported_and_intercepts_saved(tmp_path):
+    X, y, _ = _data_with_offsets(50_000, 5, 0, [0.5, -0.3], 1.0)
+    with pytest.warns(SpectralReliabilityWarning, match="use fit_intercept=True"):
+        SpectralMoE(random_state=0).fit(X, y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SpectralReliabilityWarning)
+        model = SpectralMoE(fit_intercept=True, random_state=0).fit(X, y)
+        refit = SpectralMoE(fit_intercept=True, random_state=0).fit(X, y)
+        refit.set_params(fit_intercept=False).fit(X, y)
+    assert not hasattr(refit, "intercept_")  # no stale intercepts from the first fit
+    save_model(model, tmp_path / "m.json")
+    loaded = load_model(tmp_path / "m.json")
+    np.testing.assert_allclose(loaded.intercept_, model.intercept_)
+    np.testing.assert_allclose(loaded.predict(X[:20]), model.predict(X[:20]))

@@ -1,12 +1,13 @@
 """moelearn: mixtures of experts learned by consistent, globally initialised algorithms."""
 
 from moelearn.baselines import EMMoE, GradientMoE
-from moelearn.datasets import make_moe
+from moelearn.datasets import make_hme, make_moe
 from moelearn.estimators import (
     NonGaussianInputWarning,
     SpectralMoE,
     SpectralReliabilityWarning,
 )
+from moelearn.hierarchical import HierarchicalMoE
 from moelearn.metrics import parameter_error
 from moelearn.selection import ExpertSelection, select_n_experts
 from moelearn.tensor_loss import TensorLossMoE
@@ -17,11 +18,13 @@ __all__ = [
     "EMMoE",
     "ExpertSelection",
     "GradientMoE",
+    "HierarchicalMoE",
     "NonGaussianInputWarning",
     "SpectralMoE",
     "SpectralReliabilityWarning",
     "TensorLossMoE",
     "__version__",
+    "make_hme",
     "make_moe",
     "parameter_error",
     "select_n_experts",

@@ -29,6 +29,8 @@ class MoEBase(RegressorMixin, BaseEstimator):
     ``noise_std_`` and declare ``n_experts``, ``link`` and ``verbose``.
     """
 
+    # The gate's form: "softmax" (gating_ is (k, d), last row zero) or "tree".
+    _gate: ClassVar[str] = "softmax"
     # Rules for the parameters every estimator has; subclasses add their own.
     _common_constraints: ClassVar[dict] = {
         "n_experts": v.integer(2),
@@ -86,15 +88,24 @@ class MoEBase(RegressorMixin, BaseEstimator):
 
     # ------------------------------------------------------------- inference
     def _params(self) -> MoEParams:
+        """The fitted parameters; with intercepts, as slopes on ``[x, 1]``."""
         check_is_fitted(self)
-        return MoEParams(self.experts_, self.gating_, self.noise_std_, self.link)
+        experts, gating = self.experts_, self.gating_
+        if hasattr(self, "intercept_"):
+            experts = np.column_stack([experts, self.intercept_])
+            gating = np.column_stack([gating, self.gating_intercept_])
+        return MoEParams(experts, gating, self.noise_std_, self.link, self._gate)
 
     def _inputs(self, X) -> Array:
+        """Validated inputs; with intercepts, ``[X, 1]``."""
         check_is_fitted(self)
         X = validate_data(
             self, X, reset=False, dtype=np.float64, ensure_all_finite=False
         )
-        return v.check_finite_2d(X)
+        X = v.check_finite_2d(X)
+        if hasattr(self, "intercept_"):
+            X = np.column_stack([X, np.ones(X.shape[0])])
+        return X
 
     def predict(self, X) -> Array:
         """Conditional mean ``E[y | x] = sum_j pi_j(x) g(a_j . x)``, shape (n,)."""

@@ -10,7 +10,7 @@ from moelearn._validation import check_random_state
 
 Array = np.ndarray
 
-__all__ = ["make_moe"]
+__all__ = ["make_hme", "make_moe"]
 
 
 def make_moe(
@@ -46,13 +46,58 @@ def make_moe(
     params : dict
         ``experts`` (k, d), ``gating`` (k, d), ``noise_std``, ``link``.
     """
+    _check_sizes(n_samples, n_features, link, noise_std, gating_norm)
+    if not (isinstance(n_experts, (int, np.integer)) and n_experts >= 2):
+        raise ValueError(f"n_experts must be an int >= 2; got {n_experts!r}")
+    rng = check_random_state(random_state)
+    experts = _unit_rows(rng, n_experts, n_features)
+    gating = np.zeros((n_experts, n_features))
+    gating[:-1] = _gate_rows(rng, n_experts - 1, n_features, gating_norm)
+    return _draw(rng, n_samples, MoEParams(experts, gating, float(noise_std), link))
+
+
+def make_hme(
+    n_samples: int,
+    n_features: int,
+    depth: int = 2,
+    link: str = "linear",
+    noise_std: float = 0.1,
+    gating_norm: tuple[float, float] = (1.0, 2.0),
+    random_state=None,
+) -> tuple[Array, Array, dict]:
+    """Draw ``x ~ N(0, I_d)`` and ``y`` from a hierarchical mixture of experts.
+
+    A complete binary tree of ``depth`` levels of sigmoid gates with ``2^depth``
+    experts at its leaves: node ``t`` (heap order) sends ``x`` left with probability
+    ``sigmoid(v_t . x)``. Regressors are uniform on the unit sphere; each ``v_t`` has
+    a uniform direction and a norm uniform in ``gating_norm``.
+
+    Returns
+    -------
+    X : ndarray (n_samples, n_features)
+    y : ndarray (n_samples,)
+    params : dict
+        ``experts`` (2^depth, d), ``gating`` (2^depth - 1, d) node vectors,
+        ``gate='tree'``, ``depth``, ``noise_std``, ``link``.
+    """
+    _check_sizes(n_samples, n_features, link, noise_std, gating_norm)
+    if not (isinstance(depth, (int, np.integer)) and 1 <= depth <= 6):
+        raise ValueError(f"depth must be an int in [1, 6]; got {depth!r}")
+    rng = check_random_state(random_state)
+    k = 2**depth
+    experts = _unit_rows(rng, k, n_features)
+    gating = _gate_rows(rng, k - 1, n_features, gating_norm)
+    params = MoEParams(experts, gating, float(noise_std), link, gate="tree")
+    X, y, truth = _draw(rng, n_samples, params)
+    return X, y, {**truth, "gate": "tree", "depth": int(depth)}
+
+
+def _check_sizes(n_samples, n_features, link, noise_std, gating_norm) -> None:
     get_link(link)
     if not (isinstance(n_samples, (int, np.integer)) and n_samples >= 1):
         raise ValueError(f"n_samples must be a positive int; got {n_samples!r}")
     if not (isinstance(n_features, (int, np.integer)) and n_features >= 1):
         raise ValueError(f"n_features must be a positive int; got {n_features!r}")
-    if not (isinstance(n_experts, (int, np.integer)) and n_experts >= 2):
-        raise ValueError(f"n_experts must be an int >= 2; got {n_experts!r}")
     if not noise_std >= 0:
         raise ValueError(f"noise_std must be >= 0; got {noise_std!r}")
     low, high = gating_norm
@@ -60,28 +105,26 @@ def make_moe(
         raise ValueError(
             f"gating_norm must be (low, high) with 0 <= low <= high; got {gating_norm!r}"
         )
-    rng = check_random_state(random_state)
-    experts = rng.standard_normal((n_experts, n_features))
-    experts /= np.linalg.norm(experts, axis=1, keepdims=True)
-    gating = np.zeros((n_experts, n_features))
-    directions = rng.standard_normal((n_experts - 1, n_features))
-    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
-    gating[:-1] = directions * rng.uniform(low, high, size=(n_experts - 1, 1))
-    X = rng.standard_normal((n_samples, n_features))
-    params = MoEParams(experts, gating, float(noise_std), link)
-    y, _ = (
-        sample_outputs(X, params, rng) if noise_std > 0 else _noiseless(X, params, rng)
-    )
+
+
+def _unit_rows(rng: np.random.Generator, rows: int, d: int) -> Array:
+    out = rng.standard_normal((rows, d))
+    return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+
+def _gate_rows(rng: np.random.Generator, rows: int, d: int, norm_range) -> Array:
+    return _unit_rows(rng, rows, d) * rng.uniform(*norm_range, size=(rows, 1))
+
+
+def _draw(
+    rng: np.random.Generator, n_samples: int, params: MoEParams
+) -> tuple[Array, Array, dict]:
+    X = rng.standard_normal((n_samples, params.experts.shape[1]))
+    y, _ = sample_outputs(X, params, rng)
     truth = {
-        "experts": experts,
-        "gating": gating,
-        "noise_std": float(noise_std),
-        "link": link,
+        "experts": params.experts,
+        "gating": params.gating,
+        "noise_std": params.noise_std,
+        "link": params.link,
     }
     return X, y, truth
-
-
-def _noiseless(X: Array, params: MoEParams, rng) -> tuple[Array, Array]:
-    return sample_outputs(
-        X, MoEParams(params.experts, params.gating, 0.0, params.link), rng
-    )

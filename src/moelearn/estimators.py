@@ -8,15 +8,15 @@ from dataclasses import dataclass, field, replace
 from typing import ClassVar
 
 import numpy as np
+from scipy.linalg import block_diag
+from scipy.optimize import linear_sum_assignment
 from sklearn.exceptions import ConvergenceWarning
 
 from moelearn import _validation as v
 from moelearn._base import MoEBase
-from moelearn._em import EMResult, em
+from moelearn._em import EMResult, em, offset_score_statistics
 from moelearn._links import get_link
-from moelearn._model import (
-    MoEParams,
-)
+from moelearn._model import MoEParams, n_gate_rows
 from moelearn._spectral import SpectralMoments, spectral_moments, spectral_solve
 from moelearn.metrics import parameter_error
 
@@ -46,6 +46,9 @@ _MIN_SIGNAL_TO_NOISE = 3.0
 #: Measured ratios: linear and sigmoid k=2 at most 2; k=3 softmax about 5-25;
 #: ReLU 4-38 (d=10, n=1e6).
 _MAX_SPECTRAL_SHIFT = 10.0
+#: Rows and threshold of the score test for offsets the model lacks: |z| > 5 has
+#: probability 6e-7 per statistic when there are none.
+_OFFSET_TEST_ROWS, _OFFSET_Z = 200_000, 5.0
 
 
 class SpectralMoE(MoEBase):
@@ -78,6 +81,15 @@ class SpectralMoE(MoEBase):
         Noise level ``sigma`` if known (then held fixed); ``None`` estimates it.
     refine : bool, default=True
         Run joint EM (experts, gate and noise) after the spectral + gating stage.
+    fit_intercept : bool, default=False
+        Also learn expert intercepts ``b_j`` and gate biases ``c_j``:
+        ``g(a_j . x + b_j)`` and ``softmax(G x + c)``. The spectral step still
+        assumes neither (its moment identities hold only without them), so it gives
+        the slopes' start; the gating EM and refinement then fit the offsets. With
+        a large gate bias the start is biased and refinement, which corrects a
+        moderate bias, may stop at a local optimum (``diagnostics_`` and the
+        warnings say when refinement moved far). Without ``fit_intercept``, ``fit``
+        tests for offsets the data show and warns if it finds them.
     max_iter : int, default=200
         Maximum EM iterations per stage (gating EM, refinement). ``0`` stops after
         the spectral step (gate left at zero).
@@ -100,6 +112,9 @@ class SpectralMoE(MoEBase):
         Regressors ``a_j`` in the input coordinates.
     gating_ : ndarray of shape (n_experts, n_features)
         Gate logits ``G``; the last row is zero.
+    intercept_, gating_intercept_ : ndarray of shape (n_experts,)
+        Expert intercepts ``b`` and gate biases ``c`` (last zero); only with
+        ``fit_intercept=True``.
     noise_std_ : float
         Noise level ``sigma``.
     spectral_experts_ : ndarray of shape (n_experts, n_features)
@@ -135,7 +150,11 @@ class SpectralMoE(MoEBase):
     _parameter_constraints: ClassVar[dict] = {
         **MoEBase._common_constraints,
         "refine": v.boolean,
+        "fit_intercept": v.boolean,
     }
+    # After the gating stage, restart from the spectral regressors re-solved at the
+    # estimated noise (subclasses whose gating stage moves the experts do not).
+    _restart_from_spectral: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -144,6 +163,7 @@ class SpectralMoE(MoEBase):
         link: str = "linear",
         noise_std: float | None = None,
         refine: bool = True,
+        fit_intercept: bool = False,
         max_iter: int = 200,
         tol: float = 1e-4,
         n_init: int = 10,
@@ -154,6 +174,7 @@ class SpectralMoE(MoEBase):
         self.link = link
         self.noise_std = noise_std
         self.refine = refine
+        self.fit_intercept = fit_intercept
         self.max_iter = max_iter
         self.tol = tol
         self.n_init = n_init
@@ -171,25 +192,36 @@ class SpectralMoE(MoEBase):
         rng, X, y = self._begin_fit(X, y)
         n, d = X.shape
         link = get_link(self.link)
+        self._stage_diagnostics: dict = {}  # what the stages' hooks report
+        for name in ("intercept_", "gating_intercept_"):  # from an earlier fit
+            self.__dict__.pop(name, None)
         self._log(
             1, f"fitting {self.n_experts} {self.link} experts to {n} x {d} inputs"
         )
 
         start = time.perf_counter()
         moments = spectral_moments(X, y, link, self.n_experts, rng)
-        self._warn_about_inputs(moments, n)
+        self._warn_about_inputs(moments, n, offsets_modelled=self.fit_intercept)
         self._warn_about_moments(moments)
         noise = self.noise_std if self.noise_std is not None else 0.0
         spectral = spectral_solve(moments, noise, rng, self.n_init)
         times = {"spectral": time.perf_counter() - start}
         self._log(1, f"spectral step done in {times['spectral']:.2f} s")
 
-        params = MoEParams(
-            spectral.experts, np.zeros_like(spectral.experts), noise, self.link
-        )
+        covariance = moments.inputs.whitening.covariance
+        experts = spectral.experts
+        if self.fit_intercept:
+            # EM runs on [X, 1]; each intercept starts where the expert's line
+            # passes through the means, b_j = mean(y) - a_j . mean(x).
+            X = _with_ones(X)
+            covariance = block_diag(covariance, 1.0)
+            offsets = y.mean() - experts @ moments.inputs.whitening.mean
+            experts = np.column_stack([experts, offsets])
+        gate_shape = (n_gate_rows(self.n_experts, self._gate), X.shape[1])
+        params = MoEParams(experts, np.zeros(gate_shape), noise, self.link, self._gate)
         params = replace(params, noise_std=_initial_noise(X, y, params, self.noise_std))
         common = {
-            "covariance": moments.inputs.whitening.covariance,
+            "covariance": covariance,
             "rng": rng,
             "callback": self._progress if self.verbose >= 2 else None,
         }
@@ -215,13 +247,23 @@ class SpectralMoE(MoEBase):
                     )
                 )
 
-            params = gating_em(params)
+            params = self._gating_stage(X, y, params, gating_em, common)
             if self.noise_std is None:
-                # Re-solve the moments at the estimated noise (no pass over the data).
+                # Re-solve the moments at the estimated noise (no pass over the data),
+                # keeping each expert in the place the gate learned for it.
                 spectral = spectral_solve(moments, params.noise_std, rng, self.n_init)
-                params = replace(params, experts=spectral.experts)
-                if not self.refine:  # let the gate adjust to the corrected regressors
-                    params = gating_em(params)
+                order = _matching_order(spectral.experts, params.experts[:, :d])
+                spectral = replace(
+                    spectral,
+                    experts=spectral.experts[order],
+                    weights=spectral.weights[order],
+                    tensor_values=spectral.tensor_values[order],
+                )
+                if self._restart_from_spectral:
+                    experts = np.column_stack([spectral.experts, params.experts[:, d:]])
+                    params = replace(params, experts=experts)
+                    if not self.refine:  # let the gate adjust to the new regressors
+                        params = gating_em(params)
             times["gating"] = time.perf_counter() - start
             self._log(
                 1,
@@ -256,8 +298,9 @@ class SpectralMoE(MoEBase):
                     stacklevel=2,
                 )
 
-        shift = parameter_error(spectral.experts, params.experts)
-        expected = 3.0 * np.sqrt(d / n) * max(1.0, float(np.abs(params.experts).max()))
+        slopes, gates = params.experts[:, :d], params.gating[:, :d]
+        shift = parameter_error(spectral.experts, slopes, experts_only=True)
+        expected = 3.0 * np.sqrt(d / n) * max(1.0, float(np.abs(slopes).max()))
         if self.refine and self.max_iter > 0 and shift > _MAX_SPECTRAL_SHIFT * expected:
             warnings.warn(
                 f"the spectral step was biased: refinement moved the regressors by "
@@ -270,8 +313,12 @@ class SpectralMoE(MoEBase):
                 SpectralReliabilityWarning,
                 stacklevel=2,
             )
-        self.experts_ = params.experts
-        self.gating_ = params.gating
+        if not self.fit_intercept and self.max_iter > 0:
+            self._warn_about_offsets(X, y, params, rng)
+        self.experts_, self.gating_ = slopes, gates
+        if self.fit_intercept:
+            self.intercept_ = params.experts[:, d]
+            self.gating_intercept_ = params.gating[:, d]
         self.noise_std_ = float(params.noise_std)
         self.spectral_experts_ = spectral.experts
         self.converged_ = record.converged
@@ -287,8 +334,15 @@ class SpectralMoE(MoEBase):
             "input_kurtosis": moments.inputs.excess_kurtosis,
             "spectral_shift": shift,
             "spectral_shift_ratio": shift / expected,
+            **self._stage_diagnostics,
         }
+        del self._stage_diagnostics
         return self
+
+    def _gating_stage(self, X, y, params, gating_em, common) -> MoEParams:
+        """Learn the gate with the spectral regressors fixed (a hook for subclasses
+        whose gate depends on how the experts are arranged)."""
+        return gating_em(params)
 
     def _em(self, X, y, params, *, fit_experts, stage, **common):
         return em(
@@ -302,7 +356,34 @@ class SpectralMoE(MoEBase):
             **common,
         )
 
-    def _warn_about_inputs(self, moments: SpectralMoments, n: int) -> None:
+    def _warn_about_offsets(self, X, y, params: MoEParams, rng) -> None:
+        """Score test for the gate biases and expert intercepts the model lacks."""
+        n = X.shape[0]
+        rows = (
+            np.arange(n)
+            if n <= _OFFSET_TEST_ROWS
+            else np.sort(rng.choice(n, size=_OFFSET_TEST_ROWS, replace=False))
+        )
+        z_experts, z_gate = offset_score_statistics(X, y, params, rows)
+        z = max(z_experts.max(), z_gate.max())
+        if z > _OFFSET_Z:
+            which = []
+            if z_gate.max() > _OFFSET_Z:
+                which.append(f"a gate bias (z = {z_gate.max():.1f})")
+            if z_experts.max() > _OFFSET_Z:
+                which.append(f"expert intercepts (z = {z_experts.max():.1f})")
+            warnings.warn(
+                f"the data show {' and '.join(which)} that the model has none of "
+                f"(score test on {len(rows)} rows, z > {_OFFSET_Z:g}). The spectral "
+                "step's identities assume no offsets, and the fitted model cannot "
+                "represent them: use fit_intercept=True.",
+                SpectralReliabilityWarning,
+                stacklevel=3,
+            )
+
+    def _warn_about_inputs(
+        self, moments: SpectralMoments, n: int, offsets_modelled: bool
+    ) -> None:
         inputs = moments.inputs
         reasons = []
         skew_se, kurt_se = np.sqrt(6.0 / n), np.sqrt(24.0 / n)
@@ -316,10 +397,11 @@ class SpectralMoE(MoEBase):
             )
         white = inputs.whitening
         offset = float(np.linalg.norm(white.mean @ white.transform))
-        if offset > _MEAN_LIMIT:
+        if offset > _MEAN_LIMIT and not offsets_modelled:
             reasons.append(
                 f"the inputs' mean is {offset:.2f} standard deviations from 0, so the "
-                "model without intercepts has gate and expert offsets after centring"
+                "model without intercepts has gate and expert offsets after centring "
+                "(fit_intercept=True models them)"
             )
         d = white.mean.shape[0]
         expected = 3.0 * np.sqrt(d / n)
@@ -375,6 +457,18 @@ class _EMRecord:
         self.n_iter += result.n_iter
         self.converged = self.converged and result.converged
         return result.params
+
+
+def _with_ones(X: Array) -> Array:
+    """``[X, 1]``: the design with a constant column for the intercepts."""
+    return np.column_stack([X, np.ones(X.shape[0])])
+
+
+def _matching_order(new: Array, old: Array) -> Array:
+    """The order of ``new``'s rows that best matches ``old``'s, row by row."""
+    cost = np.linalg.norm(new[:, None, :] - old[None, :, :], axis=2)
+    rows, cols = linear_sum_assignment(cost.T)
+    return cols[np.argsort(rows)]
 
 
 def _initial_noise(X: Array, y: Array, params: MoEParams, known: float | None) -> float:

@@ -287,6 +287,12 @@ def save_model(model: Any, path: str | os.PathLike, **metadata: Any) -> None:
         "experts": model.experts_.tolist(),
         "gating": model.gating_.tolist(),
         "noise_std": float(model.noise_std_),
+        "intercept": (
+            model.intercept_.tolist() if hasattr(model, "intercept_") else None
+        ),
+        "gating_intercept": (
+            model.gating_intercept_.tolist() if hasattr(model, "intercept_") else None
+        ),
         "spectral_experts": (
             model.spectral_experts_.tolist()
             if hasattr(model, "spectral_experts_")
@@ -310,10 +316,12 @@ def load_model(path: str | os.PathLike):
     """
     from moelearn.baselines import EMMoE, GradientMoE
     from moelearn.estimators import SpectralMoE
+    from moelearn.hierarchical import HierarchicalMoE
     from moelearn.tensor_loss import TensorLossMoE
 
     classes = {
-        cls.__name__: cls for cls in (SpectralMoE, EMMoE, GradientMoE, TensorLossMoE)
+        cls.__name__: cls
+        for cls in (SpectralMoE, HierarchicalMoE, EMMoE, GradientMoE, TensorLossMoE)
     }
     path = Path(path)
     try:
@@ -350,9 +358,12 @@ def load_model(path: str | os.PathLike):
         raise ValueError(
             f"{path}: experts have shape {experts.shape}, n_features is {d!r}"
         )
-    if gating.shape != experts.shape or spectral.shape != experts.shape:
+    model = classes[obj["estimator"]]()
+    tree = model._gate == "tree"
+    gate_shape = (experts.shape[0] - tree, d)
+    if gating.shape != gate_shape or spectral.shape != experts.shape:
         raise ValueError(f"{path}: experts, gating and spectral_experts shapes differ")
-    if np.any(gating[-1] != 0):
+    if not tree and np.any(gating[-1] != 0):
         raise ValueError(f"{path}: the last gating row must be zero")
     noise = obj.get("noise_std")
     if not isinstance(noise, (int, float)) or not noise > 0:
@@ -365,12 +376,33 @@ def load_model(path: str | os.PathLike):
         raise ValueError(f"{path}: feature_names must list {d} names")
     params = dict(obj.get("params") or {})
     params.update(link=link, n_experts=experts.shape[0])
-    model = classes[obj["estimator"]]()
     valid = set(model.get_params())
-    model.set_params(**{k: v for k, v in params.items() if k in valid})
+    try:
+        model.set_params(**{k: v for k, v in params.items() if k in valid})
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{path}: invalid settings ({exc})") from None
+    if model.n_experts != experts.shape[0]:
+        raise ValueError(
+            f"{path}: {experts.shape[0]} experts do not fit the settings "
+            f"({model.n_experts} expected)"
+        )
     model.experts_, model.gating_ = experts, gating
     if has_spectral:
         model.spectral_experts_ = spectral
+    if obj.get("intercept") is not None:
+        offsets = {"intercept": experts.shape[0], "gating_intercept": gating.shape[0]}
+        for key, size in offsets.items():
+            try:
+                arr = np.asarray(obj[key], dtype=np.float64)
+            except (KeyError, TypeError, ValueError):
+                raise ValueError(
+                    f"{path}: field {key!r} is missing or not numeric"
+                ) from None
+            if arr.shape != (size,) or not np.isfinite(arr).all():
+                raise ValueError(
+                    f"{path}: field {key!r} must hold {size} finite numbers"
+                )
+            setattr(model, key + "_", arr)
     model.noise_std_ = float(noise)
     model.n_features_in_ = d
     if names is not None:

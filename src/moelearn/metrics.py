@@ -12,23 +12,27 @@ Array = np.ndarray
 __all__ = ["best_permutation", "parameter_error"]
 
 
-def _as_params(obj: Any, name: str) -> tuple[Array, Array | None]:
+def _as_params(obj: Any, name: str) -> tuple[Array, Array | None, str]:
+    """Experts, gate (or None) and the gate's form ('softmax' or 'tree')."""
     if isinstance(obj, dict):
         experts, gating = obj.get("experts"), obj.get("gating")
+        gate = obj.get("gate", "softmax")
     elif hasattr(obj, "experts_"):
         experts, gating = obj.experts_, getattr(obj, "gating_", None)
+        gate = getattr(obj, "_gate", "softmax")
     else:
-        experts, gating = obj, None
+        experts, gating, gate = obj, None, "softmax"
     if experts is None:
         raise ValueError(f"{name} has no experts")
     experts = np.atleast_2d(np.asarray(experts, dtype=float))
     if gating is not None:
         gating = np.atleast_2d(np.asarray(gating, dtype=float))
-        if gating.shape != experts.shape:
+        rows = experts.shape[0] - (gate == "tree")
+        if gating.shape != (rows, experts.shape[1]):
             raise ValueError(
                 f"{name}: gating has shape {gating.shape} but experts {experts.shape}"
             )
-    return experts, gating
+    return experts, gating, gate
 
 
 def parameter_error(estimated: Any, truth: Any, *, experts_only: bool = False) -> float:
@@ -38,6 +42,11 @@ def parameter_error(estimated: Any, truth: Any, *, experts_only: bool = False) -
     max_i |(G_est - G_est[P last])[P i] - (G - G[last])_i| )`` with Euclidean row
     norms. The gate rows are compared after shifting both by their (permuted) last
     row, since softmax logits are defined up to a common shift.
+
+    For tree gates (hierarchical MoE) the minimum runs over the tree's symmetries
+    instead: swapping a node's subtrees (and negating its vector) changes nothing,
+    and the node vectors are compared directly; with ``experts_only`` over all
+    permutations of the experts.
 
     Parameters
     ----------
@@ -60,13 +69,17 @@ def best_permutation(
 def _best_alignment(
     estimated: Any, truth: Any, experts_only: bool
 ) -> tuple[list[int], float]:
-    A_est, G_est = _as_params(estimated, "estimated")
-    A, G = _as_params(truth, "truth")
+    A_est, G_est, gate_est = _as_params(estimated, "estimated")
+    A, G, gate = _as_params(truth, "truth")
     if A_est.shape != A.shape:
         raise ValueError(
             f"estimated experts have shape {A_est.shape}, the truth {A.shape}"
         )
     use_gate = not experts_only and G is not None and G_est is not None
+    if use_gate and gate_est != gate:
+        raise ValueError(f"cannot compare a {gate_est} gate with a {gate} gate")
+    if use_gate and gate == "tree":
+        return _tree_alignment(A_est, G_est, A, G)
     best, best_perm = np.inf, list(range(A.shape[0]))
     for perm in permutations(range(A.shape[0])):
         p = list(perm)
@@ -78,3 +91,41 @@ def _best_alignment(
         if err < best:
             best, best_perm = float(err), p
     return best_perm, best
+
+
+def _tree_alignment(
+    A_est: Array, G_est: Array, A: Array, G: Array
+) -> tuple[list[int], float]:
+    """Best of the ``2^(k-1)`` subtree swaps of a tree gate (see parameter_error)."""
+    k = A.shape[0]
+    best, best_perm = np.inf, list(range(k))
+    for flips in range(2 ** (k - 1)):
+        leaves, nodes, signs = _swap_subtrees(k, flips)
+        err = max(
+            np.linalg.norm(A_est[leaves] - A, axis=1).max(),
+            np.linalg.norm(signs[:, None] * G_est[nodes] - G, axis=1).max(),
+        )
+        if err < best:
+            best, best_perm = float(err), leaves
+    return best_perm, best
+
+
+def _swap_subtrees(k: int, flips: int) -> tuple[list[int], list[int], Array]:
+    """The tree with node ``t``'s subtrees swapped wherever bit ``t`` of ``flips``
+    is set: for each new leaf and node, the old one it holds, and the node signs."""
+    leaves, nodes, signs = [0] * k, [0] * (k - 1), np.ones(k - 1)
+
+    def walk(new: int, old: int) -> None:
+        if new >= k - 1:  # a leaf, heap index k - 1 + leaf
+            leaves[new - (k - 1)] = old - (k - 1)
+            return
+        swapped = bool(flips >> old & 1)
+        nodes[new], signs[new] = old, -1.0 if swapped else 1.0
+        first, second = 2 * old + 1, 2 * old + 2
+        if swapped:
+            first, second = second, first
+        walk(2 * new + 1, first)
+        walk(2 * new + 2, second)
+
+    walk(0, 0)
+    return leaves, nodes, signs
