@@ -14,8 +14,9 @@ import numpy as np
 from moelearn import __version__
 from moelearn._links import LINKS
 from moelearn.baselines import EMMoE, GradientMoE
-from moelearn.datasets import make_moe
+from moelearn.datasets import make_hme, make_moe
 from moelearn.estimators import SpectralMoE
+from moelearn.hierarchical import HierarchicalMoE
 from moelearn.io import (
     atomic_path,
     load_model,
@@ -29,6 +30,7 @@ from moelearn.tensor_loss import TensorLossMoE
 
 FIT_METHODS = {
     "spectral": SpectralMoE,
+    "hme": HierarchicalMoE,
     "tensor-loss": TensorLossMoE,
     "em": EMMoE,
     "gd": GradientMoE,
@@ -79,6 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--samples", "-n", type=_positive_int, default=100_000)
     sim.add_argument("--features", "-d", type=_positive_int, default=10)
     sim.add_argument("--experts", "-k", type=_positive_int, default=2)
+    sim.add_argument(
+        "--depth",
+        type=_positive_int,
+        default=None,
+        help="draw a hierarchical MoE of this depth (2^depth experts) instead",
+    )
     sim.add_argument("--link", choices=sorted(LINKS), default="linear")
     sim.add_argument(
         "--noise", type=_nonneg_float, default=0.1, help="noise std (default 0.1)"
@@ -103,16 +111,28 @@ def build_parser() -> argparse.ArgumentParser:
         "--experts",
         "-k",
         type=_experts_arg,
+        default=None,
+        help="number of experts (default 2), or 'auto' (BIC over "
+        "1..--max-experts, spectral only)",
+    )
+    fit.add_argument(
+        "--depth",
+        type=_positive_int,
         default=2,
-        help="number of experts, or 'auto' (BIC over 1..--max-experts, spectral only)",
+        help="--method hme: levels of gates, 2^depth experts (default 2)",
+    )
+    fit.add_argument(
+        "--fit-intercept",
+        action="store_true",
+        help="also fit expert intercepts and gate biases (spectral, hme)",
     )
     fit.add_argument("--max-experts", type=_positive_int, default=5)
     fit.add_argument(
         "--method",
         choices=sorted(FIT_METHODS),
         default="spectral",
-        help="spectral (Method 1, default), tensor-loss (Method 2), "
-        "em or gd (baselines from random starts)",
+        help="spectral (Method 1, default), hme (Method 1 for a hierarchical "
+        "MoE), tensor-loss (Method 2), em or gd (baselines from random starts)",
     )
     fit.add_argument("--link", choices=sorted(LINKS), default="linear")
     fit.add_argument("--noise-std", type=float, default=None, help="known noise std")
@@ -188,20 +208,32 @@ def truth_to_json(truth: dict) -> dict:
         "gating": np.asarray(truth["gating"]).tolist(),
         "noise_std": float(truth["noise_std"]),
         "link": truth["link"],
+        "gate": truth.get("gate", "softmax"),
     }
 
 
 def cmd_simulate(args) -> int:
-    if args.experts > args.features:
-        raise CLIError(f"--experts {args.experts} exceeds --features {args.features}")
-    X, y, truth = make_moe(
-        args.samples,
-        args.features,
-        args.experts,
-        args.link,
-        args.noise,
-        random_state=args.seed,
-    )
+    experts = args.experts if args.depth is None else 2**args.depth
+    if experts > args.features:
+        raise CLIError(f"{experts} experts exceed --features {args.features}")
+    if args.depth is not None:
+        X, y, truth = make_hme(
+            args.samples,
+            args.features,
+            args.depth,
+            args.link,
+            args.noise,
+            random_state=args.seed,
+        )
+    else:
+        X, y, truth = make_moe(
+            args.samples,
+            args.features,
+            args.experts,
+            args.link,
+            args.noise,
+            random_state=args.seed,
+        )
     columns = {f"x{i}": X[:, i] for i in range(X.shape[1])} | {"y": y}
     out = Path(args.out)
     if out.suffix.lower() == ".npz":
@@ -235,9 +267,17 @@ def _check_out_dir(out: str) -> None:
 
 def cmd_fit(args) -> int:
     _check_out_dir(args.out)
+    hme = args.method == "hme"
+    if hme and args.experts not in (None, 2**args.depth):
+        raise CLIError(
+            f"--method hme fits 2^depth = {2**args.depth} experts; drop --experts "
+            "or change --depth"
+        )
+    if args.experts is None:
+        args.experts = 2**args.depth if hme else 2
     X, y, names = _load_xy(args.data, args.target)
     settings = {
-        "n_experts": args.experts,
+        ("depth" if hme else "n_experts"): args.depth if hme else args.experts,
         "link": args.link,
         "noise_std": args.noise_std,
         "random_state": args.seed,
@@ -247,10 +287,12 @@ def cmd_fit(args) -> int:
         settings["max_iter"] = args.max_iter
     if args.tol is not None:
         settings["tol"] = args.tol
-    if args.method == "spectral":
+    if args.method in ("spectral", "hme"):
         settings["refine"] = not args.no_refine
-    elif args.no_refine:
-        raise CLIError("--no-refine applies to --method spectral only")
+        settings["fit_intercept"] = args.fit_intercept
+    elif args.no_refine or args.fit_intercept:
+        option = "--no-refine" if args.no_refine else "--fit-intercept"
+        raise CLIError(f"{option} applies to --method spectral and hme only")
     if args.experts == "auto":
         if args.method != "spectral":
             raise CLIError("--experts auto needs --method spectral")
@@ -353,7 +395,12 @@ def _read_truth(path: str) -> dict:
         raise CLIError(
             f"{path}: not a truth file with 'experts' and 'gating' ({exc})"
         ) from None
-    return {"experts": experts, "gating": gating, "noise_std": truth.get("noise_std")}
+    return {
+        "experts": experts,
+        "gating": gating,
+        "gate": truth.get("gate", "softmax"),
+        "noise_std": truth.get("noise_std"),
+    }
 
 
 def evaluate(model, truth: dict | None, X=None, y=None) -> dict:
@@ -363,7 +410,10 @@ def evaluate(model, truth: dict | None, X=None, y=None) -> dict:
             raise CLIError(
                 f"truth has {np.shape(truth['experts'])} experts, the model {model.experts_.shape}"
             )
-        out["parameter_error"] = parameter_error(model, truth)
+        try:
+            out["parameter_error"] = parameter_error(model, truth)
+        except ValueError as exc:  # e.g. a tree-gated truth and a softmax model
+            raise CLIError(f"cannot compare the model with the truth: {exc}") from None
         out["regressor_error"] = parameter_error(model, truth, experts_only=True)
         if hasattr(model, "spectral_experts_"):  # Method 1 models only
             out["spectral_regressor_error"] = parameter_error(
