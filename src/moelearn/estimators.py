@@ -272,8 +272,9 @@ class SpectralMoE(MoEBase):
 
             if self.refine:
                 start, before = time.perf_counter(), record.n_iter
-                params = record.add(
-                    self._em(
+
+                def refine_em(params: MoEParams) -> EMResult:
+                    return self._em(
                         X,
                         y,
                         params,
@@ -282,7 +283,17 @@ class SpectralMoE(MoEBase):
                         tol=self.tol,
                         **common,
                     )
-                )
+
+                first = refine_em(params)
+                params = record.add(first)
+                second_start = self._second_start(X, y, params, common)
+                if second_start is not None:
+                    second = refine_em(second_start)
+                    if _final_log_likelihood(second) > _final_log_likelihood(first):
+                        params = record.add(second)
+                        self._log(1, "the second start reached a higher likelihood")
+                    else:
+                        record.n_iter += second.n_iter
                 times["refine"] = time.perf_counter() - start
                 self._log(
                     1,
@@ -343,6 +354,11 @@ class SpectralMoE(MoEBase):
         """Learn the gate with the spectral regressors fixed (a hook for subclasses
         whose gate depends on how the experts are arranged)."""
         return gating_em(params)
+
+    def _second_start(self, X, y, params, common) -> MoEParams | None:
+        """A second start for refinement that the refined fit ``params`` suggests,
+        or ``None`` (a hook; the better of the two refined fits is kept)."""
+        return None
 
     def _em(self, X, y, params, *, fit_experts, stage, **common):
         return em(
@@ -457,6 +473,11 @@ class _EMRecord:
         self.n_iter += result.n_iter
         self.converged = self.converged and result.converged
         return result.params
+
+
+def _final_log_likelihood(result: EMResult) -> float:
+    """The mean log-likelihood an EM run ended at (``-inf`` if it made no step)."""
+    return result.log_likelihood[-1] if result.log_likelihood else -np.inf
 
 
 def _with_ones(X: Array) -> Array:

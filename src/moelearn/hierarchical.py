@@ -44,7 +44,10 @@ class HierarchicalMoE(SpectralMoE):
     experts share a parent: every distinct arrangement of the experts on the leaves
     (3 at depth 2, 315 at depth 3) gets a short gating EM on a subsample, the most
     likely one a full gating EM (Jordan & Jacobs' M-step: a weighted logistic
-    regression per node, Newton steps) and, with ``refine=True``, joint EM.
+    regression per node, Newton steps) and, with ``refine=True``, joint EM. The
+    refined regressors are screened once more; if another arrangement fits them
+    better (the spectral start was poor), it is refined too and the more likely
+    fit kept.
 
     Parameters
     ----------
@@ -64,7 +67,8 @@ class HierarchicalMoE(SpectralMoE):
     noise_std_, spectral_experts_, converged_, n_iter_, log_likelihood_curve_,
     diagnostics_, fit_times_, n_features_in_
         As in :class:`SpectralMoE`; ``diagnostics_['arrangement_log_likelihoods']``
-        holds the screened arrangements' mean log-likelihoods.
+        holds the screened arrangements' mean log-likelihoods, ``'rescreened_log_likelihoods'``
+        those with the refined regressors (the first is the fitted arrangement).
 
     References
     ----------
@@ -122,6 +126,29 @@ class HierarchicalMoE(SpectralMoE):
         return 2 ** int(self.depth)
 
     def _gating_stage(self, X, y, params, gating_em, common) -> MoEParams:
+        # Score each arrangement after the experts too have moved (with refine):
+        # with the spectral start's bias, the gate alone can favour a wrong one.
+        scores, screened = self._screen(X, y, params, common, move_experts=self.refine)
+        best = int(np.argmax(scores))
+        self._stage_diagnostics["arrangement_log_likelihoods"] = scores
+        return gating_em(screened[best])
+
+    def _second_start(self, X, y, params, common) -> MoEParams | None:
+        # When the spectral start was poor (k = d, or a weak T2 eigenvalue), the
+        # screen compared arrangements of wrong regressors; refinement usually
+        # still finds the right ones. Screened again with those, a different
+        # arrangement that fits better is refined too.
+        scores, screened = self._screen(X, y, params, common, move_experts=False)
+        best = int(np.argmax(scores))  # arrangement 0 keeps the refined order
+        self._stage_diagnostics["rescreened_log_likelihoods"] = scores
+        return screened[best] if best != 0 else None
+
+    def _screen(
+        self, X, y, params: MoEParams, common, *, move_experts: bool
+    ) -> tuple[list[float], list[MoEParams]]:
+        """Mean log-likelihood reached by every arrangement of ``params.experts`` on
+        the leaves after a short EM from a zero gate on a subsample (gate only, then
+        also the experts if ``move_experts``), and the parameters reached."""
         arrangements = leaf_arrangements(self.n_experts)
         n = X.shape[0]
         many = len(arrangements) > 3
@@ -133,33 +160,20 @@ class HierarchicalMoE(SpectralMoE):
             else np.sort(common["rng"].choice(n, size=rows, replace=False))
         )
         Xs, ys = X[subset], y[subset]
+        settings = {
+            "fit_noise": self.noise_std is None,
+            "covariance": common["covariance"],
+            "max_iter": max_iter,
+            "tol": 1e-2,
+            "rng": common["rng"],
+        }
+        start = replace(params, gating=np.zeros_like(params.gating))
         scores, screened = [], []
         for order in arrangements:
-            result = em(
-                Xs,
-                ys,
-                replace(params, experts=params.experts[list(order)]),
-                fit_experts=False,
-                fit_noise=self.noise_std is None,
-                covariance=common["covariance"],
-                max_iter=max_iter,
-                tol=1e-2,
-                rng=common["rng"],
-            )
-            if self.refine:
-                # Score each arrangement after the experts too have moved: with
-                # the spectral start's bias, the gate alone can favour a wrong one.
-                result = em(
-                    Xs,
-                    ys,
-                    result.params,
-                    fit_experts=True,
-                    fit_noise=self.noise_std is None,
-                    covariance=common["covariance"],
-                    max_iter=max_iter,
-                    tol=1e-2,
-                    rng=common["rng"],
-                )
+            arranged = replace(start, experts=params.experts[list(order)])
+            result = em(Xs, ys, arranged, fit_experts=False, **settings)
+            if move_experts:
+                result = em(Xs, ys, result.params, fit_experts=True, **settings)
             scores.append(
                 result.log_likelihood[-1] if result.log_likelihood else -np.inf
             )
@@ -170,8 +184,7 @@ class HierarchicalMoE(SpectralMoE):
             f"screened {len(arrangements)} arrangements of the experts on the leaves "
             f"({rows} rows): best mean log-likelihood {scores[best]:.4f}",
         )
-        self._stage_diagnostics["arrangement_log_likelihoods"] = scores
-        return gating_em(screened[best])
+        return scores, screened
 
 
 def leaf_arrangements(n_leaves: int) -> list[tuple[int, ...]]:
