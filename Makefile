@@ -28,7 +28,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_fit.py --out benchmarks/results/fit.md
 
 # Accuracy sweeps: Method 1 over 20 seeds, Method 2 over 50 trials, the model
-# family (tanh, k=3, choosing k) over 10 seeds (about 15 minutes).
+# family (ReLU, tanh, k=3, HME, choosing k) over 10 seeds (about 15 minutes).
 accuracy: $(STAMP)
 	$(BIN)/python benchmarks/bench_accuracy.py --out benchmarks/results/accuracy.md
 	$(BIN)/python benchmarks/bench_method2.py --out benchmarks/results/method2.md

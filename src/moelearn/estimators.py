@@ -75,8 +75,11 @@ class SpectralMoE(MoEBase):
     ----------
     n_experts : int, default=2
         Number of experts ``k`` (at most ``n_features``).
-    link : {'linear', 'sigmoid'}, default='linear'
-        The experts' link ``g``.
+    link : {'linear', 'sigmoid', 'tanh', 'relu'} or callable, default='linear'
+        The experts' link ``g``; a callable is any elementwise function (its
+        transforms of ``y`` are solved by quadrature; such a model cannot be saved
+        as JSON). For ReLU, and for three or more experts, the moments carry gate
+        cross terms: the spectral start is biased and refinement removes the bias.
     noise_std : float or None, default=None
         Noise level ``sigma`` if known (then held fixed); ``None`` estimates it.
     refine : bool, default=True
