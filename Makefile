@@ -25,7 +25,9 @@ test-slow: $(STAMP)
 
 # Speed and memory: ratios to one pass over the data, measured side by side.
 bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python benchmarks/bench_fit.py --out benchmarks/results/fit.md
+	$(BIN)/python benchmarks/bench_explicit.py --out benchmarks/results/explicit.md
 
 # Accuracy sweeps: Method 1 over 20 seeds, Method 2 over 50 trials, the model
 # family (ReLU, tanh, k=3, HME, choosing k) over 10 seeds (about 15 minutes).

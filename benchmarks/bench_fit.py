@@ -122,7 +122,7 @@ def main() -> None:
         "| stage | seconds | passes | target |",
         "|---|---:|---:|---:|",
         (
-            f"| spectral step (3 passes of moments) | {t['spectral_s']:.2f} | "
+            f"| spectral step (4 passes of moments) | {t['spectral_s']:.2f} | "
             f"{t['spectral_passes']:.1f} | <= 5 |"
         ),
         f"| gating EM | {t['gating_s']:.2f} | {t['gating_s'] / t['pass_s']:.1f} | |",
