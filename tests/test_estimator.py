@@ -344,3 +344,15 @@ def test_offsets_the_model_lacks_are_reported_and_intercepts_saved(tmp_path):
     loaded = load_model(tmp_path / "m.json")
     np.testing.assert_allclose(loaded.intercept_, model.intercept_)
     np.testing.assert_allclose(loaded.predict(X[:20]), model.predict(X[:20]))
+
+
+@pytest.mark.parametrize("refine", [False, True])
+def test_no_offset_warning_on_data_without_offsets(refine):
+    """The demo's data (no offsets): without refinement the spectral regressors'
+    own error once showed as expert intercepts (z = 15); only the gate, which is at
+    its MLE given them, may be tested then."""
+    X, y, _ = make_moe(200_000, 10, random_state=0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        SpectralMoE(refine=refine, random_state=0).fit(X, y)
+    assert not [w for w in caught if "fit_intercept" in str(w.message)]
