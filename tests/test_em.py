@@ -83,6 +83,100 @@ def test_newton_subsample_changes_speed_not_the_fixed_point(
     np.testing.assert_allclose(sub.gating, full.gating, atol=1e-6)
 
 
+def _shifted_inputs(X, scale_seed=0):
+    """Inputs ``M^T x + 0.5`` with a non-trivial mean and covariance, and ``M``:
+    a row ``a`` acting on ``x`` acts on the new inputs as ``M^{-1} a`` (plus an
+    offset)."""
+    rng = np.random.default_rng(scale_seed)
+    d = X.shape[1]
+    mix = np.eye(d) + 0.3 * rng.standard_normal((d, d)) / np.sqrt(d)
+    return X @ mix + 0.5, mix
+
+
+@pytest.mark.parametrize("intercept", [False, True])
+def test_structured_newton_matrices_match_the_sample_sums(intercept):
+    """For Gaussian inputs and weights that depend on them only through the
+    parameter rows (here the truth), ``sum_i w_i x_i x_i^T`` from the structure
+    (2k - 1 projections, the column moments) equals the dense sum up to sampling
+    error: relative Frobenius error ~ sqrt(d / n) = 0.006 here; tolerance 5x."""
+    n, d = 200_000, 8
+    X, y, truth = make_moe(n, d, n_experts=3, random_state=0)
+    X, mix = _shifted_inputs(X)
+    params = MoEParams(
+        np.linalg.solve(mix, truth["experts"].T).T,  # the truth, in the new inputs
+        np.linalg.solve(mix, truth["gating"].T).T,
+        0.1,
+        "linear",
+    )
+    mean, cov = np.full(d, 0.5), mix.T @ mix
+    if intercept:
+        X = np.column_stack([X, np.ones(n)])
+        mean, cov = np.append(mean, 1.0), np.pad(cov, ((0, 1), (0, 1)))
+        params = MoEParams(
+            np.column_stack([params.experts, [0.5, -0.3, 0.1]]),
+            np.column_stack([params.gating, [0.4, -0.2, 0.0]]),
+            0.1,
+            "linear",
+        )
+    problem = em_module._Problem(
+        X, y, em_module.get_link("linear"), True, None, (mean, cov)
+    )
+    structured = problem.run_pass(params, None)
+    problem.column_moments = None
+    dense = problem.run_pass(params, None)
+    np.testing.assert_allclose(structured.grad, dense.grad, rtol=1e-10, atol=1e-8)
+    tolerance = 5 * np.sqrt(X.shape[1] / n)
+    pairs = [*zip(structured.hess_experts, dense.hess_experts, strict=True)]
+    pairs.append((structured.hess_gate, dense.hess_gate))
+    for approx, exact in pairs:
+        rel = np.linalg.norm(approx - exact) / np.linalg.norm(exact)
+        assert rel < tolerance
+
+
+@pytest.mark.parametrize("model", ["softmax", "tree"])
+def test_structured_newton_changes_speed_not_the_fixed_point(monkeypatch, model):
+    """Structured Newton matrices precondition the same exact gradient: joint EM
+    reaches the dense path's fixed point (to the EM tolerance) in about as many
+    iterations."""
+    n, d = 40_000, 6
+    if model == "tree":
+        X, y, truth = make_hme(n, d, depth=2, random_state=3)
+    else:
+        X, y, truth = make_moe(n, d, n_experts=3, random_state=3)
+    X, mix = _shifted_inputs(X)
+    start = MoEParams(
+        np.linalg.solve(mix, truth["experts"].T).T + 0.05,
+        np.zeros_like(truth["gating"]),
+        0.3,
+        truth["link"],
+        "tree" if model == "tree" else "softmax",
+    )
+    cov = mix.T @ mix
+
+    def run():
+        return em(
+            X,
+            y,
+            start,
+            fit_experts=True,
+            covariance=cov,
+            column_moments=(np.full(d, 0.5), cov),
+            max_iter=300,
+            tol=1e-9,
+            rng=np.random.default_rng(1),
+        )
+
+    dense = run()
+    monkeypatch.setattr(em_module, "STRUCTURED_CURVATURE_FEATURES", 0)
+    structured = run()
+    assert dense.converged and structured.converged
+    np.testing.assert_allclose(
+        structured.params.experts, dense.params.experts, atol=1e-6
+    )
+    np.testing.assert_allclose(structured.params.gating, dense.params.gating, atol=1e-6)
+    assert structured.n_iter <= 1.5 * dense.n_iter + 2
+
+
 def naive_em_step(X, y, A, G, sigma):
     """One textbook EM iteration for linear experts (Jordan & Jacobs), plain numpy."""
     from scipy.special import softmax

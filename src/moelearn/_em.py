@@ -23,6 +23,16 @@ rows, which changes the speed of convergence, never the fixed point. With the
 ``fast`` extra (numba) installed, that full-data pass is one compiled, threaded loop
 over the rows (:mod:`moelearn._em_fast`). A step that lowers the log-likelihood is
 halved until it does not.
+
+At large ``d`` (above :data:`STRUCTURED_CURVATURE_FEATURES`) even a subset's
+``d x d`` Newton matrices cost ``O(m d^2)`` per iteration, far more than the
+gradient's ``O(n d k)``. There they come from their structure under Gaussian
+inputs instead (:class:`_StructuredCurvature`): every row's weight depends on ``x``
+only through the ``2k - 1`` projections ``s = Q (x - mean)`` on the parameter rows
+``Q``, and the rest of ``x`` is Gaussian and independent of ``s``, so
+``sum_i w_i x_i x_i^T`` is ``C (sum_i w_i u_i u_i^T) C^T + (sum_i w_i) Cov_e`` with
+``u = [1, s]``, ``C`` the regression of ``x`` on ``u`` and ``Cov_e`` its residual
+covariance: an ``O(n d k)`` pass and a few ``d x d`` products per iteration.
 """
 
 from __future__ import annotations
@@ -44,6 +54,8 @@ ProgressCallback = Callable[[str, int, float, float], None]
 _MIN_CURVATURE_ROWS = 20_000
 _HALF_LOG_2PI = 0.5 * np.log(2.0 * np.pi)
 _MAX_HALVINGS = 30
+#: Above this many columns the Newton matrices come from their Gaussian structure.
+STRUCTURED_CURVATURE_FEATURES = 600
 # Use the compiled full-data pass (numba, the ``fast`` extra) when it is installed.
 USE_COMPILED = True
 
@@ -107,14 +119,80 @@ class _Stats:
     hess_gate: Array | None = None  # ((k-1) d, (k-1) d)
     gate_missing: Array | None = None  # ((k-1) d, (k-1) d), gating stage only
 
+    def expand(self, structure: _StructuredCurvature, k: int) -> None:
+        """Replace the structured (feature-space) matrices by the ``d x d`` ones."""
+        if self.hess_experts is not None:
+            self.hess_experts = np.array(
+                [structure.expand(H) for H in self.hess_experts]
+            )
+        for name in ("hess_gate", "gate_missing"):
+            M = getattr(self, name)
+            if M is None:
+                continue
+            m = M.shape[0] // (k - 1)
+            blocks = [
+                [
+                    structure.expand(M[a * m : (a + 1) * m, b * m : (b + 1) * m])
+                    for b in range(k - 1)
+                ]
+                for a in range(k - 1)
+            ]
+            setattr(self, name, np.block(blocks))
+
+
+class _StructuredCurvature:
+    """Newton matrices ``sum_i w_i x_i x_i^T`` from their structure under Gaussian
+    inputs, for weights that depend on ``x`` only through the parameter rows ``Q``.
+
+    With ``x ~ N(mean, Cov)`` and ``T`` such that ``s = T^T Q (x - mean)`` has
+    identity covariance, ``x = mean + B s + e`` with ``B = Cov Q^T T`` and ``e``
+    independent of ``s`` with covariance ``Cov_e = Cov - B B^T``. Hence
+    ``E[w x x^T] = C E[w u u^T] C^T + E[w] Cov_e`` with ``u = [1, s]`` and
+    ``C = [mean, B]``. The pass accumulates the small ``sum_i w_i u_i u_i^T``
+    (:meth:`features` gives ``u``); :meth:`expand` returns the ``d x d`` matrix.
+    Exact in expectation; in a sample its error is of the order ``sqrt(d / n)``,
+    which only slows EM's convergence (the gradient is exact).
+    """
+
+    def __init__(self, mean: Array, covariance: Array, params: MoEParams):
+        Q = np.vstack([params.experts, params.gating[: params.n_experts - 1]])
+        CQ = covariance @ Q.T  # (d, r)
+        values, vectors = np.linalg.eigh(Q @ CQ)
+        keep = values > 1e-10 * max(values.max(initial=0.0), 1e-300)
+        T = vectors[:, keep] / np.sqrt(values[keep])
+        self.projection = Q.T @ T  # s = (x - mean) @ projection
+        self.offset = mean @ self.projection
+        basis = CQ @ T  # B
+        self.C = np.column_stack([mean, basis])
+        self.residual_cov = covariance - basis @ basis.T
+
+    def features(self, xc: Array) -> Array:
+        """``u = [1, s]`` for rows ``xc``, shape (m, r + 1)."""
+        s = xc @ self.projection - self.offset
+        return np.column_stack([np.ones(len(xc)), s])
+
+    def expand(self, M: Array) -> Array:
+        """``C M C^T + M_00 Cov_e`` (``M_00 = sum_i w_i``)."""
+        return self.C @ M @ self.C.T + M[0, 0] * self.residual_cov
+
 
 class _Problem:
     """Data and settings shared by the passes of one EM run."""
 
-    def __init__(self, X, y, link: Link, fit_experts: bool, residuals: Array | None):
+    def __init__(
+        self,
+        X,
+        y,
+        link: Link,
+        fit_experts: bool,
+        residuals: Array | None,
+        column_moments: tuple[Array, Array] | None = None,
+    ):
         self.X, self.y, self.link = X, y, link
         self.fit_experts = fit_experts
         self.residuals = residuals
+        # (mean, covariance) of X's columns when the Newton matrices are structured
+        self.column_moments = column_moments
 
     def estep(self, xc: Array, rows, params: MoEParams):
         """Log-likelihoods (m,), responsibilities, gates, residuals, ``eta`` and the
@@ -136,7 +214,14 @@ class _Problem:
         return (*_posterior(scores, res, params.noise_std), res, eta, logits)
 
     def accumulate(
-        self, stats: _Stats, xc, rows, params, gradient: bool, curvature: bool
+        self,
+        stats: _Stats,
+        xc,
+        rows,
+        params,
+        gradient: bool,
+        curvature: bool,
+        structure: _StructuredCurvature | None = None,
     ):
         k = params.n_experts
         ll, resp, gates, res, eta, logits = self.estep(xc, rows, params)
@@ -151,31 +236,38 @@ class _Problem:
                 cols = np.vstack([resp * res * self.link.deriv(eta), cols])
             stats.grad += (cols @ xc).T
         if curvature:
+            f = xc if structure is None else structure.features(xc)
             if self.fit_experts:
                 weight = resp * self.link.deriv(eta) ** 2
                 for j in range(k):
-                    stats.hess_experts[j] += xc.T @ (weight[j][:, None] * xc)
-            d = xc.shape[1]
+                    stats.hess_experts[j] += f.T @ (weight[j][:, None] * f)
+            d = f.shape[1]
             for a in range(k - 1):
                 for b in range(a, k - 1):
                     block = slice(a * d, (a + 1) * d), slice(b * d, (b + 1) * d)
                     if a == b or params.gate == "softmax":
                         w = complete[a, b]
-                        stats.hess_gate[block] += xc.T @ (w[:, None] * xc)
+                        stats.hess_gate[block] += f.T @ (w[:, None] * f)
                     if missing:
                         # The posterior's variance: complete-data minus this is the
                         # gate's observed information with the experts fixed.
                         w = posterior_var[a, b]
-                        stats.gate_missing[block] += xc.T @ (w[:, None] * xc)
+                        stats.gate_missing[block] += f.T @ (w[:, None] * f)
 
     def run_pass(self, params: MoEParams, subset: Array | None) -> _Stats:
-        """Gradient over all rows; Newton matrices over ``subset`` (or all rows)."""
+        """Gradient over all rows; Newton matrices over ``subset`` (or all rows),
+        or from their structure (over all rows) when ``column_moments`` is set."""
         n, d = self.X.shape
         k = params.n_experts
+        structure = None
+        if self.column_moments is not None:
+            structure = _StructuredCurvature(*self.column_moments, params)
+            subset = None
+        m = d if structure is None else structure.C.shape[1]
         n_cols = (2 * k - 1) if self.fit_experts else (k - 1)
         stats = _Stats(grad=np.zeros((d, n_cols)))
-        stats.hess_experts = np.zeros((k, d, d)) if self.fit_experts else None
-        stats.hess_gate = np.zeros(((k - 1) * d, (k - 1) * d))
+        stats.hess_experts = np.zeros((k, m, m)) if self.fit_experts else None
+        stats.hess_gate = np.zeros(((k - 1) * m, (k - 1) * m))
         if not self.fit_experts:
             stats.gate_missing = np.zeros_like(stats.hess_gate)
         fused = subset is None
@@ -192,7 +284,9 @@ class _Problem:
             stats.ll_sum = ll - n * (np.log(params.noise_std) + _HALF_LOG_2PI)
         else:
             for rows in row_slices(n, d):
-                self.accumulate(stats, self.X[rows], rows, params, True, fused)
+                self.accumulate(
+                    stats, self.X[rows], rows, params, True, True, structure
+                )
         if not fused:
             sub = _Stats(
                 hess_experts=stats.hess_experts,
@@ -212,6 +306,8 @@ class _Problem:
         stats.hess_gate = _symmetric_from_upper(stats.hess_gate)
         if stats.gate_missing is not None:
             stats.gate_missing = _symmetric_from_upper(stats.gate_missing)
+        if structure is not None:
+            stats.expand(structure, k)
         return stats
 
 
@@ -321,6 +417,7 @@ def em(
     max_iter: int,
     tol: float,
     rng: np.random.Generator,
+    column_moments: tuple[Array, Array] | None = None,
     min_noise_std: float = 0.0,
     stage: str = "em",
     callback: ProgressCallback | None = None,
@@ -332,12 +429,19 @@ def em(
     (``sqrt(delta^T Cov delta)``), and the relative change of ``sigma`` fall
     below ``tol``; ``converged`` is False if ``max_iter`` iterations did not get there
     (or a step could not raise the likelihood).
+
+    ``column_moments`` is ``(mean, covariance)`` of ``X``'s columns (a constant
+    column has variance 0); given, and with more than
+    :data:`STRUCTURED_CURVATURE_FEATURES` columns, the Newton matrices come from
+    their Gaussian structure (:class:`_StructuredCurvature`).
     """
     n, d = X.shape
     k = params.n_experts
     link = get_link(params.link)
     residuals = None if fit_experts else expert_residuals(X, y, params)
-    problem = _Problem(X, y, link, fit_experts, residuals)
+    if d <= STRUCTURED_CURVATURE_FEATURES:
+        column_moments = None
+    problem = _Problem(X, y, link, fit_experts, residuals, column_moments)
     subset = curvature_rows(n, d, rng)
     history: list[float] = []
     previous: tuple[MoEParams, float] | None = None
@@ -417,12 +521,14 @@ def joint_em_from(
 
     Used for reference optima, e.g. the MLE reached from the true parameters.
     """
+    inputs = input_whitening(X)
     return em(
         X,
         y,
         params,
         fit_experts=True,
-        covariance=input_whitening(X).covariance,
+        covariance=inputs.covariance,
+        column_moments=(inputs.mean, inputs.covariance),
         max_iter=max_iter,
         tol=tol,
         rng=np.random.default_rng(0),

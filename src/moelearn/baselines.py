@@ -129,6 +129,7 @@ class EMMoE(MoEBase):
                 fit_experts=True,
                 fit_noise=self.noise_std is None,
                 covariance=whitening.covariance,
+                column_moments=(whitening.mean, whitening.covariance),
                 max_iter=self.max_iter,
                 tol=self.tol,
                 rng=rng,

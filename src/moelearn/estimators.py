@@ -212,11 +212,16 @@ class SpectralMoE(MoEBase):
         self._log(1, f"spectral step done in {times['spectral']:.2f} s")
 
         covariance = moments.inputs.whitening.covariance
+        column_moments = (moments.inputs.whitening.mean, covariance)
         experts = spectral.experts
         if self.fit_intercept:
             # EM runs on [X, 1]; each intercept starts where the expert's line
             # passes through the means, b_j = mean(y) - a_j . mean(x).
             X = _with_ones(X)
+            column_moments = (
+                np.append(column_moments[0], 1.0),
+                block_diag(covariance, 0.0),
+            )
             covariance = block_diag(covariance, 1.0)
             offsets = y.mean() - experts @ moments.inputs.whitening.mean
             experts = np.column_stack([experts, offsets])
@@ -225,6 +230,7 @@ class SpectralMoE(MoEBase):
         params = replace(params, noise_std=_initial_noise(X, y, params, self.noise_std))
         common = {
             "covariance": covariance,
+            "column_moments": column_moments,
             "rng": rng,
             "callback": self._progress if self.verbose >= 2 else None,
         }

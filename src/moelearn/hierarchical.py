@@ -163,6 +163,7 @@ class HierarchicalMoE(SpectralMoE):
         settings = {
             "fit_noise": self.noise_std is None,
             "covariance": common["covariance"],
+            "column_moments": common["column_moments"],
             "max_iter": max_iter,
             "tol": 1e-2,
             "rng": common["rng"],
