@@ -46,7 +46,7 @@ from scipy.linalg import LinAlgError, cho_factor, cho_solve
 from moelearn import _em_fast
 from moelearn._links import Link, get_link
 from moelearn._model import MoEParams, log_gate_cols, tree_paths
-from moelearn._moments import input_whitening, row_slices
+from moelearn._moments import input_whitening, release_pages, row_slices
 
 Array = np.ndarray
 ProgressCallback = Callable[[str, int, float, float], None]
@@ -84,7 +84,7 @@ def expert_residuals(X: Array, y: Array, params: MoEParams) -> Array:
     """``y_i - g(a_j . x_i)`` for all experts and rows, shape (k, n)."""
     g = get_link(params.link).func
     out = np.empty((params.n_experts, X.shape[0]))
-    for rows in row_slices(*X.shape):
+    for rows in row_slices(*X.shape, mapped=X):
         out[:, rows] = y[rows] - g(params.experts @ X[rows].T)
     return out
 
@@ -283,7 +283,7 @@ class _Problem:
             )
             stats.ll_sum = ll - n * (np.log(params.noise_std) + _HALF_LOG_2PI)
         else:
-            for rows in row_slices(n, d):
+            for rows in row_slices(n, d, mapped=self.X):
                 self.accumulate(
                     stats, self.X[rows], rows, params, True, True, structure
                 )
@@ -296,6 +296,7 @@ class _Problem:
             for part in row_slices(len(subset), d):
                 idx = subset[part]
                 self.accumulate(sub, self.X[idx], idx, params, False, True)
+            release_pages(self.X)
             scale = n / len(subset)
             stats.hess_gate *= scale
             if self.fit_experts:
@@ -510,6 +511,7 @@ def offset_score_statistics(
         scores = np.vstack([resp * res * link.deriv(eta) / params.noise_std**2, cols])
         sums += scores.sum(axis=1)
         squares += (scores * scores).sum(axis=1)
+    release_pages(X)
     z = np.abs(sums) / np.sqrt(np.maximum(squares, 1e-300))
     return z[:k], z[k:]
 

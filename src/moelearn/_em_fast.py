@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from moelearn._moments import release_pages
+
 try:
     import numba
 except ImportError:  # the extra is not installed: the NumPy path is used
@@ -117,16 +119,25 @@ def gradient_pass(X, y, params, fit_experts: bool, residuals):
     k = params.n_experts
     gating = params.gating[: k - 1]  # the last row is zero: its logit is 0
     coef = np.vstack([params.experts, gating]) if fit_experts else gating
-    res = residuals if residuals is not None else np.zeros((k, 1))
-    ll, rss, grad = _pass(
-        X,
-        y,
-        np.ascontiguousarray(coef),
-        k,
-        fit_experts,
-        res,
-        1.0 / params.noise_std,
-        LINK_CODES[params.link],
-        numba.get_num_threads(),
-    )
+    coef = np.ascontiguousarray(coef)
+    n = X.shape[0]
+    ll, rss, grad = 0.0, 0.0, 0.0
+    # Blocks of about 64 MiB: a memory-mapped X's pages are released after each.
+    step = max(1, (64 << 20) // (8 * X.shape[1]))
+    for start in range(0, n, step):
+        rows = slice(start, min(n, start + step))
+        res = residuals[:, rows] if residuals is not None else np.zeros((k, 1))
+        block = _pass(
+            X[rows],
+            y[rows],
+            coef,
+            k,
+            fit_experts,
+            np.ascontiguousarray(res),
+            1.0 / params.noise_std,
+            LINK_CODES[params.link],
+            numba.get_num_threads(),
+        )
+        release_pages(X, rows)
+        ll, rss, grad = ll + block[0], rss + block[1], grad + block[2]
     return ll, rss, grad.T

@@ -126,7 +126,7 @@ def expert_means(X: Array, params: MoEParams) -> Array:
 def predict_mean(X: Array, params: MoEParams) -> Array:
     """``E[y | x] = sum_j pi_j(x) g(a_j . x)``."""
     out = np.empty(X.shape[0])
-    for rows in row_slices(*X.shape):
+    for rows in row_slices(*X.shape, mapped=X):
         out[rows] = (gate_proba(X[rows], params) * expert_means(X[rows], params)).sum(1)
     return out
 
@@ -136,7 +136,7 @@ def log_likelihood_terms(X: Array, y: Array, params: MoEParams) -> tuple[Array, 
     n = X.shape[0]
     ll = np.empty(n)
     resp = np.empty((n, params.n_experts))
-    for rows in row_slices(*X.shape):
+    for rows in row_slices(*X.shape, mapped=X):
         xc = X[rows]
         joint = log_joint(
             log_gate_cols(params.gating @ xc.T, params.gate).T,

@@ -15,6 +15,7 @@ and fold the affine map into the vectors, so the data are never copied.
 
 from __future__ import annotations
 
+import mmap
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -30,11 +31,57 @@ def chunk_rows(n_features: int) -> int:
     return int(np.clip(_CHUNK_BYTES // (8 * max(n_features, 1)), 256, 1 << 16))
 
 
-def row_slices(n_samples: int, n_features: int) -> Iterator[slice]:
-    """Consecutive row slices covering ``range(n_samples)``."""
+def row_slices(
+    n_samples: int, n_features: int, *, mapped: Array | None = None
+) -> Iterator[slice]:
+    """Consecutive row slices covering ``range(n_samples)``.
+
+    With ``mapped`` (the array the loop reads), a memory-mapped array's pages of
+    each chunk are handed back to the OS when the loop moves on
+    (:func:`release_pages`), so a pass over a file larger than memory keeps about
+    one chunk resident.
+    """
     step = chunk_rows(n_features)
     for start in range(0, n_samples, step):
-        yield slice(start, min(start + step, n_samples))
+        rows = slice(start, min(start + step, n_samples))
+        yield rows
+        if mapped is not None:
+            release_pages(mapped, rows)
+
+
+def _mapping(X: Array) -> tuple[mmap.mmap, int] | None:
+    """The read-only file mapping behind ``X`` and the offset of ``X``'s first byte
+    in it, or ``None`` for arrays in memory."""
+    base = X
+    while base is not None and not isinstance(getattr(base, "_mmap", None), mmap.mmap):
+        base = getattr(base, "base", None)
+    if base is None or not X.flags.c_contiguous:
+        return None
+    mm = base._mmap
+    if mm.closed:
+        return None
+    start = np.frombuffer(mm, dtype=np.uint8).ctypes.data
+    return mm, X.ctypes.data - start
+
+
+def release_pages(X: Array, rows: slice | None = None) -> None:
+    """Drop a memory-mapped ``X``'s resident pages for ``rows`` (all rows if None).
+
+    The mapping is read-only and file-backed, so the data stay valid: a later read
+    faults the pages back in from the page cache or the file. A no-op for arrays in
+    memory and where ``madvise`` is not available.
+    """
+    found = _mapping(X) if hasattr(mmap, "MADV_DONTNEED") else None
+    if found is None:
+        return
+    mm, offset = found
+    row_bytes = X.strides[0] if X.ndim > 1 else X.itemsize
+    first, last = (0, X.shape[0]) if rows is None else (rows.start, rows.stop)
+    begin = offset + first * row_bytes
+    end = min(offset + last * row_bytes, len(mm))
+    begin -= begin % mmap.PAGESIZE
+    if end > begin:
+        mm.madvise(mmap.MADV_DONTNEED, begin, end - begin)
 
 
 @dataclass(frozen=True)
@@ -86,7 +133,7 @@ def input_pass(X: Array, p2: Array, omega_raw: Array) -> InputPass:
     sums = np.zeros((2, d))  # [sum x, sum p2 x] about the centre
     s2 = np.zeros((d, d))
     p2_xxo = np.zeros((m, d))  # transposed: sum p2 (omega^T x) x^T
-    for rows in row_slices(n, d):
+    for rows in row_slices(n, d, mapped=X):
         xc = X[rows] - centre if shifted else X[rows]
         w = p2[rows]
         sums += np.vstack([np.ones_like(w), w]) @ xc
@@ -137,6 +184,7 @@ def _marginal_shape(X: Array) -> tuple[Array, Array]:
         c = sub[rows] - mean
         c2 = c * c
         powers += [c2.sum(axis=0), (c2 * c).sum(axis=0), (c2 * c2).sum(axis=0)]
+    release_pages(X)
     m2, m3, m4 = powers / m
     m2 = np.where(m2 > 0, m2, np.inf)
     return m3 / m2**1.5, m4 / (m2 * m2) - 3.0
@@ -164,7 +212,7 @@ def t2_product(X: Array, p2: Array, whitening: Whitening, V: Array) -> Array:
     offset = (whitening.mean @ U)[:, None]
     acc = np.zeros((V.shape[1], d))
     acc_sum = np.zeros(V.shape[1])
-    for rows in row_slices(n, d):
+    for rows in row_slices(n, d, mapped=X):
         xc = X[rows]
         weighted = (U.T @ xc.T - offset) * p2[rows]  # (m, rows): contiguous rows
         acc += weighted @ xc
@@ -196,7 +244,7 @@ def t3_whitened(X: Array, weights: Array, whitening: Whitening, W: Array) -> Arr
     wT = np.ascontiguousarray(weights.T)  # (q, n)
     cube = np.zeros((q, k * k, k))
     first = np.zeros((q, k))
-    for rows in row_slices(n, d):
+    for rows in row_slices(n, d, mapped=X):
         z = U.T @ X[rows].T - offset  # (k, rows): per-coordinate rows are contiguous
         pairs = (z[:, None, :] * z[None, :, :]).reshape(k * k, -1)
         for j in range(q):

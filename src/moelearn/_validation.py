@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from moelearn._moments import row_slices
+
 Array = np.ndarray
 
 
@@ -121,10 +123,21 @@ def check_target(y: Any, n_samples: int, name: str = "y") -> Array:
     return np.ascontiguousarray(arr)
 
 
+def _chunked_sum(arr: Array) -> float:
+    """Sum of all values, row chunk by row chunk (a memory-mapped file's pages are
+    released as the pass goes)."""
+    if arr.ndim != 2:
+        return float(np.add.reduce(arr, axis=None))
+    total = 0.0
+    for rows in row_slices(*arr.shape, mapped=arr):
+        total += float(np.add.reduce(arr[rows], axis=None))
+    return total
+
+
 def _check_finite(arr: Array, name: str) -> None:
     # Fast path: the sum is finite when every value is (NaN and inf propagate); only
     # if it is not (or overflowed) are the values checked one by one.
-    if np.isfinite(np.add.reduce(arr, axis=None)):
+    if np.isfinite(_chunked_sum(arr)):
         return
     if not np.isfinite(arr).all():
         bad = np.argwhere(~np.isfinite(arr))[0]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import warnings
@@ -22,6 +23,7 @@ from moelearn.io import (
     load_model,
     read_table,
     save_model,
+    stream_table,
     write_json,
     write_table,
 )
@@ -148,6 +150,16 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--seed", type=int, default=0)
     fit.add_argument("--out", required=True, help="model file to write (.json)")
     fit.add_argument("--quiet", "-q", action="store_true", help="no progress output")
+    fit.add_argument(
+        "--stream",
+        choices=("auto", "yes", "no"),
+        default="auto",
+        help="read the file in batches into a memory-mapped scratch file instead "
+        "of loading it (auto: when the file is over a quarter of the free memory)",
+    )
+    fit.add_argument(
+        "--scratch", default=None, help="folder for --stream's scratch file"
+    )
 
     pred = sub.add_parser("predict", help="predict E[y|x] and gate probabilities")
     pred.add_argument("model", help="model .json written by 'moelearn fit'")
@@ -275,7 +287,19 @@ def cmd_fit(args) -> int:
         )
     if args.experts is None:
         args.experts = 2**args.depth if hme else 2
+    if _should_stream(args):
+        if args.experts == "auto" or args.fit_intercept:
+            option = "--experts auto" if args.experts == "auto" else "--fit-intercept"
+            raise CLIError(f"{option} cannot be combined with a streamed fit yet")
+        with stream_table(
+            args.data, args.target, args.scratch, _stream_progress(args.quiet)
+        ) as (X, y, names):
+            return _fit_data(args, X, y, names, hme)
     X, y, names = _load_xy(args.data, args.target)
+    return _fit_data(args, X, y, names, hme)
+
+
+def _fit_data(args, X, y, names, hme: bool) -> int:
     settings = {
         ("depth" if hme else "n_experts"): args.depth if hme else args.experts,
         "link": args.link,
@@ -297,6 +321,39 @@ def cmd_fit(args) -> int:
         if args.method != "spectral":
             raise CLIError("--experts auto needs --method spectral")
         return _fit_auto(args, X, y, names, settings)
+    return _fit_one(args, X, y, names, settings)
+
+
+def _should_stream(args) -> bool:
+    if args.stream != "auto":
+        return args.stream == "yes"
+    try:
+        size = Path(args.data).stat().st_size
+        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return size > free / 4
+
+
+def _stream_progress(quiet: bool):
+    if quiet:
+        return None
+    state = {"last": 0.0}
+
+    def show(done: int, total: int | None) -> None:
+        now = time.perf_counter()
+        if now - state["last"] < 0.5 and (total is None or done < total):
+            return
+        state["last"] = now
+        share = f" ({100 * done / total:.0f}%)" if total else ""
+        print(f"\rreading: {done:,} rows{share}", end="", file=sys.stderr, flush=True)
+        if total is not None and done >= total:
+            print(file=sys.stderr)
+
+    return show
+
+
+def _fit_one(args, X, y, names, settings) -> int:
     model = FIT_METHODS[args.method](**settings)
     start = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:

@@ -9,7 +9,7 @@ import os
 import re
 import tempfile
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from moelearn._links import LINKS
+from moelearn._moments import release_pages
 
 Array = np.ndarray
 
@@ -26,6 +27,7 @@ __all__ = [
     "load_model",
     "read_table",
     "save_model",
+    "stream_table",
     "write_table",
 ]
 
@@ -196,6 +198,153 @@ def _read_parquet(path: Path) -> Table:
         except (TypeError, ValueError):
             raise ValueError(f"{path}: column {name!r} is not numeric") from None
     return Table(np.column_stack(cols), names)
+
+
+#: Rows per batch when streaming a file (about 8 MiB of float64 at 20 columns).
+STREAM_BATCH_ROWS = 50_000
+#: CSV is streamed in blocks of this many bytes (pyarrow splits at line ends).
+STREAM_CSV_BLOCK_BYTES = 8 << 20
+
+
+@contextlib.contextmanager
+def stream_table(
+    path: str | os.PathLike,
+    target: str,
+    scratch: str | os.PathLike | None = None,
+    progress: Callable[[int, int | None], None] | None = None,
+) -> Iterator[tuple[Array, Array, list[str]]]:
+    """Stream a data file into a memory-mapped ``X`` and an in-memory ``y``.
+
+    The file is read in batches: :data:`STREAM_BATCH_ROWS` rows of Parquet (pyarrow)
+    or ``.npy`` (a read-only memory map), :data:`STREAM_CSV_BLOCK_BYTES` of CSV
+    and the feature columns are written, batch by batch, to a float64 ``.npy``
+    scratch file in ``scratch`` (the system's temporary folder by default), which
+    is opened read-only as ``X``: the estimators' chunked passes then read it with
+    about one chunk resident at a time (:func:`moelearn._moments.release_pages`).
+    Memory: ``y`` (8 bytes a row) plus a batch. The scratch file (8 bytes per
+    feature and row) is removed when the block ends. ``progress(rows_done,
+    rows_total or None)`` is called after each batch. NaN/inf and non-numeric
+    values raise ``ValueError`` naming the row and column.
+
+    Yields
+    ------
+    ``(X, y, feature_names)``
+    """
+    path = Path(path)
+    suffix = _suffix(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: no such file")
+    if suffix == ".npz":
+        raise ValueError(
+            f"{path}: .npz archives cannot be streamed (they are zipped); convert "
+            "to .npy, CSV or Parquet"
+        )
+    batches, columns, total = _open_batches(path, suffix)
+    if target not in columns:
+        shown = ", ".join(columns[:10]) + (" ..." if len(columns) > 10 else "")
+        raise ValueError(f"target column {target!r} not found; columns are: {shown}")
+    j = columns.index(target)
+    keep = [i for i in range(len(columns)) if i != j]
+    names = [columns[i] for i in keep]
+    with tempfile.TemporaryDirectory(prefix="moelearn-", dir=scratch) as folder:
+        raw = Path(folder) / "X.raw"
+        targets: list[Array] = []
+        done = 0
+        with open(raw, "wb") as fh:
+            for block in batches:
+                bad = ~np.isfinite(block)
+                if bad.any():
+                    r, c = np.argwhere(bad)[0]
+                    kind = "NaN" if np.isnan(block[r, c]) else "an infinite value"
+                    raise ValueError(
+                        f"{path}: {kind} at data row {done + r + 1}, column "
+                        f"{columns[c]!r}; remove or impute it before fitting"
+                    )
+                fh.write(np.ascontiguousarray(block[:, keep]).tobytes())
+                targets.append(block[:, j].copy())
+                done += len(block)
+                if progress is not None:
+                    progress(done, total)
+        if done == 0:
+            raise ValueError(f"{path}: no data rows")
+        X = np.memmap(raw, dtype=np.float64, mode="r", shape=(done, len(keep)))
+        yield X, np.concatenate(targets), names
+
+
+def _open_batches(path: Path, suffix: str):
+    """``(iterator of float64 (rows, columns) blocks, column names, rows or None)``."""
+    if suffix == ".npy":
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+        if arr.ndim != 2 or arr.shape[1] < 2 or arr.dtype.kind not in "fiu":
+            raise ValueError(
+                f"{path}: expected a numeric 2-D array with >= 2 columns, got "
+                f"{arr.dtype} of shape {arr.shape}"
+            )
+        names = [f"x{i}" for i in range(arr.shape[1] - 1)] + ["y"]
+
+        def npy_blocks():
+            for start in range(0, arr.shape[0], STREAM_BATCH_ROWS):
+                rows = slice(start, start + STREAM_BATCH_ROWS)
+                block = np.asarray(arr[rows], dtype=np.float64)
+                release_pages(arr, rows)
+                yield block
+
+        return npy_blocks(), names, arr.shape[0]
+    try:
+        import pyarrow as pa
+        import pyarrow.csv as pcsv
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise ValueError(
+            f"{path}: streaming CSV or Parquet needs pyarrow: pip install "
+            "'moelearn[parquet]'"
+        ) from None
+    if suffix == ".parquet":
+        try:
+            source = pq.ParquetFile(path)
+        except (OSError, pa.ArrowException) as exc:
+            raise ValueError(f"{path}: cannot read the file ({exc})") from None
+        names = list(source.schema_arrow.names)
+        total = source.metadata.num_rows
+        batches = source.iter_batches(batch_size=STREAM_BATCH_ROWS)
+    else:
+        with open(path, newline="") as fh:
+            header = [h.strip() for h in next(csv.reader(fh), [])]
+        try:
+            # Every column read as float64: type inference on the first block alone
+            # would reject a later block's decimals in an integer-looking column.
+            reader = pcsv.open_csv(
+                path,
+                read_options=pcsv.ReadOptions(block_size=STREAM_CSV_BLOCK_BYTES),
+                convert_options=pcsv.ConvertOptions(
+                    column_types=dict.fromkeys(header, pa.float64())
+                ),
+            )
+        except (OSError, pa.ArrowException) as exc:
+            raise ValueError(f"{path}: cannot read the file ({exc})") from None
+        names = list(reader.schema.names)
+        total, batches = None, reader
+
+    def arrow_blocks():
+        try:
+            for batch in batches:
+                cols = []
+                for name, col in zip(names, batch.columns, strict=True):
+                    if not (
+                        pa.types.is_integer(col.type) or pa.types.is_floating(col.type)
+                    ):
+                        raise ValueError(f"{path}: column {name!r} is not numeric")
+                    if col.null_count:
+                        raise ValueError(
+                            f"{path}: column {name!r} has {col.null_count} missing "
+                            "value(s) in a batch; remove or impute them"
+                        )
+                    cols.append(col.to_numpy(zero_copy_only=False).astype(np.float64))
+                yield np.column_stack(cols)
+        except pa.ArrowException as exc:
+            raise ValueError(f"{path}: cannot read the file ({exc})") from None
+
+    return arrow_blocks(), names, total
 
 
 @contextlib.contextmanager

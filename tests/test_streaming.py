@@ -1,0 +1,125 @@
+"""Fits on memory-mapped data and files streamed in batches (``stream_table``)."""
+
+import sys
+import warnings
+
+import numpy as np
+import pytest
+
+import moelearn.io as io_module
+from moelearn import SpectralMoE, make_moe
+from moelearn._moments import release_pages
+from moelearn.cli import main
+from moelearn.io import read_table, stream_table, write_table
+
+pytest.importorskip("pyarrow")
+
+
+def _fit(X, y):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return SpectralMoE(random_state=0).fit(X, y)
+
+
+@pytest.fixture
+def data():
+    X, y, _ = make_moe(30_000, 5, random_state=4)
+    return X, y
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".csv", ".npy"])
+def test_streamed_file_equals_the_loaded_one(tmp_path, monkeypatch, data, suffix):
+    """Batches (made small here so that there are many) rebuild the same columns."""
+    monkeypatch.setattr(io_module, "STREAM_BATCH_ROWS", 7_000)
+    monkeypatch.setattr(io_module, "STREAM_CSV_BLOCK_BYTES", 1 << 19)
+    X, y = data
+    path = tmp_path / f"data{suffix}"
+    write_table(path, {**{f"x{i}": X[:, i] for i in range(5)}, "y": y})
+    loaded, target, names = read_table(path).split("y")
+    seen = []
+    with stream_table(path, "y", tmp_path, lambda done, total: seen.append(done)) as (
+        Xs,
+        ys,
+        streamed_names,
+    ):
+        assert isinstance(Xs, np.memmap) and not Xs.flags.writeable
+        np.testing.assert_array_equal(Xs, loaded)
+        np.testing.assert_array_equal(ys, target)
+        assert streamed_names == names
+    assert seen[-1] == len(y) and len(seen) >= 5
+    assert not list(tmp_path.glob("moelearn-*"))  # the scratch file is gone
+
+
+def test_fit_on_a_memory_map_equals_the_in_memory_fit(tmp_path, data):
+    X, y = data
+    np.save(tmp_path / "X.npy", X)
+    mapped = np.load(tmp_path / "X.npy", mmap_mode="r")
+    on_disk, in_memory = _fit(mapped, y), _fit(X, y)
+    np.testing.assert_allclose(on_disk.experts_, in_memory.experts_, rtol=1e-10)
+    np.testing.assert_allclose(on_disk.gating_, in_memory.gating_, rtol=1e-10)
+    assert on_disk.noise_std_ == pytest.approx(in_memory.noise_std_, rel=1e-10)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc/self/status")
+def test_released_pages_leave_the_resident_set(tmp_path):
+    """A pass over a 240 MB memory map with release keeps the resident set within a
+    few chunks; without release the whole file would become resident."""
+
+    def rss_mb():
+        with open("/proc/self/status") as fh:
+            line = next(s for s in fh if s.startswith("VmRSS"))
+        return int(line.split()[1]) / 1024
+
+    n, d = 1_000_000, 30
+    path = tmp_path / "big.npy"
+    out = np.lib.format.open_memmap(path, mode="w+", shape=(n, d))
+    out[:] = 1.0
+    out.flush()
+    del out
+    X = np.load(path, mmap_mode="r")
+    release_pages(X)
+    before = rss_mb()
+    from moelearn._moments import row_slices
+
+    total = 0.0
+    for rows in row_slices(n, d, mapped=X):
+        total += float(X[rows].sum())
+    assert total == n * d
+    assert rss_mb() - before < 40
+    X[::1000].sum()  # the data stay readable after release
+
+
+def test_stream_errors_name_the_row_and_column(tmp_path, data):
+    X, y = data
+    X = X.copy()
+    X[12_345, 2] = np.nan
+    path = tmp_path / "bad.parquet"
+    write_table(path, {**{f"x{i}": X[:, i] for i in range(5)}, "y": y})
+    with pytest.raises(ValueError, match=r"NaN at data row 12346, column 'x2'"):
+        with stream_table(path, "y", tmp_path):
+            pass
+    with pytest.raises(ValueError, match="target column 'z' not found"):
+        with stream_table(path, "z", tmp_path):
+            pass
+    np.savez(tmp_path / "d.npz", X=X, y=y)
+    with pytest.raises(ValueError, match="cannot be streamed"):
+        with stream_table(tmp_path / "d.npz", "y"):
+            pass
+    assert not list(tmp_path.glob("moelearn-*"))
+
+
+def test_cli_streamed_fit_writes_the_same_model(tmp_path, data, capsys):
+    X, y = data
+    path = tmp_path / "data.parquet"
+    write_table(path, {**{f"x{i}": X[:, i] for i in range(5)}, "y": y})
+    common = ["fit", str(path), "--target", "y", "--seed", "1"]
+    assert main([*common, "--stream", "no", "--out", str(tmp_path / "a.json")]) == 0
+    assert main([*common, "--stream", "yes", "--out", str(tmp_path / "b.json")]) == 0
+    assert "reading: 30,000 rows (100%)" in capsys.readouterr().err
+    a = io_module.load_model(tmp_path / "a.json")
+    b = io_module.load_model(tmp_path / "b.json")
+    np.testing.assert_allclose(b.experts_, a.experts_, rtol=1e-10)
+    np.testing.assert_allclose(b.gating_, a.gating_, rtol=1e-10)
+    code = main([*common, "--stream", "yes", "--fit-intercept", "--out", "c.json"])
+    assert code == 2
+    assert "cannot be combined with a streamed fit" in capsys.readouterr().err
