@@ -3,7 +3,7 @@ import os
 import numpy as np
 import pytest
 
-import moelearn._moments as moments
+import moelearn._passes as passes
 
 
 @pytest.fixture
@@ -15,7 +15,7 @@ def global_random_seed():
 @pytest.fixture
 def small_chunks(monkeypatch):
     """Force many row chunks so chunked accumulation is exercised."""
-    monkeypatch.setattr(moments, "_CHUNK_BYTES", 1)  # chunk_rows clips to 256 rows
+    monkeypatch.setattr(passes, "_CHUNK_BYTES", 1)  # chunk_rows clips to 256 rows
 
 
 def correlated_inputs(n, d, rng, mean_scale=0.3):

@@ -8,7 +8,7 @@ import pytest
 
 import moelearn.io as io_module
 from moelearn import SpectralMoE, make_moe
-from moelearn._moments import release_pages
+from moelearn._passes import release_pages
 from moelearn.cli import main
 from moelearn.io import read_table, stream_table, write_table
 
@@ -79,7 +79,7 @@ def test_released_pages_leave_the_resident_set(tmp_path):
     X = np.load(path, mmap_mode="r")
     release_pages(X)
     before = rss_mb()
-    from moelearn._moments import row_slices
+    from moelearn._passes import row_slices
 
     total = 0.0
     for rows in row_slices(n, d, mapped=X):

@@ -18,8 +18,13 @@ from moelearn._model import (
     predict_mean,
     sample_outputs,
 )
+from moelearn._passes import is_dask, with_ones
 
 Array = np.ndarray
+
+
+def _is_dask_frame(X) -> bool:
+    return type(X).__module__.startswith("dask.") and hasattr(X, "to_dask_array")
 
 
 class MoEBase(RegressorMixin, BaseEstimator):
@@ -31,6 +36,8 @@ class MoEBase(RegressorMixin, BaseEstimator):
 
     # The gate's form: "softmax" (gating_ is (k, d), last row zero) or "tree".
     _gate: ClassVar[str] = "softmax"
+    # Whether fit runs on Dask arrays (passes only; no random minibatches).
+    _accepts_dask: ClassVar[bool] = True
     # Rules for the parameters every estimator has; subclasses add their own.
     _common_constraints: ClassVar[dict] = {
         "n_experts": v.integer(2),
@@ -55,18 +62,21 @@ class MoEBase(RegressorMixin, BaseEstimator):
         """Rules that relate several parameters; subclasses raise ``ValueError``."""
 
     def _validate_training_data(self, X, y) -> tuple[Array, Array]:
-        X, y = validate_data(
-            self,
-            X,
-            y,
-            dtype=np.float64,
-            ensure_all_finite=False,
-            y_numeric=True,
-            order="C",
-            ensure_min_features=1,
-        )
-        X = v.check_finite_2d(X)
-        y = v.check_target(y, X.shape[0])
+        if is_dask(X) or is_dask(y) or _is_dask_frame(X):
+            X, y = self._validate_dask(X, y, reset=True)
+        else:
+            X, y = validate_data(
+                self,
+                X,
+                y,
+                dtype=np.float64,
+                ensure_all_finite=False,
+                y_numeric=True,
+                order="C",
+                ensure_min_features=1,
+            )
+            X = v.check_finite_2d(X)
+            y = v.check_target(y, X.shape[0])
         n, d = X.shape
         k = self.n_experts
         if k > d:
@@ -86,6 +96,34 @@ class MoEBase(RegressorMixin, BaseEstimator):
             raise ValueError("y is constant: there is nothing to learn")
         return X, y
 
+    def _validate_dask(self, X, y, *, reset: bool):
+        """Dask inputs: ``X`` stays a Dask array (float64, chunked by rows, checked
+        in one pass); ``y`` (one float a row) is brought into memory."""
+        if not self._accepts_dask:
+            raise TypeError(
+                f"{type(self).__name__} draws random minibatches and needs X in "
+                "memory: pass X.compute(), or fit SpectralMoE, HierarchicalMoE or "
+                "EMMoE, which run on Dask arrays"
+            )
+        if _is_dask_frame(X):
+            if reset:
+                self.feature_names_in_ = np.asarray([str(c) for c in X.columns])
+            X = X.to_dask_array(lengths=True)
+        elif reset:
+            self.__dict__.pop("feature_names_in_", None)
+        X = v.check_finite_2d(X)
+        if reset:
+            self.n_features_in_ = X.shape[1]
+        elif X.shape[1] != self.n_features_in_:
+            raise ValueError(
+                f"X has {X.shape[1]} features, but {type(self).__name__} is "
+                f"expecting {self.n_features_in_} features as input"
+            )
+        if y is not None:
+            y = np.asarray(y.compute() if is_dask(y) or _is_dask_frame(y) else y)
+            y = v.check_target(y, X.shape[0])
+        return X, y
+
     # ------------------------------------------------------------- inference
     def _params(self) -> MoEParams:
         """The fitted parameters; with intercepts, as slopes on ``[x, 1]``."""
@@ -99,12 +137,15 @@ class MoEBase(RegressorMixin, BaseEstimator):
     def _inputs(self, X) -> Array:
         """Validated inputs; with intercepts, ``[X, 1]``."""
         check_is_fitted(self)
-        X = validate_data(
-            self, X, reset=False, dtype=np.float64, ensure_all_finite=False
-        )
-        X = v.check_finite_2d(X)
+        if is_dask(X) or _is_dask_frame(X):
+            X = self._validate_dask(X, None, reset=False)[0]
+        else:
+            X = validate_data(
+                self, X, reset=False, dtype=np.float64, ensure_all_finite=False
+            )
+            X = v.check_finite_2d(X)
         if hasattr(self, "intercept_"):
-            X = np.column_stack([X, np.ones(X.shape[0])])
+            X = with_ones(X)
         return X
 
     def predict(self, X) -> Array:

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import partial
 
 import numpy as np
 from scipy.linalg import LinAlgError, cho_factor, cho_solve
@@ -46,7 +47,8 @@ from scipy.linalg import LinAlgError, cho_factor, cho_solve
 from moelearn import _em_fast
 from moelearn._links import Link, get_link
 from moelearn._model import MoEParams, log_gate_cols, tree_paths
-from moelearn._moments import input_whitening, release_pages, row_slices
+from moelearn._moments import input_whitening
+from moelearn._passes import map_rows, reduce_rows, take_rows
 
 Array = np.ndarray
 ProgressCallback = Callable[[str, int, float, float], None]
@@ -81,12 +83,14 @@ def curvature_rows(n_samples: int, n_features: int, rng: np.random.Generator):
 
 
 def expert_residuals(X: Array, y: Array, params: MoEParams) -> Array:
-    """``y_i - g(a_j . x_i)`` for all experts and rows, shape (k, n)."""
-    g = get_link(params.link).func
-    out = np.empty((params.n_experts, X.shape[0]))
-    for rows in row_slices(*X.shape, mapped=X):
-        out[:, rows] = y[rows] - g(params.experts @ X[rows].T)
-    return out
+    """``y_i - g(a_j . x_i)`` for all rows and experts, shape (n, k) (one pass)."""
+    return map_rows(
+        partial(_residual_rows, link=params.link, experts=params.experts), X, y
+    )
+
+
+def _residual_rows(xc: Array, yc: Array, link: str, experts: Array) -> Array:
+    return yc[:, None] - get_link(link).func(xc @ experts.T)
 
 
 def _posterior(logits: Array, res: Array, noise_std: float):
@@ -176,6 +180,77 @@ class _StructuredCurvature:
         return self.C @ M @ self.C.T + M[0, 0] * self.residual_cov
 
 
+@dataclass(frozen=True)
+class _PassSpec:
+    """What one EM pass computes (picklable: it travels with Dask tasks)."""
+
+    params: MoEParams
+    fit_experts: bool
+    gradient: bool
+    curvature: bool
+    structure: _StructuredCurvature | None = None
+
+
+def _estep(xc: Array, yc: Array, resc: Array | None, spec: _PassSpec):
+    """Log-likelihoods (m,), responsibilities, gates, residuals, ``eta`` and the
+    gate's logits for a chunk; per-expert arrays are experts-by-rows (``(k, m)``).
+    ``resc`` (m, k) holds the fixed experts' residuals when they are not fitted."""
+    params = spec.params
+    k = params.n_experts
+    if spec.fit_experts:
+        proj = np.vstack([params.experts, params.gating]) @ xc.T
+        eta, logits = proj[:k], proj[k:]
+        res = yc - get_link(params.link).func(eta)
+    else:
+        eta, logits = None, params.gating @ xc.T
+        res = resc.T
+    # The softmax is normalised inside _posterior; a tree's leaf log-probabilities
+    # are already normalised.
+    scores = logits if params.gate == "softmax" else log_gate_cols(logits, "tree")
+    return (*_posterior(scores, res, params.noise_std), res, eta, logits)
+
+
+def _pass_sums(xc: Array, yc: Array, *resc: Array, spec: _PassSpec) -> tuple:
+    """One chunk's ``(ll_sum, rss, grad, hess_experts, hess_gate, gate_missing)``
+    (``None`` for what ``spec`` does not ask for); a kernel for
+    :func:`moelearn._passes.reduce_rows`."""
+    params = spec.params
+    k = params.n_experts
+    link = get_link(params.link)
+    ll, resp, gates, res, eta, logits = _estep(xc, yc, resc[0] if resc else None, spec)
+    missing = spec.curvature and not spec.fit_experts
+    cols, complete, posterior_var = gate_terms(
+        params.gate, logits, gates, resp, spec.curvature, missing
+    )
+    ll_sum = rss = grad = hess_experts = hess_gate = gate_missing = None
+    if spec.gradient:
+        ll_sum = float(ll.sum())
+        rss = float(np.einsum("ij,ij->", resp, res * res))
+        if spec.fit_experts:
+            cols = np.vstack([resp * res * link.deriv(eta), cols])
+        grad = (cols @ xc).T
+    if spec.curvature:
+        f = xc if spec.structure is None else spec.structure.features(xc)
+        m = f.shape[1]
+        if spec.fit_experts:
+            weight = resp * link.deriv(eta) ** 2
+            hess_experts = np.stack([f.T @ (weight[j][:, None] * f) for j in range(k)])
+        hess_gate = np.zeros(((k - 1) * m, (k - 1) * m))
+        gate_missing = np.zeros_like(hess_gate) if missing else None
+        for a in range(k - 1):
+            for b in range(a, k - 1):
+                block = slice(a * m, (a + 1) * m), slice(b * m, (b + 1) * m)
+                if a == b or params.gate == "softmax":
+                    w = complete[a, b]
+                    hess_gate[block] = f.T @ (w[:, None] * f)
+                if missing:
+                    # The posterior's variance: complete-data minus this is the
+                    # gate's observed information with the experts fixed.
+                    w = posterior_var[a, b]
+                    gate_missing[block] = f.T @ (w[:, None] * f)
+    return ll_sum, rss, grad, hess_experts, hess_gate, gate_missing
+
+
 class _Problem:
     """Data and settings shared by the passes of one EM run."""
 
@@ -190,86 +265,31 @@ class _Problem:
     ):
         self.X, self.y, self.link = X, y, link
         self.fit_experts = fit_experts
-        self.residuals = residuals
+        self.residuals = residuals  # (n, k) when the experts are fixed
         # (mean, covariance) of X's columns when the Newton matrices are structured
         self.column_moments = column_moments
+        self._subset: tuple | None = None  # (indices, X, y, residuals) in memory
 
-    def estep(self, xc: Array, rows, params: MoEParams):
-        """Log-likelihoods (m,), responsibilities, gates, residuals, ``eta`` and the
-        gate's logits.
+    def _per_row(self) -> tuple:
+        return (self.y,) if self.residuals is None else (self.y, self.residuals)
 
-        Everything per expert is laid out experts-by-rows (``(k, m)``).
-        """
-        k = params.n_experts
-        if self.fit_experts:
-            proj = np.vstack([params.experts, params.gating]) @ xc.T
-            eta, logits = proj[:k], proj[k:]
-            res = self.y[rows] - self.link.func(eta)
-        else:
-            eta, logits = None, params.gating @ xc.T
-            res = self.residuals[:, rows]
-        # The softmax is normalised inside _posterior; a tree's leaf log-probabilities
-        # are already normalised.
-        scores = logits if params.gate == "softmax" else log_gate_cols(logits, "tree")
-        return (*_posterior(scores, res, params.noise_std), res, eta, logits)
-
-    def accumulate(
-        self,
-        stats: _Stats,
-        xc,
-        rows,
-        params,
-        gradient: bool,
-        curvature: bool,
-        structure: _StructuredCurvature | None = None,
-    ):
-        k = params.n_experts
-        ll, resp, gates, res, eta, logits = self.estep(xc, rows, params)
-        missing = curvature and not self.fit_experts
-        cols, complete, posterior_var = gate_terms(
-            params.gate, logits, gates, resp, curvature, missing
-        )
-        if gradient:
-            stats.ll_sum += ll.sum()
-            stats.rss += np.einsum("ij,ij->", resp, res * res)
-            if self.fit_experts:
-                cols = np.vstack([resp * res * self.link.deriv(eta), cols])
-            stats.grad += (cols @ xc).T
-        if curvature:
-            f = xc if structure is None else structure.features(xc)
-            if self.fit_experts:
-                weight = resp * self.link.deriv(eta) ** 2
-                for j in range(k):
-                    stats.hess_experts[j] += f.T @ (weight[j][:, None] * f)
-            d = f.shape[1]
-            for a in range(k - 1):
-                for b in range(a, k - 1):
-                    block = slice(a * d, (a + 1) * d), slice(b * d, (b + 1) * d)
-                    if a == b or params.gate == "softmax":
-                        w = complete[a, b]
-                        stats.hess_gate[block] += f.T @ (w[:, None] * f)
-                    if missing:
-                        # The posterior's variance: complete-data minus this is the
-                        # gate's observed information with the experts fixed.
-                        w = posterior_var[a, b]
-                        stats.gate_missing[block] += f.T @ (w[:, None] * f)
+    def _subset_rows(self, subset: Array) -> tuple:
+        """The Newton subset's rows, read once per EM run."""
+        if self._subset is None or self._subset[0] is not subset:
+            res = None if self.residuals is None else self.residuals[subset]
+            self._subset = (subset, take_rows(self.X, subset), self.y[subset], res)
+        _, Xs, ys, rs = self._subset
+        return Xs, ((ys,) if rs is None else (ys, rs))
 
     def run_pass(self, params: MoEParams, subset: Array | None) -> _Stats:
         """Gradient over all rows; Newton matrices over ``subset`` (or all rows),
         or from their structure (over all rows) when ``column_moments`` is set."""
-        n, d = self.X.shape
+        n = self.X.shape[0]
         k = params.n_experts
         structure = None
         if self.column_moments is not None:
             structure = _StructuredCurvature(*self.column_moments, params)
             subset = None
-        m = d if structure is None else structure.C.shape[1]
-        n_cols = (2 * k - 1) if self.fit_experts else (k - 1)
-        stats = _Stats(grad=np.zeros((d, n_cols)))
-        stats.hess_experts = np.zeros((k, m, m)) if self.fit_experts else None
-        stats.hess_gate = np.zeros(((k - 1) * m, (k - 1) * m))
-        if not self.fit_experts:
-            stats.gate_missing = np.zeros_like(stats.hess_gate)
         fused = subset is None
         compiled = (
             USE_COMPILED
@@ -277,32 +297,26 @@ class _Problem:
             and params.link in _em_fast.LINK_CODES
             and params.gate == "softmax"
         )
+        stats = _Stats()
         if not fused and compiled:
-            ll, stats.rss, stats.grad = _em_fast.gradient_pass(
-                self.X, self.y, params, self.fit_experts, self.residuals
-            )
+            kernel = _em_fast.gradient_kernel(params, self.fit_experts)
+            ll, stats.rss, stats.grad = reduce_rows(kernel, self.X, *self._per_row())
             stats.ll_sum = ll - n * (np.log(params.noise_std) + _HALF_LOG_2PI)
+            stats.grad = stats.grad.T
         else:
-            for rows in row_slices(n, d, mapped=self.X):
-                self.accumulate(
-                    stats, self.X[rows], rows, params, True, True, structure
-                )
+            spec = _PassSpec(params, self.fit_experts, True, fused, structure)
+            sums = reduce_rows(partial(_pass_sums, spec=spec), self.X, *self._per_row())
+            stats.ll_sum, stats.rss, stats.grad = sums[:3]
+            if fused:
+                stats.hess_experts, stats.hess_gate, stats.gate_missing = sums[3:]
         if not fused:
-            sub = _Stats(
-                hess_experts=stats.hess_experts,
-                hess_gate=stats.hess_gate,
-                gate_missing=stats.gate_missing,
-            )
-            for part in row_slices(len(subset), d):
-                idx = subset[part]
-                self.accumulate(sub, self.X[idx], idx, params, False, True)
-            release_pages(self.X)
+            spec = _PassSpec(params, self.fit_experts, False, True)
+            Xs, per_row = self._subset_rows(subset)
+            sums = reduce_rows(partial(_pass_sums, spec=spec), Xs, *per_row)
             scale = n / len(subset)
-            stats.hess_gate *= scale
-            if self.fit_experts:
-                stats.hess_experts *= scale
-            else:
-                stats.gate_missing *= scale
+            stats.hess_experts, stats.hess_gate, stats.gate_missing = (
+                None if m is None else m * scale for m in sums[3:]
+            )
         # Symmetrise the gate matrices from their upper blocks.
         stats.hess_gate = _symmetric_from_upper(stats.hess_gate)
         if stats.gate_missing is not None:
@@ -500,20 +514,22 @@ def offset_score_statistics(
     (conservative, as the fitted parameters absorb part of the variance).
     Computed over ``rows``; returns ``(z_experts (k,), z_gate (k - 1,))``.
     """
-    link = get_link(params.link)
-    problem = _Problem(X, y, link, True, None)
-    k = params.n_experts
-    sums, squares = np.zeros(2 * k - 1), np.zeros(2 * k - 1)
-    for part in row_slices(len(rows), X.shape[1]):
-        idx = rows[part]
-        _, resp, gates, res, eta, logits = problem.estep(X[idx], idx, params)
-        cols, _, _ = gate_terms(params.gate, logits, gates, resp, False, False)
-        scores = np.vstack([resp * res * link.deriv(eta) / params.noise_std**2, cols])
-        sums += scores.sum(axis=1)
-        squares += (scores * scores).sum(axis=1)
-    release_pages(X)
+    spec = _PassSpec(params, True, False, False)
+    Xs, ys = take_rows(X, rows), y[rows]
+    sums, squares = reduce_rows(partial(_offset_scores, spec=spec), Xs, ys)
     z = np.abs(sums) / np.sqrt(np.maximum(squares, 1e-300))
+    k = params.n_experts
     return z[:k], z[k:]
+
+
+def _offset_scores(xc: Array, yc: Array, spec: _PassSpec) -> tuple[Array, Array]:
+    """Sums and sums of squares of the offsets' per-row scores over a chunk."""
+    params = spec.params
+    _, resp, gates, res, eta, logits = _estep(xc, yc, None, spec)
+    cols, _, _ = gate_terms(params.gate, logits, gates, resp, False, False)
+    deriv = get_link(params.link).deriv(eta)
+    scores = np.vstack([resp * res * deriv / params.noise_std**2, cols])
+    return scores.sum(axis=1), (scores * scores).sum(axis=1)
 
 
 def joint_em_from(

@@ -9,9 +9,9 @@ a test checks the two paths agree.
 
 from __future__ import annotations
 
-import numpy as np
+from functools import partial
 
-from moelearn._moments import release_pages
+import numpy as np
 
 try:
     import numba
@@ -111,33 +111,33 @@ if AVAILABLE:
         return lls.sum(), rsss.sum(), grads.sum(axis=0)
 
 
-def gradient_pass(X, y, params, fit_experts: bool, residuals):
-    """``(sum of log p(y|x) without the -log sigma - log(2 pi)/2 terms, rss, grad)``.
-
-    ``grad`` is (d, n_cols) as in the NumPy path. Requires :data:`AVAILABLE`.
-    """
+def gradient_kernel(params, fit_experts: bool):
+    """A :func:`moelearn._passes.reduce_rows` kernel ``(X, y[, residuals]) ->
+    (sum of log p(y|x) without the -log sigma - log(2 pi)/2 terms, rss, grad)``
+    with ``grad`` (n_cols, d). Requires :data:`AVAILABLE`."""
     k = params.n_experts
     gating = params.gating[: k - 1]  # the last row is zero: its logit is 0
     coef = np.vstack([params.experts, gating]) if fit_experts else gating
-    coef = np.ascontiguousarray(coef)
-    n = X.shape[0]
-    ll, rss, grad = 0.0, 0.0, 0.0
-    # Blocks of about 64 MiB: a memory-mapped X's pages are released after each.
-    step = max(1, (64 << 20) // (8 * X.shape[1]))
-    for start in range(0, n, step):
-        rows = slice(start, min(n, start + step))
-        res = residuals[:, rows] if residuals is not None else np.zeros((k, 1))
-        block = _pass(
-            X[rows],
-            y[rows],
-            coef,
-            k,
-            fit_experts,
-            np.ascontiguousarray(res),
-            1.0 / params.noise_std,
-            LINK_CODES[params.link],
-            numba.get_num_threads(),
-        )
-        release_pages(X, rows)
-        ll, rss, grad = ll + block[0], rss + block[1], grad + block[2]
-    return ll, rss, grad.T
+    return partial(
+        _gradient_sums,
+        coef=np.ascontiguousarray(coef),
+        k=k,
+        fit_experts=fit_experts,
+        inv_sigma=1.0 / params.noise_std,
+        link_code=LINK_CODES[params.link],
+    )
+
+
+def _gradient_sums(xc, yc, *resc, coef, k, fit_experts, inv_sigma, link_code):
+    res = np.ascontiguousarray(resc[0].T) if resc else np.zeros((k, 1))
+    return _pass(
+        np.ascontiguousarray(xc),
+        np.ascontiguousarray(yc),
+        coef,
+        k,
+        fit_experts,
+        res,
+        inv_sigma,
+        link_code,
+        numba.get_num_threads(),
+    )

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from moelearn._links import get_link
-from moelearn._moments import row_slices
+from moelearn._passes import map_rows
 
 Array = np.ndarray
 _HALF_LOG_2PI = 0.5 * np.log(2.0 * np.pi)
@@ -114,8 +114,12 @@ def log_joint(log_gates: Array, residuals: Array, noise_std: float) -> Array:
 
 
 def gate_proba(X: Array, params: MoEParams) -> Array:
-    """Gate probabilities ``pi(x)``, shape (n, k)."""
-    return np.exp(log_gate_cols(params.gating @ X.T, params.gate)).T
+    """Gate probabilities ``pi(x)``, shape (n, k) (one pass over ``X``)."""
+    return map_rows(functools.partial(_gate_rows, params=params), X)
+
+
+def _gate_rows(xc: Array, params: MoEParams) -> Array:
+    return np.exp(log_gate_cols(params.gating @ xc.T, params.gate)).T
 
 
 def expert_means(X: Array, params: MoEParams) -> Array:
@@ -124,28 +128,29 @@ def expert_means(X: Array, params: MoEParams) -> Array:
 
 
 def predict_mean(X: Array, params: MoEParams) -> Array:
-    """``E[y | x] = sum_j pi_j(x) g(a_j . x)``."""
-    out = np.empty(X.shape[0])
-    for rows in row_slices(*X.shape, mapped=X):
-        out[rows] = (gate_proba(X[rows], params) * expert_means(X[rows], params)).sum(1)
-    return out
+    """``E[y | x] = sum_j pi_j(x) g(a_j . x)`` (one pass over ``X``)."""
+    return map_rows(functools.partial(_mean_rows, params=params), X)
+
+
+def _mean_rows(xc: Array, params: MoEParams) -> Array:
+    return (_gate_rows(xc, params) * expert_means(xc, params)).sum(axis=1)
 
 
 def log_likelihood_terms(X: Array, y: Array, params: MoEParams) -> tuple[Array, Array]:
     """Per-sample log-likelihood (n,) and posterior responsibilities (n, k)."""
-    n = X.shape[0]
-    ll = np.empty(n)
-    resp = np.empty((n, params.n_experts))
-    for rows in row_slices(*X.shape, mapped=X):
-        xc = X[rows]
-        joint = log_joint(
-            log_gate_cols(params.gating @ xc.T, params.gate).T,
-            y[rows][:, None] - expert_means(xc, params),
-            params.noise_std,
-        )
-        ll[rows] = logsumexp_rows(joint)
-        resp[rows] = np.exp(joint - ll[rows][:, None])
-    return ll, resp
+    both = map_rows(functools.partial(_likelihood_rows, params=params), X, y)
+    return both[:, 0], both[:, 1:]
+
+
+def _likelihood_rows(xc: Array, yc: Array, params: MoEParams) -> Array:
+    """``[log p(y|x), responsibilities]`` per row, shape (m, 1 + k)."""
+    joint = log_joint(
+        log_gate_cols(params.gating @ xc.T, params.gate).T,
+        yc[:, None] - expert_means(xc, params),
+        params.noise_std,
+    )
+    ll = logsumexp_rows(joint)
+    return np.column_stack([ll, np.exp(joint - ll[:, None])])
 
 
 def sample_outputs(
@@ -157,5 +162,6 @@ def sample_outputs(
     z = np.minimum(
         (gates.cumsum(axis=1) < u[:, None]).sum(axis=1), params.n_experts - 1
     )
-    means = expert_means(X, params)[np.arange(X.shape[0]), z]
+    means = map_rows(functools.partial(expert_means, params=params), X)
+    means = means[np.arange(X.shape[0]), z]
     return means + params.noise_std * rng.standard_normal(X.shape[0]), z

@@ -15,73 +15,20 @@ and fold the affine map into the vectors, so the data are never copied.
 
 from __future__ import annotations
 
-import mmap
-from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
+from moelearn._passes import (
+    chunk_rows,
+    reduce_rows,
+    release_pages,
+    row_slices,
+    take_rows,
+)
+
 Array = np.ndarray
-
-_CHUNK_BYTES = 1 << 22  # rows per chunk chosen so that a chunk stays in cache
-
-
-def chunk_rows(n_features: int) -> int:
-    """Rows per chunk for ``n_features`` columns of float64 (about 4 MiB)."""
-    return int(np.clip(_CHUNK_BYTES // (8 * max(n_features, 1)), 256, 1 << 16))
-
-
-def row_slices(
-    n_samples: int, n_features: int, *, mapped: Array | None = None
-) -> Iterator[slice]:
-    """Consecutive row slices covering ``range(n_samples)``.
-
-    With ``mapped`` (the array the loop reads), a memory-mapped array's pages of
-    each chunk are handed back to the OS when the loop moves on
-    (:func:`release_pages`), so a pass over a file larger than memory keeps about
-    one chunk resident.
-    """
-    step = chunk_rows(n_features)
-    for start in range(0, n_samples, step):
-        rows = slice(start, min(start + step, n_samples))
-        yield rows
-        if mapped is not None:
-            release_pages(mapped, rows)
-
-
-def _mapping(X: Array) -> tuple[mmap.mmap, int] | None:
-    """The read-only file mapping behind ``X`` and the offset of ``X``'s first byte
-    in it, or ``None`` for arrays in memory."""
-    base = X
-    while base is not None and not isinstance(getattr(base, "_mmap", None), mmap.mmap):
-        base = getattr(base, "base", None)
-    if base is None or not X.flags.c_contiguous:
-        return None
-    mm = base._mmap
-    if mm.closed:
-        return None
-    start = np.frombuffer(mm, dtype=np.uint8).ctypes.data
-    return mm, X.ctypes.data - start
-
-
-def release_pages(X: Array, rows: slice | None = None) -> None:
-    """Drop a memory-mapped ``X``'s resident pages for ``rows`` (all rows if None).
-
-    The mapping is read-only and file-backed, so the data stay valid: a later read
-    faults the pages back in from the page cache or the file. A no-op for arrays in
-    memory and where ``madvise`` is not available.
-    """
-    found = _mapping(X) if hasattr(mmap, "MADV_DONTNEED") else None
-    if found is None:
-        return
-    mm, offset = found
-    row_bytes = X.strides[0] if X.ndim > 1 else X.itemsize
-    first, last = (0, X.shape[0]) if rows is None else (rows.start, rows.stop)
-    begin = offset + first * row_bytes
-    end = min(offset + last * row_bytes, len(mm))
-    begin -= begin % mmap.PAGESIZE
-    if end > begin:
-        mm.madvise(mmap.MADV_DONTNEED, begin, end - begin)
 
 
 @dataclass(frozen=True)
@@ -124,21 +71,13 @@ def input_pass(X: Array, p2: Array, omega_raw: Array) -> InputPass:
     :data:`SHAPE_ROWS` rows (standard error ``sqrt(6 / m)`` <= 0.011).
     """
     n, d = X.shape
-    first = X[: chunk_rows(d)]
+    first = take_rows(X, slice(0, chunk_rows(d)))
     centre = first.mean(axis=0)
     if np.all(np.abs(centre) <= 10.0 * (first.std(axis=0) + 1e-300)):
         centre = np.zeros(d)  # cancellation costs at most two digits
-    shifted = np.any(centre != 0)
-    m = omega_raw.shape[1]
-    sums = np.zeros((2, d))  # [sum x, sum p2 x] about the centre
-    s2 = np.zeros((d, d))
-    p2_xxo = np.zeros((m, d))  # transposed: sum p2 (omega^T x) x^T
-    for rows in row_slices(n, d, mapped=X):
-        xc = X[rows] - centre if shifted else X[rows]
-        w = p2[rows]
-        sums += np.vstack([np.ones_like(w), w]) @ xc
-        s2 += xc.T @ xc
-        p2_xxo += ((omega_raw.T @ xc.T) * w) @ xc
+    sums, s2, p2_xxo = reduce_rows(
+        partial(_input_sums, centre=centre, omega_raw=omega_raw), X, p2
+    )
     s1, p2_x = sums
     p2_sum = float(p2.sum())
     delta = s1 / n  # mean - centre
@@ -164,6 +103,15 @@ def input_pass(X: Array, p2: Array, omega_raw: Array) -> InputPass:
     )
 
 
+def _input_sums(xc: Array, w: Array, centre: Array, omega_raw: Array):
+    """``[sum x, sum p2 x]``, ``sum x x^T`` and ``sum p2 (omega^T x) x^T`` (the
+    last transposed) over a chunk, about ``centre``."""
+    if np.any(centre != 0):
+        xc = xc - centre
+    sums = np.vstack([np.ones_like(w), w]) @ xc
+    return sums, xc.T @ xc, ((omega_raw.T @ xc.T) * w) @ xc
+
+
 def input_whitening(X: Array) -> Whitening:
     """The input whitening alone (mean, covariance, ``Cov^{-1/2}``), in one pass."""
     n, d = X.shape
@@ -176,7 +124,7 @@ SHAPE_ROWS = 50_000
 def _marginal_shape(X: Array) -> tuple[Array, Array]:
     """Per-column skewness and excess kurtosis on an evenly strided row subset."""
     step = max(1, X.shape[0] // SHAPE_ROWS)
-    sub = X[::step]
+    sub = take_rows(X, slice(None, None, step))
     m, d = sub.shape
     mean = sub.mean(axis=0)
     powers = np.zeros((3, d))
@@ -207,18 +155,29 @@ def t2_product(X: Array, p2: Array, whitening: Whitening, V: Array) -> Array:
 
     ``T2 V = L^T E[P2(y) (x - mean) (x - mean)^T] L V - E[P2(y)] V``.
     """
-    n, d = X.shape
+    n = X.shape[0]
     U = whitening.transform @ V  # acts on centred raw rows
     offset = (whitening.mean @ U)[:, None]
-    acc = np.zeros((V.shape[1], d))
-    acc_sum = np.zeros(V.shape[1])
-    for rows in row_slices(n, d, mapped=X):
-        xc = X[rows]
-        weighted = (U.T @ xc.T - offset) * p2[rows]  # (m, rows): contiguous rows
-        acc += weighted @ xc
-        acc_sum += weighted.sum(axis=1)
+    acc, acc_sum = reduce_rows(partial(_t2_sums, U=U, offset=offset), X, p2)
     centred = (acc.T - np.outer(whitening.mean, acc_sum)) / n
     return whitening.transform.T @ centred - p2.mean() * V
+
+
+def _t3_sums(xc: Array, weights: Array, U: Array, offset: Array):
+    """``sum_i P(y_i) z_a z_b z_c`` (q, k * k, k) and ``sum_i P(y_i) z_a`` (q, k),
+    ``z = U^T x - offset``, over a chunk."""
+    z = U.T @ xc.T - offset  # (k, rows): per-coordinate rows are contiguous
+    k = z.shape[0]
+    pairs = (z[:, None, :] * z[None, :, :]).reshape(k * k, -1)
+    wT = np.ascontiguousarray(weights.T)  # (q, rows)
+    cube = np.stack([(pairs * w) @ z.T for w in wT])
+    return cube, wT @ z.T
+
+
+def _t2_sums(xc: Array, w: Array, U: Array, offset: Array):
+    """``sum p2 (U^T x - offset) x^T`` and ``sum p2 (U^T x - offset)`` over a chunk."""
+    weighted = (U.T @ xc.T - offset) * w  # (m, rows): contiguous rows
+    return weighted @ xc, weighted.sum(axis=1)
 
 
 def t3_whitened(X: Array, weights: Array, whitening: Whitening, W: Array) -> Array:
@@ -235,22 +194,13 @@ def t3_whitened(X: Array, weights: Array, whitening: Whitening, W: Array) -> Arr
     -------
     (q, k, k, k) array: ``E[P(y) S3(x)]`` contracted with ``W`` on every mode.
     """
-    n, d = X.shape
+    n = X.shape[0]
     k = W.shape[1]
     weights = weights.reshape(n, -1)
     q = weights.shape[1]
     U = whitening.transform @ W
     offset = (whitening.mean @ U)[:, None]
-    wT = np.ascontiguousarray(weights.T)  # (q, n)
-    cube = np.zeros((q, k * k, k))
-    first = np.zeros((q, k))
-    for rows in row_slices(n, d, mapped=X):
-        z = U.T @ X[rows].T - offset  # (k, rows): per-coordinate rows are contiguous
-        pairs = (z[:, None, :] * z[None, :, :]).reshape(k * k, -1)
-        for j in range(q):
-            w = wT[j, rows]
-            first[j] += z @ w
-            cube[j] += (pairs * w) @ z.T
+    cube, first = reduce_rows(partial(_t3_sums, U=U, offset=offset), X, weights)
     cube = cube.reshape(q, k, k, k) / n
     first /= n
     M = W.T @ W

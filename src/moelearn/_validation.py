@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from moelearn._moments import row_slices
+from moelearn._passes import is_dask, reduce_rows
 
 Array = np.ndarray
 
@@ -92,7 +92,10 @@ def validate_params(estimator: Any, constraints: dict[str, Callable[[Any], bool]
 
 
 def check_finite_2d(X: Any, name: str = "X") -> Array:
-    """A C-contiguous float64 2-D array with only finite values."""
+    """A C-contiguous float64 2-D array with only finite values (a Dask array
+    stays one: float64, chunked by rows only, checked in one pass)."""
+    if is_dask(X):
+        return _check_dask_2d(X, name)
     try:
         arr = np.asarray(X, dtype=np.float64)
     except (TypeError, ValueError) as exc:
@@ -124,14 +127,44 @@ def check_target(y: Any, n_samples: int, name: str = "y") -> Array:
 
 
 def _chunked_sum(arr: Array) -> float:
-    """Sum of all values, row chunk by row chunk (a memory-mapped file's pages are
-    released as the pass goes)."""
+    """Sum of all values, one pass over row chunks (a memory-mapped file's pages
+    are released as the pass goes)."""
     if arr.ndim != 2:
         return float(np.add.reduce(arr, axis=None))
-    total = 0.0
-    for rows in row_slices(*arr.shape, mapped=arr):
-        total += float(np.add.reduce(arr[rows], axis=None))
-    return total
+    return float(reduce_rows(_sum_rows, arr))
+
+
+def _sum_rows(xc: Array) -> float:
+    return float(np.add.reduce(xc, axis=None))
+
+
+def _count_nonfinite(xc: Array) -> int:
+    return int(np.count_nonzero(~np.isfinite(xc)))
+
+
+def _check_dask_2d(X, name: str):
+    if X.ndim != 2:
+        raise ValueError(
+            f"{name} must be a 2-D array (n_samples, n_features); got shape {X.shape}"
+        )
+    if any(np.isnan(c) for c in X.shape):
+        raise ValueError(
+            f"{name}'s number of rows is unknown; compute the chunk sizes first "
+            "(X.compute_chunk_sizes(), or to_dask_array(lengths=True))"
+        )
+    if X.dtype.kind not in "fiub":
+        raise ValueError(f"{name} must be numeric; got dtype {X.dtype}")
+    X = X.astype(np.float64)
+    if len(X.chunks[1]) > 1:
+        X = X.rechunk({1: -1})
+    if not np.isfinite(_chunked_sum(X)):
+        count = reduce_rows(_count_nonfinite, X)
+        if count:
+            raise ValueError(
+                f"{name} contains {count} non-finite value(s) (NaN or infinite); "
+                "remove or impute them before fitting"
+            )
+    return X
 
 
 def _check_finite(arr: Array, name: str) -> None:

@@ -206,6 +206,8 @@ class GradientMoE(MinibatchMixin, MoEBase):
     n_features_in_ : int
     """
 
+    _accepts_dask = False
+
     _parameter_constraints: ClassVar[dict] = {
         **MoEBase._common_constraints,
         "loss": v.one_of("nll", "l2"),

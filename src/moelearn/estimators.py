@@ -17,6 +17,7 @@ from moelearn._base import MoEBase
 from moelearn._em import EMResult, em, offset_score_statistics
 from moelearn._links import get_link
 from moelearn._model import MoEParams, n_gate_rows
+from moelearn._passes import take_rows, with_ones
 from moelearn._spectral import SpectralMoments, spectral_moments, spectral_solve
 from moelearn.metrics import parameter_error
 
@@ -217,7 +218,7 @@ class SpectralMoE(MoEBase):
         if self.fit_intercept:
             # EM runs on [X, 1]; each intercept starts where the expert's line
             # passes through the means, b_j = mean(y) - a_j . mean(x).
-            X = _with_ones(X)
+            X = with_ones(X)
             column_moments = (
                 np.append(column_moments[0], 1.0),
                 block_diag(covariance, 0.0),
@@ -496,11 +497,6 @@ def _final_log_likelihood(result: EMResult) -> float:
     return result.log_likelihood[-1] if result.log_likelihood else -np.inf
 
 
-def _with_ones(X: Array) -> Array:
-    """``[X, 1]``: the design with a constant column for the intercepts."""
-    return np.column_stack([X, np.ones(X.shape[0])])
-
-
 def _matching_order(new: Array, old: Array) -> Array:
     """The order of ``new``'s rows that best matches ``old``'s, row by row."""
     cost = np.linalg.norm(new[:, None, :] - old[None, :, :], axis=2)
@@ -514,6 +510,6 @@ def _initial_noise(X: Array, y: Array, params: MoEParams, known: float | None) -
         return float(known)
     g = get_link(params.link).func
     m = min(len(y), 20_000)
-    resid = y[:m, None] - g(X[:m] @ params.experts.T)
+    resid = y[:m, None] - g(take_rows(X, slice(0, m)) @ params.experts.T)
     rms = float(np.sqrt(np.mean(np.min(resid**2, axis=1))))
     return max(rms, 1e-6 * float(np.std(y)) + 1e-12)

@@ -12,6 +12,7 @@ import numpy as np
 from moelearn import _validation as v
 from moelearn._em import em
 from moelearn._model import MoEParams
+from moelearn._passes import take_rows
 from moelearn.estimators import SpectralMoE
 
 Array = np.ndarray
@@ -159,7 +160,7 @@ class HierarchicalMoE(SpectralMoE):
             if rows == n
             else np.sort(common["rng"].choice(n, size=rows, replace=False))
         )
-        Xs, ys = X[subset], y[subset]
+        Xs, ys = take_rows(X, subset), y[subset]
         settings = {
             "fit_noise": self.noise_std is None,
             "covariance": common["covariance"],

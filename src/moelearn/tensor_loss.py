@@ -116,6 +116,8 @@ class TensorLossMoE(MinibatchMixin, MoEBase):
     landscape design", ICLR 2018.
     """
 
+    _accepts_dask = False
+
     _parameter_constraints: ClassVar[dict] = {
         **MoEBase._common_constraints,
         "link": v.one_of("linear"),

@@ -1,0 +1,202 @@
+"""Passes over the rows: the only way the learners read the inputs ``X``.
+
+Three operations, each one pass (or less) over ``X``:
+
+* :func:`reduce_rows` — ``sum_chunks kernel(X_chunk, *per_row_chunks)``, for the
+  moments, EM's gradients and Newton matrices;
+* :func:`map_rows` — the kernel's per-row results, stacked (residuals, predictions);
+* :func:`take_rows` — some rows as an in-memory array (a Newton subset, a screen).
+
+``X`` may be
+
+* an in-memory array: the kernel runs on consecutive row chunks of about 4 MiB;
+* a memory-mapped array (``np.load(..., mmap_mode="r")``, :func:`moelearn.io.
+  stream_table`): the same, and each chunk's pages are released once read, so a
+  file larger than memory is read with about one chunk resident;
+* a Dask array (rows chunked, the ``dask`` extra): a pass is one Dask computation,
+  a task per block (the kernel on the block's row chunks) and a tree of sums, run
+  by the active scheduler (e.g. a ``dask.distributed`` cluster). The per-row
+  vectors (``y`` and what is computed from it, ``n x k`` at most) stay with the
+  caller and travel with the tasks; ``X`` stays where Dask keeps it.
+
+Kernels are module-level functions (or ``functools.partial`` of them) returning an
+array, a float or a tuple of those, so that partial results add up and the tasks
+can be sent to other processes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import mmap
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+
+Array = np.ndarray
+Kernel = Callable[..., Any]
+
+_CHUNK_BYTES = 1 << 22  # rows per chunk chosen so that a chunk stays in cache
+
+
+def chunk_rows(n_features: int) -> int:
+    """Rows per chunk for ``n_features`` columns of float64 (about 4 MiB)."""
+    return int(np.clip(_CHUNK_BYTES // (8 * max(n_features, 1)), 256, 1 << 16))
+
+
+def row_slices(
+    n_samples: int, n_features: int, *, mapped: Array | None = None
+) -> Iterator[slice]:
+    """Consecutive row slices covering ``range(n_samples)``.
+
+    With ``mapped`` (the array the loop reads), a memory-mapped array's pages of
+    each chunk are handed back to the OS when the loop moves on
+    (:func:`release_pages`), so a pass over a file larger than memory keeps about
+    one chunk resident.
+    """
+    step = chunk_rows(n_features)
+    for start in range(0, n_samples, step):
+        rows = slice(start, min(start + step, n_samples))
+        yield rows
+        if mapped is not None:
+            release_pages(mapped, rows)
+
+
+def _mapping(X: Array) -> tuple[mmap.mmap, int] | None:
+    """The read-only file mapping behind ``X`` and the offset of ``X``'s first byte
+    in it, or ``None`` for arrays in memory."""
+    base = X
+    while base is not None and not isinstance(getattr(base, "_mmap", None), mmap.mmap):
+        base = getattr(base, "base", None)
+    if base is None or not X.flags.c_contiguous:
+        return None
+    mm = base._mmap
+    if mm.closed:
+        return None
+    start = np.frombuffer(mm, dtype=np.uint8).ctypes.data
+    return mm, X.ctypes.data - start
+
+
+def release_pages(X: Array, rows: slice | None = None) -> None:
+    """Drop a memory-mapped ``X``'s resident pages for ``rows`` (all rows if None).
+
+    The mapping is read-only and file-backed, so the data stay valid: a later read
+    faults the pages back in from the page cache or the file. A no-op for arrays in
+    memory and where ``madvise`` is not available.
+    """
+    found = _mapping(X) if hasattr(mmap, "MADV_DONTNEED") else None
+    if found is None:
+        return
+    mm, offset = found
+    row_bytes = X.strides[0] if X.ndim > 1 else X.itemsize
+    first, last = (0, X.shape[0]) if rows is None else (rows.start, rows.stop)
+    begin = offset + first * row_bytes
+    end = min(offset + last * row_bytes, len(mm))
+    begin -= begin % mmap.PAGESIZE
+    if end > begin:
+        mm.madvise(mmap.MADV_DONTNEED, begin, end - begin)
+
+
+#: Partial sums are added in groups of this many (the depth of the Dask tree).
+_TREE_WIDTH = 8
+
+
+def is_dask(X: Any) -> bool:
+    """Whether ``X`` is a Dask array (checked without importing Dask)."""
+    return type(X).__module__.startswith("dask.") and hasattr(X, "to_delayed")
+
+
+def add_results(*parts: Any) -> Any:
+    """Sum kernel results of the same structure (arrays, floats, tuples of them)."""
+    first = parts[0]
+    if isinstance(first, tuple):
+        return tuple(add_results(*items) for items in zip(*parts, strict=True))
+    if first is None:
+        return None
+    total = np.array(first, dtype=float, copy=True) if np.ndim(first) else first
+    for part in parts[1:]:
+        total = total + part
+    return total
+
+
+def _local_reduce(kernel: Kernel, X: Array, per_row: tuple) -> Any:
+    total = None
+    for rows in row_slices(*X.shape, mapped=X):
+        part = kernel(X[rows], *(a[rows] for a in per_row))
+        total = part if total is None else add_results(total, part)
+    return total
+
+
+def _local_map(kernel: Kernel, X: Array, per_row: tuple) -> Array:
+    parts = [
+        kernel(X[rows], *(a[rows] for a in per_row))
+        for rows in row_slices(*X.shape, mapped=X)
+    ]
+    return np.concatenate(parts, axis=0)
+
+
+def _blocks(X) -> tuple[list, list[slice]]:
+    """Dask blocks of whole rows and the row slice each covers."""
+    if len(X.chunks[1]) > 1:
+        X = X.rechunk({1: -1})
+    bounds = np.cumsum((0, *X.chunks[0]))
+    slices = [slice(int(a), int(b)) for a, b in itertools.pairwise(bounds)]
+    return list(X.to_delayed().ravel()), slices
+
+
+def reduce_rows(kernel: Kernel, X, *per_row: Array) -> Any:
+    """``sum over row chunks c of kernel(X[c], *(a[c] for a in per_row))``.
+
+    ``per_row`` arrays have the rows first. Returns what the kernel returns, summed.
+    """
+    if not is_dask(X):
+        return _local_reduce(kernel, X, per_row)
+    import dask
+
+    blocks, slices = _blocks(X)
+    parts = [
+        dask.delayed(_local_reduce, pure=True)(
+            kernel, block, tuple(a[s] for a in per_row)
+        )
+        for block, s in zip(blocks, slices, strict=True)
+    ]
+    while len(parts) > 1:
+        parts = [
+            dask.delayed(add_results, pure=True)(*parts[i : i + _TREE_WIDTH])
+            for i in range(0, len(parts), _TREE_WIDTH)
+        ]
+    return dask.compute(parts[0])[0]
+
+
+def map_rows(kernel: Kernel, X, *per_row: Array) -> Array:
+    """``kernel`` on every row chunk, results stacked along the first axis (in
+    memory, whatever ``X`` is)."""
+    if not is_dask(X):
+        return _local_map(kernel, X, per_row)
+    import dask
+
+    blocks, slices = _blocks(X)
+    parts = [
+        dask.delayed(_local_map, pure=True)(kernel, block, tuple(a[s] for a in per_row))
+        for block, s in zip(blocks, slices, strict=True)
+    ]
+    return np.concatenate(dask.compute(*parts), axis=0)
+
+
+def take_rows(X, rows: slice | Array) -> Array:
+    """``X[rows]`` as an in-memory float64 array (``rows`` a slice or sorted
+    indices)."""
+    if is_dask(X):
+        return np.asarray(X[rows].compute(), dtype=np.float64)
+    return np.asarray(X[rows])
+
+
+def with_ones(X) -> Array:
+    """``[X, 1]``: the design with a constant column (for intercepts); a Dask
+    array stays one, chunked by rows."""
+    if is_dask(X):
+        import dask.array as da
+
+        ones = da.ones((X.shape[0], 1), chunks=(X.chunks[0], 1))
+        return da.concatenate([X, ones], axis=1).rechunk({1: -1})
+    return np.column_stack([X, np.ones(X.shape[0])])
