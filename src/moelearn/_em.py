@@ -48,7 +48,7 @@ from moelearn import _em_fast
 from moelearn._links import Link, get_link
 from moelearn._model import MoEParams, log_gate_cols, tree_paths
 from moelearn._moments import input_whitening
-from moelearn._passes import map_rows, reduce_rows, take_rows
+from moelearn._passes import map_rows, reduce_rows, row_slices, take_rows
 
 Array = np.ndarray
 ProgressCallback = Callable[[str, int, float, float], None]
@@ -300,7 +300,9 @@ class _Problem:
         stats = _Stats()
         if not fused and compiled:
             kernel = _em_fast.gradient_kernel(params, self.fit_experts)
-            ll, stats.rss, stats.grad = reduce_rows(kernel, self.X, *self._per_row())
+            ll, stats.rss, stats.grad = reduce_rows(
+                kernel, self.X, *self._per_row(), scale=_em_fast.CHUNK_SCALE
+            )
             stats.ll_sum = ll - n * (np.log(params.noise_std) + _HALF_LOG_2PI)
             stats.grad = stats.grad.T
         else:
@@ -515,8 +517,11 @@ def offset_score_statistics(
     Computed over ``rows``; returns ``(z_experts (k,), z_gate (k - 1,))``.
     """
     spec = _PassSpec(params, True, False, False)
-    Xs, ys = take_rows(X, rows), y[rows]
-    sums, squares = reduce_rows(partial(_offset_scores, spec=spec), Xs, ys)
+    sums = squares = 0.0
+    for part in row_slices(len(rows), X.shape[1]):  # a chunk of the rows at a time
+        idx = rows[part]
+        chunk_sums, chunk_squares = _offset_scores(take_rows(X, idx), y[idx], spec)
+        sums, squares = sums + chunk_sums, squares + chunk_squares
     z = np.abs(sums) / np.sqrt(np.maximum(squares, 1e-300))
     k = params.n_experts
     return z[:k], z[k:]

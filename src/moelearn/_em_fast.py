@@ -19,6 +19,9 @@ except ImportError:  # the extra is not installed: the NumPy path is used
     numba = None
 
 AVAILABLE = numba is not None
+#: The compiled pass takes chunks this many times the usual size (about 64 MiB):
+#: each call starts the threads anew.
+CHUNK_SCALE = 16
 LINK_CODES = {"linear": 0, "sigmoid": 1, "tanh": 2, "relu": 3}
 
 if AVAILABLE:
@@ -68,7 +71,7 @@ if AVAILABLE:
                             res[j] = y[i] - max(eta, 0.0)
                             deriv[j] = 1.0 if eta > 0.0 else 0.0
                     else:
-                        res[j] = residuals[j, i]
+                        res[j] = residuals[i, j]
                 for j in range(k - 1):
                     logit[j] = proj[offset + j]
                 logit[k - 1] = 0.0
@@ -129,7 +132,7 @@ def gradient_kernel(params, fit_experts: bool):
 
 
 def _gradient_sums(xc, yc, *resc, coef, k, fit_experts, inv_sigma, link_code):
-    res = np.ascontiguousarray(resc[0].T) if resc else np.zeros((k, 1))
+    res = np.ascontiguousarray(resc[0]) if resc else np.zeros((1, k))  # (m, k)
     return _pass(
         np.ascontiguousarray(xc),
         np.ascontiguousarray(yc),

@@ -39,22 +39,25 @@ Kernel = Callable[..., Any]
 _CHUNK_BYTES = 1 << 22  # rows per chunk chosen so that a chunk stays in cache
 
 
-def chunk_rows(n_features: int) -> int:
-    """Rows per chunk for ``n_features`` columns of float64 (about 4 MiB)."""
-    return int(np.clip(_CHUNK_BYTES // (8 * max(n_features, 1)), 256, 1 << 16))
+def chunk_rows(n_features: int, scale: int = 1) -> int:
+    """Rows per chunk for ``n_features`` columns of float64 (about 4 MiB, times
+    ``scale``)."""
+    rows = scale * _CHUNK_BYTES // (8 * max(n_features, 1))
+    return int(np.clip(rows, 256, scale << 16))
 
 
 def row_slices(
-    n_samples: int, n_features: int, *, mapped: Array | None = None
+    n_samples: int, n_features: int, *, mapped: Array | None = None, scale: int = 1
 ) -> Iterator[slice]:
     """Consecutive row slices covering ``range(n_samples)``.
 
     With ``mapped`` (the array the loop reads), a memory-mapped array's pages of
     each chunk are handed back to the OS when the loop moves on
     (:func:`release_pages`), so a pass over a file larger than memory keeps about
-    one chunk resident.
+    one chunk resident. ``scale`` multiplies the chunk size (for compiled kernels
+    that split a chunk between threads).
     """
-    step = chunk_rows(n_features)
+    step = chunk_rows(n_features, scale)
     for start in range(0, n_samples, step):
         rows = slice(start, min(start + step, n_samples))
         yield rows
@@ -119,9 +122,9 @@ def add_results(*parts: Any) -> Any:
     return total
 
 
-def _local_reduce(kernel: Kernel, X: Array, per_row: tuple) -> Any:
+def _local_reduce(kernel: Kernel, X: Array, per_row: tuple, scale: int = 1) -> Any:
     total = None
-    for rows in row_slices(*X.shape, mapped=X):
+    for rows in row_slices(*X.shape, mapped=X, scale=scale):
         part = kernel(X[rows], *(a[rows] for a in per_row))
         total = part if total is None else add_results(total, part)
     return total
@@ -144,19 +147,20 @@ def _blocks(X) -> tuple[list, list[slice]]:
     return list(X.to_delayed().ravel()), slices
 
 
-def reduce_rows(kernel: Kernel, X, *per_row: Array) -> Any:
+def reduce_rows(kernel: Kernel, X, *per_row: Array, scale: int = 1) -> Any:
     """``sum over row chunks c of kernel(X[c], *(a[c] for a in per_row))``.
 
     ``per_row`` arrays have the rows first. Returns what the kernel returns, summed.
+    ``scale`` multiplies the chunk size (:func:`row_slices`).
     """
     if not is_dask(X):
-        return _local_reduce(kernel, X, per_row)
+        return _local_reduce(kernel, X, per_row, scale)
     import dask
 
     blocks, slices = _blocks(X)
     parts = [
         dask.delayed(_local_reduce, pure=True)(
-            kernel, block, tuple(a[s] for a in per_row)
+            kernel, block, tuple(a[s] for a in per_row), scale
         )
         for block, s in zip(blocks, slices, strict=True)
     ]
