@@ -123,3 +123,37 @@ def test_cli_streamed_fit_writes_the_same_model(tmp_path, data, capsys):
     code = main([*common, "--stream", "yes", "--fit-intercept", "--out", "c.json"])
     assert code == 2
     assert "cannot be combined with a streamed fit" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc/self/status")
+def test_scattered_rows_of_a_memory_map(tmp_path):
+    """take_rows gathers rows spread over a file (Newton subsets, strided samples)
+    without making the whole file resident, in any index order."""
+    from moelearn._passes import take_rows
+
+    n, d = 1_000_000, 30
+    path = tmp_path / "big.npy"
+    out = np.lib.format.open_memmap(path, mode="w+", shape=(n, d))
+    out[:] = np.arange(n, dtype=float)[:, None]
+    out.flush()
+    del out
+    X = np.load(path, mmap_mode="r")
+    release_pages(X)
+    rng = np.random.default_rng(0)
+    idx = np.sort(rng.choice(n, size=20_000, replace=False))
+    with open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")  # reset the peak resident set to the current one
+    peak_before = _hwm_mb()
+    rows = take_rows(X, idx)
+    strided = take_rows(X, slice(None, None, 40))
+    assert _hwm_mb() - peak_before < 80  # the file is 240 MB
+    np.testing.assert_array_equal(rows[:, 0], idx)
+    np.testing.assert_array_equal(strided[:, 0], np.arange(0, n, 40))
+    shuffled = rng.permutation(idx)
+    np.testing.assert_array_equal(take_rows(X, shuffled)[:, 0], shuffled)
+
+
+def _hwm_mb():
+    with open("/proc/self/status") as fh:
+        line = next(s for s in fh if s.startswith("VmHWM"))
+    return int(line.split()[1]) / 1024

@@ -189,10 +189,23 @@ def map_rows(kernel: Kernel, X, *per_row: Array) -> Array:
 
 def take_rows(X, rows: slice | Array) -> Array:
     """``X[rows]`` as an in-memory float64 array (``rows`` a slice or sorted
-    indices)."""
+    indices); a memory-mapped ``X``'s pages are released afterwards."""
     if is_dask(X):
         return np.asarray(X[rows].compute(), dtype=np.float64)
-    return np.asarray(X[rows])
+    if _mapping(X) is None or (isinstance(rows, slice) and rows.step in (None, 1)):
+        return np.asarray(X[rows])
+    # Scattered rows of a file mapping: gathered one chunk of the file at a time,
+    # each chunk's pages released before the next (a page fault maps its
+    # neighbours too, so rows spread over the file would make all of it resident).
+    index = np.arange(X.shape[0])[rows] if isinstance(rows, slice) else rows
+    if np.any(np.diff(index) < 0):
+        order = np.argsort(index, kind="stable")
+        return take_rows(X, index[order])[np.argsort(order)]
+    out = np.empty((len(index), *X.shape[1:]), dtype=X.dtype)
+    for part in row_slices(*X.shape, mapped=X):
+        lo, hi = np.searchsorted(index, [part.start, part.stop])
+        out[lo:hi] = X[index[lo:hi]]
+    return out
 
 
 def with_ones(X) -> Array:

@@ -267,8 +267,18 @@ def stream_table(
                     progress(done, total)
         if done == 0:
             raise ValueError(f"{path}: no data rows")
+        _release_arrow_memory()
         X = np.memmap(raw, dtype=np.float64, mode="r", shape=(done, len(keep)))
         yield X, np.concatenate(targets), names
+
+
+def _release_arrow_memory() -> None:
+    """Hand pyarrow's freed buffers back to the OS (its pool keeps them)."""
+    try:
+        import pyarrow as pa
+    except ImportError:
+        return
+    pa.default_memory_pool().release_unused()
 
 
 def _open_batches(path: Path, suffix: str):
@@ -301,7 +311,8 @@ def _open_batches(path: Path, suffix: str):
         ) from None
     if suffix == ".parquet":
         try:
-            source = pq.ParquetFile(path)
+            # pre_buffer=False: with it, pyarrow keeps every row group it has read.
+            source = pq.ParquetFile(path, pre_buffer=False)
         except (OSError, pa.ArrowException) as exc:
             raise ValueError(f"{path}: cannot read the file ({exc})") from None
         names = list(source.schema_arrow.names)
