@@ -73,6 +73,15 @@ def test_dask_fit_equals_the_in_memory_fit(client, make_model):
     assert on_cluster.score(X_dask, y) == pytest.approx(in_memory.score(X, y), rel=1e-8)
 
 
+def test_dask_weighted_fit_equals_the_in_memory_fit(client):
+    X, y, _ = make_moe(20_000, 5, random_state=8)
+    w = np.random.default_rng(0).random(len(y)) * 2
+    X_dask = da.from_array(X, chunks=(3_000, 5))
+    on_cluster = SpectralMoE(**TIGHT).fit(X_dask, y, sample_weight=w)
+    in_memory = SpectralMoE(**TIGHT).fit(X, y, sample_weight=w)
+    assert_same_fit(on_cluster, in_memory)
+
+
 def test_dask_hierarchical_fit_equals_the_in_memory_fit(client):
     X, y, _ = make_hme(20_000, 5, depth=2, random_state=2)
     X_dask = da.from_array(X, chunks=(4_000, 5))

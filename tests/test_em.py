@@ -225,7 +225,8 @@ def test_one_em_iteration_matches_the_textbook_step(small_chunks, global_random_
 @pytest.mark.parametrize("link", ["linear", "sigmoid", "tanh", "relu"])
 @pytest.mark.parametrize("fit_experts", [False, True])
 @pytest.mark.parametrize("k", [2, 3])
-def test_compiled_pass_matches_numpy(monkeypatch, link, fit_experts, k):
+@pytest.mark.parametrize("weighted", [False, True])
+def test_compiled_pass_matches_numpy(monkeypatch, link, fit_experts, k, weighted):
     """The optional numba pass computes the same sums as the NumPy path."""
     from moelearn import _em_fast
 
@@ -235,7 +236,10 @@ def test_compiled_pass_matches_numpy(monkeypatch, link, fit_experts, k):
     X, y, truth = make_moe(5_000, 4, n_experts=k, link=link, random_state=0)
     params = MoEParams(truth["experts"] * 0.9, truth["gating"] * 0.5, 0.2, link)
     residuals = None if fit_experts else em_module.expert_residuals(X, y, params)
-    problem = em_module._Problem(X, y, em_module.get_link(link), fit_experts, residuals)
+    weights = np.random.default_rng(1).random(5_000) * 2 if weighted else None
+    problem = em_module._Problem(
+        X, y, em_module.get_link(link), fit_experts, residuals, None, weights
+    )
     subset = np.arange(0, 5_000, 5)
     compiled = problem.run_pass(params, subset)
     monkeypatch.setattr(em_module, "USE_COMPILED", False)

@@ -8,6 +8,7 @@ import pytest
 from sklearn.exceptions import ConvergenceWarning
 
 from moelearn import (
+    EMMoE,
     NonGaussianInputWarning,
     SpectralMoE,
     SpectralReliabilityWarning,
@@ -356,3 +357,44 @@ def test_no_offset_warning_on_data_without_offsets(refine):
         warnings.simplefilter("always")
         SpectralMoE(refine=refine, random_state=0).fit(X, y)
     assert not [w for w in caught if "fit_intercept" in str(w.message)]
+
+
+@pytest.mark.parametrize(
+    "make_model",
+    [
+        lambda: SpectralMoE(tol=1e-10, max_iter=500, random_state=0),
+        lambda: EMMoE(n_init=2, tol=1e-10, max_iter=500, random_state=0),
+    ],
+    ids=["spectral", "em"],
+)
+def test_integer_sample_weights_act_as_copies_of_rows(make_model):
+    """Weights 0..3 give the fit of the data with each row repeated that often
+    (both fits run to a tight tolerance: only rounding differs)."""
+    X, y, _ = make_moe(6_000, 4, random_state=3)
+    w = np.random.default_rng(0).integers(0, 4, size=len(y))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        weighted = make_model().fit(X, y, sample_weight=w)
+        repeated = make_model().fit(np.repeat(X, w, axis=0), np.repeat(y, w))
+    # the same fit, up to the order of the experts
+    other = {"experts": repeated.experts_, "gating": repeated.gating_}
+    assert parameter_error(weighted, other) < 1e-6
+    assert weighted.noise_std_ == pytest.approx(repeated.noise_std_, rel=1e-6)
+    assert weighted.score(X, y, sample_weight=w) == pytest.approx(
+        repeated.score(np.repeat(X, w, axis=0), np.repeat(y, w)), rel=1e-8
+    )
+
+
+@pytest.mark.parametrize(
+    ("weights", "match"),
+    [
+        (-np.ones(500), "negative values"),
+        (np.zeros(500), "zero for every row"),
+        (np.ones(499), "different numbers of rows"),
+        (np.full(500, np.nan), "non-finite"),
+    ],
+)
+def test_bad_sample_weight_is_a_clear_error(weights, match):
+    X, y, _ = make_moe(500, 3, random_state=0)
+    with pytest.raises(ValueError, match=match):
+        SpectralMoE().fit(X, y, sample_weight=weights)

@@ -189,6 +189,7 @@ class _PassSpec:
     gradient: bool
     curvature: bool
     structure: _StructuredCurvature | None = None
+    weighted: bool = False  # the last per-row array holds sample weights
 
 
 def _estep(xc: Array, yc: Array, resc: Array | None, spec: _PassSpec):
@@ -210,30 +211,42 @@ def _estep(xc: Array, yc: Array, resc: Array | None, spec: _PassSpec):
     return (*_posterior(scores, res, params.noise_std), res, eta, logits)
 
 
-def _pass_sums(xc: Array, yc: Array, *resc: Array, spec: _PassSpec) -> tuple:
+def _pass_sums(xc: Array, yc: Array, *extra: Array, spec: _PassSpec) -> tuple:
     """One chunk's ``(ll_sum, rss, grad, hess_experts, hess_gate, gate_missing)``
     (``None`` for what ``spec`` does not ask for); a kernel for
-    :func:`moelearn._passes.reduce_rows`."""
+    :func:`moelearn._passes.reduce_rows`. ``extra`` holds the fixed experts'
+    residuals (gating stage) and then the sample weights (``spec.weighted``);
+    with weights every row's terms are multiplied by its weight."""
     params = spec.params
     k = params.n_experts
     link = get_link(params.link)
-    ll, resp, gates, res, eta, logits = _estep(xc, yc, resc[0] if resc else None, spec)
+    resc = None if spec.fit_experts else extra[0]
+    sw = extra[-1] if spec.weighted else None
+    ll, resp, gates, res, eta, logits = _estep(xc, yc, resc, spec)
     missing = spec.curvature and not spec.fit_experts
     cols, complete, posterior_var = gate_terms(
         params.gate, logits, gates, resp, spec.curvature, missing
     )
+    if sw is not None:
+        ll, resp_w = ll * sw, resp * sw
+        cols = cols * sw
+        if spec.curvature:
+            complete = complete * sw
+            posterior_var = None if posterior_var is None else posterior_var * sw
+    else:
+        resp_w = resp
     ll_sum = rss = grad = hess_experts = hess_gate = gate_missing = None
     if spec.gradient:
         ll_sum = float(ll.sum())
-        rss = float(np.einsum("ij,ij->", resp, res * res))
+        rss = float(np.einsum("ij,ij->", resp_w, res * res))
         if spec.fit_experts:
-            cols = np.vstack([resp * res * link.deriv(eta), cols])
+            cols = np.vstack([resp_w * res * link.deriv(eta), cols])
         grad = (cols @ xc).T
     if spec.curvature:
         f = xc if spec.structure is None else spec.structure.features(xc)
         m = f.shape[1]
         if spec.fit_experts:
-            weight = resp * link.deriv(eta) ** 2
+            weight = resp_w * link.deriv(eta) ** 2
             hess_experts = np.stack([f.T @ (weight[j][:, None] * f) for j in range(k)])
         hess_gate = np.zeros(((k - 1) * m, (k - 1) * m))
         gate_missing = np.zeros_like(hess_gate) if missing else None
@@ -262,30 +275,34 @@ class _Problem:
         fit_experts: bool,
         residuals: Array | None,
         column_moments: tuple[Array, Array] | None = None,
+        sample_weight: Array | None = None,
     ):
         self.X, self.y, self.link = X, y, link
         self.fit_experts = fit_experts
         self.residuals = residuals  # (n, k) when the experts are fixed
         # (mean, covariance) of X's columns when the Newton matrices are structured
         self.column_moments = column_moments
-        self._subset: tuple | None = None  # (indices, X, y, residuals) in memory
+        self.sample_weight = sample_weight
+        self.total = X.shape[0] if sample_weight is None else float(sample_weight.sum())
+        self._subset: tuple | None = None  # (indices, X, per-row arrays) in memory
 
     def _per_row(self) -> tuple:
-        return (self.y,) if self.residuals is None else (self.y, self.residuals)
+        arrays = [self.y, self.residuals, self.sample_weight]
+        return tuple(a for a in arrays if a is not None)
 
     def _subset_rows(self, subset: Array) -> tuple:
         """The Newton subset's rows, read once per EM run."""
         if self._subset is None or self._subset[0] is not subset:
-            res = None if self.residuals is None else self.residuals[subset]
-            self._subset = (subset, take_rows(self.X, subset), self.y[subset], res)
-        _, Xs, ys, rs = self._subset
-        return Xs, ((ys,) if rs is None else (ys, rs))
+            per_row = tuple(a[subset] for a in self._per_row())
+            self._subset = (subset, take_rows(self.X, subset), per_row)
+        return self._subset[1], self._subset[2]
 
     def run_pass(self, params: MoEParams, subset: Array | None) -> _Stats:
         """Gradient over all rows; Newton matrices over ``subset`` (or all rows),
         or from their structure (over all rows) when ``column_moments`` is set."""
-        n = self.X.shape[0]
+        n = self.total
         k = params.n_experts
+        weighted = self.sample_weight is not None
         structure = None
         if self.column_moments is not None:
             structure = _StructuredCurvature(*self.column_moments, params)
@@ -299,23 +316,23 @@ class _Problem:
         )
         stats = _Stats()
         if not fused and compiled:
-            kernel = _em_fast.gradient_kernel(params, self.fit_experts)
+            kernel = _em_fast.gradient_kernel(params, self.fit_experts, weighted)
             ll, stats.rss, stats.grad = reduce_rows(
                 kernel, self.X, *self._per_row(), scale=_em_fast.CHUNK_SCALE
             )
             stats.ll_sum = ll - n * (np.log(params.noise_std) + _HALF_LOG_2PI)
             stats.grad = stats.grad.T
         else:
-            spec = _PassSpec(params, self.fit_experts, True, fused, structure)
+            spec = _PassSpec(params, self.fit_experts, True, fused, structure, weighted)
             sums = reduce_rows(partial(_pass_sums, spec=spec), self.X, *self._per_row())
             stats.ll_sum, stats.rss, stats.grad = sums[:3]
             if fused:
                 stats.hess_experts, stats.hess_gate, stats.gate_missing = sums[3:]
         if not fused:
-            spec = _PassSpec(params, self.fit_experts, False, True)
+            spec = _PassSpec(params, self.fit_experts, False, True, None, weighted)
             Xs, per_row = self._subset_rows(subset)
             sums = reduce_rows(partial(_pass_sums, spec=spec), Xs, *per_row)
-            scale = n / len(subset)
+            scale = n / (float(per_row[-1].sum()) if weighted else len(subset))
             stats.hess_experts, stats.hess_gate, stats.gate_missing = (
                 None if m is None else m * scale for m in sums[3:]
             )
@@ -435,6 +452,7 @@ def em(
     tol: float,
     rng: np.random.Generator,
     column_moments: tuple[Array, Array] | None = None,
+    sample_weight: Array | None = None,
     min_noise_std: float = 0.0,
     stage: str = "em",
     callback: ProgressCallback | None = None,
@@ -450,7 +468,8 @@ def em(
     ``column_moments`` is ``(mean, covariance)`` of ``X``'s columns (a constant
     column has variance 0); given, and with more than
     :data:`STRUCTURED_CURVATURE_FEATURES` columns, the Newton matrices come from
-    their Gaussian structure (:class:`_StructuredCurvature`).
+    their Gaussian structure (:class:`_StructuredCurvature`). ``sample_weight``
+    makes every sum over rows a weighted one (the weighted log-likelihood).
     """
     n, d = X.shape
     k = params.n_experts
@@ -458,8 +477,14 @@ def em(
     residuals = None if fit_experts else expert_residuals(X, y, params)
     if d <= STRUCTURED_CURVATURE_FEATURES:
         column_moments = None
-    problem = _Problem(X, y, link, fit_experts, residuals, column_moments)
+    problem = _Problem(
+        X, y, link, fit_experts, residuals, column_moments, sample_weight
+    )
     subset = curvature_rows(n, d, rng)
+    n = problem.total  # the weighted number of rows
+    # sigma -> 0 where an expert fits some rows exactly: a floor keeps the
+    # likelihood finite
+    noise_floor = max(min_noise_std, 1e-6 * float(np.std(y)), 1e-12)
     history: list[float] = []
     previous: tuple[MoEParams, float] | None = None
     current = params
@@ -490,7 +515,7 @@ def em(
         gating[: k - 1] += gate_step.reshape(k - 1, d)
         noise = current.noise_std
         if fit_noise:
-            noise = max(float(np.sqrt(stats.rss / n)), min_noise_std)
+            noise = max(float(np.sqrt(stats.rss / n)), noise_floor)
         proposal = replace(current, experts=experts, gating=gating, noise_std=noise)
         change = _step_size(current, proposal, covariance)
         if callback is not None:

@@ -27,7 +27,19 @@ LINK_CODES = {"linear": 0, "sigmoid": 1, "tanh": 2, "relu": 3}
 if AVAILABLE:
 
     @numba.njit(fastmath=True, parallel=True, cache=True)
-    def _pass(X, y, coef, k, fit_experts, residuals, inv_sigma, link_code, n_threads):
+    def _pass(
+        X,
+        y,
+        coef,
+        k,
+        fit_experts,
+        residuals,
+        weighted,
+        weights,
+        inv_sigma,
+        link_code,
+        n_threads,
+    ):
         n, d = X.shape
         n_rows = coef.shape[0]
         offset = k if fit_experts else 0
@@ -91,11 +103,12 @@ if AVAILABLE:
                 for j in range(k):
                     resp[j] = np.exp(resp[j] - a_top)
                     norm += resp[j]
-                ll += a_top - top + np.log(norm / gate_norm)
+                wi = weights[i] if weighted else 1.0
+                ll += wi * (a_top - top + np.log(norm / gate_norm))
                 for j in range(k):
                     resp[j] /= norm
                     gate[j] /= gate_norm
-                    rss += resp[j] * res[j] * res[j]
+                    rss += wi * resp[j] * res[j] * res[j]
                 c = 0
                 if fit_experts:
                     for j in range(k):
@@ -105,7 +118,7 @@ if AVAILABLE:
                     cols[c] = resp[j] - gate[j]
                     c += 1
                 for c in range(n_cols):
-                    w = cols[c]
+                    w = wi * cols[c]
                     for col in range(d):
                         local[c, col] += w * X[i, col]
             grads[tid] = local
@@ -114,10 +127,11 @@ if AVAILABLE:
         return lls.sum(), rsss.sum(), grads.sum(axis=0)
 
 
-def gradient_kernel(params, fit_experts: bool):
+def gradient_kernel(params, fit_experts: bool, weighted: bool = False):
     """A :func:`moelearn._passes.reduce_rows` kernel ``(X, y[, residuals]) ->
     (sum of log p(y|x) without the -log sigma - log(2 pi)/2 terms, rss, grad)``
-    with ``grad`` (n_cols, d). Requires :data:`AVAILABLE`."""
+    with ``grad`` (n_cols, d); with ``weighted`` the last per-row array holds
+    sample weights and every sum is weighted. Requires :data:`AVAILABLE`."""
     k = params.n_experts
     gating = params.gating[: k - 1]  # the last row is zero: its logit is 0
     coef = np.vstack([params.experts, gating]) if fit_experts else gating
@@ -128,11 +142,15 @@ def gradient_kernel(params, fit_experts: bool):
         fit_experts=fit_experts,
         inv_sigma=1.0 / params.noise_std,
         link_code=LINK_CODES[params.link],
+        weighted=weighted,
     )
 
 
-def _gradient_sums(xc, yc, *resc, coef, k, fit_experts, inv_sigma, link_code):
-    res = np.ascontiguousarray(resc[0]) if resc else np.zeros((1, k))  # (m, k)
+def _gradient_sums(
+    xc, yc, *extra, coef, k, fit_experts, inv_sigma, link_code, weighted
+):
+    res = np.zeros((1, k)) if fit_experts else np.ascontiguousarray(extra[0])
+    weights = np.ascontiguousarray(extra[-1]) if weighted else np.zeros(1)
     return _pass(
         np.ascontiguousarray(xc),
         np.ascontiguousarray(yc),
@@ -140,6 +158,8 @@ def _gradient_sums(xc, yc, *resc, coef, k, fit_experts, inv_sigma, link_code):
         k,
         fit_experts,
         res,
+        weighted,
+        weights,
         inv_sigma,
         link_code,
         numba.get_num_threads(),

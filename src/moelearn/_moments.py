@@ -58,7 +58,9 @@ class InputPass:
     omega: Array  # the whitened start block omega_w, (d, m)
 
 
-def input_pass(X: Array, p2: Array, omega_raw: Array) -> InputPass:
+def input_pass(
+    X: Array, p2: Array, omega_raw: Array, sample_weight: Array | None = None
+) -> InputPass:
     """One pass: input mean/covariance, marginal shape, and a first ``T2`` block product.
 
     The whitening is unknown until the pass ends, so the product is accumulated
@@ -68,16 +70,23 @@ def input_pass(X: Array, p2: Array, omega_raw: Array) -> InputPass:
     would. ``c`` is the first chunk's mean when the columns' means are large next
     to their spread (to avoid cancellation), else zero (no copy of the rows).
     Skewness and kurtosis come from an evenly strided subset of at most
-    :data:`SHAPE_ROWS` rows (standard error ``sqrt(6 / m)`` <= 0.011).
+    :data:`SHAPE_ROWS` rows (standard error ``sqrt(6 / m)`` <= 0.011), unweighted.
+    With ``sample_weight`` every expectation is the weighted mean
+    ``sum_i w_i f_i / sum_i w_i``.
     """
-    n, d = X.shape
+    d = X.shape[1]
     first = take_rows(X, slice(0, chunk_rows(d)))
     centre = first.mean(axis=0)
     if np.all(np.abs(centre) <= 10.0 * (first.std(axis=0) + 1e-300)):
         centre = np.zeros(d)  # cancellation costs at most two digits
-    sums, s2, p2_xxo = reduce_rows(
-        partial(_input_sums, centre=centre, omega_raw=omega_raw), X, p2
-    )
+    kernel = partial(_input_sums, centre=centre, omega_raw=omega_raw)
+    if sample_weight is None:
+        n = X.shape[0]
+        sums, s2, p2_xxo = reduce_rows(kernel, X, p2)
+    else:
+        n = float(sample_weight.sum())
+        sums, s2, p2_xxo = reduce_rows(kernel, X, p2, sample_weight)
+        p2 = p2 * sample_weight
     s1, p2_x = sums
     p2_sum = float(p2.sum())
     delta = s1 / n  # mean - centre
@@ -103,11 +112,19 @@ def input_pass(X: Array, p2: Array, omega_raw: Array) -> InputPass:
     )
 
 
-def _input_sums(xc: Array, w: Array, centre: Array, omega_raw: Array):
+def _input_sums(xc: Array, w: Array, *sw: Array, centre: Array, omega_raw: Array):
     """``[sum x, sum p2 x]``, ``sum x x^T`` and ``sum p2 (omega^T x) x^T`` (the
-    last transposed) over a chunk, about ``centre``."""
+    last transposed) over a chunk, about ``centre``; each term times the sample
+    weight ``sw`` when given."""
     if np.any(centre != 0):
         xc = xc - centre
+    if sw:
+        ones, w = sw[0], w * sw[0]
+        return (
+            np.vstack([ones, w]) @ xc,
+            xc.T @ (ones[:, None] * xc),
+            ((omega_raw.T @ xc.T) * w) @ xc,
+        )
     sums = np.vstack([np.ones_like(w), w]) @ xc
     return sums, xc.T @ xc, ((omega_raw.T @ xc.T) * w) @ xc
 
@@ -150,17 +167,20 @@ def _inverse_sqrt(cov: Array) -> Array:
     return (evecs / np.sqrt(evals)) @ evecs.T
 
 
-def t2_product(X: Array, p2: Array, whitening: Whitening, V: Array) -> Array:
+def t2_product(
+    X: Array, p2: Array, whitening: Whitening, V: Array, total: float | None = None
+) -> Array:
     """``T2 @ V`` for whitened ``V`` (d, m), in one chunked pass.
 
-    ``T2 V = L^T E[P2(y) (x - mean) (x - mean)^T] L V - E[P2(y)] V``.
+    ``T2 V = L^T E[P2(y) (x - mean) (x - mean)^T] L V - E[P2(y)] V``. With sample
+    weights, ``p2`` holds ``w_i P2(y_i)`` and ``total`` is ``sum_i w_i``.
     """
-    n = X.shape[0]
+    n = X.shape[0] if total is None else total
     U = whitening.transform @ V  # acts on centred raw rows
     offset = (whitening.mean @ U)[:, None]
     acc, acc_sum = reduce_rows(partial(_t2_sums, U=U, offset=offset), X, p2)
     centred = (acc.T - np.outer(whitening.mean, acc_sum)) / n
-    return whitening.transform.T @ centred - p2.mean() * V
+    return whitening.transform.T @ centred - (p2.sum() / n) * V
 
 
 def _t3_sums(xc: Array, weights: Array, U: Array, offset: Array):
@@ -180,7 +200,9 @@ def _t2_sums(xc: Array, w: Array, U: Array, offset: Array):
     return weighted @ xc, weighted.sum(axis=1)
 
 
-def t3_whitened(X: Array, weights: Array, whitening: Whitening, W: Array) -> Array:
+def t3_whitened(
+    X: Array, weights: Array, whitening: Whitening, W: Array, total: float | None = None
+) -> Array:
     """``T3(W, W, W)`` for each weight column, in one chunked pass.
 
     Parameters
@@ -189,14 +211,15 @@ def t3_whitened(X: Array, weights: Array, whitening: Whitening, W: Array) -> Arr
     weights : (n, q) values ``P(y_i)`` of ``q`` polynomials of ``y``.
     whitening : the input whitening.
     W : (d, k) matrix acting on whitened inputs.
+    total : ``sum_i w_i`` when ``weights`` carry sample weights (default ``n``).
 
     Returns
     -------
     (q, k, k, k) array: ``E[P(y) S3(x)]`` contracted with ``W`` on every mode.
     """
-    n = X.shape[0]
     k = W.shape[1]
-    weights = weights.reshape(n, -1)
+    weights = weights.reshape(X.shape[0], -1)
+    n = X.shape[0] if total is None else total
     q = weights.shape[1]
     U = whitening.transform @ W
     offset = (whitening.mean @ U)[:, None]

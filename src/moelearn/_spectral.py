@@ -79,14 +79,20 @@ class SpectralEstimate:
 
 
 def spectral_moments(
-    X: Array, y: Array, link: Link, n_experts: int, rng: np.random.Generator
+    X: Array,
+    y: Array,
+    link: Link,
+    n_experts: int,
+    rng: np.random.Generator,
+    sample_weight: Array | None = None,
 ) -> SpectralMoments:
-    """Compute the moment products (4 passes; 2 when ``d <= 2 (k + 6)``)."""
+    """Compute the moment products (4 passes; 2 when ``d <= 2 (k + 6)``), as
+    weighted means with ``sample_weight``."""
     d = X.shape[1]
     transforms = transform_coefficients(link, 0.0)
     sign = float(np.sign(tensor_constants(transforms, link, 1.0)[0])) or 1.0
     p2 = transforms.p2(y)
-    inputs, pairs = second_moment_eigenpairs(X, p2, n_experts, rng, sign)
+    inputs, pairs = second_moment_eigenpairs(X, p2, n_experts, rng, sign, sample_weight)
     sign_ok = bool(np.all(sign * pairs.values[:n_experts] > 0))
     if not sign_ok:  # fall back to the largest magnitudes; the caller warns
         order = np.argsort(-np.abs(pairs.values))
@@ -94,10 +100,20 @@ def spectral_moments(
     # A d x d matrix of independent entries with sd tau / sqrt(n) has operator
     # norm about 2 tau sqrt(d / n); tau^2 ~ Var(P2) for the entries of P2 (x x^T - I)
     # (a constant in P2 adds nothing: the sample-whitened sum of x x^T - I is 0).
-    t2_noise = float(2.0 * np.sqrt(d * np.var(p2) / X.shape[0]))
-    W = whitening_matrix(pairs, n_experts)
     weights = np.column_stack([transforms.p3(y), y])
-    t3 = t3_whitened(X, weights, inputs.whitening, W)
+    if sample_weight is None:
+        n_effective, total = X.shape[0], None
+        p2_var = np.var(p2)
+    else:
+        total = float(sample_weight.sum())
+        n_effective = total**2 / float(np.sum(sample_weight**2))  # Kish's
+        p2_var = np.average(
+            (p2 - np.average(p2, weights=sample_weight)) ** 2, weights=sample_weight
+        )
+        weights = weights * sample_weight[:, None]
+    t2_noise = float(2.0 * np.sqrt(d * p2_var / n_effective))
+    W = whitening_matrix(pairs, n_experts)
+    t3 = t3_whitened(X, weights, inputs.whitening, W, total)
     return SpectralMoments(
         link,
         transforms,
@@ -113,7 +129,12 @@ def spectral_moments(
 
 
 def second_moment_eigenpairs(
-    X: Array, p2: Array, n_components: int, rng: np.random.Generator, sign: float
+    X: Array,
+    p2: Array,
+    n_components: int,
+    rng: np.random.Generator,
+    sign: float,
+    sample_weight: Array | None = None,
 ) -> tuple[InputPass, Eigenpairs]:
     """The input pass and the leading eigenpairs of ``E[P2(y) S2(x)]`` (1–3 passes).
 
@@ -126,9 +147,12 @@ def second_moment_eigenpairs(
     if d <= 2 * width:
         width = d
     omega = np.eye(d) if width == d else rng.standard_normal((d, width))
-    inputs = input_pass(X, p2, omega)
+    inputs = input_pass(X, p2, omega, sample_weight)
+    total = None
+    if sample_weight is not None:
+        p2, total = p2 * sample_weight, float(sample_weight.sum())
     pairs = ritz_eigenpairs(
-        lambda V: t2_product(X, p2, inputs.whitening, V),
+        lambda V: t2_product(X, p2, inputs.whitening, V, total),
         inputs.t2_start,
         inputs.omega,
         n_power_iter=POWER_ITERATIONS,

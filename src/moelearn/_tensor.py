@@ -56,9 +56,16 @@ def ritz_eigenpairs(
 
 
 def whitening_matrix(pairs: Eigenpairs, n_components: int) -> Array:
-    """``W = U_k |Lambda_k|^{-1/2}`` so that ``W^T T2 W = sign * I``."""
-    values = pairs.values[:n_components]
-    return pairs.vectors[:, :n_components] / np.sqrt(np.abs(values))
+    """``W = U_k |Lambda_k|^{-1/2}`` so that ``W^T T2 W = sign * I``.
+
+    Eigenvalues that vanish (data that do not determine ``k`` directions, which the
+    estimators warn about) are floored at ``1e-12`` of the largest magnitude, or
+    at 1 when all vanish, so that ``W`` stays finite.
+    """
+    values = np.abs(pairs.values[:n_components])
+    top = float(np.max(np.abs(pairs.values), initial=0.0))
+    floor = 1e-12 * top if top > 0 and np.isfinite(top) else 1.0
+    return pairs.vectors[:, :n_components] / np.sqrt(np.maximum(values, floor))
 
 
 @dataclass(frozen=True)

@@ -109,6 +109,21 @@ def check_finite_2d(X: Any, name: str = "X") -> Array:
     return np.ascontiguousarray(arr)
 
 
+def check_sample_weight(sample_weight: Any, n_samples: int) -> Array | None:
+    """``None``, or a float64 vector of ``n_samples`` finite, non-negative weights
+    with a positive sum."""
+    if sample_weight is None:
+        return None
+    if hasattr(sample_weight, "compute"):  # a Dask array: one float a row
+        sample_weight = sample_weight.compute()
+    w = check_target(sample_weight, n_samples, "sample_weight")
+    if np.any(w < 0):
+        raise ValueError("sample_weight has negative values; weights must be >= 0")
+    if not w.sum() > 0:
+        raise ValueError("sample_weight is zero for every row: no row carries weight")
+    return w
+
+
 def check_target(y: Any, n_samples: int, name: str = "y") -> Array:
     try:
         arr = np.asarray(y, dtype=np.float64)

@@ -103,9 +103,13 @@ class EMMoE(MoEBase):
         self.random_state = random_state
         self.verbose = verbose
 
-    def fit(self, X, y):
-        """Run EM from ``n_init`` random starts and keep the best. Returns self."""
+    def fit(self, X, y, sample_weight=None):
+        """Run EM from ``n_init`` random starts and keep the best. Returns self.
+
+        ``sample_weight`` (n,), optional: EM maximises ``sum_i w_i log p(y_i|x_i)``.
+        """
         rng, X, y = self._begin_fit(X, y)
+        sample_weight = v.check_sample_weight(sample_weight, X.shape[0])
         d = X.shape[1]
         k = self.n_experts
         start = time.perf_counter()
@@ -130,13 +134,18 @@ class EMMoE(MoEBase):
                 fit_noise=self.noise_std is None,
                 covariance=whitening.covariance,
                 column_moments=(whitening.mean, whitening.covariance),
+                sample_weight=sample_weight,
                 max_iter=self.max_iter,
                 tol=self.tol,
                 rng=rng,
                 stage=f"start {init + 1}",
                 callback=self._progress if self.verbose >= 2 else None,
             )
-            ll = float(log_likelihood_terms(X, y, result.params)[0].mean())
+            ll = float(
+                np.average(
+                    log_likelihood_terms(X, y, result.params)[0], weights=sample_weight
+                )
+            )
             finals.append(ll)
             self._log(1, f"start {init + 1}/{self.n_init}: mean log-lik {ll:.6f}")
             if ll > best_ll:

@@ -186,14 +186,19 @@ class SpectralMoE(MoEBase):
         self.verbose = verbose
 
     # ------------------------------------------------------------------ fit
-    def fit(self, X, y):
+    def fit(self, X, y, sample_weight=None):
         """Learn the parameters from samples ``X`` (n, d) and targets ``y`` (n,).
+
+        ``sample_weight`` (n,), optional: non-negative weights; the moments become
+        weighted means and EM maximises ``sum_i w_i log p(y_i | x_i)`` (an integer
+        weight acts as that many copies of the row).
 
         Returns
         -------
         self : SpectralMoE
         """
         rng, X, y = self._begin_fit(X, y)
+        sample_weight = v.check_sample_weight(sample_weight, X.shape[0])
         n, d = X.shape
         link = get_link(self.link)
         self._stage_diagnostics: dict = {}  # what the stages' hooks report
@@ -204,7 +209,7 @@ class SpectralMoE(MoEBase):
         )
 
         start = time.perf_counter()
-        moments = spectral_moments(X, y, link, self.n_experts, rng)
+        moments = spectral_moments(X, y, link, self.n_experts, rng, sample_weight)
         self._warn_about_inputs(moments, n, offsets_modelled=self.fit_intercept)
         self._warn_about_moments(moments)
         noise = self.noise_std if self.noise_std is not None else 0.0
@@ -224,7 +229,8 @@ class SpectralMoE(MoEBase):
                 block_diag(covariance, 0.0),
             )
             covariance = block_diag(covariance, 1.0)
-            offsets = y.mean() - experts @ moments.inputs.whitening.mean
+            y_mean = np.average(y, weights=sample_weight)
+            offsets = y_mean - experts @ moments.inputs.whitening.mean
             experts = np.column_stack([experts, offsets])
         gate_shape = (n_gate_rows(self.n_experts, self._gate), X.shape[1])
         params = MoEParams(experts, np.zeros(gate_shape), noise, self.link, self._gate)
@@ -233,6 +239,7 @@ class SpectralMoE(MoEBase):
             "covariance": covariance,
             "column_moments": column_moments,
             "rng": rng,
+            "sample_weight": sample_weight,
             "callback": self._progress if self.verbose >= 2 else None,
         }
         record = _EMRecord()

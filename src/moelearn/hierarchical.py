@@ -161,10 +161,12 @@ class HierarchicalMoE(SpectralMoE):
             else np.sort(common["rng"].choice(n, size=rows, replace=False))
         )
         Xs, ys = take_rows(X, subset), y[subset]
+        weights = common["sample_weight"]
         settings = {
             "fit_noise": self.noise_std is None,
             "covariance": common["covariance"],
             "column_moments": common["column_moments"],
+            "sample_weight": None if weights is None else weights[subset],
             "max_iter": max_iter,
             "tol": 1e-2,
             "rng": common["rng"],
