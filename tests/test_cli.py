@@ -195,3 +195,30 @@ def test_outputs_get_the_usual_file_mode(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert (tmp_path / "out.txt").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_pass_bar_shows_slow_passes_only(monkeypatch):
+    """On a terminal, a pass over the rows that lasts over a second gets a bar that
+    ends with its time; a quick pass prints nothing."""
+    import io
+
+    import moelearn.cli as cli
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    err = Terminal()
+    clock = iter([0.0, 0.1, 0.2, 10.0, 10.5, 11.0, 12.0, 14.0])
+    monkeypatch.setattr(cli.sys, "stderr", err)
+    monkeypatch.setattr(cli.time, "perf_counter", lambda: next(clock))
+    show = cli._pass_bar(quiet=False)
+    show(1, 50, 100)  # t = 0: pass 1 starts
+    show(1, 100, 100)  # t = 0.1: done quickly, nothing shown
+    show(2, 10, 100)  # t = 0.2: pass 2 starts
+    show(2, 20, 100)  # t = 10: slow, shown
+    show(2, 100, 100)  # t = 10.5: finished, with its time
+    assert "pass   1" not in err.getvalue()
+    assert "pass   2 [######" in err.getvalue()
+    assert err.getvalue().endswith("100% of 100 rows (10.3 s)\n")
+    assert cli._pass_bar(quiet=True) is None

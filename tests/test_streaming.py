@@ -157,3 +157,19 @@ def _hwm_mb():
     with open("/proc/self/status") as fh:
         line = next(s for s in fh if s.startswith("VmHWM"))
     return int(line.split()[1]) / 1024
+
+
+def test_every_pass_reports_its_progress(data):
+    """report_passes sees each pass over the rows from its first chunk to its last."""
+    from moelearn._passes import report_passes
+
+    X, y = data
+    seen: dict[int, list[int]] = {}
+    with report_passes(
+        lambda number, done, total: seen.setdefault(number, []).append(done)
+    ):
+        _fit(X, y)
+    full = [rows for rows in seen.values() if rows[-1] == len(y)]
+    assert len(full) >= 8  # spectral passes and EM iterations over all rows
+    assert all(rows == sorted(rows) for rows in seen.values())
+    assert list(seen) == list(range(1, len(seen) + 1))

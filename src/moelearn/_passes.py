@@ -26,6 +26,7 @@ can be sent to other processes.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import mmap
 from collections.abc import Callable, Iterator
@@ -122,19 +123,47 @@ def add_results(*parts: Any) -> Any:
     return total
 
 
+#: ``callback(pass_number, rows_done, rows_total)`` after every chunk of a pass
+#: run in this process (see :func:`report_passes`), or None.
+_progress: Callable[[int, int, int], None] | None = None
+_pass_count = 0
+
+
+@contextlib.contextmanager
+def report_passes(callback: Callable[[int, int, int], None]) -> Iterator[None]:
+    """Within the block, ``callback(pass_number, rows_done, rows_total)`` is called
+    after every chunk of every pass over the rows made in this process."""
+    global _progress, _pass_count
+    previous, _progress, _pass_count = _progress, callback, 0
+    try:
+        yield
+    finally:
+        _progress = previous
+
+
+def _chunks(X: Array, scale: int = 1) -> Iterator[slice]:
+    """Row chunks of a pass, reported to :func:`report_passes`' callback."""
+    global _pass_count
+    if _progress is None:
+        yield from row_slices(*X.shape, mapped=X, scale=scale)
+        return
+    _pass_count += 1
+    number, callback = _pass_count, _progress
+    for rows in row_slices(*X.shape, mapped=X, scale=scale):
+        yield rows
+        callback(number, rows.stop, X.shape[0])
+
+
 def _local_reduce(kernel: Kernel, X: Array, per_row: tuple, scale: int = 1) -> Any:
     total = None
-    for rows in row_slices(*X.shape, mapped=X, scale=scale):
+    for rows in _chunks(X, scale):
         part = kernel(X[rows], *(a[rows] for a in per_row))
         total = part if total is None else add_results(total, part)
     return total
 
 
 def _local_map(kernel: Kernel, X: Array, per_row: tuple) -> Array:
-    parts = [
-        kernel(X[rows], *(a[rows] for a in per_row))
-        for rows in row_slices(*X.shape, mapped=X)
-    ]
+    parts = [kernel(X[rows], *(a[rows] for a in per_row)) for rows in _chunks(X)]
     return np.concatenate(parts, axis=0)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -14,6 +15,7 @@ import numpy as np
 
 from moelearn import __version__
 from moelearn._links import LINKS
+from moelearn._passes import report_passes
 from moelearn.baselines import EMMoE, GradientMoE
 from moelearn.datasets import make_hme, make_moe
 from moelearn.estimators import SpectralMoE
@@ -353,12 +355,43 @@ def _stream_progress(quiet: bool):
     return show
 
 
+def _pass_bar(quiet: bool):
+    """A progress line for each pass over the rows that takes over a second (on a
+    terminal); quick passes stay silent."""
+    if quiet or not sys.stderr.isatty():
+        return None
+    state = {"pass": 0, "start": 0.0, "last": 0.0, "shown": False}
+
+    def show(number: int, done: int, total: int) -> None:
+        now = time.perf_counter()
+        if number != state["pass"]:
+            state.update({"pass": number, "start": now, "last": 0.0, "shown": False})
+        finished = done >= total
+        if now - state["start"] < 1.0 and not state["shown"]:
+            return
+        if not finished and now - state["last"] < 0.25:
+            return
+        filled = int(30 * done / total)
+        bar = "#" * filled + "." * (30 - filled)
+        line = (
+            f"\rpass {number:3d} [{bar}] {100 * done / total:3.0f}% of {total:,} rows"
+        )
+        if finished:
+            line += f" ({now - state['start']:.1f} s)\n"
+        print(line, end="", file=sys.stderr, flush=True)
+        state.update({"last": now, "shown": True})
+
+    return show
+
+
 def _fit_one(args, X, y, names, settings) -> int:
     model = FIT_METHODS[args.method](**settings)
     start = time.perf_counter()
+    bar = _pass_bar(args.quiet)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        model.fit(X, y)
+        with report_passes(bar) if bar else contextlib.nullcontext():
+            model.fit(X, y)
     for w in caught:
         print(f"moelearn fit: warning: {w.message}", file=sys.stderr)
     save_model(model, args.out, feature_names=names, target=args.target)
