@@ -38,11 +38,13 @@ covariance: an ``O(n d k)`` pass and a few ``d x d`` products per iteration.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from functools import partial
 
 import numpy as np
 from scipy.linalg import LinAlgError, cho_factor, cho_solve
+from threadpoolctl import threadpool_limits
 
 from moelearn import _em_fast
 from moelearn._links import Link, get_link
@@ -308,12 +310,7 @@ class _Problem:
             structure = _StructuredCurvature(*self.column_moments, params)
             subset = None
         fused = subset is None
-        compiled = (
-            USE_COMPILED
-            and _em_fast.AVAILABLE
-            and params.link in _em_fast.LINK_CODES
-            and params.gate == "softmax"
-        )
+        compiled = _uses_compiled_pass(params)
         stats = _Stats()
         if not fused and compiled:
             kernel = _em_fast.gradient_kernel(params, self.fit_experts, weighted)
@@ -343,6 +340,16 @@ class _Problem:
         if structure is not None:
             stats.expand(structure, k)
         return stats
+
+
+def _uses_compiled_pass(params: MoEParams) -> bool:
+    """Whether the gradient pass (with a Newton subset) runs compiled (numba)."""
+    return (
+        USE_COMPILED
+        and _em_fast.AVAILABLE
+        and params.link in _em_fast.LINK_CODES
+        and params.gate == "softmax"
+    )
 
 
 def gate_terms(
@@ -485,47 +492,53 @@ def em(
     # sigma -> 0 where an expert fits some rows exactly: a floor keeps the
     # likelihood finite
     noise_floor = max(min_noise_std, 1e-6 * float(np.std(y)), 1e-12)
-    history: list[float] = []
-    previous: tuple[MoEParams, float] | None = None
-    current = params
-    n_iter, halvings, converged = 0, 0, False
-    while n_iter < max_iter:
-        stats = problem.run_pass(current, subset)
-        ll_mean = stats.ll_sum / n
-        if previous is not None and not ll_mean >= previous[1] - 1e-10 * (
-            1.0 + abs(previous[1])
-        ):
-            halvings += 1
-            if halvings > _MAX_HALVINGS:
-                current = previous[0]
+    # The compiled pass runs its own threads: BLAS threads left spinning after a
+    # multi-threaded BLAS call would compete with them for the cores (measured at
+    # n=1e6, d=50 on 2 cores: the pass took 2-3x longer), so BLAS gets one thread.
+    quiet = subset is not None and problem.column_moments is None
+    quiet = quiet and _uses_compiled_pass(params)
+    with threadpool_limits(limits=1, user_api="blas") if quiet else nullcontext():
+        history: list[float] = []
+        previous: tuple[MoEParams, float] | None = None
+        current = params
+        n_iter, halvings, converged = 0, 0, False
+        while n_iter < max_iter:
+            stats = problem.run_pass(current, subset)
+            ll_mean = stats.ll_sum / n
+            if previous is not None and not ll_mean >= previous[1] - 1e-10 * (
+                1.0 + abs(previous[1])
+            ):
+                halvings += 1
+                if halvings > _MAX_HALVINGS:
+                    current = previous[0]
+                    break
+                current = _interpolate(previous[0], current, 0.5)
+                continue
+            halvings = 0
+            n_iter += 1
+            history.append(ll_mean)
+            grad = stats.grad
+            experts = current.experts
+            if fit_experts:
+                experts = experts + np.array(
+                    [_newton_solve(stats.hess_experts[j], grad[:, j]) for j in range(k)]
+                )
+            gate_step = _gate_step(stats, grad[:, -(k - 1) :].T.reshape(-1))
+            gating = current.gating.copy()
+            gating[: k - 1] += gate_step.reshape(k - 1, d)
+            noise = current.noise_std
+            if fit_noise:
+                noise = max(float(np.sqrt(stats.rss / n)), noise_floor)
+            proposal = replace(current, experts=experts, gating=gating, noise_std=noise)
+            change = _step_size(current, proposal, covariance)
+            if callback is not None:
+                callback(stage, n_iter, ll_mean, change)
+            previous = (current, ll_mean)
+            current = proposal
+            if change < tol:
+                converged = True
                 break
-            current = _interpolate(previous[0], current, 0.5)
-            continue
-        halvings = 0
-        n_iter += 1
-        history.append(ll_mean)
-        grad = stats.grad
-        experts = current.experts
-        if fit_experts:
-            experts = experts + np.array(
-                [_newton_solve(stats.hess_experts[j], grad[:, j]) for j in range(k)]
-            )
-        gate_step = _gate_step(stats, grad[:, -(k - 1) :].T.reshape(-1))
-        gating = current.gating.copy()
-        gating[: k - 1] += gate_step.reshape(k - 1, d)
-        noise = current.noise_std
-        if fit_noise:
-            noise = max(float(np.sqrt(stats.rss / n)), noise_floor)
-        proposal = replace(current, experts=experts, gating=gating, noise_std=noise)
-        change = _step_size(current, proposal, covariance)
-        if callback is not None:
-            callback(stage, n_iter, ll_mean, change)
-        previous = (current, ll_mean)
-        current = proposal
-        if change < tol:
-            converged = True
-            break
-    return EMResult(current, n_iter, converged, history)
+        return EMResult(current, n_iter, converged, history)
 
 
 def offset_score_statistics(
