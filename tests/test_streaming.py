@@ -40,8 +40,10 @@ def test_streamed_file_equals_the_loaded_one(tmp_path, monkeypatch, data, suffix
     with stream_table(path, "y", tmp_path, lambda done, total: seen.append(done)) as (
         Xs,
         ys,
+        weights,
         streamed_names,
     ):
+        assert weights is None
         assert isinstance(Xs, np.memmap) and not Xs.flags.writeable
         np.testing.assert_array_equal(Xs, loaded)
         np.testing.assert_array_equal(ys, target)
@@ -173,3 +175,25 @@ def test_every_pass_reports_its_progress(data):
     assert len(full) >= 8  # spectral passes and EM iterations over all rows
     assert all(rows == sorted(rows) for rows in seen.values())
     assert list(seen) == list(range(1, len(seen) + 1))
+
+
+@pytest.mark.parametrize("stream", ["no", "yes"])
+def test_cli_weight_column_gives_the_weighted_fit(tmp_path, data, stream):
+    """--weight COL: the column weights the rows and is not a feature; loaded or
+    streamed, the model equals the library's weighted fit."""
+    X, y = data
+    w = np.random.default_rng(2).integers(0, 3, size=len(y)).astype(float)
+    path = tmp_path / "data.parquet"
+    write_table(path, {**{f"x{i}": X[:, i] for i in range(5)}, "w": w, "y": y})
+    out = tmp_path / "model.json"
+    args = ["fit", str(path), "--target", "y", "--weight", "w", "--seed", "0"]
+    assert main([*args, "--stream", stream, "-q", "--out", str(out)]) == 0
+    model = io_module.load_model(out)
+    assert list(model.feature_names_in_) == [f"x{i}" for i in range(5)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = SpectralMoE(random_state=0).fit(X, y, sample_weight=w)
+    np.testing.assert_allclose(model.experts_, expected.experts_, rtol=1e-10)
+    np.testing.assert_allclose(model.gating_, expected.gating_, rtol=1e-10)
+    assert main([*args[:-2], "--weight", "nope", "--out", str(out)]) == 2
+    assert main([*args, "--method", "gd", "--out", str(out)]) == 2

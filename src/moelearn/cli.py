@@ -162,6 +162,12 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument(
         "--scratch", default=None, help="folder for --stream's scratch file"
     )
+    fit.add_argument(
+        "--weight",
+        default=None,
+        metavar="COL",
+        help="column of non-negative sample weights (methods spectral, hme, em)",
+    )
 
     pred = sub.add_parser("predict", help="predict E[y|x] and gate probabilities")
     pred.add_argument("model", help="model .json written by 'moelearn fit'")
@@ -289,19 +295,38 @@ def cmd_fit(args) -> int:
         )
     if args.experts is None:
         args.experts = 2**args.depth if hme else 2
+    if args.weight is not None:
+        if args.method not in ("spectral", "hme", "em"):
+            raise CLIError("--weight applies to --method spectral, hme and em")
+        if args.experts == "auto":
+            raise CLIError("--weight cannot be combined with --experts auto yet")
     if _should_stream(args):
         if args.experts == "auto" or args.fit_intercept:
             option = "--experts auto" if args.experts == "auto" else "--fit-intercept"
             raise CLIError(f"{option} cannot be combined with a streamed fit yet")
         with stream_table(
-            args.data, args.target, args.scratch, _stream_progress(args.quiet)
-        ) as (X, y, names):
-            return _fit_data(args, X, y, names, hme)
+            args.data,
+            args.target,
+            args.scratch,
+            _stream_progress(args.quiet),
+            weight=args.weight,
+        ) as (X, y, w, names):
+            return _fit_data(args, X, y, w, names, hme)
     X, y, names = _load_xy(args.data, args.target)
-    return _fit_data(args, X, y, names, hme)
+    w = None
+    if args.weight is not None:
+        if args.weight not in names:
+            raise CLIError(
+                f"{args.data}: weight column {args.weight!r} not found"
+                + (" (it is the target)" if args.weight == args.target else "")
+            )
+        j = names.index(args.weight)
+        w, X = X[:, j], np.delete(X, j, axis=1)
+        names = names[:j] + names[j + 1 :]
+    return _fit_data(args, X, y, w, names, hme)
 
 
-def _fit_data(args, X, y, names, hme: bool) -> int:
+def _fit_data(args, X, y, w, names, hme: bool) -> int:
     settings = {
         ("depth" if hme else "n_experts"): args.depth if hme else args.experts,
         "link": args.link,
@@ -323,7 +348,7 @@ def _fit_data(args, X, y, names, hme: bool) -> int:
         if args.method != "spectral":
             raise CLIError("--experts auto needs --method spectral")
         return _fit_auto(args, X, y, names, settings)
-    return _fit_one(args, X, y, names, settings)
+    return _fit_one(args, X, y, w, names, settings)
 
 
 def _should_stream(args) -> bool:
@@ -384,22 +409,24 @@ def _pass_bar(quiet: bool):
     return show
 
 
-def _fit_one(args, X, y, names, settings) -> int:
+def _fit_one(args, X, y, w, names, settings) -> int:
     model = FIT_METHODS[args.method](**settings)
+    weights = {} if w is None else {"sample_weight": w}
     start = time.perf_counter()
     bar = _pass_bar(args.quiet)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         with report_passes(bar) if bar else contextlib.nullcontext():
-            model.fit(X, y)
-    for w in caught:
-        print(f"moelearn fit: warning: {w.message}", file=sys.stderr)
+            model.fit(X, y, **weights)
+    for warning in caught:
+        print(f"moelearn fit: warning: {warning.message}", file=sys.stderr)
     save_model(model, args.out, feature_names=names, target=args.target)
     if not args.quiet:
         print(
             f"fitted {args.experts} {args.link} experts to {X.shape[0]} rows in "
             f"{time.perf_counter() - start:.1f} s; noise_std={model.noise_std_:.4g}; "
-            f"mean log-likelihood {model.score(X, y):.4f}; wrote {args.out}"
+            f"mean log-likelihood {model.score(X, y, w):.4f}"
+            f"{' (weighted)' if w is not None else ''}; wrote {args.out}"
         )
     return 0
 

@@ -212,7 +212,8 @@ def stream_table(
     target: str,
     scratch: str | os.PathLike | None = None,
     progress: Callable[[int, int | None], None] | None = None,
-) -> Iterator[tuple[Array, Array, list[str]]]:
+    weight: str | None = None,
+) -> Iterator[tuple[Array, Array, Array | None, list[str]]]:
     """Stream a data file into a memory-mapped ``X`` and an in-memory ``y``.
 
     The file is read in batches: :data:`STREAM_BATCH_ROWS` rows of Parquet (pyarrow)
@@ -226,9 +227,11 @@ def stream_table(
     rows_total or None)`` is called after each batch. NaN/inf and non-numeric
     values raise ``ValueError`` naming the row and column.
 
+    ``weight`` names a column of sample weights, kept in memory like ``y``.
+
     Yields
     ------
-    ``(X, y, feature_names)``
+    ``(X, y, sample_weight or None, feature_names)``
     """
     path = Path(path)
     suffix = _suffix(path)
@@ -244,11 +247,19 @@ def stream_table(
         shown = ", ".join(columns[:10]) + (" ..." if len(columns) > 10 else "")
         raise ValueError(f"target column {target!r} not found; columns are: {shown}")
     j = columns.index(target)
-    keep = [i for i in range(len(columns)) if i != j]
+    if weight is not None and (weight not in columns or weight == target):
+        raise ValueError(
+            f"weight column {weight!r} not found"
+            + ("" if weight == target else f"; columns are: {', '.join(columns[:10])}")
+            + (" (it is the target)" if weight == target else "")
+        )
+    w_col = None if weight is None else columns.index(weight)
+    keep = [i for i in range(len(columns)) if i not in (j, w_col)]
     names = [columns[i] for i in keep]
     with tempfile.TemporaryDirectory(prefix="moelearn-", dir=scratch) as folder:
         raw = Path(folder) / "X.raw"
         targets: list[Array] = []
+        weights: list[Array] = []
         done = 0
         with open(raw, "wb") as fh:
             for block in batches:
@@ -262,6 +273,8 @@ def stream_table(
                     )
                 fh.write(np.ascontiguousarray(block[:, keep]).tobytes())
                 targets.append(block[:, j].copy())
+                if w_col is not None:
+                    weights.append(block[:, w_col].copy())
                 done += len(block)
                 if progress is not None:
                     progress(done, total)
@@ -269,7 +282,8 @@ def stream_table(
             raise ValueError(f"{path}: no data rows")
         _release_arrow_memory()
         X = np.memmap(raw, dtype=np.float64, mode="r", shape=(done, len(keep)))
-        yield X, np.concatenate(targets), names
+        w = np.concatenate(weights) if weights else None
+        yield X, np.concatenate(targets), w, names
 
 
 def _release_arrow_memory() -> None:
