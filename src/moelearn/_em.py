@@ -44,6 +44,7 @@ from functools import partial
 
 import numpy as np
 from scipy.linalg import LinAlgError, cho_factor, cho_solve
+from scipy.special import expit
 from threadpoolctl import threadpool_limits
 
 from moelearn import _em_fast
@@ -385,7 +386,7 @@ def gate_terms(
         return cols, complete, var
     left, under = tree_paths(resp.shape[0])
     left, under = left.astype(float), under.astype(float)
-    s = 1.0 / (1.0 + np.exp(-logits))
+    s = expit(logits)
     mass = under @ resp
     cols = left @ resp - mass * s
     if not curvature:

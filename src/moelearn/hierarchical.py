@@ -24,6 +24,8 @@ MAX_DEPTH = 3
 # leaves; each arrangement's gate is then only screened, not fitted.
 _SCREEN_ROWS, _SCREEN_ITER = 100_000, 20
 _SCREEN_ROWS_MANY, _SCREEN_ITER_MANY = 20_000, 10
+#: With many arrangements (depth 3: 315), how many go on to move their experts.
+_SCREEN_KEEP = 12
 
 
 class HierarchicalMoE(SpectralMoE):
@@ -176,12 +178,15 @@ class HierarchicalMoE(SpectralMoE):
         for order in arrangements:
             arranged = replace(start, experts=params.experts[list(order)])
             result = em(Xs, ys, arranged, fit_experts=False, **settings)
-            if move_experts:
-                result = em(Xs, ys, result.params, fit_experts=True, **settings)
-            scores.append(
-                result.log_likelihood[-1] if result.log_likelihood else -np.inf
-            )
+            scores.append(_last_log_likelihood(result))
             screened.append(result.params)
+        if move_experts:
+            # With many arrangements only the best by the gate alone go on (EM
+            # raises the likelihood, so the best after moving is among them).
+            finalists = np.argsort(scores)[::-1][:_SCREEN_KEEP]
+            for i in finalists if many else range(len(scores)):
+                result = em(Xs, ys, screened[i], fit_experts=True, **settings)
+                scores[i], screened[i] = _last_log_likelihood(result), result.params
         best = int(np.argmax(scores))
         self._log(
             1,
@@ -189,6 +194,10 @@ class HierarchicalMoE(SpectralMoE):
             f"({rows} rows): best mean log-likelihood {scores[best]:.4f}",
         )
         return scores, screened
+
+
+def _last_log_likelihood(result) -> float:
+    return result.log_likelihood[-1] if result.log_likelihood else -np.inf
 
 
 def leaf_arrangements(n_leaves: int) -> list[tuple[int, ...]]:
