@@ -107,3 +107,17 @@ def test_dask_errors_are_clear(client):
         SpectralMoE().fit(da.from_array(X, chunks=1_000), y)
     with pytest.raises(TypeError, match="GradientMoE draws random minibatches"):
         GradientMoE().fit(da.from_array(np.nan_to_num(X), chunks=1_000), y)
+
+
+def test_dask_select_n_experts_equals_the_in_memory_one(client):
+    from moelearn import select_n_experts
+
+    X, y, _ = make_moe(20_000, 4, n_experts=3, random_state=5)
+    X_dask = da.from_array(X, chunks=(5_000, 4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        on_cluster = select_n_experts(X_dask, y, max_experts=3, random_state=0)
+        in_memory = select_n_experts(X, y, max_experts=3, random_state=0)
+    assert on_cluster.n_experts == in_memory.n_experts == 3
+    for k in (1, 2, 3):
+        assert on_cluster.bic[k] == pytest.approx(in_memory.bic[k], rel=1e-8)

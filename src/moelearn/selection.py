@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 from sklearn.utils.validation import validate_data
@@ -11,6 +12,7 @@ from sklearn.utils.validation import validate_data
 from moelearn import _validation as v
 from moelearn._links import get_link
 from moelearn._model import MoEParams, log_likelihood_terms
+from moelearn._passes import is_dask, reduce_rows
 from moelearn.estimators import SpectralMoE
 
 Array = np.ndarray
@@ -82,9 +84,13 @@ def select_n_experts(
     -------
     ExpertSelection
     """
-    probe = SpectralMoE(link=link)
-    X, y = validate_data(probe, X, y, dtype=np.float64, y_numeric=True)
-    X = v.check_finite_2d(X)
+    if is_dask(X) or is_dask(y):
+        X = v.check_finite_2d(X)  # stays a Dask array
+        y = np.asarray(y.compute() if is_dask(y) else y)
+    else:
+        probe = SpectralMoE(link=link)
+        X, y = validate_data(probe, X, y, dtype=np.float64, y_numeric=True)
+        X = v.check_finite_2d(X)
     y = v.check_target(y, X.shape[0])
     n, d = X.shape
     if not (isinstance(max_experts, (int, np.integer)) and 1 <= max_experts <= d):
@@ -121,24 +127,61 @@ def select_n_experts(
 
 
 def _single_expert(X: Array, y: Array, link: str) -> tuple[float, object]:
-    """Log-likelihood of one expert ``y = g(a . x) + sigma eps`` at its MLE."""
-    if link != "linear":
-        from scipy.optimize import least_squares
+    """Log-likelihood of one expert ``y = g(a . x) + sigma eps`` at its MLE.
 
-        g = get_link(link)
-        start = np.linalg.lstsq(X, y, rcond=None)[0]
-        fit = least_squares(
-            lambda a: g.func(X @ a) - y,
-            start,
-            jac=lambda a: g.deriv(X @ a)[:, None] * X,
-        )
-        coef = fit.x
-    else:
-        coef = np.linalg.lstsq(X, y, rcond=None)[0]
-    residual = y - get_link(link).func(X @ coef)
-    sigma = float(np.sqrt(np.mean(residual * residual)))
+    Least squares from passes over the rows: the normal equations for a linear
+    link; Gauss-Newton steps (halved until the residual sum falls) for the others.
+    """
+    A, b = reduce_rows(_normal_equations, X, y)
+    coef = _solve(A, b)
+    if link != "linear":
+        rss = reduce_rows(partial(_gauss_newton_sums, link=link, coef=coef), X, y)[2]
+        for _ in range(_GAUSS_NEWTON_ITER):
+            JJ, Jr, _ = reduce_rows(
+                partial(_gauss_newton_sums, link=link, coef=coef), X, y
+            )
+            step, improved = _solve(JJ, Jr), False
+            for _ in range(30):
+                trial = coef + step
+                trial_rss = reduce_rows(
+                    partial(_gauss_newton_sums, link=link, coef=trial), X, y
+                )[2]
+                if trial_rss <= rss:
+                    improved = rss - trial_rss > 1e-12 * rss
+                    coef, rss = trial, trial_rss
+                    break
+                step = step / 2
+            if not improved:
+                break
+    residual_ss = reduce_rows(partial(_residual_sum, link=link, coef=coef), X, y)
+    sigma = float(np.sqrt(residual_ss / X.shape[0]))
     params = MoEParams(
         coef[None, :], np.zeros((1, X.shape[1])), max(sigma, 1e-300), link
     )
     ll = float(log_likelihood_terms(X, y, params)[0].sum())
     return ll, params
+
+
+_GAUSS_NEWTON_ITER = 50
+
+
+def _solve(A: Array, b: Array) -> Array:
+    return np.linalg.lstsq(A, b, rcond=None)[0]
+
+
+def _normal_equations(xc: Array, yc: Array) -> tuple[Array, Array]:
+    return xc.T @ xc, xc.T @ yc
+
+
+def _gauss_newton_sums(xc: Array, yc: Array, link: str, coef: Array):
+    """``J^T J``, ``J^T r`` and ``r^T r`` with ``r = y - g(X a)``, ``J = g'(X a) X``."""
+    g = get_link(link)
+    eta = xc @ coef
+    r = yc - g.func(eta)
+    J = g.deriv(eta)[:, None] * xc
+    return J.T @ J, J.T @ r, float(r @ r)
+
+
+def _residual_sum(xc: Array, yc: Array, link: str, coef: Array) -> float:
+    r = yc - get_link(link).func(xc @ coef)
+    return float(r @ r)
