@@ -197,3 +197,15 @@ def test_cli_weight_column_gives_the_weighted_fit(tmp_path, data, stream):
     np.testing.assert_allclose(model.gating_, expected.gating_, rtol=1e-10)
     assert main([*args[:-2], "--weight", "nope", "--out", str(out)]) == 2
     assert main([*args, "--method", "gd", "--out", str(out)]) == 2
+
+
+def test_cli_streamed_experts_auto(tmp_path, capsys):
+    """--experts auto runs on the streamed memory map like any other fit."""
+    X, y, _ = make_moe(30_000, 5, n_experts=3, random_state=3)
+    path = tmp_path / "data.parquet"
+    write_table(path, {**{f"x{i}": X[:, i] for i in range(5)}, "y": y})
+    out = tmp_path / "m.json"
+    args = ["fit", str(path), "--target", "y", "--experts", "auto", "--stream", "yes"]
+    assert main([*args, "--max-experts", "4", "--out", str(out)]) == 0
+    assert "chose 3 experts" in capsys.readouterr().out
+    assert io_module.load_model(out).experts_.shape == (3, 5)

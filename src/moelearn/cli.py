@@ -301,9 +301,8 @@ def cmd_fit(args) -> int:
         if args.experts == "auto":
             raise CLIError("--weight cannot be combined with --experts auto yet")
     if _should_stream(args):
-        if args.experts == "auto" or args.fit_intercept:
-            option = "--experts auto" if args.experts == "auto" else "--fit-intercept"
-            raise CLIError(f"{option} cannot be combined with a streamed fit yet")
+        if args.fit_intercept:
+            raise CLIError("--fit-intercept cannot be combined with a streamed fit yet")
         with stream_table(
             args.data,
             args.target,
