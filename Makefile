@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-slow bench bench-stream accuracy figures figures-quick peers lint clean
+.PHONY: demo test test-slow test-torch bench bench-stream accuracy figures figures-quick peers lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,12 @@ test: $(STAMP)
 # Statistical checks at large n (acceptance-scale fits); bounded, run by CI separately.
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -m slow
+
+# PyTorch inputs (tests/test_torch.py), with the CPU build of torch 2.13.0 (on
+# this project's machines pip takes it from local disk; elsewhere it downloads).
+test-torch: $(STAMP)
+	$(BIN)/python -m pip install --quiet 'torch==2.13.0'
+	$(BIN)/python -m pytest tests/test_torch.py
 
 # Speed and memory: ratios to one pass over the data, measured side by side.
 # Tables in benchmarks/results/, summarised in docs/performance.md (about 25 minutes:

@@ -18,13 +18,36 @@ from moelearn._model import (
     predict_mean,
     sample_outputs,
 )
-from moelearn._passes import is_dask, with_ones
+from moelearn._passes import is_dask, is_torch, with_ones
 
 Array = np.ndarray
 
 
 def _is_dask_frame(X) -> bool:
     return type(X).__module__.startswith("dask.") and hasattr(X, "to_dask_array")
+
+
+def _read_by_passes(X) -> bool:
+    """Inputs that stay where they are and are read in row chunks (Dask, PyTorch)."""
+    return is_dask(X) or is_torch(X) or _is_dask_frame(X)
+
+
+def _to_host(v):
+    """A Dask or PyTorch vector as a NumPy array (``y``, weights: one per row)."""
+    if is_torch(v):
+        return v.detach().cpu().numpy()
+    return v.compute() if hasattr(v, "compute") else v
+
+
+def _like(X, out: Array):
+    """``out`` as a tensor of ``X``'s floating dtype on its device when ``X`` is a
+    PyTorch tensor; else unchanged."""
+    if not is_torch(X):
+        return out
+    import torch
+
+    dtype = X.dtype if X.is_floating_point() else torch.get_default_dtype()
+    return torch.as_tensor(out, device=X.device).to(dtype)
 
 
 class MoEBase(RegressorMixin, BaseEstimator):
@@ -62,7 +85,7 @@ class MoEBase(RegressorMixin, BaseEstimator):
         """Rules that relate several parameters; subclasses raise ``ValueError``."""
 
     def _validate_training_data(self, X, y) -> tuple[Array, Array]:
-        if is_dask(X) or is_dask(y) or _is_dask_frame(X):
+        if _read_by_passes(X) or _read_by_passes(y):
             X, y = self._validate_dask(X, y, reset=True)
         else:
             X, y = validate_data(
@@ -97,13 +120,15 @@ class MoEBase(RegressorMixin, BaseEstimator):
         return X, y
 
     def _validate_dask(self, X, y, *, reset: bool):
-        """Dask inputs: ``X`` stays a Dask array (float64, chunked by rows, checked
-        in one pass); ``y`` (one float a row) is brought into memory."""
+        """Dask or PyTorch inputs: ``X`` stays where it is (a Dask array becomes
+        float64 chunked by rows; checked in one pass); ``y`` (one float a row) is
+        brought into memory as NumPy."""
         if not self._accepts_dask:
             raise TypeError(
-                f"{type(self).__name__} draws random minibatches and needs X in "
-                "memory: pass X.compute(), or fit SpectralMoE, HierarchicalMoE or "
-                "EMMoE, which run on Dask arrays"
+                f"{type(self).__name__} draws random minibatches and needs X as a "
+                "NumPy array: pass X.compute() or X.cpu().numpy(), or fit "
+                "SpectralMoE, HierarchicalMoE or EMMoE, which read Dask arrays and "
+                "PyTorch tensors in passes"
             )
         if _is_dask_frame(X):
             if reset:
@@ -120,8 +145,7 @@ class MoEBase(RegressorMixin, BaseEstimator):
                 f"expecting {self.n_features_in_} features as input"
             )
         if y is not None:
-            y = np.asarray(y.compute() if is_dask(y) or _is_dask_frame(y) else y)
-            y = v.check_target(y, X.shape[0])
+            y = v.check_target(np.asarray(_to_host(y)), X.shape[0])
         return X, y
 
     # ------------------------------------------------------------- inference
@@ -137,7 +161,7 @@ class MoEBase(RegressorMixin, BaseEstimator):
     def _inputs(self, X) -> Array:
         """Validated inputs; with intercepts, ``[X, 1]``."""
         check_is_fitted(self)
-        if is_dask(X) or _is_dask_frame(X):
+        if _read_by_passes(X):
             X = self._validate_dask(X, None, reset=False)[0]
         else:
             X = validate_data(
@@ -150,32 +174,40 @@ class MoEBase(RegressorMixin, BaseEstimator):
 
     def predict(self, X) -> Array:
         """Conditional mean ``E[y | x] = sum_j pi_j(x) g(a_j . x)``, shape (n,)."""
-        return predict_mean(self._inputs(X), self._params())
+        return _like(X, predict_mean(self._inputs(X), self._params()))
 
     def predict_proba(self, X) -> Array:
         """Gate probabilities ``pi(x)``, shape (n, n_experts)."""
-        return gate_proba(self._inputs(X), self._params())
+        return _like(X, gate_proba(self._inputs(X), self._params()))
 
     def posterior_proba(self, X, y) -> Array:
         """Responsibilities ``P(expert j | x, y)``, shape (n, n_experts)."""
-        X = self._inputs(X)
-        return log_likelihood_terms(X, v.check_target(y, X.shape[0]), self._params())[1]
+        Xv = self._inputs(X)
+        y = v.check_target(np.asarray(_to_host(y)), Xv.shape[0])
+        return _like(X, log_likelihood_terms(Xv, y, self._params())[1])
 
     def log_likelihood(self, X, y) -> Array:
         """Log-likelihood ``log p(y_i | x_i)`` of each sample, shape (n,)."""
-        X = self._inputs(X)
-        return log_likelihood_terms(X, v.check_target(y, X.shape[0]), self._params())[0]
+        Xv = self._inputs(X)
+        y = v.check_target(np.asarray(_to_host(y)), Xv.shape[0])
+        return _like(X, log_likelihood_terms(Xv, y, self._params())[0])
 
     def score(self, X, y, sample_weight=None) -> float:
         """Mean log-likelihood ``(1/n) sum_i log p(y_i | x_i)`` (higher is better)."""
-        ll = self.log_likelihood(X, y)
-        return float(np.average(ll, weights=sample_weight))
+        ll = np.asarray(_to_host(self.log_likelihood(X, y)))
+        weights = None if sample_weight is None else _to_host(sample_weight)
+        return float(np.average(ll, weights=weights))
 
     def sample(self, X, random_state=None) -> tuple[Array, Array]:
         """Draw ``y ~ P(y | x)`` for each row of ``X``; returns ``(y, expert_index)``."""
-        return sample_outputs(
+        y, z = sample_outputs(
             self._inputs(X), self._params(), v.check_random_state(random_state)
         )
+        if is_torch(X):
+            import torch
+
+            return _like(X, y), torch.as_tensor(z, device=X.device)
+        return y, z
 
     # ------------------------------------------------------------- progress
     def _log(self, level: int, message: str) -> None:

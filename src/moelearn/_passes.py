@@ -13,6 +13,9 @@ Three operations, each one pass (or less) over ``X``:
 * a memory-mapped array (``np.load(..., mmap_mode="r")``, :func:`moelearn.io.
   stream_table`): the same, and each chunk's pages are released once read, so a
   file larger than memory is read with about one chunk resident;
+* a PyTorch tensor (on any device; the ``torch`` extra): each chunk is copied to
+  the host and the NumPy kernels run on it (the kernels themselves do not run on
+  the device yet);
 * a Dask array (rows chunked, the ``dask`` extra): a pass is one Dask computation,
   a task per block (the kernel on the block's row chunks) and a tree of sums, run
   by the active scheduler (e.g. a ``dask.distributed`` cluster). The per-row
@@ -105,6 +108,18 @@ def release_pages(X: Array, rows: slice | None = None) -> None:
 _TREE_WIDTH = 8
 
 
+def is_torch(X: Any) -> bool:
+    """Whether ``X`` is a PyTorch tensor (checked without importing torch)."""
+    return type(X).__module__.startswith("torch") and hasattr(X, "detach")
+
+
+def _host(chunk: Any) -> Array:
+    """A chunk as a float64 NumPy array (a PyTorch chunk is copied to the host)."""
+    if is_torch(chunk):
+        chunk = chunk.detach().cpu().numpy()
+    return np.asarray(chunk, dtype=np.float64)
+
+
 def is_dask(X: Any) -> bool:
     """Whether ``X`` is a Dask array (checked without importing Dask)."""
     return type(X).__module__.startswith("dask.") and hasattr(X, "to_delayed")
@@ -157,13 +172,13 @@ def _chunks(X: Array, scale: int = 1) -> Iterator[slice]:
 def _local_reduce(kernel: Kernel, X: Array, per_row: tuple, scale: int = 1) -> Any:
     total = None
     for rows in _chunks(X, scale):
-        part = kernel(X[rows], *(a[rows] for a in per_row))
+        part = kernel(_host(X[rows]), *(a[rows] for a in per_row))
         total = part if total is None else add_results(total, part)
     return total
 
 
 def _local_map(kernel: Kernel, X: Array, per_row: tuple) -> Array:
-    parts = [kernel(X[rows], *(a[rows] for a in per_row)) for rows in _chunks(X)]
+    parts = [kernel(_host(X[rows]), *(a[rows] for a in per_row)) for rows in _chunks(X)]
     return np.concatenate(parts, axis=0)
 
 
@@ -221,6 +236,12 @@ def take_rows(X, rows: slice | Array) -> Array:
     indices); a memory-mapped ``X``'s pages are released afterwards."""
     if is_dask(X):
         return np.asarray(X[rows].compute(), dtype=np.float64)
+    if is_torch(X):
+        if not isinstance(rows, slice):
+            import torch
+
+            rows = torch.as_tensor(np.asarray(rows), device=X.device)
+        return _host(X[rows])
     if _mapping(X) is None or (isinstance(rows, slice) and rows.step in (None, 1)):
         return np.asarray(X[rows])
     # Scattered rows of a file mapping: gathered one chunk of the file at a time,
@@ -245,4 +266,8 @@ def with_ones(X) -> Array:
 
         ones = da.ones((X.shape[0], 1), chunks=(X.chunks[0], 1))
         return da.concatenate([X, ones], axis=1).rechunk({1: -1})
+    if is_torch(X):
+        import torch
+
+        return torch.cat([X, X.new_ones((X.shape[0], 1))], dim=1)
     return np.column_stack([X, np.ones(X.shape[0])])

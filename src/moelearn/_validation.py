@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from moelearn._passes import is_dask, reduce_rows
+from moelearn._passes import is_dask, is_torch, reduce_rows
 
 Array = np.ndarray
 
@@ -93,9 +93,10 @@ def validate_params(estimator: Any, constraints: dict[str, Callable[[Any], bool]
 
 def check_finite_2d(X: Any, name: str = "X") -> Array:
     """A C-contiguous float64 2-D array with only finite values (a Dask array
-    stays one: float64, chunked by rows only, checked in one pass)."""
-    if is_dask(X):
-        return _check_dask_2d(X, name)
+    stays one: float64, chunked by rows only; a PyTorch tensor stays as it is;
+    both checked in one pass)."""
+    if is_dask(X) or is_torch(X):
+        return _check_rows_source(X, name)
     try:
         arr = np.asarray(X, dtype=np.float64)
     except (TypeError, ValueError) as exc:
@@ -116,6 +117,8 @@ def check_sample_weight(sample_weight: Any, n_samples: int) -> Array | None:
         return None
     if hasattr(sample_weight, "compute"):  # a Dask array: one float a row
         sample_weight = sample_weight.compute()
+    if is_torch(sample_weight):
+        sample_weight = sample_weight.detach().cpu().numpy()
     w = check_target(sample_weight, n_samples, "sample_weight")
     if np.any(w < 0):
         raise ValueError("sample_weight has negative values; weights must be >= 0")
@@ -157,21 +160,27 @@ def _count_nonfinite(xc: Array) -> int:
     return int(np.count_nonzero(~np.isfinite(xc)))
 
 
-def _check_dask_2d(X, name: str):
+def _check_rows_source(X, name: str):
+    """Checks of a Dask array or a PyTorch tensor, which stay where they are."""
     if X.ndim != 2:
         raise ValueError(
-            f"{name} must be a 2-D array (n_samples, n_features); got shape {X.shape}"
+            f"{name} must be a 2-D array (n_samples, n_features); got shape "
+            f"{tuple(X.shape)}"
         )
-    if any(np.isnan(c) for c in X.shape):
-        raise ValueError(
-            f"{name}'s number of rows is unknown; compute the chunk sizes first "
-            "(X.compute_chunk_sizes(), or to_dask_array(lengths=True))"
-        )
-    if X.dtype.kind not in "fiub":
-        raise ValueError(f"{name} must be numeric; got dtype {X.dtype}")
-    X = X.astype(np.float64)
-    if len(X.chunks[1]) > 1:
-        X = X.rechunk({1: -1})
+    if is_torch(X):
+        if X.is_complex():
+            raise ValueError(f"{name} must be real; got dtype {X.dtype}")
+    else:
+        if any(np.isnan(c) for c in X.shape):
+            raise ValueError(
+                f"{name}'s number of rows is unknown; compute the chunk sizes first "
+                "(X.compute_chunk_sizes(), or to_dask_array(lengths=True))"
+            )
+        if X.dtype.kind not in "fiub":
+            raise ValueError(f"{name} must be numeric; got dtype {X.dtype}")
+        X = X.astype(np.float64)
+        if len(X.chunks[1]) > 1:
+            X = X.rechunk({1: -1})
     if not np.isfinite(_chunked_sum(X)):
         count = reduce_rows(_count_nonfinite, X)
         if count:
