@@ -118,9 +118,7 @@ def test_structured_newton_matrices_match_the_sample_sums(intercept):
             0.1,
             "linear",
         )
-    problem = em_module._Problem(
-        X, y, em_module.get_link("linear"), True, None, (mean, cov)
-    )
+    problem = em_module._Problem(X, y, True, None, (mean, cov))
     structured = problem.run_pass(params, None)
     problem.column_moments = None
     dense = problem.run_pass(params, None)
@@ -237,9 +235,7 @@ def test_compiled_pass_matches_numpy(monkeypatch, link, fit_experts, k, weighted
     params = MoEParams(truth["experts"] * 0.9, truth["gating"] * 0.5, 0.2, link)
     residuals = None if fit_experts else em_module.expert_residuals(X, y, params)
     weights = np.random.default_rng(1).random(5_000) * 2 if weighted else None
-    problem = em_module._Problem(
-        X, y, em_module.get_link(link), fit_experts, residuals, None, weights
-    )
+    problem = em_module._Problem(X, y, fit_experts, residuals, None, weights)
     subset = np.arange(0, 5_000, 5)
     compiled = problem.run_pass(params, subset)
     monkeypatch.setattr(em_module, "USE_COMPILED", False)
@@ -259,7 +255,7 @@ def _gate_problem(gate, seed):
         G = truth["gating"] * 0.7
     params = MoEParams(truth["experts"], G, 0.15, "linear", gate)
     residuals = em_module.expert_residuals(X, y, params)
-    problem = em_module._Problem(X, y, em_module.get_link("linear"), False, residuals)
+    problem = em_module._Problem(X, y, False, residuals)
     return X, y, params, problem.run_pass(params, None)
 
 

@@ -48,7 +48,7 @@ from scipy.special import expit
 from threadpoolctl import threadpool_limits
 
 from moelearn import _em_fast
-from moelearn._links import Link, get_link
+from moelearn._links import get_link
 from moelearn._model import MoEParams, log_gate_cols, tree_paths
 from moelearn._moments import input_whitening
 from moelearn._passes import map_rows, reduce_rows, row_slices, take_rows
@@ -274,13 +274,12 @@ class _Problem:
         self,
         X,
         y,
-        link: Link,
         fit_experts: bool,
         residuals: Array | None,
         column_moments: tuple[Array, Array] | None = None,
         sample_weight: Array | None = None,
     ):
-        self.X, self.y, self.link = X, y, link
+        self.X, self.y = X, y
         self.fit_experts = fit_experts
         self.residuals = residuals  # (n, k) when the experts are fixed
         # (mean, covariance) of X's columns when the Newton matrices are structured
@@ -481,13 +480,10 @@ def em(
     """
     n, d = X.shape
     k = params.n_experts
-    link = get_link(params.link)
     residuals = None if fit_experts else expert_residuals(X, y, params)
     if d <= STRUCTURED_CURVATURE_FEATURES:
         column_moments = None
-    problem = _Problem(
-        X, y, link, fit_experts, residuals, column_moments, sample_weight
-    )
+    problem = _Problem(X, y, fit_experts, residuals, column_moments, sample_weight)
     subset = curvature_rows(n, d, rng)
     n = problem.total  # the weighted number of rows
     # sigma -> 0 where an expert fits some rows exactly: a floor keeps the
