@@ -18,7 +18,7 @@ from moelearn._model import (
     predict_mean,
     sample_outputs,
 )
-from moelearn._passes import is_dask, is_torch, with_ones
+from moelearn._passes import is_dask, is_torch, to_host, with_ones
 
 Array = np.ndarray
 
@@ -30,13 +30,6 @@ def _is_dask_frame(X) -> bool:
 def _read_by_passes(X) -> bool:
     """Inputs that stay where they are and are read in row chunks (Dask, PyTorch)."""
     return is_dask(X) or is_torch(X) or _is_dask_frame(X)
-
-
-def _to_host(v):
-    """A Dask or PyTorch vector as a NumPy array (``y``, weights: one per row)."""
-    if is_torch(v):
-        return v.detach().cpu().numpy()
-    return v.compute() if hasattr(v, "compute") else v
 
 
 def _like(X, out: Array):
@@ -145,7 +138,7 @@ class MoEBase(RegressorMixin, BaseEstimator):
                 f"expecting {self.n_features_in_} features as input"
             )
         if y is not None:
-            y = v.check_target(np.asarray(_to_host(y)), X.shape[0])
+            y = v.check_target(np.asarray(to_host(y)), X.shape[0])
         return X, y
 
     # ------------------------------------------------------------- inference
@@ -183,19 +176,19 @@ class MoEBase(RegressorMixin, BaseEstimator):
     def posterior_proba(self, X, y) -> Array:
         """Responsibilities ``P(expert j | x, y)``, shape (n, n_experts)."""
         Xv = self._inputs(X)
-        y = v.check_target(np.asarray(_to_host(y)), Xv.shape[0])
+        y = v.check_target(np.asarray(to_host(y)), Xv.shape[0])
         return _like(X, log_likelihood_terms(Xv, y, self._params())[1])
 
     def log_likelihood(self, X, y) -> Array:
         """Log-likelihood ``log p(y_i | x_i)`` of each sample, shape (n,)."""
         Xv = self._inputs(X)
-        y = v.check_target(np.asarray(_to_host(y)), Xv.shape[0])
+        y = v.check_target(np.asarray(to_host(y)), Xv.shape[0])
         return _like(X, log_likelihood_terms(Xv, y, self._params())[0])
 
     def score(self, X, y, sample_weight=None) -> float:
         """Mean log-likelihood ``(1/n) sum_i log p(y_i | x_i)`` (higher is better)."""
-        ll = np.asarray(_to_host(self.log_likelihood(X, y)))
-        weights = None if sample_weight is None else _to_host(sample_weight)
+        ll = np.asarray(to_host(self.log_likelihood(X, y)))
+        weights = None if sample_weight is None else to_host(sample_weight)
         return float(np.average(ll, weights=weights))
 
     def sample(self, X, random_state=None) -> tuple[Array, Array]:

@@ -113,11 +113,17 @@ def is_torch(X: Any) -> bool:
     return type(X).__module__.startswith("torch") and hasattr(X, "detach")
 
 
+def to_host(v: Any) -> Any:
+    """A PyTorch tensor or a Dask array as NumPy (copied to the host or computed);
+    anything else unchanged."""
+    if is_torch(v):
+        return v.detach().cpu().numpy()
+    return v.compute() if is_dask(v) else v
+
+
 def _host(chunk: Any) -> Array:
     """A chunk as a float64 NumPy array (a PyTorch chunk is copied to the host)."""
-    if is_torch(chunk):
-        chunk = chunk.detach().cpu().numpy()
-    return np.asarray(chunk, dtype=np.float64)
+    return np.asarray(to_host(chunk), dtype=np.float64)
 
 
 def is_dask(X: Any) -> bool:

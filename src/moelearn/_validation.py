@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from moelearn._passes import is_dask, is_torch, reduce_rows
+from moelearn._passes import is_dask, is_torch, reduce_rows, to_host
 
 Array = np.ndarray
 
@@ -115,11 +115,7 @@ def check_sample_weight(sample_weight: Any, n_samples: int) -> Array | None:
     with a positive sum."""
     if sample_weight is None:
         return None
-    if hasattr(sample_weight, "compute"):  # a Dask array: one float a row
-        sample_weight = sample_weight.compute()
-    if is_torch(sample_weight):
-        sample_weight = sample_weight.detach().cpu().numpy()
-    w = check_target(sample_weight, n_samples, "sample_weight")
+    w = check_target(to_host(sample_weight), n_samples, "sample_weight")
     if np.any(w < 0):
         raise ValueError("sample_weight has negative values; weights must be >= 0")
     if not w.sum() > 0:

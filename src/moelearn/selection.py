@@ -10,10 +10,9 @@ import numpy as np
 from sklearn.utils.validation import validate_data
 
 from moelearn import _validation as v
-from moelearn._base import _to_host
 from moelearn._links import get_link
 from moelearn._model import MoEParams, log_likelihood_terms
-from moelearn._passes import is_dask, is_torch, reduce_rows
+from moelearn._passes import is_dask, is_torch, reduce_rows, to_host
 from moelearn.estimators import SpectralMoE
 
 Array = np.ndarray
@@ -87,7 +86,7 @@ def select_n_experts(
     """
     if is_dask(X) or is_torch(X):
         X = v.check_finite_2d(X)  # stays a Dask array or a tensor
-        y = np.asarray(_to_host(y))
+        y = np.asarray(to_host(y))
     else:
         probe = SpectralMoE(link=link)
         X, y = validate_data(probe, X, y, dtype=np.float64, y_numeric=True)
