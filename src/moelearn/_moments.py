@@ -72,7 +72,8 @@ def input_pass(
     Skewness and kurtosis come from an evenly strided subset of at most
     :data:`SHAPE_ROWS` rows (standard error ``sqrt(6 / m)`` <= 0.011), unweighted.
     With ``sample_weight`` every expectation is the weighted mean
-    ``sum_i w_i f_i / sum_i w_i``.
+    ``sum_i w_i f_i / sum_i w_i`` and ``p2`` holds ``w_i P2(y_i)`` (as for
+    :func:`t2_product`).
     """
     d = X.shape[1]
     first = take_rows(X, slice(0, chunk_rows(d)))
@@ -86,7 +87,6 @@ def input_pass(
     else:
         n = float(sample_weight.sum())
         sums, s2, p2_xxo = reduce_rows(kernel, X, p2, sample_weight)
-        p2 = p2 * sample_weight
     s1, p2_x = sums
     p2_sum = float(p2.sum())
     delta = s1 / n  # mean - centre
@@ -114,19 +114,13 @@ def input_pass(
 
 def _input_sums(xc: Array, w: Array, *sw: Array, centre: Array, omega_raw: Array):
     """``[sum x, sum p2 x]``, ``sum x x^T`` and ``sum p2 (omega^T x) x^T`` (the
-    last transposed) over a chunk, about ``centre``; each term times the sample
-    weight ``sw`` when given."""
+    last transposed) over a chunk, about ``centre``; with a sample weight ``sw``
+    the first two sums are weighted by it (``w`` already carries it)."""
     if np.any(centre != 0):
         xc = xc - centre
-    if sw:
-        ones, w = sw[0], w * sw[0]
-        return (
-            np.vstack([ones, w]) @ xc,
-            xc.T @ (ones[:, None] * xc),
-            ((omega_raw.T @ xc.T) * w) @ xc,
-        )
-    sums = np.vstack([np.ones_like(w), w]) @ xc
-    return sums, xc.T @ xc, ((omega_raw.T @ xc.T) * w) @ xc
+    ones = sw[0] if sw else np.ones_like(w)
+    s2 = xc.T @ (ones[:, None] * xc) if sw else xc.T @ xc
+    return np.vstack([ones, w]) @ xc, s2, ((omega_raw.T @ xc.T) * w) @ xc
 
 
 def input_whitening(X: Array) -> Whitening:

@@ -147,10 +147,10 @@ def second_moment_eigenpairs(
     if d <= 2 * width:
         width = d
     omega = np.eye(d) if width == d else rng.standard_normal((d, width))
-    inputs = input_pass(X, p2, omega, sample_weight)
     total = None
     if sample_weight is not None:
         p2, total = p2 * sample_weight, float(sample_weight.sum())
+    inputs = input_pass(X, p2, omega, sample_weight)
     pairs = ritz_eigenpairs(
         lambda V: t2_product(X, p2, inputs.whitening, V, total),
         inputs.t2_start,
