@@ -134,27 +134,11 @@ def _single_expert(X: Array, y: Array, link: str) -> tuple[float, object]:
     """
     A, b = reduce_rows(_normal_equations, X, y)
     coef = _solve(A, b)
-    if link != "linear":
-        rss = reduce_rows(partial(_gauss_newton_sums, link=link, coef=coef), X, y)[2]
-        for _ in range(_GAUSS_NEWTON_ITER):
-            JJ, Jr, _ = reduce_rows(
-                partial(_gauss_newton_sums, link=link, coef=coef), X, y
-            )
-            step, improved = _solve(JJ, Jr), False
-            for _ in range(30):
-                trial = coef + step
-                trial_rss = reduce_rows(
-                    partial(_gauss_newton_sums, link=link, coef=trial), X, y
-                )[2]
-                if trial_rss <= rss:
-                    improved = rss - trial_rss > 1e-12 * rss
-                    coef, rss = trial, trial_rss
-                    break
-                step = step / 2
-            if not improved:
-                break
-    residual_ss = reduce_rows(partial(_residual_sum, link=link, coef=coef), X, y)
-    sigma = float(np.sqrt(residual_ss / X.shape[0]))
+    if link == "linear":
+        rss = reduce_rows(partial(_residual_sum, link=link, coef=coef), X, y)
+    else:
+        coef, rss = _gauss_newton(X, y, link, coef)
+    sigma = float(np.sqrt(rss / X.shape[0]))
     params = MoEParams(
         coef[None, :], np.zeros((1, X.shape[1])), max(sigma, 1e-300), link
     )
@@ -163,6 +147,26 @@ def _single_expert(X: Array, y: Array, link: str) -> tuple[float, object]:
 
 
 _GAUSS_NEWTON_ITER = 50
+
+
+def _gauss_newton(X, y, link: str, coef: Array) -> tuple[Array, float]:
+    """Least squares for ``y = g(X a)`` from ``coef``: Gauss-Newton steps, each
+    halved until the residual sum falls; one pass per trial point (its ``J^T J``
+    and ``J^T r`` serve the next step). Returns the coefficients and their RSS."""
+    JJ, Jr, rss = reduce_rows(partial(_gauss_newton_sums, link=link, coef=coef), X, y)
+    for _ in range(_GAUSS_NEWTON_ITER):
+        step, improved = _solve(JJ, Jr), False
+        for _ in range(30):
+            trial = coef + step
+            sums = reduce_rows(partial(_gauss_newton_sums, link=link, coef=trial), X, y)
+            if sums[2] <= rss:
+                improved = rss - sums[2] > 1e-12 * rss
+                coef, (JJ, Jr, rss) = trial, sums
+                break
+            step = step / 2
+        if not improved:
+            break
+    return coef, rss
 
 
 def _solve(A: Array, b: Array) -> Array:
