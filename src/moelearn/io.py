@@ -47,14 +47,7 @@ class Table:
         """``(X, y, feature_names)``; ``y`` is None when ``target`` is None."""
         if target is None:
             return self.data, None, list(self.columns)
-        if target not in self.columns:
-            shown = ", ".join(self.columns[:10]) + (
-                " ..." if len(self.columns) > 10 else ""
-            )
-            raise ValueError(
-                f"target column {target!r} not found; columns are: {shown}"
-            )
-        j = self.columns.index(target)
+        j = _column_index(self.columns, target, "target")
         keep = [i for i in range(len(self.columns)) if i != j]
         return self.data[:, keep], self.data[:, j], [self.columns[i] for i in keep]
 
@@ -63,6 +56,14 @@ class Table:
             return self
         X, _, names = self.split(column)
         return Table(X, names)
+
+
+def _column_index(columns: list[str], name: str, what: str) -> int:
+    """Where column ``name`` is; ``ValueError`` listing the columns if absent."""
+    if name not in columns:
+        shown = ", ".join(columns[:10]) + (" ..." if len(columns) > 10 else "")
+        raise ValueError(f"{what} column {name!r} not found; columns are: {shown}")
+    return columns.index(name)
 
 
 def _suffix(path: Path) -> str:
@@ -243,17 +244,10 @@ def stream_table(
             "to .npy, CSV or Parquet"
         )
     batches, columns, total = _open_batches(path, suffix)
-    if target not in columns:
-        shown = ", ".join(columns[:10]) + (" ..." if len(columns) > 10 else "")
-        raise ValueError(f"target column {target!r} not found; columns are: {shown}")
-    j = columns.index(target)
-    if weight is not None and (weight not in columns or weight == target):
-        raise ValueError(
-            f"weight column {weight!r} not found"
-            + ("" if weight == target else f"; columns are: {', '.join(columns[:10])}")
-            + (" (it is the target)" if weight == target else "")
-        )
-    w_col = None if weight is None else columns.index(weight)
+    j = _column_index(columns, target, "target")
+    if weight is not None and weight == target:
+        raise ValueError(f"weight column {weight!r} not found (it is the target)")
+    w_col = None if weight is None else _column_index(columns, weight, "weight")
     keep = [i for i in range(len(columns)) if i not in (j, w_col)]
     names = [columns[i] for i in keep]
     with tempfile.TemporaryDirectory(prefix="moelearn-", dir=scratch) as folder:
