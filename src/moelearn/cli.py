@@ -22,6 +22,7 @@ from moelearn.estimators import SpectralMoE
 from moelearn.hierarchical import HierarchicalMoE
 from moelearn.io import (
     atomic_path,
+    column_index,
     load_model,
     read_table,
     save_model,
@@ -300,6 +301,8 @@ def cmd_fit(args) -> int:
             raise CLIError("--weight applies to --method spectral, hme and em")
         if args.experts == "auto":
             raise CLIError("--weight cannot be combined with --experts auto yet")
+        if args.weight == args.target:
+            raise CLIError(f"--weight {args.weight!r} is the target column")
     if _should_stream(args):
         if args.fit_intercept:
             raise CLIError("--fit-intercept cannot be combined with a streamed fit yet")
@@ -314,12 +317,7 @@ def cmd_fit(args) -> int:
     X, y, names = _load_xy(args.data, args.target)
     w = None
     if args.weight is not None:
-        if args.weight not in names:
-            raise CLIError(
-                f"{args.data}: weight column {args.weight!r} not found"
-                + (" (it is the target)" if args.weight == args.target else "")
-            )
-        j = names.index(args.weight)
+        j = column_index(names, args.weight, "weight")
         w, X = X[:, j], np.delete(X, j, axis=1)
         names = names[:j] + names[j + 1 :]
     return _fit_data(args, X, y, w, names, hme)

@@ -47,7 +47,7 @@ class Table:
         """``(X, y, feature_names)``; ``y`` is None when ``target`` is None."""
         if target is None:
             return self.data, None, list(self.columns)
-        j = _column_index(self.columns, target, "target")
+        j = column_index(self.columns, target, "target")
         keep = [i for i in range(len(self.columns)) if i != j]
         return self.data[:, keep], self.data[:, j], [self.columns[i] for i in keep]
 
@@ -58,7 +58,7 @@ class Table:
         return Table(X, names)
 
 
-def _column_index(columns: list[str], name: str, what: str) -> int:
+def column_index(columns: list[str], name: str, what: str) -> int:
     """Where column ``name`` is; ``ValueError`` listing the columns if absent."""
     if name not in columns:
         shown = ", ".join(columns[:10]) + (" ..." if len(columns) > 10 else "")
@@ -244,10 +244,10 @@ def stream_table(
             "to .npy, CSV or Parquet"
         )
     batches, columns, total = _open_batches(path, suffix)
-    j = _column_index(columns, target, "target")
+    j = column_index(columns, target, "target")
     if weight is not None and weight == target:
         raise ValueError(f"weight column {weight!r} not found (it is the target)")
-    w_col = None if weight is None else _column_index(columns, weight, "weight")
+    w_col = None if weight is None else column_index(columns, weight, "weight")
     keep = [i for i in range(len(columns)) if i not in (j, w_col)]
     names = [columns[i] for i in keep]
     with tempfile.TemporaryDirectory(prefix="moelearn-", dir=scratch) as folder:
