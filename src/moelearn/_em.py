@@ -299,6 +299,18 @@ class _Problem:
             self._subset = (subset, take_rows(self.X, subset), per_row)
         return self._subset[1], self._subset[2]
 
+    def uses_compiled_pass(self, params: MoEParams, subset: Array | None) -> bool:
+        """Whether :meth:`run_pass` takes the gradient from the compiled (numba)
+        pass: with a Newton subset, dense Newton matrices and a supported model."""
+        return (
+            subset is not None
+            and self.column_moments is None
+            and USE_COMPILED
+            and _em_fast.AVAILABLE
+            and params.link in _em_fast.LINK_CODES
+            and params.gate == "softmax"
+        )
+
     def run_pass(self, params: MoEParams, subset: Array | None) -> _Stats:
         """Gradient over all rows; Newton matrices over ``subset`` (or all rows),
         or from their structure (over all rows) when ``column_moments`` is set."""
@@ -310,9 +322,8 @@ class _Problem:
             structure = _StructuredCurvature(*self.column_moments, params)
             subset = None
         fused = subset is None
-        compiled = _uses_compiled_pass(params)
         stats = _Stats()
-        if not fused and compiled:
+        if self.uses_compiled_pass(params, subset):
             kernel = _em_fast.gradient_kernel(params, self.fit_experts, weighted)
             ll, stats.rss, stats.grad = reduce_rows(
                 kernel, self.X, *self._per_row(), scale=_em_fast.CHUNK_SCALE
@@ -340,16 +351,6 @@ class _Problem:
         if structure is not None:
             stats.expand(structure, k)
         return stats
-
-
-def _uses_compiled_pass(params: MoEParams) -> bool:
-    """Whether the gradient pass (with a Newton subset) runs compiled (numba)."""
-    return (
-        USE_COMPILED
-        and _em_fast.AVAILABLE
-        and params.link in _em_fast.LINK_CODES
-        and params.gate == "softmax"
-    )
 
 
 def gate_terms(
@@ -492,8 +493,7 @@ def em(
     # The compiled pass runs its own threads: BLAS threads left spinning after a
     # multi-threaded BLAS call would compete with them for the cores (measured at
     # n=1e6, d=50 on 2 cores: the pass took 2-3x longer), so BLAS gets one thread.
-    quiet = subset is not None and problem.column_moments is None
-    quiet = quiet and _uses_compiled_pass(params)
+    quiet = problem.uses_compiled_pass(params, subset)
     with threadpool_limits(limits=1, user_api="blas") if quiet else nullcontext():
         history: list[float] = []
         previous: tuple[MoEParams, float] | None = None
