@@ -37,6 +37,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_fit.py --out benchmarks/results/fit.md
 	$(BIN)/python benchmarks/bench_dask.py --out benchmarks/results/dask.md
 	$(BIN)/python benchmarks/bench_explicit.py --out benchmarks/results/explicit.md
+	$(BIN)/python -m pip install --quiet 'torch==2.13.0'
+	$(BIN)/python benchmarks/bench_torch.py --out benchmarks/results/torch.md
 
 # A streamed fit of an 8 GB Parquet file (n=2e7, d=50; needs 18 GB of free disk
 # in SCRATCH, about 4 minutes): peak RSS against the 2 GB target.

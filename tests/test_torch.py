@@ -1,15 +1,45 @@
 """PyTorch tensors as inputs (the ``torch`` extra; run here on the CPU build):
-passes read them chunk by chunk, fits equal the NumPy fits, and outputs come back
-as tensors of the input's dtype and device."""
+the pass kernels run on the tensor's chunks where it lives, fits equal the NumPy
+fits, and outputs come back as tensors of the input's dtype and device."""
 
 import warnings
 
 import numpy as np
 import pytest
 
-from moelearn import EMMoE, GradientMoE, SpectralMoE, make_moe, select_n_experts
+from moelearn import (
+    EMMoE,
+    GradientMoE,
+    HierarchicalMoE,
+    SpectralMoE,
+    _em,
+    _passes,
+    make_hme,
+    make_moe,
+    select_n_experts,
+)
 
 torch = pytest.importorskip("torch")
+
+
+@pytest.fixture
+def kernels_on_tensors(monkeypatch):
+    """Fails the test if a pass over a tensor hands its kernel anything but tensors
+    (the kernels must run on the chunks where the tensor lives). Returns the kinds
+    of ``X`` the passes saw. (Row subsets taken with ``take_rows`` -- a Newton
+    subset, the rows the marginal shape is measured on -- do come to the host.)"""
+    seen = set()
+    run = _passes._kernel_args
+
+    def checked(X, rows, per_row):
+        args = run(X, rows, per_row)
+        if _passes.is_torch(X):
+            assert all(_passes.is_torch(a) for a in args), "a chunk left the device"
+        seen.add(type(X).__module__.split(".")[0])
+        return args
+
+    monkeypatch.setattr(_passes, "_kernel_args", checked)
+    return seen
 
 
 def _fit(model, X, y, **kw):
@@ -27,7 +57,7 @@ def _fit(model, X, y, **kw):
     ],
     ids=["spectral", "spectral-intercept", "em"],
 )
-def test_tensor_fit_equals_the_numpy_fit(make_model):
+def test_tensor_fit_equals_the_numpy_fit(make_model, kernels_on_tensors):
     X, y, _ = make_moe(20_000, 5, random_state=4)
     w = np.random.default_rng(0).random(len(y))
     # requires_grad: NumPy cannot take the whole tensor, so only chunks are read
@@ -38,6 +68,41 @@ def test_tensor_fit_equals_the_numpy_fit(make_model):
     on_arrays = _fit(make_model(), X, y, sample_weight=w)
     np.testing.assert_allclose(on_tensors.experts_, on_arrays.experts_, rtol=1e-10)
     np.testing.assert_allclose(on_tensors.gating_, on_arrays.gating_, rtol=1e-10)
+    assert "torch" in kernels_on_tensors
+
+
+@pytest.mark.parametrize("link", ["sigmoid", "relu", "tanh", np.sinh])
+def test_links_run_on_tensors(link, kernels_on_tensors):
+    """Every built-in link's kernels, and a user's NumPy link (copied to the host
+    for the link alone), on tensors; a Newton subset (n > 20000) so that EM's
+    full-data gradient pass runs on the tensor, not in the compiled NumPy pass."""
+    name = link if isinstance(link, str) else "linear"
+    X, y, _ = make_moe(30_000, 4, link=name, random_state=2)
+    make = lambda: SpectralMoE(link=link, random_state=0)  # noqa: E731
+    on_tensors = _fit(make(), torch.from_numpy(X), torch.from_numpy(y))
+    on_arrays = _fit(make(), X, y)
+    np.testing.assert_allclose(on_tensors.experts_, on_arrays.experts_, rtol=1e-8)
+    np.testing.assert_allclose(on_tensors.gating_, on_arrays.gating_, rtol=1e-8)
+    assert "torch" in kernels_on_tensors
+
+
+def test_tree_gates_and_structured_curvature_on_tensors(
+    monkeypatch, kernels_on_tensors
+):
+    """The tree gate's kernels (HME) and the structured Newton matrices (forced
+    here at d = 4; normally above 600 features) on tensors. At the default
+    ``tol`` EM stops after 2 iterations, far enough from its fixed point that
+    rounding moves the result by 1e-5, so it runs to ``tol=1e-8`` here."""
+    X, y, _ = make_hme(20_000, 4, depth=2, random_state=3)
+    make = lambda: HierarchicalMoE(depth=2, tol=1e-8, random_state=0)  # noqa: E731
+    on_tensors = _fit(make(), torch.from_numpy(X), torch.from_numpy(y))
+    on_arrays = _fit(make(), X, y)
+    np.testing.assert_allclose(on_tensors.experts_, on_arrays.experts_, rtol=1e-7)
+    monkeypatch.setattr(_em, "STRUCTURED_CURVATURE_FEATURES", 3)
+    on_tensors = _fit(make(), torch.from_numpy(X), torch.from_numpy(y))
+    on_arrays = _fit(make(), X, y)
+    np.testing.assert_allclose(on_tensors.experts_, on_arrays.experts_, rtol=1e-7)
+    assert "torch" in kernels_on_tensors
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -70,7 +135,7 @@ def test_tensor_errors_are_clear():
         GradientMoE().fit(torch.from_numpy(X), y)
 
 
-def test_select_n_experts_on_tensors():
+def test_select_n_experts_on_tensors(kernels_on_tensors):
     X, y, _ = make_moe(20_000, 4, n_experts=3, random_state=5)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

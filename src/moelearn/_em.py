@@ -44,14 +44,22 @@ from functools import partial
 
 import numpy as np
 from scipy.linalg import LinAlgError, cho_factor, cho_solve
-from scipy.special import expit
 from threadpoolctl import threadpool_limits
 
 from moelearn import _em_fast
-from moelearn._links import get_link
+from moelearn._links import get_link, sigmoid
 from moelearn._model import MoEParams, log_gate_cols, tree_paths
 from moelearn._moments import input_whitening
-from moelearn._passes import map_rows, reduce_rows, row_slices, take_rows
+from moelearn._passes import (
+    concat,
+    is_torch,
+    like,
+    map_rows,
+    namespace,
+    reduce_rows,
+    row_slices,
+    take_rows,
+)
 
 Array = np.ndarray
 ProgressCallback = Callable[[str, int, float, float], None]
@@ -93,7 +101,7 @@ def expert_residuals(X: Array, y: Array, params: MoEParams) -> Array:
 
 
 def _residual_rows(xc: Array, yc: Array, link: str, experts: Array) -> Array:
-    return yc[:, None] - get_link(link).func(xc @ experts.T)
+    return yc[:, None] - get_link(link).func(xc @ like(experts.T, xc))
 
 
 def _posterior(logits: Array, res: Array, noise_std: float):
@@ -103,17 +111,19 @@ def _posterior(logits: Array, res: Array, noise_std: float):
     and ``log p(y|x) = lse_j(l_j - res_j^2/2sigma^2) - lse_j(l_j) - log sigma
     - log(2 pi)/2``: two exponentials per expert and row, one logarithm per row.
     """
-    top = logits.max(axis=0)
-    gates = np.exp(logits - top)
-    gate_norm = gates.sum(axis=0)
+    xp = namespace(logits)
+    top = xp.max(logits, axis=0)
+    gates = xp.exp(logits - top)
+    gate_norm = xp.sum(gates, axis=0)
     gates /= gate_norm
     z = res * (1.0 / noise_std)
     a = logits - 0.5 * z * z
-    a_top = a.max(axis=0)
-    resp = np.exp(a - a_top)
-    norm = resp.sum(axis=0)
+    a_top = xp.max(a, axis=0)
+    resp = xp.exp(a - a_top)
+    norm = xp.sum(resp, axis=0)
     resp /= norm
-    ll = a_top - top + np.log(norm / gate_norm) - (np.log(noise_std) + _HALF_LOG_2PI)
+    constant = float(np.log(noise_std) + _HALF_LOG_2PI)
+    ll = a_top - top + xp.log(norm / gate_norm) - constant
     return ll, resp, gates
 
 
@@ -175,8 +185,8 @@ class _StructuredCurvature:
 
     def features(self, xc: Array) -> Array:
         """``u = [1, s]`` for rows ``xc``, shape (m, r + 1)."""
-        s = xc @ self.projection - self.offset
-        return np.column_stack([np.ones(len(xc)), s])
+        s = xc @ like(self.projection, xc) - like(self.offset, xc)
+        return concat([namespace(xc).ones_like(s[:, :1]), s], axis=1)
 
     def expand(self, M: Array) -> Array:
         """``C M C^T + M_00 Cov_e`` (``M_00 = sum_i w_i``)."""
@@ -202,11 +212,11 @@ def _estep(xc: Array, yc: Array, resc: Array | None, spec: _PassSpec):
     params = spec.params
     k = params.n_experts
     if spec.fit_experts:
-        proj = np.vstack([params.experts, params.gating]) @ xc.T
+        proj = like(np.vstack([params.experts, params.gating]), xc) @ xc.T
         eta, logits = proj[:k], proj[k:]
         res = yc - get_link(params.link).func(eta)
     else:
-        eta, logits = None, params.gating @ xc.T
+        eta, logits = None, like(params.gating, xc) @ xc.T
         res = resc.T
     # The softmax is normalised inside _posterior; a tree's leaf log-probabilities
     # are already normalised.
@@ -223,6 +233,7 @@ def _pass_sums(xc: Array, yc: Array, *extra: Array, spec: _PassSpec) -> tuple:
     params = spec.params
     k = params.n_experts
     link = get_link(params.link)
+    xp = namespace(xc)
     resc = None if spec.fit_experts else extra[0]
     sw = extra[-1] if spec.weighted else None
     ll, resp, gates, res, eta, logits = _estep(xc, yc, resc, spec)
@@ -241,18 +252,18 @@ def _pass_sums(xc: Array, yc: Array, *extra: Array, spec: _PassSpec) -> tuple:
     ll_sum = rss = grad = hess_experts = hess_gate = gate_missing = None
     if spec.gradient:
         ll_sum = float(ll.sum())
-        rss = float(np.einsum("ij,ij->", resp_w, res * res))
+        rss = float(xp.sum(resp_w * (res * res)))
         if spec.fit_experts:
-            cols = np.vstack([resp_w * res * link.deriv(eta), cols])
+            cols = concat([resp_w * res * link.deriv(eta), cols])
         grad = (cols @ xc).T
     if spec.curvature:
         f = xc if spec.structure is None else spec.structure.features(xc)
         m = f.shape[1]
         if spec.fit_experts:
             weight = resp_w * link.deriv(eta) ** 2
-            hess_experts = np.stack([f.T @ (weight[j][:, None] * f) for j in range(k)])
-        hess_gate = np.zeros(((k - 1) * m, (k - 1) * m))
-        gate_missing = np.zeros_like(hess_gate) if missing else None
+            hess_experts = xp.stack([f.T @ (weight[j][:, None] * f) for j in range(k)])
+        hess_gate = like(np.zeros(((k - 1) * m, (k - 1) * m)), xc)
+        gate_missing = xp.zeros_like(hess_gate) if missing else None
         for a in range(k - 1):
             for b in range(a, k - 1):
                 block = slice(a * m, (a + 1) * m), slice(b * m, (b + 1) * m)
@@ -304,6 +315,7 @@ class _Problem:
         pass: with a Newton subset, dense Newton matrices and a supported model."""
         return (
             subset is not None
+            and not is_torch(self.X)  # the compiled pass takes NumPy chunks
             and self.column_moments is None
             and USE_COMPILED
             and _em_fast.AVAILABLE
@@ -380,24 +392,28 @@ def gate_terms(
         cols = resp[:-1] - gates[:-1]
         if not curvature:
             return cols, None, None
-        eye = np.eye(len(cols))[:, :, None]
+        eye = like(np.eye(cols.shape[0])[:, :, None], resp)
         complete = gates[:-1, None] * (eye - gates[None, :-1])
         var = resp[:-1, None] * (eye - resp[None, :-1]) if missing else None
         return cols, complete, var
     left, under = tree_paths(resp.shape[0])
-    left, under = left.astype(float), under.astype(float)
-    s = expit(logits)
+    left, under = like(left.astype(float), resp), like(under.astype(float), resp)
+    s = sigmoid(logits)
     mass = under @ resp
     cols = left @ resp - mass * s
     if not curvature:
         return cols, None, None
-    complete = np.zeros((len(cols), len(cols), resp.shape[1]))
-    idx = np.arange(len(cols))
-    complete[idx, idx] = mass * s * (1.0 - s)
+    t = cols.shape[0]
+    complete = like(np.zeros((t, t, resp.shape[1])), resp)
+    diagonal = mass * s * (1.0 - s)
+    for node in range(t):
+        complete[node, node] = diagonal[node]
     var = None
     if missing:
         c = left[:, :, None] - under[:, :, None] * s[:, None, :]  # (k-1, k, m)
-        var = np.einsum("alm,blm,lm->abm", c, c, resp) - cols[:, None] * cols[None]
+        var = -cols[:, None] * cols[None]
+        for leaf in range(c.shape[1]):  # + sum_l c_al c_bl r_l
+            var += c[:, None, leaf] * c[None, :, leaf] * resp[leaf]
     return cols, complete, var
 
 
@@ -568,7 +584,7 @@ def _offset_scores(xc: Array, yc: Array, spec: _PassSpec) -> tuple[Array, Array]
     _, resp, gates, res, eta, logits = _estep(xc, yc, None, spec)
     cols, _, _ = gate_terms(params.gate, logits, gates, resp, False, False)
     deriv = get_link(params.link).deriv(eta)
-    scores = np.vstack([resp * res * deriv / params.noise_std**2, cols])
+    scores = concat([resp * res * deriv / params.noise_std**2, cols])
     return scores.sum(axis=1), (scores * scores).sum(axis=1)
 
 

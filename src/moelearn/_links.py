@@ -26,11 +26,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, wraps
 
 import numpy as np
 from numpy.polynomial.hermite_e import hermegauss, hermeval
 from scipy.special import expit
+
+from moelearn._passes import like, namespace, to_host
 
 Array = np.ndarray
 
@@ -47,36 +49,50 @@ class Link:
     p2_orders: tuple[int, ...] | None = (1,)
 
 
+# The built-in links take NumPy arrays or, in the passes over a tensor, tensors
+# (their functions come from namespace(u)).
+
+
 def _identity(u: Array) -> Array:
     return u
 
 
 def _ones(u: Array) -> Array:
-    return np.ones_like(u)
+    return namespace(u).ones_like(u)
+
+
+def sigmoid(u: Array) -> Array:
+    """``1 / (1 + exp(-u))`` for arrays or tensors."""
+    xp = namespace(u)
+    return expit(u) if xp is np else 0.5 + 0.5 * xp.tanh(0.5 * u)
 
 
 def _sigmoid_deriv(u: Array) -> Array:
-    s = expit(u)
+    s = sigmoid(u)
     return s * (1.0 - s)
 
 
 def _relu(u: Array) -> Array:
-    return np.maximum(u, 0.0)
+    return namespace(u).maximum(u, 0.0)
 
 
 def _step(u: Array) -> Array:
-    return (u > 0).astype(float)
+    return (u > 0) * namespace(u).ones_like(u)
+
+
+def _tanh(u: Array) -> Array:
+    return namespace(u).tanh(u)
 
 
 def _tanh_deriv(u: Array) -> Array:
-    t = np.tanh(u)
+    t = _tanh(u)
     return 1.0 - t * t
 
 
 LINKS: dict[str, Link] = {
     "linear": Link("linear", _identity, _ones),
-    "sigmoid": Link("sigmoid", expit, _sigmoid_deriv),
-    "tanh": Link("tanh", np.tanh, _tanh_deriv),
+    "sigmoid": Link("sigmoid", sigmoid, _sigmoid_deriv),
+    "tanh": Link("tanh", _tanh, _tanh_deriv),
     "relu": Link("relu", _relu, _step, p3_orders=(2, 4), p2_orders=(1, 3)),
 }
 
@@ -91,10 +107,11 @@ def get_link(name) -> Link:
     if isinstance(name, Link):
         return name
     if callable(name):
+        func = _on_host(name)
         return Link(
             getattr(name, "__name__", "custom"),
-            name,
-            _central_difference(name),
+            func,
+            _central_difference(func),
             p3_orders=None,
             p2_orders=None,
         )
@@ -105,6 +122,19 @@ def get_link(name) -> Link:
         raise ValueError(
             f"unknown link {name!r}; choose one of {choices} or pass a callable"
         ) from None
+
+
+def _on_host(g: Callable[[Array], Array]) -> Callable[[Array], Array]:
+    """A user's NumPy function ``g`` that also takes tensors (copied to the host
+    and back)."""
+
+    @wraps(g)
+    def applied(u: Array) -> Array:
+        if namespace(u) is np:
+            return g(u)
+        return like(np.asarray(g(to_host(u)), dtype=np.float64), u)
+
+    return applied
 
 
 def _central_difference(g: Callable[[Array], Array]) -> Callable[[Array], Array]:

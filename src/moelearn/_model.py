@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from moelearn._links import get_link
-from moelearn._passes import map_rows
+from moelearn._passes import concat, like, map_rows, namespace
 
 Array = np.ndarray
 _HALF_LOG_2PI = 0.5 * np.log(2.0 * np.pi)
@@ -52,8 +52,9 @@ def logsumexp_cols(a: Array) -> Array:
     Experts-by-rows layout: reductions over the ``k`` experts run along contiguous
     rows, which is far faster in NumPy than reducing a short last axis.
     """
-    top = a.max(axis=0)
-    return top + np.log(np.exp(a - top).sum(axis=0))
+    xp = namespace(a)
+    top = xp.max(a, axis=0)
+    return top + xp.log(xp.sum(xp.exp(a - top), axis=0))
 
 
 def log_gate(logits: Array) -> Array:
@@ -96,10 +97,14 @@ def log_gate_cols(logits: Array, gate: str) -> Array:
     """
     if gate == "softmax":
         return logits - logsumexp_cols(logits)
+    xp = namespace(logits)
     left, under = tree_paths(logits.shape[0] + 1)
-    log_left = -np.logaddexp(0.0, -logits)  # log sigmoid(s)
-    log_right = -np.logaddexp(0.0, logits)  # log sigmoid(-s)
-    return left.T.astype(float) @ log_left + (under & ~left).T.astype(float) @ log_right
+    zeros = xp.zeros_like(logits)
+    log_left = -xp.logaddexp(zeros, -logits)  # log sigmoid(s)
+    log_right = -xp.logaddexp(zeros, logits)  # log sigmoid(-s)
+    to_left = like(left.T.astype(float), logits)
+    to_right = like((under & ~left).T.astype(float), logits)
+    return to_left @ log_left + to_right @ log_right
 
 
 def n_gate_rows(n_experts: int, gate: str) -> int:
@@ -110,7 +115,7 @@ def n_gate_rows(n_experts: int, gate: str) -> int:
 def log_joint(log_gates: Array, residuals: Array, noise_std: float) -> Array:
     """``log pi_j(x) + log N(y | mean_j, sigma^2)`` from the residuals ``y - mean_j``."""
     z = residuals / noise_std
-    return log_gates - 0.5 * z * z - np.log(noise_std) - _HALF_LOG_2PI
+    return log_gates - 0.5 * z * z - float(np.log(noise_std)) - _HALF_LOG_2PI
 
 
 def gate_proba(X: Array, params: MoEParams) -> Array:
@@ -119,12 +124,13 @@ def gate_proba(X: Array, params: MoEParams) -> Array:
 
 
 def _gate_rows(xc: Array, params: MoEParams) -> Array:
-    return np.exp(log_gate_cols(params.gating @ xc.T, params.gate)).T
+    logits = like(params.gating, xc) @ xc.T
+    return namespace(xc).exp(log_gate_cols(logits, params.gate)).T
 
 
 def expert_means(X: Array, params: MoEParams) -> Array:
     """``g(a_j . x)`` for every expert, shape (n, k)."""
-    return get_link(params.link).func(X @ params.experts.T)
+    return get_link(params.link).func(X @ like(params.experts.T, X))
 
 
 def predict_mean(X: Array, params: MoEParams) -> Array:
@@ -133,7 +139,7 @@ def predict_mean(X: Array, params: MoEParams) -> Array:
 
 
 def _mean_rows(xc: Array, params: MoEParams) -> Array:
-    return (_gate_rows(xc, params) * expert_means(xc, params)).sum(axis=1)
+    return namespace(xc).sum(_gate_rows(xc, params) * expert_means(xc, params), axis=1)
 
 
 def log_likelihood_terms(X: Array, y: Array, params: MoEParams) -> tuple[Array, Array]:
@@ -145,12 +151,12 @@ def log_likelihood_terms(X: Array, y: Array, params: MoEParams) -> tuple[Array, 
 def _likelihood_rows(xc: Array, yc: Array, params: MoEParams) -> Array:
     """``[log p(y|x), responsibilities]`` per row, shape (m, 1 + k)."""
     joint = log_joint(
-        log_gate_cols(params.gating @ xc.T, params.gate).T,
+        log_gate_cols(like(params.gating, xc) @ xc.T, params.gate).T,
         yc[:, None] - expert_means(xc, params),
         params.noise_std,
     )
     ll = logsumexp_rows(joint)
-    return np.column_stack([ll, np.exp(joint - ll[:, None])])
+    return concat([ll[:, None], namespace(xc).exp(joint - ll[:, None])], axis=1)
 
 
 def sample_outputs(

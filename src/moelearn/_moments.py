@@ -22,6 +22,8 @@ import numpy as np
 
 from moelearn._passes import (
     chunk_rows,
+    like,
+    namespace,
     reduce_rows,
     release_pages,
     row_slices,
@@ -116,11 +118,13 @@ def _input_sums(xc: Array, w: Array, *sw: Array, centre: Array, omega_raw: Array
     """``[sum x, sum p2 x]``, ``sum x x^T`` and ``sum p2 (omega^T x) x^T`` (the
     last transposed) over a chunk, about ``centre``; with a sample weight ``sw``
     the first two sums are weighted by it (``w`` already carries it)."""
+    xp = namespace(xc)
     if np.any(centre != 0):
-        xc = xc - centre
-    ones = sw[0] if sw else np.ones_like(w)
+        xc = xc - like(centre, xc)
+    ones = sw[0] if sw else xp.ones_like(w)
     s2 = xc.T @ (ones[:, None] * xc) if sw else xc.T @ xc
-    return np.vstack([ones, w]) @ xc, s2, ((omega_raw.T @ xc.T) * w) @ xc
+    first = xp.stack([ones, w]) @ xc
+    return first, s2, ((like(omega_raw.T, xc) @ xc.T) * w) @ xc
 
 
 def input_whitening(X: Array) -> Whitening:
@@ -180,18 +184,19 @@ def t2_product(
 def _t3_sums(xc: Array, weights: Array, U: Array, offset: Array):
     """``sum_i P(y_i) z_a z_b z_c`` (q, k * k, k) and ``sum_i P(y_i) z_a`` (q, k),
     ``z = U^T x - offset``, over a chunk."""
-    z = U.T @ xc.T - offset  # (k, rows): per-coordinate rows are contiguous
+    xp = namespace(xc)
+    z = like(U.T, xc) @ xc.T - like(offset, xc)  # (k, rows): contiguous rows
     k = z.shape[0]
-    pairs = (z[:, None, :] * z[None, :, :]).reshape(k * k, -1)
-    wT = np.ascontiguousarray(weights.T)  # (q, rows)
-    cube = np.stack([(pairs * w) @ z.T for w in wT])
+    pairs = xp.reshape(z[:, None, :] * z[None, :, :], (k * k, -1))
+    wT = np.ascontiguousarray(weights.T) if xp is np else weights.T  # (q, rows)
+    cube = xp.stack([(pairs * w) @ z.T for w in wT])
     return cube, wT @ z.T
 
 
 def _t2_sums(xc: Array, w: Array, U: Array, offset: Array):
     """``sum p2 (U^T x - offset) x^T`` and ``sum p2 (U^T x - offset)`` over a chunk."""
-    weighted = (U.T @ xc.T - offset) * w  # (m, rows): contiguous rows
-    return weighted @ xc, weighted.sum(axis=1)
+    weighted = (like(U.T, xc) @ xc.T - like(offset, xc)) * w  # (m, rows): contiguous
+    return weighted @ xc, namespace(xc).sum(weighted, axis=1)
 
 
 def t3_whitened(

@@ -13,9 +13,10 @@ Three operations, each one pass (or less) over ``X``:
 * a memory-mapped array (``np.load(..., mmap_mode="r")``, :func:`moelearn.io.
   stream_table`): the same, and each chunk's pages are released once read, so a
   file larger than memory is read with about one chunk resident;
-* a PyTorch tensor (on any device; the ``torch`` extra): each chunk is copied to
-  the host and the NumPy kernels run on it (the kernels themselves do not run on
-  the device yet);
+* a PyTorch tensor (on any device; the ``torch`` extra): the kernels run on the
+  tensor's chunks where the tensor lives (in float64), through the array API
+  (:func:`namespace`, :func:`like`); only their small results (sums of ``d x d``
+  at most, or the per-row results of a map) come back to the host;
 * a Dask array (rows chunked, the ``dask`` extra): a pass is one Dask computation,
   a task per block (the kernel on the block's row chunks) and a tree of sums, run
   by the active scheduler (e.g. a ``dask.distributed`` cluster). The per-row
@@ -24,7 +25,9 @@ Three operations, each one pass (or less) over ``X``:
 
 Kernels are module-level functions (or ``functools.partial`` of them) returning an
 array, a float or a tuple of those, so that partial results add up and the tasks
-can be sent to other processes.
+can be sent to other processes. They take their array functions from
+``xp = namespace(chunk)`` and move their NumPy parameters next to the chunk with
+``like(parameter, chunk)``, so that one kernel serves NumPy arrays and tensors.
 """
 
 from __future__ import annotations
@@ -126,6 +129,50 @@ def _host(chunk: Any) -> Array:
     return np.asarray(to_host(chunk), dtype=np.float64)
 
 
+def _host_results(result: Any) -> Any:
+    """A kernel's result (tensors, floats, None, tuples of them) with NumPy arrays
+    in place of tensors."""
+    if isinstance(result, tuple):
+        return tuple(_host_results(item) for item in result)
+    return to_host(result)
+
+
+def namespace(x: Any) -> Any:
+    """The array functions for ``x``: ``numpy`` for NumPy arrays, and for a PyTorch
+    tensor the array API namespace that wraps torch (``array_api_compat``, in the
+    ``torch`` extra). Kernels use only what both offer."""
+    if not is_torch(x):
+        return np
+    from array_api_compat import array_namespace
+
+    return array_namespace(x)
+
+
+def like(a: Any, x: Any) -> Any:
+    """A kernel's NumPy parameter ``a`` as an array of ``x``'s kind: unchanged when
+    ``x`` is a NumPy array, else a tensor on ``x``'s device (same dtype as ``a``)."""
+    if a is None or not is_torch(x):
+        return a
+    import torch
+
+    return torch.as_tensor(a, device=x.device)
+
+
+def concat(arrays: list, axis: int = 0) -> Any:
+    """Arrays of one kind joined along ``axis``."""
+    xp = namespace(arrays[0])
+    if xp is np:
+        return np.concatenate(arrays, axis=axis)
+    return xp.concat(arrays, axis=axis)
+
+
+def _on_device(chunk: Any) -> Any:
+    """A tensor chunk in float64 where it lives, detached from autograd."""
+    import torch
+
+    return chunk.detach().to(dtype=torch.float64)
+
+
 def is_dask(X: Any) -> bool:
     """Whether ``X`` is a Dask array (checked without importing Dask)."""
     return type(X).__module__.startswith("dask.") and hasattr(X, "to_delayed")
@@ -138,7 +185,10 @@ def add_results(*parts: Any) -> Any:
         return tuple(add_results(*items) for items in zip(*parts, strict=True))
     if first is None:
         return None
-    total = np.array(first, dtype=float, copy=True) if np.ndim(first) else first
+    if is_torch(first):
+        total = first.clone()
+    else:
+        total = np.array(first, dtype=float, copy=True) if np.ndim(first) else first
     for part in parts[1:]:
         total = total + part
     return total
@@ -175,16 +225,27 @@ def _chunks(X: Array, scale: int = 1) -> Iterator[slice]:
         callback(number, rows.stop, X.shape[0])
 
 
+def _kernel_args(X: Any, rows: slice, per_row: tuple) -> tuple:
+    """A chunk of ``X`` and of the per-row arrays, as the kernel takes them: NumPy
+    float64, or for a tensor ``X`` tensors on its device."""
+    if is_torch(X):
+        chunk = _on_device(X[rows])
+        return (chunk, *(like(a[rows], chunk) for a in per_row))
+    return (_host(X[rows]), *(a[rows] for a in per_row))
+
+
 def _local_reduce(kernel: Kernel, X: Array, per_row: tuple, scale: int = 1) -> Any:
     total = None
     for rows in _chunks(X, scale):
-        part = kernel(_host(X[rows]), *(a[rows] for a in per_row))
+        part = kernel(*_kernel_args(X, rows, per_row))
         total = part if total is None else add_results(total, part)
-    return total
+    return _host_results(total)
 
 
 def _local_map(kernel: Kernel, X: Array, per_row: tuple) -> Array:
-    parts = [kernel(_host(X[rows]), *(a[rows] for a in per_row)) for rows in _chunks(X)]
+    parts = [
+        _host_results(kernel(*_kernel_args(X, rows, per_row))) for rows in _chunks(X)
+    ]
     return np.concatenate(parts, axis=0)
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from moelearn._passes import is_dask, is_torch, reduce_rows, to_host
+from moelearn._passes import is_dask, is_torch, namespace, reduce_rows, to_host
 
 Array = np.ndarray
 
@@ -149,11 +149,12 @@ def _chunked_sum(arr: Array) -> float:
 
 
 def _sum_rows(xc: Array) -> float:
-    return float(np.add.reduce(xc, axis=None))
+    return float(namespace(xc).sum(xc))
 
 
 def _count_nonfinite(xc: Array) -> int:
-    return int(np.count_nonzero(~np.isfinite(xc)))
+    xp = namespace(xc)
+    return int(xp.sum(~xp.isfinite(xc)))
 
 
 def _check_rows_source(X, name: str):

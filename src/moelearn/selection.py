@@ -12,7 +12,7 @@ from sklearn.utils.validation import validate_data
 from moelearn import _validation as v
 from moelearn._links import get_link
 from moelearn._model import MoEParams, log_likelihood_terms
-from moelearn._passes import is_dask, is_torch, reduce_rows, to_host
+from moelearn._passes import is_dask, is_torch, like, reduce_rows, to_host
 from moelearn.estimators import SpectralMoE
 
 Array = np.ndarray
@@ -180,12 +180,12 @@ def _normal_equations(xc: Array, yc: Array) -> tuple[Array, Array]:
 def _gauss_newton_sums(xc: Array, yc: Array, link: str, coef: Array):
     """``J^T J``, ``J^T r`` and ``r^T r`` with ``r = y - g(X a)``, ``J = g'(X a) X``."""
     g = get_link(link)
-    eta = xc @ coef
+    eta = xc @ like(coef, xc)
     r = yc - g.func(eta)
     J = g.deriv(eta)[:, None] * xc
     return J.T @ J, J.T @ r, float(r @ r)
 
 
 def _residual_sum(xc: Array, yc: Array, link: str, coef: Array) -> float:
-    r = yc - get_link(link).func(xc @ coef)
+    r = yc - get_link(link).func(xc @ like(coef, xc))
     return float(r @ r)
