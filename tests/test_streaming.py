@@ -8,17 +8,17 @@ import pytest
 
 import moelearn.io as io_module
 from moelearn import SpectralMoE, make_moe
-from moelearn._passes import release_pages
+from moelearn._passes import _WithOnes, release_pages, with_ones
 from moelearn.cli import main
 from moelearn.io import read_table, stream_table, write_table
 
 pytest.importorskip("pyarrow")
 
 
-def _fit(X, y):
+def _fit(X, y, **settings):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return SpectralMoE(random_state=0).fit(X, y)
+        return SpectralMoE(random_state=0, **settings).fit(X, y)
 
 
 @pytest.fixture
@@ -52,14 +52,24 @@ def test_streamed_file_equals_the_loaded_one(tmp_path, monkeypatch, data, suffix
     assert not list(tmp_path.glob("moelearn-*"))  # the scratch file is gone
 
 
-def test_fit_on_a_memory_map_equals_the_in_memory_fit(tmp_path, data):
+@pytest.mark.parametrize("fit_intercept", [False, True])
+def test_fit_on_a_memory_map_equals_the_in_memory_fit(tmp_path, data, fit_intercept):
+    """Also with intercepts, where the constant column is added chunk by chunk
+    (``[X, 1]`` of a memory map is never built whole)."""
     X, y = data
+    if fit_intercept:
+        X, y = X + 2.0, y + 0.5
     np.save(tmp_path / "X.npy", X)
     mapped = np.load(tmp_path / "X.npy", mmap_mode="r")
-    on_disk, in_memory = _fit(mapped, y), _fit(X, y)
+    assert isinstance(with_ones(mapped), _WithOnes)
+    settings = {"fit_intercept": fit_intercept}
+    on_disk, in_memory = _fit(mapped, y, **settings), _fit(X, y, **settings)
     np.testing.assert_allclose(on_disk.experts_, in_memory.experts_, rtol=1e-10)
     np.testing.assert_allclose(on_disk.gating_, in_memory.gating_, rtol=1e-10)
     assert on_disk.noise_std_ == pytest.approx(in_memory.noise_std_, rel=1e-10)
+    if fit_intercept:
+        np.testing.assert_allclose(on_disk.intercept_, in_memory.intercept_, rtol=1e-9)
+        np.testing.assert_allclose(on_disk.predict(mapped), in_memory.predict(X))
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="reads /proc/self/status")
@@ -122,9 +132,13 @@ def test_cli_streamed_fit_writes_the_same_model(tmp_path, data, capsys):
     b = io_module.load_model(tmp_path / "b.json")
     np.testing.assert_allclose(b.experts_, a.experts_, rtol=1e-10)
     np.testing.assert_allclose(b.gating_, a.gating_, rtol=1e-10)
-    code = main([*common, "--stream", "yes", "--fit-intercept", "--out", "c.json"])
-    assert code == 2
-    assert "cannot be combined with a streamed fit" in capsys.readouterr().err
+    for stream, name in (("no", "c.json"), ("yes", "d.json")):
+        args = ["--stream", stream, "--fit-intercept", "--out", str(tmp_path / name)]
+        assert main([*common, *args]) == 0
+    c = io_module.load_model(tmp_path / "c.json")
+    d = io_module.load_model(tmp_path / "d.json")
+    np.testing.assert_allclose(d.experts_, c.experts_, rtol=1e-10)
+    np.testing.assert_allclose(d.intercept_, c.intercept_, rtol=1e-8, atol=1e-12)
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="reads /proc/self/status")

@@ -94,6 +94,8 @@ def release_pages(X: Array, rows: slice | None = None) -> None:
     faults the pages back in from the page cache or the file. A no-op for arrays in
     memory and where ``madvise`` is not available.
     """
+    if isinstance(X, _WithOnes):
+        X = X.X
     found = _mapping(X) if hasattr(mmap, "MADV_DONTNEED") else None
     if found is None:
         return
@@ -303,6 +305,8 @@ def take_rows(X, rows: slice | Array) -> Array:
     indices); a memory-mapped ``X``'s pages are released afterwards."""
     if is_dask(X):
         return np.asarray(X[rows].compute(), dtype=np.float64)
+    if isinstance(X, _WithOnes):
+        return _append_ones(take_rows(X.X, rows))
     if is_torch(X):
         if not isinstance(rows, slice):
             import torch
@@ -325,9 +329,28 @@ def take_rows(X, rows: slice | Array) -> Array:
     return out
 
 
+class _WithOnes:
+    """``[X, 1]`` for a memory-mapped ``X``, built a chunk at a time (the rows a
+    pass or :func:`take_rows` reads), so that a file is not copied into memory."""
+
+    def __init__(self, X: Array):
+        self.X = X
+        self.shape = (X.shape[0], X.shape[1] + 1)
+        self.ndim, self.dtype = 2, np.dtype(np.float64)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, rows: slice) -> Array:
+        return _append_ones(self.X[rows])
+
+
 def with_ones(X) -> Array:
     """``[X, 1]``: the design with a constant column (for intercepts); a Dask
-    array stays one, chunked by rows."""
+    array stays one, chunked by rows; a memory map is not copied (its rows get the
+    column as the passes read them)."""
+    if _mapping(X) is not None:
+        return _WithOnes(X)
     if is_dask(X):
         import dask.array as da
 
@@ -337,4 +360,9 @@ def with_ones(X) -> Array:
         import torch
 
         return torch.cat([X, X.new_ones((X.shape[0], 1))], dim=1)
-    return np.column_stack([X, np.ones(X.shape[0])])
+    return _append_ones(X)
+
+
+def _append_ones(X: Array) -> Array:
+    """``[X, 1]`` as a new in-memory float64 array."""
+    return np.column_stack([np.asarray(X, dtype=np.float64), np.ones(X.shape[0])])

@@ -304,8 +304,6 @@ def cmd_fit(args) -> int:
         if args.weight == args.target:
             raise CLIError(f"--weight {args.weight!r} is the target column")
     if _should_stream(args):
-        if args.fit_intercept:
-            raise CLIError("--fit-intercept cannot be combined with a streamed fit yet")
         with stream_table(
             args.data,
             args.target,
