@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from moelearn._tensor import (
+    krylov_eigenpairs,
     orthogonal_polish,
     ritz_eigenpairs,
     robust_tensor_power,
@@ -62,3 +63,25 @@ def test_ritz_eigenpairs_match_eigh(width, global_random_seed):
         assert abs(abs(pairs.vectors[:, j] @ U[:, j]) - 1) < 1e-6
     W = whitening_matrix(pairs, 2)
     np.testing.assert_allclose(W.T @ A @ W, np.eye(2), atol=1e-6)
+
+
+@pytest.mark.parametrize("noise", [0.01, 0.05])
+def test_krylov_eigenpairs_correct_a_nearly_right_start(noise, global_random_seed):
+    """From one product with a start block whose columns are the leading
+    eigenvectors tilted by ``eps = 0.2``, the leading eigenvectors come out an
+    order of magnitude closer than the start (the error is second order in the
+    tilt and the noise: over 50 seeds at most 0.077 eps), while Rayleigh–Ritz on
+    the start alone keeps an error of about ``eps`` (at least 0.82 eps)."""
+    rng = np.random.default_rng(global_random_seed)
+    d, width, eps = 60, 4, 0.2
+    U = np.linalg.qr(rng.standard_normal((d, d)))[0]
+    values = np.concatenate([[2.0, 1.0], noise * rng.uniform(-1, 1, d - 2)])
+    A = (U * values) @ U.T
+    start = U[:, :width] + eps * rng.standard_normal((d, width)) / np.sqrt(d)
+    pairs = krylov_eigenpairs(A @ start, start)
+    np.testing.assert_allclose(pairs.values[:2], [2.0, 1.0], atol=0.05 * eps)  # 0.031
+    Q = np.linalg.qr(start)[0]
+    ritz = Q @ np.linalg.eigh(Q.T @ A @ Q)[1][:, ::-1]
+    for j in range(2):
+        assert np.sqrt(max(0.0, 1 - (pairs.vectors[:, j] @ U[:, j]) ** 2)) < 0.15 * eps
+    assert np.sqrt(1 - (ritz[:, 0] @ U[:, 0]) ** 2) > 0.5 * eps

@@ -61,7 +61,11 @@ class InputPass:
 
 
 def input_pass(
-    X: Array, p2: Array, omega_raw: Array, sample_weight: Array | None = None
+    X: Array,
+    p2: Array,
+    omega_raw: Array,
+    sample_weight: Array | None = None,
+    sample: Array | None = None,
 ) -> InputPass:
     """One pass: input mean/covariance, marginal shape, and a first ``T2`` block product.
 
@@ -71,8 +75,9 @@ def input_pass(
     Returns ``T2 @ omega_w`` exactly as a second pass with the final whitening
     would. ``c`` is the first chunk's mean when the columns' means are large next
     to their spread (to avoid cancellation), else zero (no copy of the rows).
-    Skewness and kurtosis come from an evenly strided subset of at most
-    :data:`SHAPE_ROWS` rows (standard error ``sqrt(6 / m)`` <= 0.011), unweighted.
+    Skewness and kurtosis come from ``sample``, the rows :func:`row_sample`
+    picks (read here when not given; standard error ``sqrt(6 / m)`` <= 0.011),
+    unweighted.
     With ``sample_weight`` every expectation is the weighted mean
     ``sum_i w_i f_i / sum_i w_i`` and ``p2`` holds ``w_i P2(y_i)`` (as for
     :func:`t2_product`).
@@ -95,8 +100,11 @@ def input_pass(
     mean = centre + delta
     cov = s2 / n - np.outer(delta, delta)
     cov = 0.5 * (cov + cov.T)
-    transform = _inverse_sqrt(cov)
-    skewness, kurtosis = _marginal_shape(X)
+    transform = inverse_sqrt(cov)
+    if sample is None:
+        sample = take_rows(X, row_sample(X.shape[0]))
+    skewness, kurtosis = _marginal_shape(sample)
+    release_pages(X)  # a memory map's sample may be a view of it
 
     # sum p2 (x - mean)(x - mean)^T omega, from sums about the centre.
     do = delta @ omega_raw
@@ -133,27 +141,31 @@ def input_whitening(X: Array) -> Whitening:
     return input_pass(X, np.zeros(n), np.zeros((d, 1))).whitening
 
 
-SHAPE_ROWS = 50_000
+SAMPLE_ROWS = 50_000
 
 
-def _marginal_shape(X: Array) -> tuple[Array, Array]:
-    """Per-column skewness and excess kurtosis on an evenly strided row subset."""
-    step = max(1, X.shape[0] // SHAPE_ROWS)
-    sub = take_rows(X, slice(None, None, step))
-    m, d = sub.shape
-    mean = sub.mean(axis=0)
+def row_sample(n_samples: int) -> slice:
+    """Evenly strided rows, ``SAMPLE_ROWS`` to ``2 SAMPLE_ROWS`` of them (all when
+    fewer), for what a subset measures well enough: the inputs' marginal shape and
+    the spectral step's start block."""
+    return slice(None, None, max(1, n_samples // SAMPLE_ROWS))
+
+
+def _marginal_shape(sample: Array) -> tuple[Array, Array]:
+    """Per-column skewness and excess kurtosis of the rows ``sample``."""
+    m, d = sample.shape
+    mean = sample.mean(axis=0)
     powers = np.zeros((3, d))
     for rows in row_slices(m, d):
-        c = sub[rows] - mean
+        c = sample[rows] - mean
         c2 = c * c
         powers += [c2.sum(axis=0), (c2 * c).sum(axis=0), (c2 * c2).sum(axis=0)]
-    release_pages(X)
     m2, m3, m4 = powers / m
     m2 = np.where(m2 > 0, m2, np.inf)
     return m3 / m2**1.5, m4 / (m2 * m2) - 3.0
 
 
-def _inverse_sqrt(cov: Array) -> Array:
+def inverse_sqrt(cov: Array) -> Array:
     """Symmetric ``Cov^{-1/2}``; ``ValueError`` when columns are (near) collinear."""
     evals, evecs = np.linalg.eigh(cov)
     top = evals[-1] if evals.size else 0.0

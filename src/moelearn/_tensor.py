@@ -24,7 +24,7 @@ class Eigenpairs:
 
 
 def ritz_eigenpairs(
-    apply: Callable[[Array], Array],
+    apply: Callable[[Array], Array] | None,
     start_product: Array,
     start_block: Array,
     n_power_iter: int = 0,
@@ -53,6 +53,33 @@ def ritz_eigenpairs(
         vectors = Q @ small
     order = np.argsort(-sign * values)
     return Eigenpairs(values[order], vectors[:, order])
+
+
+def krylov_eigenpairs(
+    start_product: Array, start_block: Array, sign: float = 1.0
+) -> Eigenpairs:
+    """Eigenpairs of a symmetric ``A`` from one block product ``Y = A Omega``, for a
+    start block that nearly spans ``A``'s leading eigenvectors.
+
+    With ``Q R = Omega`` (``Q`` orthonormal), ``A Q = Y R^{-1}``,
+    ``B = Q^T A Q`` and the part of ``A Q`` outside ``span(Q)``,
+    ``A Q - Q B = Q_2 R_2``, Rayleigh–Ritz on the block Krylov space
+    ``span[Q, A Q] = span[Q, Q_2]`` needs ``[[B, R_2^T], [R_2, Q_2^T A Q_2]]``. The
+    last block would cost another product; it is set to zero. That is exact when
+    ``A`` vanishes on the complement of ``span(Q)``, and otherwise errs in the
+    leading eigenvectors by about ``|Q_2^T A Q_2| |R_2| / lambda^2``: the product of
+    ``A``'s size away from its leading eigenvectors (for ``T2``, its sampling
+    noise) and the start's error. Returns ``2 m`` pairs, largest
+    ``sign * value`` first.
+    """
+    Q, R = np.linalg.qr(start_block)
+    AQ = np.linalg.solve(R.T, start_product.T).T
+    B = 0.5 * (Q.T @ AQ + AQ.T @ Q)
+    Q2, R2 = np.linalg.qr(AQ - Q @ B)
+    M = np.block([[B, R2.T], [R2, np.zeros_like(B)]])
+    values, small = np.linalg.eigh(0.5 * (M + M.T))
+    order = np.argsort(-sign * values)
+    return Eigenpairs(values[order], np.hstack([Q, Q2]) @ small[:, order])
 
 
 def whitening_matrix(pairs: Eigenpairs, n_components: int) -> Array:
