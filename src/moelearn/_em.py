@@ -52,6 +52,7 @@ from moelearn._model import MoEParams, log_gate_cols, tree_paths
 from moelearn._moments import input_whitening
 from moelearn._passes import (
     concat,
+    einsum,
     is_torch,
     like,
     map_rows,
@@ -411,9 +412,7 @@ def gate_terms(
     var = None
     if missing:
         c = left[:, :, None] - under[:, :, None] * s[:, None, :]  # (k-1, k, m)
-        var = -cols[:, None] * cols[None]
-        for leaf in range(c.shape[1]):  # + sum_l c_al c_bl r_l
-            var += c[:, None, leaf] * c[None, :, leaf] * resp[leaf]
+        var = einsum("alm,blm,lm->abm", c, c, resp) - cols[:, None] * cols[None]
     return cols, complete, var
 
 

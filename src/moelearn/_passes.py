@@ -168,6 +168,15 @@ def concat(arrays: list, axis: int = 0) -> Any:
     return xp.concat(arrays, axis=axis)
 
 
+def einsum(subscripts: str, *operands: Any) -> Any:
+    """``numpy.einsum`` or, for tensors, ``torch.einsum`` (not in the array API)."""
+    if not is_torch(operands[0]):
+        return np.einsum(subscripts, *operands)
+    import torch
+
+    return torch.einsum(subscripts, *operands)
+
+
 def _on_device(chunk: Any) -> Any:
     """A tensor chunk in float64 where it lives, detached from autograd."""
     import torch
