@@ -102,7 +102,7 @@ def input_pass(
     cov = 0.5 * (cov + cov.T)
     transform = inverse_sqrt(cov)
     if sample is None:
-        sample = take_rows(X, row_sample(X.shape[0]))
+        sample = np.ascontiguousarray(take_rows(X, row_sample(X.shape[0])))
     skewness, kurtosis = _marginal_shape(sample)
     release_pages(X)  # a memory map's sample may be a view of it
 
@@ -129,10 +129,11 @@ def _input_sums(xc: Array, w: Array, *sw: Array, centre: Array, omega_raw: Array
     xp = namespace(xc)
     if np.any(centre != 0):
         xc = xc - like(centre, xc)
-    ones = sw[0] if sw else xp.ones_like(w)
-    s2 = xc.T @ (ones[:, None] * xc) if sw else xc.T @ xc
-    first = xp.stack([ones, w]) @ xc
-    return first, s2, ((like(omega_raw.T, xc) @ xc.T) * w) @ xc
+    if sw:
+        s1, s2 = sw[0] @ xc, xc.T @ (sw[0][:, None] * xc)
+    else:
+        s1, s2 = xp.sum(xc, axis=0), xc.T @ xc
+    return (s1, w @ xc), s2, ((like(omega_raw.T, xc) @ xc.T) * w) @ xc
 
 
 def input_whitening(X: Array) -> Whitening:
