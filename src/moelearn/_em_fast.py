@@ -19,7 +19,7 @@ except ImportError:  # the extra is not installed: the NumPy path is used
     numba = None
 
 AVAILABLE = numba is not None
-#: The compiled pass takes chunks this many times the usual size (about 64 MiB):
+#: The compiled pass takes chunks this many times the usual size (about 16 MiB):
 #: each call starts the threads anew.
 CHUNK_SCALE = 16
 LINK_CODES = {"linear": 0, "sigmoid": 1, "tanh": 2, "relu": 3}

@@ -160,7 +160,11 @@ def _marginal_shape(sample: Array) -> tuple[Array, Array]:
     for rows in row_slices(m, d):
         c = sample[rows] - mean
         c2 = c * c
-        powers += [c2.sum(axis=0), (c2 * c).sum(axis=0), (c2 * c2).sum(axis=0)]
+        powers += [
+            c2.sum(axis=0),
+            np.einsum("ij,ij->j", c2, c),
+            np.einsum("ij,ij->j", c2, c2),
+        ]
     m2, m3, m4 = powers / m
     m2 = np.where(m2 > 0, m2, np.inf)
     return m3 / m2**1.5, m4 / (m2 * m2) - 3.0
