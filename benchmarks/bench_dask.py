@@ -10,22 +10,10 @@ the two fits' parameters. Usage:
 from __future__ import annotations
 
 import argparse
-import time
-import warnings
 from pathlib import Path
 
-import numpy as np
-
-from _report import emit
-from moelearn import SpectralMoE, make_moe, parameter_error
-
-
-def fit(X, y) -> tuple[SpectralMoE, float]:
-    start = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = SpectralMoE(random_state=0, tol=1e-8).fit(X, y)
-    return model, time.perf_counter() - start
+from _report import emit, largest_relative_difference, timed_fit
+from moelearn import make_moe, parameter_error
 
 
 def main() -> None:
@@ -55,15 +43,10 @@ def main() -> None:
         first = 1.0 / (1.0 + da.exp(-(X @ (G[0] - G[1]))))
         y = da.where(u < first, X @ A[0], X @ A[1]) + truth["noise_std"] * eps
         X, y = X.persist(), y.compute()
-        on_cluster, cluster_s = fit(X, y)
+        on_cluster, cluster_s = timed_fit(X, y)
         X_local = X.compute()
-    in_memory, local_s = fit(X_local, y)
-    diff = max(
-        np.abs(on_cluster.experts_ - in_memory.experts_).max()
-        / np.abs(in_memory.experts_).max(),
-        np.abs(on_cluster.gating_ - in_memory.gating_).max()
-        / np.abs(in_memory.gating_).max(),
-    )
+    in_memory, local_s = timed_fit(X_local, y)
+    diff = largest_relative_difference(on_cluster, in_memory)
     lines = [
         "# Dask LocalCluster vs a single process",
         "",

@@ -12,22 +12,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
-import warnings
 from pathlib import Path
 
-import numpy as np
-
-from _report import emit
-from moelearn import SpectralMoE, make_moe
-
-
-def fit(X, y) -> tuple[SpectralMoE, float]:
-    start = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = SpectralMoE(random_state=0, tol=1e-8).fit(X, y)
-    return model, time.perf_counter() - start
+from _report import emit, largest_relative_difference, timed_fit
+from moelearn import make_moe
 
 
 def main() -> None:
@@ -42,20 +30,14 @@ def main() -> None:
 
     X, y, _ = make_moe(args.n, args.d, random_state=0)
     Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
-    fit(X[:20_000], y[:20_000])  # compile the numba pass before timing
+    timed_fit(X[:20_000], y[:20_000])  # compile the numba pass before timing
     times = {"numpy": [], "torch": []}
     for _ in range(args.repeats):
-        on_array, seconds = fit(X, y)
+        on_array, seconds = timed_fit(X, y)
         times["numpy"].append(seconds)
-        on_tensor, seconds = fit(Xt, yt)
+        on_tensor, seconds = timed_fit(Xt, yt)
         times["torch"].append(seconds)
-    differences = [
-        np.max(np.abs(a - b)) / np.max(np.abs(b))
-        for a, b in (
-            (on_tensor.experts_, on_array.experts_),
-            (on_tensor.gating_, on_array.gating_),
-        )
-    ]
+    difference = largest_relative_difference(on_tensor, on_array)
     numpy_s, torch_s = (statistics.median(times[k]) for k in ("numpy", "torch"))
     emit(
         "\n".join(
@@ -76,7 +58,7 @@ def main() -> None:
                     f"{torch_s / numpy_s:.2f} |"
                 ),
                 "",
-                f"Largest relative parameter difference: {max(differences):.1e}.",
+                f"Largest relative parameter difference: {difference:.1e}.",
                 "",
             ]
         ),

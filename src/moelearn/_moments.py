@@ -102,7 +102,7 @@ def input_pass(
     cov = 0.5 * (cov + cov.T)
     transform = inverse_sqrt(cov)
     if sample is None:
-        sample = np.ascontiguousarray(take_rows(X, row_sample(X.shape[0])))
+        sample = take_rows(X, row_sample(X.shape[0]))
     skewness, kurtosis = _marginal_shape(sample)
     release_pages(X)  # a memory map's sample may be a view of it
 

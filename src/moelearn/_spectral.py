@@ -179,7 +179,7 @@ def second_moment_eigenpairs(
         inputs = input_pass(X, p2, np.eye(d), sample_weight)
         return inputs, ritz_eigenpairs(None, inputs.t2_start, inputs.omega, sign=sign)
     rows = row_sample(n)
-    sample = np.ascontiguousarray(take_rows(X, rows))  # strided rows, gathered
+    sample = take_rows(X, rows)  # a strided view of an in-memory X (no copy)
     # The start block's rows: an evenly strided part of the sample.
     every = max(1, len(sample) // max(START_ROWS_PER_FEATURE * d, 10_000))
     omega = None
