@@ -228,13 +228,20 @@ def test_collinear_columns_are_a_clear_error():
         SpectralMoE().fit(X, y)
 
 
-def test_dataframe_feature_names_are_kept():
-    pd = pytest.importorskip("pandas")
+@pytest.mark.parametrize("library", ["pandas", "polars"])
+def test_dataframe_feature_names_are_kept(library):
+    lib = pytest.importorskip(library)
     X, y, _ = make_moe(5_000, 3, random_state=0)
-    frame = pd.DataFrame(X, columns=["a", "b", "c"])
-    model = SpectralMoE(random_state=0).fit(frame, y)
+    frame = lib.DataFrame({name: X[:, j] for j, name in enumerate("abc")})
+    model = SpectralMoE(random_state=0).fit(frame, lib.Series(y))
     assert list(model.feature_names_in_) == ["a", "b", "c"]
     np.testing.assert_allclose(model.predict(frame), model.predict(X))
+    np.testing.assert_allclose(
+        model.experts_, SpectralMoE(random_state=0).fit(X, y).experts_
+    )
+    renamed = lib.DataFrame({name: X[:, j] for j, name in enumerate("abd")})
+    with pytest.raises(ValueError, match="feature names"):
+        model.predict(renamed)
 
 
 def test_off_centre_inputs_warn_and_refinement_removes_the_bias():
