@@ -185,10 +185,7 @@ def second_moment_eigenpairs(
     omega = None
     if _sample_start_pays(n, len(sample[::every]), d, width):
         omega = sample_start_block(
-            sample[::every],
-            p2[rows][::every],
-            n_components + SAMPLE_OVERSAMPLING,
-            sign,
+            sample[::every], p2[rows][::every], n_components + SAMPLE_OVERSAMPLING
         )
     if omega is not None:
         inputs = input_pass(X, p2, omega, sample_weight, sample)
@@ -212,15 +209,14 @@ def _sample_start_pays(n_samples: int, n_sample: int, d: int, width: int) -> boo
     return 1.5 * n_sample * d + 3.0 * d * d < 4.0 * n_samples * width
 
 
-def sample_start_block(
-    sample: Array, p2: Array, width: int, sign: float
-) -> Array | None:
+def sample_start_block(sample: Array, p2: Array, width: int) -> Array | None:
     """A raw-coordinate start block spanning ``T2``'s leading eigenvectors as a row
     sample estimates them.
 
     The sample is whitened by its own mean and covariance (``z = L_s^T (x -
-    m_s)``) and ``T2_s = mean(P2 z z^T) - mean(P2) I``; its ``width`` leading
-    eigenvectors ``V`` (by ``sign * value``) give ``Omega = L_s V``, which the input
+    m_s)``) and ``T2_s = mean(P2 z z^T) - mean(P2) I``; its ``width`` eigenvectors
+    ``V`` of largest magnitude (either sign, so that a model whose ``T2`` has the
+    unexpected sign is still covered) give ``Omega = L_s V``, which the input
     pass maps to ``L^{-1} L_s V``, close to ``V`` in the whole data's whitened
     coordinates. ``None`` when the sample's covariance is singular.
     """
@@ -234,7 +230,7 @@ def sample_start_block(
     z = centred @ transform
     t2 = (z * p2[:, None]).T @ z / m - float(np.mean(p2)) * np.eye(d)
     values, vectors = np.linalg.eigh(0.5 * (t2 + t2.T))
-    return transform @ vectors[:, np.argsort(-sign * values)[:width]]
+    return transform @ vectors[:, np.argsort(-np.abs(values))[:width]]
 
 
 def spectral_solve(
