@@ -341,9 +341,11 @@ def take_rows(X, rows: slice | Array) -> Array:
         order = np.argsort(index, kind="stable")
         return take_rows(X, index[order])[np.argsort(order)]
     out = np.empty((len(index), *X.shape[1:]), dtype=X.dtype)
-    for part in row_slices(*X.shape, mapped=X):
+    for part in row_slices(*X.shape):
         lo, hi = np.searchsorted(index, [part.start, part.stop])
-        out[lo:hi] = X[index[lo:hi]]
+        if hi > lo:  # only the file chunks that hold requested rows are touched
+            out[lo:hi] = X[index[lo:hi]]
+            release_pages(X, part)
     return out
 
 
