@@ -182,10 +182,11 @@ def second_moment_eigenpairs(
     sample = take_rows(X, rows)  # a strided view of an in-memory X (no copy)
     # The start block's rows: an evenly strided part of the sample.
     every = max(1, len(sample) // max(START_ROWS_PER_FEATURE * d, 10_000))
+    start_rows = sample[::every]
     omega = None
-    if _sample_start_pays(n, len(sample[::every]), d, width):
+    if _sample_start_pays(n, len(start_rows), d, width):
         omega = sample_start_block(
-            sample[::every], p2[rows][::every], n_components + SAMPLE_OVERSAMPLING
+            start_rows, p2[rows][::every], n_components + SAMPLE_OVERSAMPLING
         )
     if omega is not None:
         inputs = input_pass(X, p2, omega, sample_weight, sample)
