@@ -123,9 +123,13 @@ def gate_proba(X: Array, params: MoEParams) -> Array:
     return map_rows(functools.partial(_gate_rows, params=params), X)
 
 
+def _log_gate_cols(xc: Array, params: MoEParams) -> Array:
+    """Log gate probabilities of rows ``xc``, experts-by-rows ``(k, m)``."""
+    return log_gate_cols(like(params.gating, xc) @ xc.T, params.gate)
+
+
 def _gate_rows(xc: Array, params: MoEParams) -> Array:
-    logits = like(params.gating, xc) @ xc.T
-    return namespace(xc).exp(log_gate_cols(logits, params.gate)).T
+    return namespace(xc).exp(_log_gate_cols(xc, params)).T
 
 
 def expert_means(X: Array, params: MoEParams) -> Array:
@@ -151,7 +155,7 @@ def log_likelihood_terms(X: Array, y: Array, params: MoEParams) -> tuple[Array, 
 def _likelihood_rows(xc: Array, yc: Array, params: MoEParams) -> Array:
     """``[log p(y|x), responsibilities]`` per row, shape (m, 1 + k)."""
     joint = log_joint(
-        log_gate_cols(like(params.gating, xc) @ xc.T, params.gate).T,
+        _log_gate_cols(xc, params).T,
         yc[:, None] - expert_means(xc, params),
         params.noise_std,
     )
