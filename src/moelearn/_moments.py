@@ -1,13 +1,13 @@
 """Stein-score moments computed from samples in row chunks.
 
 Nothing here forms a ``d x d x d`` tensor. The second-order moment is used only
-through block products ``T2 @ V`` and the third-order one only through its
-contraction ``T3(W, W, W)`` with a ``d x k`` whitening matrix, each an average over
-samples of low-dimensional projections:
+through block products ``T2 @ V`` and the third-order one only within the span of
+``k`` orthonormal directions ``U``, each an average over samples of low-dimensional
+projections:
 
 * ``T2 V = E[P2(y) (x x^T - I)] V = E[P2(y) x (x^T V)] - E[P2(y)] V``;
-* ``T3(W, W, W)_abc = E[P3(y) (z_a z_b z_c - z_a M_bc - z_b M_ac - z_c M_ab)]``
-  with ``z = W^T x`` and ``M = W^T W``.
+* ``T2(U, U)`` and ``T3(U, U, U)`` are ``E[P(y) S_m(z)]`` for ``z = U^T x``, whose
+  entries are Hermite polynomials ``He_alpha(z)`` (:func:`projected_moments`).
 
 Here ``x`` is the *whitened* input ``L^T (x_raw - mean)``; the kernels take raw rows
 and fold the affine map into the vectors, so the data are never copied.
@@ -15,6 +15,8 @@ and fold the affine map into the vectors, so the data are never copied.
 
 from __future__ import annotations
 
+import itertools
+import math
 from dataclasses import dataclass
 from functools import partial
 
@@ -198,54 +200,141 @@ def t2_product(
     return whitening.transform.T @ centred - (p2.sum() / n) * V
 
 
-def _t3_sums(xc: Array, weights: Array, U: Array, offset: Array):
-    """``sum_i P(y_i) z_a z_b z_c`` (q, k * k, k) and ``sum_i P(y_i) z_a`` (q, k),
-    ``z = U^T x - offset``, over a chunk."""
-    xp = namespace(xc)
-    z = like(U.T, xc) @ xc.T - like(offset, xc)  # (k, rows): contiguous rows
-    k = z.shape[0]
-    pairs = xp.reshape(z[:, None, :] * z[None, :, :], (k * k, -1))
-    wT = np.ascontiguousarray(weights.T) if xp is np else weights.T  # (q, rows)
-    cube = xp.stack([(pairs * w) @ z.T for w in wT])
-    return cube, wT @ z.T
-
-
 def _t2_sums(xc: Array, w: Array, U: Array, offset: Array):
     """``sum p2 (U^T x - offset) x^T`` and ``sum p2 (U^T x - offset)`` over a chunk."""
     weighted = (like(U.T, xc) @ xc.T - like(offset, xc)) * w  # (m, rows): contiguous
     return weighted @ xc, namespace(xc).sum(weighted, axis=1)
 
 
-def t3_whitened(
-    X: Array, weights: Array, whitening: Whitening, W: Array, total: float | None = None
-) -> Array:
-    """``T3(W, W, W)`` for each weight column, in one chunked pass.
+#: Most Hermite polynomials the moment regression (:func:`projected_moments`) fits:
+#: degree 4 for up to 5 experts (15, 35, 70, 126 polynomials for k = 2..5), degree 3
+#: for 6 or 7, the plain sample means beyond. The pass evaluates each polynomial on
+#: every row, about ``p k`` flops a row.
+MAX_REGRESSION_FEATURES = 128
 
-    Parameters
-    ----------
-    X : (n, d) raw inputs.
-    weights : (n, q) values ``P(y_i)`` of ``q`` polynomials of ``y``.
-    whitening : the input whitening.
-    W : (d, k) matrix acting on whitened inputs.
-    total : ``sum_i w_i`` when ``weights`` carry sample weights (default ``n``).
 
-    Returns
-    -------
-    (q, k, k, k) array: ``E[P(y) S3(x)]`` contracted with ``W`` on every mode.
+def hermite_indices(k: int, degree: int) -> list[tuple[int, ...]]:
+    """The multi-indices ``alpha`` of ``k`` variables with ``|alpha| <= degree``, by
+    degree."""
+    indices = []
+    for m in range(degree + 1):
+        for variables in itertools.combinations_with_replacement(range(k), m):
+            indices.append(tuple(variables.count(j) for j in range(k)))
+    return indices
+
+
+def regression_degree(k: int) -> int | None:
+    """The highest degree (4 or 3) whose Hermite polynomials in ``k`` variables
+    number at most :data:`MAX_REGRESSION_FEATURES`; ``None`` when none does."""
+    for degree in (4, 3):
+        if len(hermite_indices(k, degree)) <= MAX_REGRESSION_FEATURES:
+            return degree
+    return None
+
+
+def hermite_features(z: Array, indices: list[tuple[int, ...]]) -> Array:
+    """``He_alpha(z) = prod_j He_{alpha_j}(z_j)`` (probabilists' Hermite
+    polynomials, ``He_{m+1}(t) = t He_m(t) - m He_{m-1}(t)``) for each ``alpha``.
+
+    ``z`` is ``(k, rows)``; returns ``(len(indices), rows)``.
     """
-    k = W.shape[1]
-    weights = weights.reshape(X.shape[0], -1)
-    n = X.shape[0] if total is None else total
-    q = weights.shape[1]
-    U = whitening.transform @ W
-    offset = (whitening.mean @ U)[:, None]
-    cube, first = reduce_rows(partial(_t3_sums, U=U, offset=offset), X, weights)
-    cube = cube.reshape(q, k, k, k) / n
-    first /= n
-    M = W.T @ W
-    sym = (
-        np.einsum("qa,bc->qabc", first, M)
-        + np.einsum("qb,ac->qabc", first, M)
-        + np.einsum("qc,ab->qabc", first, M)
+    xp = namespace(z)
+    he = [xp.ones_like(z), z]
+    for m in range(1, max(2, max(map(sum, indices)))):
+        he.append(z * he[m] - m * he[m - 1])
+    he = xp.stack(he)  # (degree + 1, k, rows)
+    features = he[[alpha[0] for alpha in indices], 0]
+    for j in range(1, z.shape[0]):
+        features = features * he[[alpha[j] for alpha in indices], j]
+    return features
+
+
+def _residual_sums(
+    xc: Array,
+    responses: Array,
+    *sw: Array,
+    U: Array,
+    offset: Array,
+    indices: list[tuple[int, ...]],
+    coefficients: Array,
+):
+    """``sum_i s_i He(z_i) (P(y_i) - beta^T He(z_i))^T`` (p, q), ``z = U^T x -
+    offset``, over a chunk (``s_i`` the sample weights, 1 without)."""
+    z = like(U.T, xc) @ xc.T - like(offset, xc)  # (k, rows): contiguous rows
+    features = hermite_features(z, indices)
+    residuals = responses - features.T @ like(coefficients, xc)
+    return (features * sw[0] if sw else features) @ residuals
+
+
+def projected_moments(
+    X: Array,
+    responses: Array,
+    whitening: Whitening,
+    U: Array,
+    degree: int | None,
+    sample_weight: Array | None = None,
+) -> tuple[Array, Array]:
+    """``E[P_j(y) S2(z)]`` and ``E[P_j(y) S3(z)]`` of the projected whitened inputs
+    ``z = U^T x`` (orthonormal ``U``, ``d x k``), for each column ``P_j(y)`` of
+    ``responses``, in one chunked pass.
+
+    ``z`` is standard normal, so the score tensors are Hermite polynomials,
+    ``S_m(z)_{i_1..i_m} = He_alpha(z)`` with ``alpha`` the counts of the indices,
+    and ``E[He_alpha He_gamma] = alpha! [alpha = gamma]``. Hence for any
+    coefficients ``beta``
+
+        ``E[P He_alpha] = alpha! beta_alpha + E[He_alpha (P - sum_gamma beta_gamma He_gamma)]``.
+
+    With ``degree``, ``beta`` is the least-squares fit of ``P`` on every
+    ``He_gamma(z)`` with ``|gamma| <= degree`` on the rows :func:`row_sample`
+    picks, and the pass averages the second term over all rows: the fitted parts
+    of ``P``, which carry much of its variance, no longer add sampling noise (a
+    control variate; to first order the error is that of the least-squares fit on
+    all rows, and it is that fit exactly when the sample is all rows). With
+    ``degree=None``, ``beta = 0``: the plain weighted means of ``P S_m(z)``.
+
+    Returns ``(q, k, k)`` and ``(q, k, k, k)`` arrays.
+    """
+    k = U.shape[1]
+    responses = responses.reshape(X.shape[0], -1)
+    indices = hermite_indices(k, degree or 3)
+    transform = whitening.transform @ U
+    offset = (whitening.mean @ transform)[:, None]
+    factorials = np.array([math.prod(map(math.factorial, a)) for a in indices])
+    coefficients = np.zeros((len(indices), responses.shape[1]))
+    if degree is not None:
+        rows = row_sample(X.shape[0])
+        z = transform.T @ np.asarray(take_rows(X, rows)).T - offset
+        features = hermite_features(z, indices)  # (p, m)
+        targets = responses[rows]
+        if sample_weight is not None:
+            targets = targets * sample_weight[rows][:, None]
+            gram = (features * sample_weight[rows]) @ features.T
+        else:
+            gram = features @ features.T
+        # Normal equations: the Hermite polynomials are orthogonal for Gaussian z,
+        # so the Gram matrix is close to diag(alpha!).
+        coefficients = np.linalg.lstsq(gram, features @ targets, rcond=None)[0]
+    kernel = partial(
+        _residual_sums,
+        U=transform,
+        offset=offset,
+        indices=indices,
+        coefficients=coefficients,
     )
-    return cube - sym
+    per_row = (responses,) if sample_weight is None else (responses, sample_weight)
+    sums = reduce_rows(kernel, X, *per_row)
+    total = X.shape[0] if sample_weight is None else float(sample_weight.sum())
+    moments = factorials[:, None] * coefficients + sums / total
+    position = {alpha: i for i, alpha in enumerate(indices)}
+    return tuple(_moment_tensor(moments, position, order, k) for order in (2, 3))
+
+
+def _moment_tensor(moments: Array, position: dict, order: int, k: int) -> Array:
+    """The ``(q,) + (k,) * order`` tensors whose entry ``i_1..i_m`` is row
+    ``alpha(i_1..i_m)`` of ``moments`` (``E[P He_alpha]``)."""
+    tensor = np.empty((moments.shape[1],) + (k,) * order)
+    for entry in itertools.product(range(k), repeat=order):
+        alpha = tuple(entry.count(j) for j in range(k))
+        tensor[(slice(None), *entry)] = moments[position[alpha]]
+    return tensor

@@ -10,9 +10,12 @@ Two chunked passes over the data (four when ``d`` is large next to ``n``):
    (:func:`moelearn._tensor.krylov_eigenpairs`); when the sample's ``d x d`` work
    would cost more than it saves, ``Omega`` is random and two more passes follow:
    one subspace iteration ``T2 @ Q`` and the Rayleigh–Ritz product ``T2 @ Q``;
-2. ``T3(W, W, W)`` for the whitening ``W`` of ``T2``, for two polynomials of ``y``
-   (``P3`` at zero noise and ``y`` itself), so that ``T3`` for any noise level is
-   ``T3_0 - 3 sigma^2 T3_y`` without another pass.
+2. ``T2`` and ``T3`` within the span ``U`` of ``T2``'s ``k`` leading eigenvectors,
+   for three polynomials of ``y`` (``P2``, ``P3`` at zero noise and ``y`` itself, so
+   that ``T3`` for any noise level is ``T3_0 - 3 sigma^2 T3_y`` without another
+   pass), estimated by least squares on the Hermite polynomials of ``U^T x``
+   (:func:`moelearn._moments.projected_moments`). The span's ``k x k`` block of
+   ``T2`` gives the whitening ``W``; ``T3(W, W, W)`` follows without another pass.
 
 The ``k x k x k`` whitened tensor is decomposed by the robust tensor power method;
 regressors are un-whitened with their scale from the eigenvalues.
@@ -30,9 +33,10 @@ from moelearn._moments import (
     InputPass,
     input_pass,
     inverse_sqrt,
+    projected_moments,
+    regression_degree,
     row_sample,
     t2_product,
-    t3_whitened,
 )
 from moelearn._passes import take_rows
 from moelearn._tensor import (
@@ -125,26 +129,33 @@ def spectral_moments(
     # A d x d matrix of independent entries with sd tau / sqrt(n) has operator
     # norm about 2 tau sqrt(d / n); tau^2 ~ Var(P2) for the entries of P2 (x x^T - I)
     # (a constant in P2 adds nothing: the sample-whitened sum of x x^T - I is 0).
-    weights = np.column_stack([transforms.p3(y), y])
     if sample_weight is None:
-        n_effective, total = X.shape[0], None
+        n_effective = X.shape[0]
         p2_var = np.var(p2)
     else:
-        total = float(sample_weight.sum())
-        n_effective = total**2 / float(np.sum(sample_weight**2))  # Kish's
+        # Kish's effective sample size
+        n_effective = sample_weight.sum() ** 2 / float(np.sum(sample_weight**2))
         p2_var = np.average(
             (p2 - np.average(p2, weights=sample_weight)) ** 2, weights=sample_weight
         )
-        weights = weights * sample_weight[:, None]
     t2_noise = float(2.0 * np.sqrt(d * p2_var / n_effective))
-    W = whitening_matrix(pairs, n_experts)
-    t3 = t3_whitened(X, weights, inputs.whitening, W, total)
+    # T2 and T3 within the span of T2's leading eigenvectors, from the second pass.
+    U = pairs.vectors[:, :n_experts]
+    responses = np.column_stack([p2, transforms.p3(y), y])
+    t2_block, t3_block = projected_moments(
+        X, responses, inputs.whitening, U, regression_degree(n_experts), sample_weight
+    )
+    values, rotation = np.linalg.eigh(t2_block[0])
+    order = np.argsort(-sign * values) if sign_ok else np.argsort(-np.abs(values))
+    block_pairs = type(pairs)(values[order], rotation[:, order])
+    B = whitening_matrix(block_pairs, n_experts)
+    t3 = np.einsum("qabc,ai,bj,ck->qijk", t3_block[1:], B, B, B)
     return SpectralMoments(
         link,
         transforms,
         inputs,
-        pairs.values,
-        pairs.vectors[:, :n_experts],
+        np.concatenate([block_pairs.values, pairs.values[n_experts:]]),
+        U @ block_pairs.vectors,
         t3[0],
         t3[1],
         sign,
