@@ -113,6 +113,9 @@ def test_stream_errors_name_the_row_and_column(tmp_path, data):
     with pytest.raises(ValueError, match="target column 'z' not found"):
         with stream_table(path, "z", tmp_path):
             pass
+    with pytest.raises(ValueError, match="weight column 'y' is the target column"):
+        with stream_table(path, "y", tmp_path, weight="y"):
+            pass
     np.savez(tmp_path / "d.npz", X=X, y=y)
     with pytest.raises(ValueError, match="cannot be streamed"):
         with stream_table(tmp_path / "d.npz", "y"):

@@ -246,7 +246,7 @@ def stream_table(
     batches, columns, total = _open_batches(path, suffix)
     j = column_index(columns, target, "target")
     if weight is not None and weight == target:
-        raise ValueError(f"weight column {weight!r} not found (it is the target)")
+        raise ValueError(f"weight column {weight!r} is the target column")
     w_col = None if weight is None else column_index(columns, weight, "weight")
     keep = [i for i in range(len(columns)) if i not in (j, w_col)]
     names = [columns[i] for i in keep]
