@@ -121,3 +121,28 @@ def test_dask_select_n_experts_equals_the_in_memory_one(client):
     assert on_cluster.n_experts == in_memory.n_experts == 3
     for k in (1, 2, 3):
         assert on_cluster.bic[k] == pytest.approx(in_memory.bic[k], rel=1e-8)
+
+
+def test_dask_select_n_experts_keeps_a_dataframe_on_the_cluster(client, monkeypatch):
+    from sklearn.utils import validation
+
+    from moelearn import select_n_experts
+
+    dd = pytest.importorskip("dask.dataframe")
+    pd = pytest.importorskip("pandas")
+    X, y, _ = make_moe(20_000, 4, random_state=5)
+    frame = dd.from_pandas(pd.DataFrame(X, columns=list("abcd")), npartitions=4)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the dataframe was brought into memory")
+
+    monkeypatch.setattr(validation, "check_array", refuse)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        on_cluster = select_n_experts(frame, y, max_experts=2, random_state=0)
+    monkeypatch.undo()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        in_memory = select_n_experts(X, y, max_experts=2, random_state=0)
+    assert on_cluster.n_experts == in_memory.n_experts == 2
+    assert on_cluster.bic[2] == pytest.approx(in_memory.bic[2], rel=1e-8)

@@ -7,12 +7,11 @@ from dataclasses import dataclass, field
 from functools import partial
 
 import numpy as np
-from sklearn.utils.validation import validate_data
 
 from moelearn import _validation as v
 from moelearn._links import get_link
 from moelearn._model import MoEParams, log_likelihood_terms
-from moelearn._passes import is_dask, is_torch, like, reduce_rows, to_host
+from moelearn._passes import like, reduce_rows
 from moelearn.estimators import SpectralMoE
 
 Array = np.ndarray
@@ -84,14 +83,8 @@ def select_n_experts(
     -------
     ExpertSelection
     """
-    if is_dask(X) or is_torch(X):
-        X = v.check_finite_2d(X)  # stays a Dask array or a tensor
-        y = np.asarray(to_host(y))
-    else:
-        probe = SpectralMoE(link=link)
-        X, y = validate_data(probe, X, y, dtype=np.float64, y_numeric=True)
-        X = v.check_finite_2d(X)
-    y = v.check_target(y, X.shape[0])
+    # The estimators' checks; Dask arrays and dataframes and tensors stay where they are.
+    X, y = SpectralMoE(n_experts=1, link=link)._validate_training_data(X, y)
     n, d = X.shape
     if not (isinstance(max_experts, (int, np.integer)) and 1 <= max_experts <= d):
         raise ValueError(
