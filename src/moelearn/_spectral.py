@@ -148,8 +148,8 @@ def spectral_moments(
     t3_block = projected_moments(
         X, responses, inputs.whitening, U, regression_degree(n_experts), sample_weight
     )[1]
-    B = whitening_matrix(pairs, n_experts)
-    t3 = np.einsum("qabc,ai,bj,ck->qijk", t3_block, U.T @ B, U.T @ B, U.T @ B)
+    scale = U.T @ whitening_matrix(pairs, n_experts)  # diag(|lambda|^-1/2)
+    t3 = np.einsum("qabc,ai,bj,ck->qijk", t3_block, scale, scale, scale)
     return SpectralMoments(
         link,
         transforms,
