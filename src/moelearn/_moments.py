@@ -154,10 +154,17 @@ def row_sample(n_samples: int) -> slice:
     return slice(None, None, max(1, n_samples // SAMPLE_ROWS))
 
 
+def column_means(rows: Array) -> Array:
+    """Column means as a matrix-vector product: for a strided row sample (a view of
+    every ``s``-th row) BLAS takes 1.1 ms where ``rows.mean(axis=0)`` takes 11 ms
+    (50000 x 50)."""
+    return np.ones(len(rows)) @ rows / len(rows)
+
+
 def _marginal_shape(sample: Array) -> tuple[Array, Array]:
     """Per-column skewness and excess kurtosis of the rows ``sample``."""
     m, d = sample.shape
-    mean = sample.mean(axis=0)
+    mean = column_means(sample)
     powers = np.zeros((3, d))
     for rows in row_slices(m, d):
         c = sample[rows] - mean
@@ -211,6 +218,12 @@ def _t2_sums(xc: Array, w: Array, U: Array, offset: Array):
 #: for 6 or 7, the plain sample means beyond. The pass evaluates each polynomial on
 #: every row, about ``p k`` flops a row.
 MAX_REGRESSION_FEATURES = 128
+
+
+#: The Hermite pass takes chunks this many times the usual size: its temporaries
+#: are ``p`` rows long (about 1.3 MB at p = 15, d = 50) and its chunk a view, so
+#: fewer, larger chunks cost less: 87 ms against 106 ms at n = 1e6, d = 50.
+HERMITE_CHUNK_SCALE = 4
 
 
 def hermite_indices(k: int, degree: int) -> list[tuple[int, ...]]:
@@ -323,7 +336,7 @@ def projected_moments(
         coefficients=coefficients,
     )
     per_row = (responses,) if sample_weight is None else (responses, sample_weight)
-    sums = reduce_rows(kernel, X, *per_row)
+    sums = reduce_rows(kernel, X, *per_row, scale=HERMITE_CHUNK_SCALE)
     total = X.shape[0] if sample_weight is None else float(sample_weight.sum())
     moments = factorials[:, None] * coefficients + sums / total
     position = {alpha: i for i, alpha in enumerate(indices)}

@@ -31,6 +31,7 @@ from scipy.optimize import brentq
 from moelearn._links import Link, Transforms, tensor_constants, transform_coefficients
 from moelearn._moments import (
     InputPass,
+    column_means,
     input_pass,
     inverse_sqrt,
     projected_moments,
@@ -233,7 +234,7 @@ def sample_start_block(sample: Array, p2: Array, width: int) -> Array | None:
     coordinates. ``None`` when the sample's covariance is singular.
     """
     m, d = sample.shape
-    mean = sample.mean(axis=0)
+    mean = column_means(sample)
     centred = sample - mean
     try:
         transform = inverse_sqrt(centred.T @ centred / m)
