@@ -262,6 +262,22 @@ def hermite_features(z: Array, indices: list[tuple[int, ...]]) -> Array:
     return features
 
 
+def _hermite_fit_sums(
+    xc: Array,
+    responses: Array,
+    *sw: Array,
+    U: Array,
+    offset: Array,
+    indices: list[tuple[int, ...]],
+):
+    """The least-squares sums ``sum_i s_i He(z_i) He(z_i)^T`` (p, p) and
+    ``sum_i s_i He(z_i) P(y_i)^T`` (p, q), ``z = U^T x - offset``, over a chunk."""
+    z = like(U.T, xc) @ xc.T - like(offset, xc)
+    features = hermite_features(z, indices)
+    weighted = features * sw[0] if sw else features
+    return weighted @ features.T, weighted @ responses
+
+
 def _residual_sums(
     xc: Array,
     responses: Array,
@@ -317,17 +333,18 @@ def projected_moments(
     coefficients = np.zeros((len(indices), responses.shape[1]))
     if degree is not None:
         rows = row_sample(X.shape[0])
-        z = transform.T @ np.asarray(take_rows(X, rows)).T - offset
-        features = hermite_features(z, indices)  # (p, m)
-        targets = responses[rows]
+        per_sample = (responses[rows],)
         if sample_weight is not None:
-            targets = targets * sample_weight[rows][:, None]
-            gram = (features * sample_weight[rows]) @ features.T
-        else:
-            gram = features @ features.T
+            per_sample += (sample_weight[rows],)
+        gram, cross = reduce_rows(
+            partial(_hermite_fit_sums, U=transform, offset=offset, indices=indices),
+            np.asarray(take_rows(X, rows)),
+            *per_sample,
+            scale=HERMITE_CHUNK_SCALE,
+        )
         # Normal equations: the Hermite polynomials are orthogonal for Gaussian z,
         # so the Gram matrix is close to diag(alpha!).
-        coefficients = np.linalg.lstsq(gram, features @ targets, rcond=None)[0]
+        coefficients = np.linalg.lstsq(gram, cross, rcond=None)[0]
     kernel = partial(
         _residual_sums,
         U=transform,
