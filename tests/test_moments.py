@@ -326,3 +326,19 @@ def test_t2_eigenspace_from_a_sample_start_in_one_pass(seed):
         )
     assert len(passes) == 1
     assert _distance_to_exact_eigenspace(X, p2, inputs, pairs) < 0.015
+
+
+@pytest.mark.parametrize("d", [10, 40])
+def test_spectral_step_reads_every_row_twice(d):
+    """Both paths (T2 exact at d=10, a sample start block at d=40): two passes over
+    all rows; the row samples (start block, Hermite fit) are not passes."""
+    from moelearn import make_moe
+    from moelearn._links import get_link
+    from moelearn._passes import report_passes
+    from moelearn._spectral import spectral_moments
+
+    X, y, _ = make_moe(200_000, d, random_state=0)
+    totals = {}
+    with report_passes(lambda number, done, total: totals.setdefault(number, total)):
+        spectral_moments(X, y, get_link("linear"), 2, np.random.default_rng(0))
+    assert totals == {1: 200_000, 2: 200_000}

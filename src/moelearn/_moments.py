@@ -336,12 +336,18 @@ def projected_moments(
         per_sample = (responses[rows],)
         if sample_weight is not None:
             per_sample += (sample_weight[rows],)
-        gram, cross = reduce_rows(
-            partial(_hermite_fit_sums, U=transform, offset=offset, indices=indices),
-            np.asarray(take_rows(X, rows)),
-            *per_sample,
-            scale=HERMITE_CHUNK_SCALE,
-        )
+        sample = np.asarray(take_rows(X, rows))
+        gram, cross = 0.0, 0.0
+        # In chunks, which stay in cache; not reduce_rows: this is no pass over X.
+        for part in row_slices(*sample.shape, scale=HERMITE_CHUNK_SCALE):
+            sums = _hermite_fit_sums(
+                sample[part],
+                *(a[part] for a in per_sample),
+                U=transform,
+                offset=offset,
+                indices=indices,
+            )
+            gram, cross = gram + sums[0], cross + sums[1]
         # Normal equations: the Hermite polynomials are orthogonal for Gaussian z,
         # so the Gram matrix is close to diag(alpha!).
         coefficients = np.linalg.lstsq(gram, cross, rcond=None)[0]
