@@ -342,3 +342,29 @@ def test_spectral_step_reads_every_row_twice(d):
     with report_passes(lambda number, done, total: totals.setdefault(number, total)):
         spectral_moments(X, y, get_link("linear"), 2, np.random.default_rng(0))
     assert totals == {1: 200_000, 2: 200_000}
+
+
+@pytest.mark.parametrize("d", [10, 40])
+def test_spectral_step_gathers_its_row_sample_once(monkeypatch, d):
+    """The strided row sample (a gather that reads much of a memory map or a Dask
+    array) is taken once and serves both passes."""
+    import moelearn._moments as moments_module
+    import moelearn._spectral as spectral_module
+    from moelearn import make_moe
+    from moelearn._links import get_link
+
+    X, y, _ = make_moe(200_000, d, random_state=0)
+    gathers = []
+    for module in (moments_module, spectral_module):
+        original = module.take_rows
+
+        def counting(X, rows, original=original):
+            if isinstance(rows, slice) and rows.step not in (None, 1):
+                gathers.append(rows)
+            return original(X, rows)
+
+        monkeypatch.setattr(module, "take_rows", counting)
+    spectral_module.spectral_moments(
+        X, y, get_link("linear"), 2, np.random.default_rng(0)
+    )
+    assert len(gathers) == 1

@@ -302,6 +302,7 @@ def projected_moments(
     U: Array,
     degree: int | None,
     sample_weight: Array | None = None,
+    sample: Array | None = None,
 ) -> tuple[Array, Array]:
     """``E[P_j(y) S2(z)]`` and ``E[P_j(y) S3(z)]`` of the projected whitened inputs
     ``z = U^T x`` (orthonormal ``U``, ``d x k``), for each column ``P_j(y)`` of
@@ -316,7 +317,7 @@ def projected_moments(
 
     With ``degree``, ``beta`` is the least-squares fit of ``P`` on every
     ``He_gamma(z)`` with ``|gamma| <= degree`` on the rows :func:`row_sample`
-    picks, and the pass averages the second term over all rows: the fitted parts
+    picks (``sample``, when given, holds them), and the pass averages the second term over all rows: the fitted parts
     of ``P``, which carry much of its variance, no longer add sampling noise (a
     control variate; to first order the error is that of the least-squares fit on
     all rows, and it is that fit exactly when the sample is all rows). With
@@ -336,7 +337,7 @@ def projected_moments(
         per_sample = (responses[rows],)
         if sample_weight is not None:
             per_sample += (sample_weight[rows],)
-        sample = np.asarray(take_rows(X, rows))
+        sample = np.asarray(take_rows(X, rows) if sample is None else sample)
         gram, cross = 0.0, 0.0
         # In chunks, which stay in cache; not reduce_rows: this is no pass over X.
         for part in row_slices(*sample.shape, scale=HERMITE_CHUNK_SCALE):

@@ -122,7 +122,12 @@ def spectral_moments(
     transforms = transform_coefficients(link, 0.0)
     sign = float(np.sign(tensor_constants(transforms, link, 1.0)[0])) or 1.0
     p2 = transforms.p2(y)
-    inputs, pairs = second_moment_eigenpairs(X, p2, n_experts, rng, sign, sample_weight)
+    # One row sample serves both passes (on a memory map or a Dask array, gathering
+    # it reads much of the data).
+    sample = take_rows(X, row_sample(X.shape[0]))
+    inputs, pairs = second_moment_eigenpairs(
+        X, p2, n_experts, rng, sign, sample_weight, sample
+    )
     sign_ok = bool(np.all(sign * pairs.values[:n_experts] > 0))
     if not sign_ok:  # fall back to the largest magnitudes; the caller warns
         order = np.argsort(-np.abs(pairs.values))
@@ -147,7 +152,13 @@ def spectral_moments(
     U = pairs.vectors[:, :n_experts]
     responses = np.column_stack([transforms.p3(y), y])
     t3_block = projected_moments(
-        X, responses, inputs.whitening, U, regression_degree(n_experts), sample_weight
+        X,
+        responses,
+        inputs.whitening,
+        U,
+        regression_degree(n_experts),
+        sample_weight,
+        sample,
     )[1]
     scale = U.T @ whitening_matrix(pairs, n_experts)  # diag(|lambda|^-1/2)
     t3 = np.einsum("qabc,ai,bj,ck->qijk", t3_block, scale, scale, scale)
@@ -172,6 +183,7 @@ def second_moment_eigenpairs(
     rng: np.random.Generator,
     sign: float,
     sample_weight: Array | None = None,
+    sample: Array | None = None,
 ) -> tuple[InputPass, Eigenpairs]:
     """The input pass and the leading eigenpairs of ``E[P2(y) S2(x)]`` (1–3 passes).
 
@@ -181,6 +193,7 @@ def second_moment_eigenpairs(
     :func:`moelearn._tensor.krylov_eigenpairs` without another pass, when that
     pays (:func:`_sample_start_pays`); else it is random, with
     :data:`POWER_ITERATIONS` subspace iterations and one Rayleigh–Ritz pass.
+    ``sample`` holds the rows :func:`row_sample` picks (read when not given).
     """
     n, d = X.shape
     width = n_components + OVERSAMPLING
@@ -188,10 +201,11 @@ def second_moment_eigenpairs(
     if sample_weight is not None:
         p2, total = p2 * sample_weight, float(sample_weight.sum())
     if d <= 2 * width:
-        inputs = input_pass(X, p2, np.eye(d), sample_weight)
+        inputs = input_pass(X, p2, np.eye(d), sample_weight, sample)
         return inputs, ritz_eigenpairs(None, inputs.t2_start, inputs.omega, sign=sign)
     rows = row_sample(n)
-    sample = take_rows(X, rows)  # a strided view of an in-memory X (no copy)
+    if sample is None:
+        sample = take_rows(X, rows)  # a strided view of an in-memory X (no copy)
     # The start block's rows: an evenly strided part of the sample.
     every = max(1, len(sample) // max(START_ROWS_PER_FEATURE * d, 10_000))
     start_rows = sample[::every]
