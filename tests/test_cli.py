@@ -92,7 +92,7 @@ def test_errors_are_one_line_exit_2_and_leave_no_file(workdir, capsys):
     (workdir / "nan.csv").write_text("\n".join(rows) + "\n")
     (workdir / "text.csv").write_text("a,b,y\n1,2,x\n")
     cases = [
-        (["fit", workdir / "nan.csv"], "NaN at row 4, column 2"),
+        (["fit", workdir / "nan.csv"], "nan.csv: NaN at data row 5, column 'x2'"),
         (["fit", workdir / "missing.csv"], "no such file"),
         (["fit", data, "--target", "z"], "target column 'z' not found"),
         (["fit", data, "--experts", 9], "exceeds n_features"),
@@ -110,6 +110,12 @@ def test_errors_are_one_line_exit_2_and_leave_no_file(workdir, capsys):
         assert message in err and len(err.splitlines()) == 1, err
         assert not out.exists()
         assert not list(workdir.glob(".out.json.*"))
+    model, preds = workdir / "model.json", workdir / "preds.csv"
+    assert run("fit", data, "--out", model, "-q") == 0
+    capsys.readouterr()
+    assert run("predict", model, workdir / "nan.csv", "--out", preds) == 2
+    assert "nan.csv: NaN at data row 5, column 'x2'" in capsys.readouterr().err
+    assert not preds.exists()
 
 
 def test_typo_in_command_or_option_exits_2():

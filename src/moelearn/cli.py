@@ -22,6 +22,7 @@ from moelearn.estimators import SpectralMoE
 from moelearn.hierarchical import HierarchicalMoE
 from moelearn.io import (
     atomic_path,
+    check_finite,
     column_index,
     load_model,
     read_table,
@@ -276,6 +277,7 @@ def write_table_npz(path: Path, X: np.ndarray, y: np.ndarray) -> None:
 
 def _load_xy(path: str, target: str):
     table = read_table(path)
+    check_finite(path, table.data, table.columns)
     X, y, names = table.split(target)
     return X, y, names
 
@@ -465,6 +467,7 @@ def _fit_auto(args, X, y, names, settings) -> int:
 
 def _features_for(model, path: str) -> np.ndarray:
     table = read_table(path).drop(getattr(model, "target_name_", None))
+    check_finite(path, table.data, table.columns)
     names = getattr(model, "feature_names_in_", None)
     if names is not None:
         missing = [n for n in names if n not in table.columns]
@@ -552,6 +555,7 @@ def cmd_evaluate(args) -> int:
     if args.data:
         target = args.target or getattr(model, "target_name_", None) or "y"
         table = read_table(args.data)
+        check_finite(args.data, table.data, table.columns)
         if target not in table.columns:
             raise CLIError(
                 f"{args.data}: target column {target!r} not found (use --target)"

@@ -58,6 +58,21 @@ class Table:
         return Table(X, names)
 
 
+def check_finite(
+    path: str | os.PathLike, data: Array, columns: list[str], done: int = 0
+):
+    """``ValueError`` naming the file, data row (counted from 1 after the header;
+    ``done`` rows before ``data``) and column of the first NaN or infinite value."""
+    bad = ~np.isfinite(data)
+    if bad.any():
+        r, c = np.argwhere(bad)[0]
+        kind = "NaN" if np.isnan(data[r, c]) else "an infinite value"
+        raise ValueError(
+            f"{path}: {kind} at data row {done + r + 1}, column {columns[c]!r}; "
+            "remove or impute it before fitting"
+        )
+
+
 def column_index(columns: list[str], name: str, what: str) -> int:
     """Where column ``name`` is; ``ValueError`` listing the columns if absent."""
     if name not in columns:
@@ -257,14 +272,7 @@ def stream_table(
         done = 0
         with open(raw, "wb") as fh:
             for block in batches:
-                bad = ~np.isfinite(block)
-                if bad.any():
-                    r, c = np.argwhere(bad)[0]
-                    kind = "NaN" if np.isnan(block[r, c]) else "an infinite value"
-                    raise ValueError(
-                        f"{path}: {kind} at data row {done + r + 1}, column "
-                        f"{columns[c]!r}; remove or impute it before fitting"
-                    )
+                check_finite(path, block, columns, done)
                 fh.write(np.ascontiguousarray(block[:, keep]).tobytes())
                 targets.append(block[:, j].copy())
                 if w_col is not None:
