@@ -368,3 +368,27 @@ def test_spectral_step_gathers_its_row_sample_once(monkeypatch, d):
         X, y, get_link("linear"), 2, np.random.default_rng(0)
     )
     assert len(gathers) == 1
+
+
+def test_input_whitening_reads_no_row_sample(monkeypatch, data):
+    """The whitening alone (for EM's start) needs no marginal shape, so it gathers
+    no row sample; it equals the input pass's whitening."""
+    import moelearn._moments as moments_module
+    from moelearn._moments import input_whitening
+
+    X, w, rng = data
+    want = input_pass(X, w, rng.standard_normal((5, 2))).whitening
+    original = moments_module.take_rows
+    strided = []
+
+    def counting(X, rows):
+        if isinstance(rows, slice) and rows.step not in (None, 1):
+            strided.append(rows)
+        return original(X, rows)
+
+    monkeypatch.setattr(moments_module, "row_sample", lambda n: slice(None, None, 2))
+    monkeypatch.setattr(moments_module, "take_rows", counting)
+    got = input_whitening(X)
+    assert strided == []
+    np.testing.assert_allclose(got.transform, want.transform, rtol=1e-12)
+    np.testing.assert_allclose(got.mean, want.mean, rtol=1e-12)

@@ -68,6 +68,7 @@ def input_pass(
     omega_raw: Array,
     sample_weight: Array | None = None,
     sample: Array | None = None,
+    marginal_shape: bool = True,
 ) -> InputPass:
     """One pass: input mean/covariance, marginal shape, and a first ``T2`` block product.
 
@@ -79,7 +80,7 @@ def input_pass(
     to their spread (to avoid cancellation), else zero (no copy of the rows).
     Skewness and kurtosis come from ``sample``, the rows :func:`row_sample`
     picks (read here when not given; standard error ``sqrt(6 / m)`` <= 0.011),
-    unweighted.
+    unweighted; without ``marginal_shape`` they are NaN and no sample is read.
     With ``sample_weight`` every expectation is the weighted mean
     ``sum_i w_i f_i / sum_i w_i`` and ``p2`` holds ``w_i P2(y_i)`` (as for
     :func:`t2_product`).
@@ -103,10 +104,12 @@ def input_pass(
     cov = s2 / n - np.outer(delta, delta)
     cov = 0.5 * (cov + cov.T)
     transform = inverse_sqrt(cov)
-    if sample is None:
-        sample = take_rows(X, row_sample(X.shape[0]))
-    skewness, kurtosis = _marginal_shape(sample)
-    release_pages(X)  # a memory map's sample may be a view of it
+    skewness = kurtosis = np.full(d, np.nan)
+    if marginal_shape:
+        if sample is None:
+            sample = take_rows(X, row_sample(X.shape[0]))
+        skewness, kurtosis = _marginal_shape(sample)
+        release_pages(X)  # a memory map's sample may be a view of it
 
     # sum p2 (x - mean)(x - mean)^T omega, from sums about the centre.
     do = delta @ omega_raw
@@ -141,7 +144,7 @@ def _input_sums(xc: Array, w: Array, *sw: Array, centre: Array, omega_raw: Array
 def input_whitening(X: Array) -> Whitening:
     """The input whitening alone (mean, covariance, ``Cov^{-1/2}``), in one pass."""
     n, d = X.shape
-    return input_pass(X, np.zeros(n), np.zeros((d, 1))).whitening
+    return input_pass(X, np.zeros(n), np.zeros((d, 1)), marginal_shape=False).whitening
 
 
 SAMPLE_ROWS = 50_000
