@@ -188,7 +188,7 @@ def test_projected_moments_one_step_is_close_to_least_squares_on_all_rows(
 
 
 def test_regression_degree_bounds_the_features():
-    assert [regression_degree(k) for k in (1, 2, 5, 6, 7, 8)] == [4, 4, 4, 3, 3, None]
+    assert [regression_degree(k) for k in (1, 2, 3, 4, 5)] == [4, 4, 4, 3, None]
     assert [len(hermite_indices(k, 4)) for k in (2, 3)] == [15, 35]
 
 

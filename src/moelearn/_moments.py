@@ -217,10 +217,13 @@ def _t2_sums(xc: Array, w: Array, U: Array, offset: Array):
 
 
 #: Most Hermite polynomials the moment regression (:func:`projected_moments`) fits:
-#: degree 4 for up to 5 experts (15, 35, 70, 126 polynomials for k = 2..5), degree 3
-#: for 6 or 7, the plain sample means beyond. The pass evaluates each polynomial on
-#: every row, about ``p k`` flops a row.
-MAX_REGRESSION_FEATURES = 128
+#: degree 4 for 2 or 3 experts (15, 35 polynomials), degree 3 for 4 (35), the plain
+#: sample means beyond. The pass evaluates each polynomial on every row: a depth-2
+#: hierarchical fit (k = 4, d = 10, n = 1e6) took 3.45-3.63 s with degree 4 (70
+#: polynomials), 2.95-3.16 s with degree 3 and 3.02-3.16 s with the plain means.
+#: The gain is in the sampling noise of two-expert fits; with more experts the
+#: gate's cross terms bias the spectral start more than its noise does.
+MAX_REGRESSION_FEATURES = 35
 
 
 #: The Hermite pass takes chunks this many times the usual size: its temporaries
