@@ -268,6 +268,14 @@ def hermite_features(z: Array, indices: list[tuple[int, ...]]) -> Array:
     return features
 
 
+def _projected_features(
+    xc: Array, U: Array, offset: Array, indices: list[tuple[int, ...]]
+) -> Array:
+    """``He_alpha(z)`` for ``z = U^T x - offset`` of a chunk's rows, ``(p, rows)``."""
+    z = like(U.T, xc) @ xc.T - like(offset, xc)  # (k, rows): contiguous rows
+    return hermite_features(z, indices)
+
+
 def _hermite_fit_sums(
     xc: Array,
     responses: Array,
@@ -278,8 +286,7 @@ def _hermite_fit_sums(
 ):
     """The least-squares sums ``sum_i s_i He(z_i) He(z_i)^T`` (p, p) and
     ``sum_i s_i He(z_i) P(y_i)^T`` (p, q), ``z = U^T x - offset``, over a chunk."""
-    z = like(U.T, xc) @ xc.T - like(offset, xc)
-    features = hermite_features(z, indices)
+    features = _projected_features(xc, U, offset, indices)
     weighted = features * sw[0] if sw else features
     return weighted @ features.T, weighted @ responses
 
@@ -295,8 +302,7 @@ def _residual_sums(
 ):
     """``sum_i s_i He(z_i) (P(y_i) - beta^T He(z_i))^T`` (p, q), ``z = U^T x -
     offset``, over a chunk (``s_i`` the sample weights, 1 without)."""
-    z = like(U.T, xc) @ xc.T - like(offset, xc)  # (k, rows): contiguous rows
-    features = hermite_features(z, indices)
+    features = _projected_features(xc, U, offset, indices)
     residuals = responses - features.T @ like(coefficients, xc)
     return (features * sw[0] if sw else features) @ residuals
 
