@@ -152,8 +152,8 @@ SAMPLE_ROWS = 50_000
 
 def row_sample(n_samples: int) -> slice:
     """Evenly strided rows, ``SAMPLE_ROWS`` to ``2 SAMPLE_ROWS`` of them (all when
-    fewer), for what a subset measures well enough: the inputs' marginal shape and
-    the spectral step's start block."""
+    fewer), for what a subset measures well enough: the inputs' marginal shape,
+    the spectral step's start block and the Hermite expansion of its ``T3`` pass."""
     return slice(None, None, max(1, n_samples // SAMPLE_ROWS))
 
 
@@ -329,11 +329,12 @@ def projected_moments(
 
     With ``degree``, ``beta`` is the least-squares fit of ``P`` on every
     ``He_gamma(z)`` with ``|gamma| <= degree`` on the rows :func:`row_sample`
-    picks (``sample``, when given, holds them), and the pass averages the second term over all rows: the fitted parts
-    of ``P``, which carry much of its variance, no longer add sampling noise (a
-    control variate; to first order the error is that of the least-squares fit on
-    all rows, and it is that fit exactly when the sample is all rows). With
-    ``degree=None``, ``beta = 0``: the plain weighted means of ``P S_m(z)``.
+    picks (``sample``, when given, holds them), and the pass averages the second
+    term over all rows: the fitted parts of ``P``, which carry much of its
+    variance, no longer add sampling noise (a control variate; to first order the
+    error is that of the least-squares fit on all rows, and it is that fit exactly
+    when the sample is all rows). With ``degree=None``, ``beta = 0``: the plain
+    weighted means of ``P S_m(z)``.
 
     Returns ``(q, k, k)`` and ``(q, k, k, k)`` arrays.
     """
