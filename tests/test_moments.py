@@ -344,6 +344,21 @@ def test_spectral_step_reads_every_row_twice(d):
     assert totals == {1: 200_000, 2: 200_000}
 
 
+def _count_strided_gathers(monkeypatch, *modules) -> list:
+    """The strided ``take_rows`` calls (row samples) the modules make, recorded."""
+    gathers = []
+    for module in modules:
+        original = module.take_rows
+
+        def counting(X, rows, original=original):
+            if isinstance(rows, slice) and rows.step not in (None, 1):
+                gathers.append(rows)
+            return original(X, rows)
+
+        monkeypatch.setattr(module, "take_rows", counting)
+    return gathers
+
+
 @pytest.mark.parametrize("d", [10, 40])
 def test_spectral_step_gathers_its_row_sample_once(monkeypatch, d):
     """The strided row sample (a gather that reads much of a memory map or a Dask
@@ -354,16 +369,7 @@ def test_spectral_step_gathers_its_row_sample_once(monkeypatch, d):
     from moelearn._links import get_link
 
     X, y, _ = make_moe(200_000, d, random_state=0)
-    gathers = []
-    for module in (moments_module, spectral_module):
-        original = module.take_rows
-
-        def counting(X, rows, original=original):
-            if isinstance(rows, slice) and rows.step not in (None, 1):
-                gathers.append(rows)
-            return original(X, rows)
-
-        monkeypatch.setattr(module, "take_rows", counting)
+    gathers = _count_strided_gathers(monkeypatch, moments_module, spectral_module)
     spectral_module.spectral_moments(
         X, y, get_link("linear"), 2, np.random.default_rng(0)
     )
@@ -378,16 +384,8 @@ def test_input_whitening_reads_no_row_sample(monkeypatch, data):
 
     X, w, rng = data
     want = input_pass(X, w, rng.standard_normal((5, 2))).whitening
-    original = moments_module.take_rows
-    strided = []
-
-    def counting(X, rows):
-        if isinstance(rows, slice) and rows.step not in (None, 1):
-            strided.append(rows)
-        return original(X, rows)
-
     monkeypatch.setattr(moments_module, "row_sample", lambda n: slice(None, None, 2))
-    monkeypatch.setattr(moments_module, "take_rows", counting)
+    strided = _count_strided_gathers(monkeypatch, moments_module)
     got = input_whitening(X)
     assert strided == []
     np.testing.assert_allclose(got.transform, want.transform, rtol=1e-12)
