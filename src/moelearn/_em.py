@@ -57,6 +57,7 @@ from moelearn._passes import (
     like,
     map_rows,
     namespace,
+    projections,
     reduce_rows,
     row_slices,
     take_rows,
@@ -213,11 +214,11 @@ def _estep(xc: Array, yc: Array, resc: Array | None, spec: _PassSpec):
     params = spec.params
     k = params.n_experts
     if spec.fit_experts:
-        proj = like(np.vstack([params.experts, params.gating]), xc) @ xc.T
+        proj = projections(np.vstack([params.experts, params.gating]), xc)
         eta, logits = proj[:k], proj[k:]
         res = yc - get_link(params.link).func(eta)
     else:
-        eta, logits = None, like(params.gating, xc) @ xc.T
+        eta, logits = None, projections(params.gating, xc)
         res = resc.T
     # The softmax is normalised inside _posterior; a tree's leaf log-probabilities
     # are already normalised.

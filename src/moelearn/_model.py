@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from moelearn._links import get_link
-from moelearn._passes import concat, like, map_rows, namespace
+from moelearn._passes import concat, like, map_rows, namespace, projections
 
 Array = np.ndarray
 _HALF_LOG_2PI = 0.5 * np.log(2.0 * np.pi)
@@ -125,7 +125,7 @@ def gate_proba(X: Array, params: MoEParams) -> Array:
 
 def _log_gate_cols(xc: Array, params: MoEParams) -> Array:
     """Log gate probabilities of rows ``xc``, experts-by-rows ``(k, m)``."""
-    return log_gate_cols(like(params.gating, xc) @ xc.T, params.gate)
+    return log_gate_cols(projections(params.gating, xc), params.gate)
 
 
 def _gate_rows(xc: Array, params: MoEParams) -> Array:

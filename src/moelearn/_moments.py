@@ -26,6 +26,7 @@ from moelearn._passes import (
     chunk_rows,
     like,
     namespace,
+    projections,
     reduce_rows,
     release_pages,
     row_slices,
@@ -138,7 +139,7 @@ def _input_sums(xc: Array, w: Array, *sw: Array, centre: Array, omega_raw: Array
         s1, s2 = sw[0] @ xc, xc.T @ (sw[0][:, None] * xc)
     else:
         s1, s2 = xp.sum(xc, axis=0), xc.T @ xc
-    return (s1, w @ xc), s2, ((like(omega_raw.T, xc) @ xc.T) * w) @ xc
+    return (s1, w @ xc), s2, (projections(omega_raw.T, xc) * w) @ xc
 
 
 def input_whitening(X: Array) -> Whitening:
@@ -212,7 +213,7 @@ def t2_product(
 
 def _t2_sums(xc: Array, w: Array, U: Array, offset: Array):
     """``sum p2 (U^T x - offset) x^T`` and ``sum p2 (U^T x - offset)`` over a chunk."""
-    weighted = (like(U.T, xc) @ xc.T - like(offset, xc)) * w  # (m, rows): contiguous
+    weighted = (projections(U.T, xc) - like(offset, xc)) * w
     return weighted @ xc, namespace(xc).sum(weighted, axis=1)
 
 
@@ -272,7 +273,7 @@ def _projected_features(
     xc: Array, U: Array, offset: Array, indices: list[tuple[int, ...]]
 ) -> Array:
     """``He_alpha(z)`` for ``z = U^T x - offset`` of a chunk's rows, ``(p, rows)``."""
-    z = like(U.T, xc) @ xc.T - like(offset, xc)  # (k, rows): contiguous rows
+    z = projections(U.T, xc) - like(offset, xc)
     return hermite_features(z, indices)
 
 

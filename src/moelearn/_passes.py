@@ -169,6 +169,20 @@ def like(a: Any, x: Any) -> Any:
     return torch.as_tensor(a, device=x.device)
 
 
+def projections(A: Any, xc: Any) -> Any:
+    """``A @ xc.T``: each row of ``A`` (a NumPy ``(m, d)`` array) against every row
+    of the chunk, ``(m, rows)`` with contiguous rows.
+
+    Computed as ``(xc @ A.T).T``: for few rows in ``A`` OpenBLAS takes two to three
+    times longer over ``A @ xc.T`` (2621 x 50 chunks of n = 1e6 rows: 70 ms against
+    24 ms for m = 2, 74 against 37 ms for m = 4).
+    """
+    product = xc @ like(A.T, xc)
+    if namespace(xc) is np:
+        return np.ascontiguousarray(product.T)
+    return product.T
+
+
 def concat(arrays: list, axis: int = 0) -> Any:
     """Arrays of one kind joined along ``axis``."""
     xp = namespace(arrays[0])
