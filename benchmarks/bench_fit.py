@@ -2,7 +2,9 @@
 
 * Time: spectral step and whole fit at n=1e6, d=50, each divided by the time of one
   pass ``X.T @ (X @ v)`` over the same array. Pass and fit are interleaved and
-  repeated; the table gives the median ratio (these machines are noisy).
+  repeated; the table gives the median ratio (these machines are noisy). The
+  spectral step is timed again with two nearly collinear columns, which keep the
+  input pass in double precision.
 * Memory: peak of Python/NumPy allocations (tracemalloc) while fitting d=400,
   n=2e4, in a fresh subprocess, against the data size.
 
@@ -27,6 +29,7 @@ import numpy as np
 from _report import emit
 from moelearn import SpectralMoE, make_moe, parameter_error
 from moelearn._links import get_link
+from moelearn._moments import row_sample, single_precision_centre
 from moelearn._passes import report_passes
 from moelearn._spectral import spectral_moments
 
@@ -91,6 +94,23 @@ def time_ratios(n: int, d: int, repeats: int) -> dict:
     with report_passes(lambda number, done, total: seen.add(number)):
         spectral_moments(X, y, get_link("linear"), 2, np.random.default_rng(0))
     summary["spectral_reads"] = len(seen)
+    sample = X[row_sample(n)]
+    summary["single"] = single_precision_centre(sample, n) is not None
+    # The same data with two nearly collinear columns (correlation 0.9995): the
+    # input pass sums in double precision.
+    X[:, 1] = X[:, 0] + 0.03 * X[:, 1]
+    assert single_precision_centre(X[row_sample(n)], n) is None
+    ratios, seconds = [], []
+    for r in range(repeats):
+        passes = [one_pass(X, v) for _ in range(3)]
+        start = time.perf_counter()
+        spectral_moments(X, y, get_link("linear"), 2, np.random.default_rng(r))
+        spectral = time.perf_counter() - start
+        passes += [one_pass(X, v) for _ in range(3)]
+        ratios.append(spectral / statistics.median(passes))
+        seconds.append(spectral)
+    summary["collinear_spectral_passes"] = statistics.median(ratios)
+    summary["collinear_spectral_s"] = statistics.median(seconds)
     return summary
 
 
@@ -134,6 +154,10 @@ def main() -> None:
             f"{t['spectral_s']:.2f} | "
             f"{t['spectral_passes']:.1f} | <= 5 |"
         ),
+        (
+            "| spectral step, two collinear columns (double-precision sums) | "
+            f"{t['collinear_spectral_s']:.2f} | {t['collinear_spectral_passes']:.1f} | |"
+        ),
         f"| gating EM | {t['gating_s']:.2f} | {t['gating_s'] / t['pass_s']:.1f} | |",
         (
             f"| joint-EM refinement | {t['refine_s']:.2f} | "
@@ -144,7 +168,11 @@ def main() -> None:
             f"{t['fit_passes']:.1f} | <= 25 |"
         ),
         "",
-        f"Parameter error of these fits: {t['error']:.4f}.",
+        (
+            f"Parameter error of these fits: {t['error']:.4f}. The input pass summed "
+            f"in {'single' if t['single'] else 'double'} precision (its sample's "
+            "correlations allow it; `_moments.single_precision_centre`)."
+        ),
         "",
         "## Peak memory, n=2e4, d=400 (tracemalloc, fresh process)",
         "",

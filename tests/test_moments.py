@@ -8,10 +8,12 @@ from numpy.polynomial.hermite_e import hermeval
 
 from conftest import correlated_inputs
 from moelearn._moments import (
+    SINGLE_PRECISION_ERROR,
     hermite_indices,
     input_pass,
     projected_moments,
     regression_degree,
+    single_precision_centre,
     t2_product,
 )
 
@@ -68,6 +70,62 @@ def test_input_pass_matches_explicit(small_chunks, global_random_seed, mean_scal
     centred = X - mean
     skew = (centred**3).mean(0) / centred.var(0) ** 1.5
     np.testing.assert_allclose(result.skewness, skew, atol=1e-8)
+
+
+@pytest.mark.parametrize("mean_scale", [0.3, 50.0])
+def test_single_precision_input_pass_matches_double(
+    small_chunks, global_random_seed, mean_scale
+):
+    """Well-conditioned correlated inputs, given a row sample, are summed in single precision
+    (about zero, or about the sample's mean when the means are far off): the
+    whitened covariance stays within SINGLE_PRECISION_ERROR of the double-precision
+    one, and the T2 product within it times the scale of the terms that cancel in
+    ``T2 omega = E[P2 x x^T] omega - E[P2] omega`` (``E|P2| |omega|``)."""
+    rng = np.random.default_rng(global_random_seed)
+    mixing = np.eye(5) + 0.2 * rng.standard_normal((5, 5)) / np.sqrt(5)
+    X = rng.standard_normal((20_000, 5)) @ mixing + mean_scale * rng.standard_normal(5)
+    w = rng.standard_normal(20_000) ** 2
+    omega = rng.standard_normal((5, 3))
+    centre = single_precision_centre(X[::2], len(X))
+    assert centre is not None
+    assert np.any(centre != 0) == (mean_scale > 10)
+    single = input_pass(X, w, omega, sample=X[::2])
+    double = input_pass(X, w, omega)
+    L = double.whitening.transform
+    error = L.T @ single.whitening.covariance @ L - np.eye(5)
+    assert np.linalg.norm(error, 2) < SINGLE_PRECISION_ERROR
+    assert np.abs(single.whitening.covariance - double.whitening.covariance).max() > 0
+    np.testing.assert_allclose(single.whitening.mean, double.whitening.mean, atol=1e-5)
+    scale = np.abs(w).mean() * np.linalg.norm(double.omega, axis=0).max()
+    np.testing.assert_allclose(
+        single.t2_start, double.t2_start, atol=SINGLE_PRECISION_ERROR * scale
+    )
+
+
+def test_collinear_inputs_are_summed_in_double_precision(global_random_seed):
+    """Two columns with correlation 0.9995 (lowest correlation eigenvalue 5e-4):
+    single precision could lose the whitened covariance's last digits, so the pass
+    is the double-precision one, exactly."""
+    rng = np.random.default_rng(global_random_seed)
+    X = rng.standard_normal((20_000, 5))
+    X[:, 1] = X[:, 0] + 0.03 * X[:, 1]
+    w = rng.standard_normal(20_000) ** 2
+    omega = rng.standard_normal((5, 3))
+    assert single_precision_centre(X[::2], len(X)) is None
+    got = input_pass(X, w, omega, sample=X[::2])
+    want = input_pass(X, w, omega)
+    np.testing.assert_array_equal(got.whitening.covariance, want.whitening.covariance)
+    np.testing.assert_array_equal(got.t2_start, want.t2_start)
+
+
+@pytest.mark.parametrize("column_scale", [1e18, 1e-18])
+def test_extreme_scales_are_summed_in_double_precision(column_scale):
+    """A column whose squares would overflow or underflow in single precision
+    keeps the pass in double precision; well-scaled, the same data would not."""
+    X = np.random.default_rng(0).standard_normal((20_000, 5))
+    assert single_precision_centre(X, len(X)) is not None
+    X[:, 2] *= column_scale
+    assert single_precision_centre(X, len(X)) is None
 
 
 def test_t2_product_matches_explicit(data, small_chunks):
