@@ -128,6 +128,21 @@ def test_extreme_scales_are_summed_in_double_precision(column_scale):
     assert single_precision_centre(X, len(X)) is None
 
 
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_hermite_features_match_numpy_polynomials(k):
+    from moelearn._moments import hermite_features
+
+    z = np.random.default_rng(k).standard_normal((k, 50))
+    indices = hermite_indices(k, 4)
+    got = hermite_features(z, indices)
+    unit = np.eye(5)
+    want = [
+        np.prod([hermeval(z[j], unit[a]) for j, a in enumerate(alpha)], axis=0)
+        for alpha in indices
+    ]
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
 def test_t2_product_matches_explicit(data, small_chunks):
     X, w, rng = data
     white = input_pass(X, w, rng.standard_normal((5, 2))).whitening

@@ -79,7 +79,7 @@ def input_pass(
     corrected afterwards; the whitened start block is ``omega_w = L^{-1} omega_raw``.
     Returns ``T2 @ omega_w`` exactly as a second pass with the final whitening
     would. Skewness and kurtosis come from ``sample``, the rows :func:`row_sample`
-    picks (read here when not given; standard error ``sqrt(6 / m)`` <= 0.011),
+    picks (read here when not given), at most :data:`SHAPE_ROWS` of them,
     unweighted; without ``marginal_shape`` they are NaN and no sample is read.
 
     Given ``sample`` and no weights, the chunks' sums are accumulated in single
@@ -124,7 +124,7 @@ def input_pass(
     if marginal_shape:
         if sample is None:
             sample = take_rows(X, row_sample(X.shape[0]))
-        skewness, kurtosis = _marginal_shape(sample)
+        skewness, kurtosis = _marginal_shape(sample[:: -(-len(sample) // SHAPE_ROWS)])
         release_pages(X)  # a memory map's sample may be a view of it
 
     # sum p2 (x - mean)(x - mean)^T omega, from sums about the centre.
@@ -223,6 +223,11 @@ def input_whitening(X: Array) -> Whitening:
 
 
 SAMPLE_ROWS = 50_000
+#: Most rows the marginal skewness and kurtosis are measured on: standard errors
+#: ``sqrt(6 / m)`` = 0.017 and ``sqrt(24 / m)`` = 0.035, far below the 0.5 and 1.0
+#: beyond which ``fit`` calls the inputs far from Gaussian (on all 50 000 sampled
+#: rows they took 13 ms at d = 50, a quarter of a pass).
+SHAPE_ROWS = 20_000
 
 
 def row_sample(n_samples: int) -> slice:
@@ -330,16 +335,27 @@ def hermite_features(z: Array, indices: list[tuple[int, ...]]) -> Array:
     """``He_alpha(z) = prod_j He_{alpha_j}(z_j)`` (probabilists' Hermite
     polynomials, ``He_{m+1}(t) = t He_m(t) - m He_{m-1}(t)``) for each ``alpha``.
 
-    ``z`` is ``(k, rows)``; returns ``(len(indices), rows)``.
+    ``z`` is ``(k, rows)``; returns ``(len(indices), rows)``. For NumPy the
+    products are written into the result, with no temporaries: at n = 1e6, k = 2
+    the polynomials took about 7 ms a pass against 15-20 ms when gathered.
     """
     xp = namespace(z)
     he = [xp.ones_like(z), z]
     for m in range(1, max(2, max(map(sum, indices)))):
         he.append(z * he[m] - m * he[m - 1])
-    he = xp.stack(he)  # (degree + 1, k, rows)
-    features = he[[alpha[0] for alpha in indices], 0]
-    for j in range(1, z.shape[0]):
-        features = features * he[[alpha[j] for alpha in indices], j]
+    if xp is not np:
+        return xp.stack(
+            [math.prod(he[a][j] for j, a in enumerate(alpha)) for alpha in indices]
+        )
+    k = z.shape[0]
+    features = np.empty((len(indices), z.shape[1]))
+    for row, alpha in zip(features, indices, strict=True):
+        if k == 1:
+            row[...] = he[alpha[0]][0]
+            continue
+        np.multiply(he[alpha[0]][0], he[alpha[1]][1], out=row)
+        for j in range(2, k):
+            row *= he[alpha[j]][j]
     return features
 
 
