@@ -183,6 +183,16 @@ def projections(A: Any, xc: Any) -> Any:
     return product.T
 
 
+def empty(x: Any, shape: tuple[int, ...], dtype: Any) -> Any:
+    """An uninitialised array of ``x``'s kind (and device), of a dtype of
+    ``namespace(x)``."""
+    if not is_torch(x):
+        return np.empty(shape, dtype)
+    import torch
+
+    return torch.empty(shape, dtype=dtype, device=x.device)
+
+
 def concat(arrays: list, axis: int = 0) -> Any:
     """Arrays of one kind joined along ``axis``."""
     xp = namespace(arrays[0])
