@@ -248,14 +248,14 @@ def sample_start_block(sample: Array, p2: Array, width: int) -> Array | None:
     coordinates. ``None`` when the sample's covariance is singular.
     """
     m, d = sample.shape
-    mean = column_means(sample)
-    centred = sample - mean
+    sample = np.ascontiguousarray(sample)  # a strided view: each pass over it is slow
+    centred = sample - column_means(sample)
     try:
         transform = inverse_sqrt(centred.T @ centred / m)
     except ValueError:
         return None
-    z = centred @ transform
-    t2 = (z * p2[:, None]).T @ z / m - float(np.mean(p2)) * np.eye(d)
+    weighted = (centred * p2[:, None]).T @ centred / m  # mean(P2 x x^T), centred
+    t2 = transform.T @ weighted @ transform - float(np.mean(p2)) * np.eye(d)
     values, vectors = np.linalg.eigh(0.5 * (t2 + t2.T))
     return transform @ vectors[:, np.argsort(-np.abs(values))[:width]]
 
