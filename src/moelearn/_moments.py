@@ -191,11 +191,11 @@ def single_precision_centre(sample: Array, n_samples: int) -> Array | None:
     sample's mean, else ``None`` (accumulate in double precision).
 
     Rounding the sums ``S_ij = sum (x_i - c_i)(x_j - c_j)`` to relative precision
-    ``u = 2^-24`` moves the whitened covariance by about ``u sqrt(d) /
+    ``u = 2^-24`` moves the whitened covariance by less than ``u sqrt(d) /
     lambda_min(R)``, ``R = D^{-1/2} Cov D^{-1/2}`` with ``D`` the diagonal of
     ``E[(x - c)(x - c)^T]`` (the correlation matrix when ``c`` is the mean: a
-    far-off centre or collinear columns lose digits). Measured at n = 1e6, d = 50,
-    for ``lambda_min`` from 1 down to 1e-6: 0.02-0.17 of this. The check uses at most
+    far-off centre or collinear columns lose digits); measured at n = 1e6, d = 50,
+    for ``lambda_min`` from 1 down to 1e-6, by 0.02-0.17 of it. The check uses at most
     :data:`PRECISION_CHECK_ROWS` rows and at most an eighth of the data (it costs
     ``m d^2 / 2`` against the ``n d^2 / 4`` it saves), and needs ``4 d`` of them;
     with few rows ``lambda_min`` comes out low, which errs toward double precision.
