@@ -171,7 +171,7 @@ def like(a: Any, x: Any) -> Any:
 
 def projections(A: Any, xc: Any) -> Any:
     """``A @ xc.T``: each row of ``A`` (a NumPy ``(m, d)`` array) against every row
-    of the chunk, ``(m, rows)`` with contiguous rows.
+    of the chunk, ``(m, rows)`` (with contiguous rows for NumPy).
 
     Computed as ``(xc @ A.T).T``: for few rows in ``A`` OpenBLAS takes two to three
     times longer over ``A @ xc.T`` (2621 x 50 chunks of n = 1e6 rows: 70 ms against
