@@ -49,6 +49,18 @@ def test_simulate_fit_predict_evaluate_round_trip(tmp_path, suffix, capsys):
     assert set(figures) >= {"regressor_error", "mean_log_likelihood", "rmse"}
 
 
+def test_simulate_takes_make_moe_names(tmp_path):
+    """``--n-samples``/``--n-features``/``--n-experts``, as in ``make_moe``, are
+    the same options as ``--samples``/``--features``/``--experts``."""
+    out = tmp_path / "d.npz"
+    args = ("--n-samples", 500, "--n-features", 3, "--n-experts", 3)
+    assert run("simulate", *args, "--seed", 0, "--out", out) == 0
+    with np.load(out) as saved:
+        assert saved["X"].shape == (500, 3)
+    truth = json.loads((tmp_path / "d.truth.json").read_text())
+    assert np.shape(truth["experts"]) == (3, 3)
+
+
 def test_model_file_round_trips_the_predictions(workdir):
     model_path = workdir / "m.json"
     assert run("fit", workdir / "data.csv", "--out", model_path, "-q") == 0

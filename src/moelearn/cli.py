@@ -84,9 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     sim = sub.add_parser("simulate", help="draw data from a random mixture of experts")
-    sim.add_argument("--samples", "-n", type=_positive_int, default=100_000)
-    sim.add_argument("--features", "-d", type=_positive_int, default=10)
-    sim.add_argument("--experts", "-k", type=_positive_int, default=2)
+    sim.add_argument(
+        "--samples", "--n-samples", "-n", type=_positive_int, default=100_000
+    )
+    sim.add_argument("--features", "--n-features", "-d", type=_positive_int, default=10)
+    sim.add_argument("--experts", "--n-experts", "-k", type=_positive_int, default=2)
     sim.add_argument(
         "--depth",
         type=_positive_int,
@@ -186,8 +188,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", action="store_true", help="print the figures as JSON")
 
     demo = sub.add_parser("demo", help="simulate, fit, report errors and write a plot")
-    demo.add_argument("--samples", "-n", type=_positive_int, default=200_000)
-    demo.add_argument("--features", "-d", type=_positive_int, default=10)
+    demo.add_argument(
+        "--samples", "--n-samples", "-n", type=_positive_int, default=200_000
+    )
+    demo.add_argument(
+        "--features", "--n-features", "-d", type=_positive_int, default=10
+    )
     demo.add_argument("--link", choices=sorted(LINKS), default="linear")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--out-dir", default="demo_output")
