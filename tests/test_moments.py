@@ -143,6 +143,22 @@ def test_hermite_features_match_numpy_polynomials(k):
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
 
 
+def test_far_off_means_are_summed_about_the_mean_in_single_precision():
+    """Means of 1e16 put the squares about zero out of single precision's range,
+    so the centre is the sample's mean (as documented), not double precision; the
+    whitened covariance stays within SINGLE_PRECISION_ERROR of the double one."""
+    rng = np.random.default_rng(0)
+    X = 1e3 * rng.standard_normal((20_000, 5)) + 1e16
+    w = rng.standard_normal(20_000) ** 2
+    centre = single_precision_centre(X[::2], len(X))
+    assert centre is not None and np.all(centre > 1e15)
+    single = input_pass(X, w, rng.standard_normal((5, 3)), sample=X[::2])
+    double = input_pass(X, w, rng.standard_normal((5, 3)))
+    L = double.whitening.transform
+    error = L.T @ single.whitening.covariance @ L - np.eye(5)
+    assert np.linalg.norm(error, 2) < SINGLE_PRECISION_ERROR
+
+
 def test_t2_product_matches_explicit(data, small_chunks):
     X, w, rng = data
     white = input_pass(X, w, rng.standard_normal((5, 2))).whitening

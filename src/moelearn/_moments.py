@@ -214,7 +214,7 @@ def single_precision_centre(sample: Array, n_samples: int) -> Array | None:
     for centre in (np.zeros(d), mean):
         scale = np.sqrt(np.diag(cov) + (mean - centre) ** 2)
         if not np.all((scale > 1e-15) & (scale < 1e15)):
-            return None  # squares could underflow or overflow in single precision
+            continue  # squares could underflow or overflow in single precision
         if np.linalg.eigvalsh(cov / np.outer(scale, scale))[0] >= lowest:
             return centre
     return None
