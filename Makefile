@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-slow test-torch bench bench-stream accuracy figures figures-quick peers lint clean
+.PHONY: demo test test-slow test-torch bench bench-real bench-stream accuracy figures figures-quick peers lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,12 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_explicit.py --out benchmarks/results/explicit.md
 	$(BIN)/python -m pip install --quiet 'torch==2.13.0'
 	$(BIN)/python benchmarks/bench_torch.py --out benchmarks/results/torch.md
+
+# Real tables against EMMoE, cgmm and R flexmix (flexmix rows need Rscript with
+# r-cran-flexmix; best of 5 flexmix starts on 22 524 rows takes minutes per k).
+bench-real: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	$(BIN)/python benchmarks/bench_real.py --out benchmarks/results/real.md
 
 # A streamed fit of an 8 GB Parquet file (n=2e7, d=50; needs 18 GB of free disk
 # in SCRATCH, about 4 minutes): peak RSS against the 2 GB target.

@@ -124,11 +124,11 @@ def test_structured_newton_matrices_match_the_sample_sums(intercept):
     dense = problem.run_pass(params, None)
     np.testing.assert_allclose(structured.grad, dense.grad, rtol=1e-10, atol=1e-8)
     tolerance = 5 * np.sqrt(X.shape[1] / n)
-    pairs = [*zip(structured.hess_experts, dense.hess_experts, strict=True)]
-    pairs.append((structured.hess_gate, dense.hess_gate))
-    for approx, exact in pairs:
-        rel = np.linalg.norm(approx - exact) / np.linalg.norm(exact)
-        assert rel < tolerance
+    # The complete-data matrices are the sums the bound is derived for (the
+    # observed one, a difference of such sums, is checked by the fixed-point
+    # test below).
+    approx, exact = structured.complete, dense.complete
+    assert np.linalg.norm(approx - exact) / np.linalg.norm(exact) < tolerance
 
 
 @pytest.mark.parametrize("model", ["softmax", "tree"])
@@ -160,6 +160,7 @@ def test_structured_newton_changes_speed_not_the_fixed_point(monkeypatch, model)
             covariance=cov,
             column_moments=(np.full(d, 0.5), cov),
             max_iter=300,
+            step="em",  # the claim is about EM's rate; Newton's is in the note
             tol=1e-9,
             rng=np.random.default_rng(1),
         )
@@ -208,6 +209,8 @@ def test_one_em_iteration_matches_the_textbook_step(small_chunks, global_random_
         fit_experts=True,
         covariance=np.eye(3),
         max_iter=1,
+        step="em",
+        gate_penalty=0.0,  # the textbook step has no ridge on the gate
         tol=0.0,
         rng=rng,
     )
@@ -266,8 +269,8 @@ def test_gate_score_and_observed_information_match_the_loglik(gate, global_rando
     differences over the free gate rows (softmax: all but the last; tree: all)."""
     X, y, params, stats = _gate_problem(gate, global_random_seed)
     k, d = params.n_experts, X.shape[1]
-    observed = stats.hess_gate - stats.gate_missing
     free = (k - 1) * d
+    observed = stats.observed[:free, :free]  # the gate's block (then log sigma)
 
     def loglik(theta):
         G = params.gating.copy()

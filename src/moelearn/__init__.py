@@ -2,9 +2,11 @@
 
 from moelearn.baselines import EMMoE, GradientMoE
 from moelearn.datasets import make_hme, make_moe
-from moelearn.estimators import (
+from moelearn.estimators import SpectralMoE
+from moelearn.exceptions import (
+    ExpertsDroppedWarning,
+    FitError,
     NonGaussianInputWarning,
-    SpectralMoE,
     SpectralReliabilityWarning,
 )
 from moelearn.hierarchical import HierarchicalMoE
@@ -17,6 +19,8 @@ __version__ = "0.1.0"
 __all__ = [
     "EMMoE",
     "ExpertSelection",
+    "ExpertsDroppedWarning",
+    "FitError",
     "GradientMoE",
     "HierarchicalMoE",
     "NonGaussianInputWarning",

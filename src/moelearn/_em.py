@@ -61,18 +61,30 @@ from moelearn._passes import (
     reduce_rows,
     row_slices,
     take_rows,
+    to_host,
 )
 
 Array = np.ndarray
 ProgressCallback = Callable[[str, int, float, float], None]
 
-_MIN_CURVATURE_ROWS = 20_000
+_MIN_CURVATURE_ROWS = 10_000
 _HALF_LOG_2PI = 0.5 * np.log(2.0 * np.pi)
 _MAX_HALVINGS = 30
 #: Above this many columns the Newton matrices come from their Gaussian structure.
 STRUCTURED_CURVATURE_FEATURES = 600
 # Use the compiled full-data pass (numba, the ``fast`` extra) when it is installed.
 USE_COMPILED = True
+#: Ridge on the gate rows in the inputs' metric (see :class:`_Objective`).
+GATE_PENALTY = 1e-2
+#: An expert whose share of the total posterior weight falls below this (or below
+#: twice the number of columns, in rows) is dropped.
+MIN_EXPERT_WEIGHT = 5e-3
+#: A Newton step moves no gate logit or expert mean (per standard deviation of the
+#: inputs; experts in noise levels) by more than this: the step is shrunk to it.
+_MAX_NEWTON_MOVE = 4.0
+#: Shares of the missing information added back when the observed information is
+#: not positive definite (see :meth:`_Objective.newton`).
+_BLEND = (0.0, 0.25, 0.5, 0.75, 0.9)
 
 
 @dataclass
@@ -81,16 +93,20 @@ class EMResult:
     n_iter: int
     converged: bool
     log_likelihood: list[float] = field(default_factory=list)  # mean, per iteration
+    dropped: list[int] = field(default_factory=list)  # experts dropped (start's order)
 
 
-def curvature_rows(n_samples: int, n_features: int, rng: np.random.Generator):
+def curvature_rows(
+    n_samples: int, n_features: int, rng: np.random.Generator, n_params: int = 0
+):
     """Rows used for the Newton matrices: all (``None``) or a sorted random subset.
 
-    The subset has ``max(20000, 50 d)`` rows, so the matrices' relative error
-    ``~ sqrt(d / m)`` stays below 0.05 and EM's rate of convergence barely changes.
+    The subset has ``max(10000, 50 d, 50 p)`` rows for ``p`` free parameters, so
+    the matrices' relative error ``~ sqrt(p / m)`` stays below about 0.15 and
+    Newton's steps converge at about that rate (the gradient is always exact).
     """
-    m = max(_MIN_CURVATURE_ROWS, 50 * n_features)
-    if n_samples <= m:
+    m = max(_MIN_CURVATURE_ROWS, 50 * n_features, 50 * n_params)
+    if n_samples <= 2 * m:  # one fused pass over all rows costs less
         return None
     return np.sort(rng.choice(n_samples, size=m, replace=False))
 
@@ -106,57 +122,54 @@ def _residual_rows(xc: Array, yc: Array, link: str, experts: Array) -> Array:
     return yc[:, None] - get_link(link).func(xc @ like(experts.T, xc))
 
 
-def _posterior(logits: Array, res: Array, noise_std: float):
+def _posterior(logits: Array, res: Array, noise_std: float | Array):
     """Log-likelihoods, responsibilities and gate probabilities, experts-by-rows.
 
-    ``r_j = softmax_j(l_j - res_j^2 / (2 sigma^2))`` (the gate's normaliser cancels)
-    and ``log p(y|x) = lse_j(l_j - res_j^2/2sigma^2) - lse_j(l_j) - log sigma
-    - log(2 pi)/2``: two exponentials per expert and row, one logarithm per row.
+    ``r_j = softmax_j(l_j - res_j^2 / (2 sigma_j^2) - log sigma_j)`` (the gate's
+    normaliser cancels) and ``log p(y|x) = lse_j(l_j - res_j^2/2sigma_j^2 -
+    log sigma_j) - lse_j(l_j) - log(2 pi)/2``: two exponentials per expert and
+    row, one logarithm per row. ``noise_std`` is shared (a number) or one per
+    expert (shape (k,)).
     """
     xp = namespace(logits)
     top = xp.max(logits, axis=0)
     gates = xp.exp(logits - top)
     gate_norm = xp.sum(gates, axis=0)
     gates /= gate_norm
-    z = res * (1.0 / noise_std)
-    a = logits - 0.5 * z * z
+    if np.ndim(noise_std):
+        sigma = np.asarray(noise_std, float)[:, None]
+        z = res * like(1.0 / sigma, res)
+        a = logits - 0.5 * z * z - like(np.log(sigma), res)
+        constant = _HALF_LOG_2PI
+    else:
+        z = res * (1.0 / noise_std)
+        a = logits - 0.5 * z * z
+        constant = float(np.log(noise_std) + _HALF_LOG_2PI)
     a_top = xp.max(a, axis=0)
     resp = xp.exp(a - a_top)
     norm = xp.sum(resp, axis=0)
     resp /= norm
-    constant = float(np.log(noise_std) + _HALF_LOG_2PI)
     ll = a_top - top + xp.log(norm / gate_norm) - constant
     return ll, resp, gates
 
 
 @dataclass
 class _Stats:
-    ll_sum: float = 0.0
-    rss: float = 0.0
-    grad: Array | None = None  # (d, n_cols)
-    hess_experts: Array | None = None  # (k, d, d)
-    hess_gate: Array | None = None  # ((k-1) d, (k-1) d)
-    gate_missing: Array | None = None  # ((k-1) d, (k-1) d), gating stage only
+    """One pass's sums at the current parameters.
 
-    def expand(self, structure: _StructuredCurvature, k: int) -> None:
-        """Replace the structured (feature-space) matrices by the ``d x d`` ones."""
-        if self.hess_experts is not None:
-            self.hess_experts = np.array(
-                [structure.expand(H) for H in self.hess_experts]
-            )
-        for name in ("hess_gate", "gate_missing"):
-            M = getattr(self, name)
-            if M is None:
-                continue
-            m = M.shape[0] // (k - 1)
-            blocks = [
-                [
-                    structure.expand(M[a * m : (a + 1) * m, b * m : (b + 1) * m])
-                    for b in range(k - 1)
-                ]
-                for a in range(k - 1)
-            ]
-            setattr(self, name, np.block(blocks))
+    ``grad`` holds the raw column sums ``sum_i c_i x_i`` with ``c = [r_j res_j
+    g'_j (experts, when fitted), gate score weights]``, shape (D, n_cols);
+    ``rss`` and ``weight`` the per-expert ``sum_i r_ij res_ij^2`` and
+    ``sum_i r_ij``; ``complete`` and ``observed`` the complete-data and observed
+    information in the free parameters (see :func:`_curvature_sums`), when asked.
+    """
+
+    ll_sum: float
+    rss: Array  # (k,)
+    weight: Array  # (k,)
+    grad: Array  # (D, n_cols)
+    complete: Array | None = None  # (p, p)
+    observed: Array | None = None  # (p, p)
 
 
 class _StructuredCurvature:
@@ -205,6 +218,17 @@ class _PassSpec:
     curvature: bool
     structure: _StructuredCurvature | None = None
     weighted: bool = False  # the last per-row array holds sample weights
+    fit_noise: bool = True
+
+
+def noise_groups(params: MoEParams, fit_noise: bool) -> Array:
+    """Which experts share each free noise parameter: ``(s, k)`` 0/1 rows, one row
+    (all ones) for a shared ``sigma``, the identity for one ``sigma_j`` per expert,
+    none when ``sigma`` is held fixed."""
+    k = params.n_experts
+    if not fit_noise:
+        return np.zeros((0, k))
+    return np.eye(k) if np.ndim(params.noise_std) == 1 else np.ones((1, k))
 
 
 def _estep(xc: Array, yc: Array, resc: Array | None, spec: _PassSpec):
@@ -227,144 +251,135 @@ def _estep(xc: Array, yc: Array, resc: Array | None, spec: _PassSpec):
 
 
 def _pass_sums(xc: Array, yc: Array, *extra: Array, spec: _PassSpec) -> tuple:
-    """One chunk's ``(ll_sum, rss, grad, hess_experts, hess_gate, gate_missing)``
-    (``None`` for what ``spec`` does not ask for); a kernel for
-    :func:`moelearn._passes.reduce_rows`. ``extra`` holds the fixed experts'
+    """One chunk's ``(ll_sum, rss, weight, grad)`` (:class:`_Stats`) and, with
+    ``spec.curvature``, the information sums of :func:`_curvature_sums`; a kernel
+    for :func:`moelearn._passes.reduce_rows`. ``extra`` holds the fixed experts'
     residuals (gating stage) and then the sample weights (``spec.weighted``);
     with weights every row's terms are multiplied by its weight."""
     params = spec.params
-    k = params.n_experts
-    link = get_link(params.link)
     xp = namespace(xc)
     resc = None if spec.fit_experts else extra[0]
     sw = extra[-1] if spec.weighted else None
     ll, resp, gates, res, eta, logits = _estep(xc, yc, resc, spec)
-    missing = spec.curvature and not spec.fit_experts
-    cols, complete, posterior_var = gate_terms(
-        params.gate, logits, gates, resp, spec.curvature, missing
-    )
-    if sw is not None:
-        ll, resp_w = ll * sw, resp * sw
-        cols = cols * sw
-        if spec.curvature:
-            complete = complete * sw
-            posterior_var = None if posterior_var is None else posterior_var * sw
-    else:
-        resp_w = resp
-    ll_sum = rss = grad = hess_experts = hess_gate = gate_missing = None
+    out: tuple = ()
     if spec.gradient:
-        ll_sum = float(ll.sum())
-        rss = float(xp.sum(resp_w * (res * res)))
+        cols, _, _ = gate_terms(params.gate, logits, gates, resp, False, False)
+        resp_w = resp if sw is None else resp * sw
+        if sw is not None:
+            ll, cols = ll * sw, cols * sw
         if spec.fit_experts:
-            cols = concat([resp_w * res * link.deriv(eta), cols])
-        grad = (cols @ xc).T
-    if spec.curvature:
-        f = xc if spec.structure is None else spec.structure.features(xc)
-        m = f.shape[1]
-        if spec.fit_experts:
-            weight = resp_w * link.deriv(eta) ** 2
-            hess_experts = xp.stack([f.T @ (weight[j][:, None] * f) for j in range(k)])
-        hess_gate = like(np.zeros(((k - 1) * m, (k - 1) * m)), xc)
-        gate_missing = xp.zeros_like(hess_gate) if missing else None
-        for a in range(k - 1):
-            for b in range(a, k - 1):
-                block = slice(a * m, (a + 1) * m), slice(b * m, (b + 1) * m)
-                if a == b or params.gate == "softmax":
-                    w = complete[a, b]
-                    hess_gate[block] = f.T @ (w[:, None] * f)
-                if missing:
-                    # The posterior's variance: complete-data minus this is the
-                    # gate's observed information with the experts fixed.
-                    w = posterior_var[a, b]
-                    gate_missing[block] = f.T @ (w[:, None] * f)
-    return ll_sum, rss, grad, hess_experts, hess_gate, gate_missing
-
-
-class _Problem:
-    """Data and settings shared by the passes of one EM run."""
-
-    def __init__(
-        self,
-        X,
-        y,
-        fit_experts: bool,
-        residuals: Array | None,
-        column_moments: tuple[Array, Array] | None = None,
-        sample_weight: Array | None = None,
-    ):
-        self.X, self.y = X, y
-        self.fit_experts = fit_experts
-        self.residuals = residuals  # (n, k) when the experts are fixed
-        # (mean, covariance) of X's columns when the Newton matrices are structured
-        self.column_moments = column_moments
-        self.sample_weight = sample_weight
-        self.total = X.shape[0] if sample_weight is None else float(sample_weight.sum())
-        self._subset: tuple | None = None  # (indices, X, per-row arrays) in memory
-
-    def _per_row(self) -> tuple:
-        arrays = [self.y, self.residuals, self.sample_weight]
-        return tuple(a for a in arrays if a is not None)
-
-    def _subset_rows(self, subset: Array) -> tuple:
-        """The Newton subset's rows, read once per EM run."""
-        if self._subset is None or self._subset[0] is not subset:
-            per_row = tuple(a[subset] for a in self._per_row())
-            self._subset = (subset, take_rows(self.X, subset), per_row)
-        return self._subset[1], self._subset[2]
-
-    def uses_compiled_pass(self, params: MoEParams, subset: Array | None) -> bool:
-        """Whether :meth:`run_pass` takes the gradient from the compiled (numba)
-        pass: with a Newton subset, dense Newton matrices and a supported model."""
-        return (
-            subset is not None
-            and not is_torch(self.X)  # the compiled pass takes NumPy chunks
-            and self.column_moments is None
-            and USE_COMPILED
-            and _em_fast.AVAILABLE
-            and params.link in _em_fast.LINK_CODES
-            and params.gate == "softmax"
+            deriv = get_link(params.link).deriv(eta)
+            cols = concat([resp_w * res * deriv, cols])
+        out = (
+            float(ll.sum()),
+            xp.sum(resp_w * (res * res), axis=1),
+            xp.sum(resp_w, axis=1),
+            (cols @ xc).T,
         )
+    if spec.curvature:
+        out += _curvature_sums(xc, resp, gates, res, eta, logits, sw, spec)
+    return out
 
-    def run_pass(self, params: MoEParams, subset: Array | None) -> _Stats:
-        """Gradient over all rows; Newton matrices over ``subset`` (or all rows),
-        or from their structure (over all rows) when ``column_moments`` is set."""
-        n = self.total
-        k = params.n_experts
-        weighted = self.sample_weight is not None
-        structure = None
-        if self.column_moments is not None:
-            structure = _StructuredCurvature(*self.column_moments, params)
-            subset = None
-        fused = subset is None
-        stats = _Stats()
-        if self.uses_compiled_pass(params, subset):
-            kernel = _em_fast.gradient_kernel(params, self.fit_experts, weighted)
-            ll, stats.rss, stats.grad = reduce_rows(
-                kernel, self.X, *self._per_row(), scale=_em_fast.CHUNK_SCALE
-            )
-            stats.ll_sum = ll - n * (np.log(params.noise_std) + _HALF_LOG_2PI)
-            stats.grad = stats.grad.T
-        else:
-            spec = _PassSpec(params, self.fit_experts, True, fused, structure, weighted)
-            sums = reduce_rows(partial(_pass_sums, spec=spec), self.X, *self._per_row())
-            stats.ll_sum, stats.rss, stats.grad = sums[:3]
-            if fused:
-                stats.hess_experts, stats.hess_gate, stats.gate_missing = sums[3:]
-        if not fused:
-            spec = _PassSpec(params, self.fit_experts, False, True, None, weighted)
-            Xs, per_row = self._subset_rows(subset)
-            sums = reduce_rows(partial(_pass_sums, spec=spec), Xs, *per_row)
-            scale = n / (float(per_row[-1].sum()) if weighted else len(subset))
-            stats.hess_experts, stats.hess_gate, stats.gate_missing = (
-                None if m is None else m * scale for m in sums[3:]
-            )
-        # Symmetrise the gate matrices from their upper blocks.
-        stats.hess_gate = _symmetric_from_upper(stats.hess_gate)
-        if stats.gate_missing is not None:
-            stats.gate_missing = _symmetric_from_upper(stats.gate_missing)
-        if structure is not None:
-            stats.expand(structure, k)
-        return stats
+
+def _curvature_sums(xc, resp, gates, res, eta, logits, sw, spec: _PassSpec) -> tuple:
+    """Complete-data and observed information of a chunk's rows (Louis 1982).
+
+    Given a row's latent expert ``z``, its complete-data score in the free
+    parameters is ``u_c(z) x`` for the vector parameters (expert ``j``:
+    ``u = [z = j] e_j`` with ``e_j = res_j g'_j / sigma_j^2``; gate row ``t``: the
+    score weight ``c_t(z)`` of :func:`gate_terms`) and ``v_l(z)`` for
+    ``log sigma_l`` (``[z in l] (res_z^2 / sigma_z^2 - 1)``). The observed
+    information is the complete-data information ``E_r[-d^2 log p(y, z | x)]``
+    minus the posterior covariance of the scores, ``Cov_r(u, v)``; both are sums
+    over rows of per-row weights times ``x x^T``, ``x`` or 1. The experts'
+    curvature is the Gauss-Newton one (``g'^2``; exact for linear experts).
+
+    Returns the sums ``(observed_xx, observed_xs, observed_ss, complete_xx,
+    complete_xs, complete_ss)``: ``*_xx`` (P, P, D, D) over the vector
+    components, ``*_xs`` (P, S, D) and ``*_ss`` (S, S) for the noise
+    parameters. ``D`` is the width of ``x`` (or of the structured features).
+    """
+    params = spec.params
+    k = params.n_experts
+    xp = namespace(xc)
+    var = np.broadcast_to(np.asarray(params.noise_std, float) ** 2, (k,))
+    inv_var = like(1.0 / var[:, None], resp)
+    groups = noise_groups(params, spec.fit_noise)
+    s = groups.shape[0]
+    eye = like(np.eye(k), resp)
+    parts, n_experts = [], k if spec.fit_experts else 0
+    if spec.fit_experts:
+        deriv = get_link(params.link).deriv(eta)
+        e = res * deriv * inv_var
+        parts.append(eye[:, :, None] * e[None])
+    if params.gate == "softmax":
+        parts.append(eye[: k - 1, :, None] - gates[: k - 1, None, :])
+    else:
+        left, under = tree_paths(k)
+        left, under = like(left.astype(float), resp), like(under.astype(float), resp)
+        parts.append(left[:, :, None] - under[:, :, None] * sigmoid(logits)[:, None, :])
+    q = res * res * inv_var - 1.0
+    if s:
+        parts.append(like(groups, resp)[:, :, None] * q[None])
+    values = concat(parts)  # (C, k, m)
+    mean = einsum("czm,zm->cm", values, resp)
+    cov = einsum("czm,dzm,zm->cdm", values, values, resp)
+    cov = cov - mean[:, None] * mean[None]
+    n_vec = values.shape[0] - s
+    complete = xp.zeros_like(cov)
+    _, gate_complete, _ = gate_terms(params.gate, logits, gates, resp, True, False)
+    g0 = n_experts
+    complete[g0 : g0 + k - 1, g0 : g0 + k - 1] = gate_complete
+    if spec.fit_experts:
+        for j in range(k):
+            complete[j, j] = resp[j] * deriv[j] ** 2 * inv_var[j]
+    for group in range(s):
+        members = np.flatnonzero(groups[group])
+        row = n_vec + group
+        complete[row, row] = 2.0 * xp.sum(resp[members] * (q[members] + 1.0), axis=0)
+        if spec.fit_experts:
+            for j in members:
+                complete[j, row] = complete[row, j] = 2.0 * resp[j] * e[j]
+    observed = complete - cov
+    if sw is not None:
+        observed, complete = observed * sw, complete * sw
+    f = xc if spec.structure is None else spec.structure.features(xc)
+    every = [(c, d) for c in range(n_vec) for d in range(c, n_vec)]
+    gate_pairs = [
+        (g0 + a, g0 + b)
+        for a in range(k - 1)
+        for b in range(a, k - 1)
+        if a == b or params.gate == "softmax"
+    ]
+    nonzero = [(j, j) for j in range(n_experts)] + gate_pairs
+    return (
+        _weighted_grams(f, observed[:n_vec, :n_vec], every),
+        einsum("cdm,mi->cdi", observed[:n_vec, n_vec:], f),
+        xp.sum(observed[n_vec:, n_vec:], axis=2),
+        _weighted_grams(f, complete[:n_vec, :n_vec], nonzero),
+        einsum("cdm,mi->cdi", complete[:n_vec, n_vec:], f),
+        xp.sum(complete[n_vec:, n_vec:], axis=2),
+    )
+
+
+def _weighted_grams(f: Array, weights: Array, pairs: list[tuple[int, int]]) -> Array:
+    """``out[c, d] = sum_i weights[c, d, i] f_i f_i^T`` for the upper ``pairs``
+    ``c <= d`` of symmetric ``weights`` (P, P, m), mirrored; other blocks zero.
+    One matrix product per ``c``: ``f^T [w_cd1 * f, w_cd2 * f, ...]``."""
+    P, (m, D) = weights.shape[0], f.shape
+    out = like(np.zeros((P, P, D, D)), f)
+    for c in range(P):
+        ds = [d for (c2, d) in pairs if c2 == c]
+        if not ds:
+            continue
+        stacked = (weights[c, ds].T[:, :, None] * f[:, None, :]).reshape(m, -1)
+        grams = f.T @ stacked  # (D, len(ds) D)
+        for i, d in enumerate(ds):
+            block = grams[:, i * D : (i + 1) * D]
+            out[c, d] = block
+            if c != d:
+                out[d, c] = block.T
+    return out
 
 
 def gate_terms(
@@ -417,24 +432,114 @@ def gate_terms(
     return cols, complete, var
 
 
-def _symmetric_from_upper(M: Array) -> Array:
-    return np.triu(M) + np.triu(M, 1).T
+class _Problem:
+    """Data and settings shared by the passes of one EM run."""
+
+    def __init__(
+        self,
+        X,
+        y,
+        fit_experts: bool,
+        residuals: Array | None,
+        column_moments: tuple[Array, Array] | None = None,
+        sample_weight: Array | None = None,
+        fit_noise: bool = True,
+    ):
+        self.X, self.y = X, y
+        self.fit_experts = fit_experts
+        self.fit_noise = fit_noise
+        self.residuals = residuals  # (n, k) when the experts are fixed
+        # (mean, covariance) of X's columns when the Newton matrices are structured
+        self.column_moments = column_moments
+        self.sample_weight = sample_weight
+        self.total = X.shape[0] if sample_weight is None else float(sample_weight.sum())
+        self._subset: tuple | None = None  # (indices, X, per-row arrays) in memory
+
+    def _per_row(self) -> tuple:
+        arrays = [self.y, self.residuals, self.sample_weight]
+        return tuple(a for a in arrays if a is not None)
+
+    def _subset_rows(self, subset: Array) -> tuple:
+        """The Newton subset's rows, read once per EM run."""
+        if self._subset is None or self._subset[0] is not subset:
+            per_row = tuple(a[subset] for a in self._per_row())
+            self._subset = (subset, take_rows(self.X, subset), per_row)
+        return self._subset[1], self._subset[2]
+
+    def uses_compiled_pass(self, params: MoEParams, subset: Array | None) -> bool:
+        """Whether :meth:`run_pass` takes the gradient from the compiled (numba)
+        pass: with a Newton subset, dense Newton matrices and a supported model."""
+        return (
+            subset is not None
+            and not is_torch(self.X)  # the compiled pass takes NumPy chunks
+            and self.column_moments is None
+            and USE_COMPILED
+            and _em_fast.AVAILABLE
+            and params.link in _em_fast.LINK_CODES
+            and params.gate == "softmax"
+        )
+
+    def run_pass(
+        self, params: MoEParams, subset: Array | None, curvature: bool = True
+    ) -> _Stats:
+        """Gradient over all rows; information matrices (with ``curvature``) over
+        ``subset`` (or all rows), or from their structure (over all rows) when
+        ``column_moments`` is set."""
+        n = self.total
+        weighted = self.sample_weight is not None
+        structure = None
+        if self.column_moments is not None:
+            structure = _StructuredCurvature(*self.column_moments, params)
+            subset = None
+        fused = subset is None and curvature
+        settings = dict(
+            structure=structure, weighted=weighted, fit_noise=self.fit_noise
+        )
+        if self.uses_compiled_pass(params, subset):
+            kernel = _em_fast.gradient_kernel(params, self.fit_experts, weighted)
+            ll, rss, weight, grad = reduce_rows(
+                kernel, self.X, *self._per_row(), scale=_em_fast.CHUNK_SCALE
+            )
+            stats = _Stats(ll - n * _HALF_LOG_2PI, rss, weight, grad.T)
+        else:
+            spec = _PassSpec(params, self.fit_experts, True, fused, **settings)
+            sums = reduce_rows(partial(_pass_sums, spec=spec), self.X, *self._per_row())
+            stats = _Stats(*sums[:4])
+            if fused:
+                stats.observed, stats.complete = _assemble(sums[4:], structure)
+        if curvature and not fused:
+            spec = _PassSpec(params, self.fit_experts, False, True, **settings)
+            Xs, per_row = self._subset_rows(subset)
+            sums = reduce_rows(partial(_pass_sums, spec=spec), Xs, *per_row)
+            scale = n / (float(per_row[-1].sum()) if weighted else len(subset))
+            observed, complete = _assemble(sums, structure)
+            stats.observed, stats.complete = observed * scale, complete * scale
+        stats.rss, stats.weight = np.asarray(stats.rss), np.asarray(stats.weight)
+        return stats
 
 
-def _gate_step(stats: _Stats, grad: Array) -> Array:
-    """Newton step for the gate.
+def _assemble(sums: tuple, structure: _StructuredCurvature | None) -> tuple:
+    """The observed and complete-data information matrices, ``(p, p)`` in the
+    free parameters (vector components' ``D`` entries each, then the noise
+    parameters), from :func:`_curvature_sums`' sums."""
+    host = [np.asarray(to_host(s)) for s in sums]
+    return _matrix(*host[:3], structure), _matrix(*host[3:], structure)
 
-    With the experts fixed, the observed information (complete-data Hessian minus
-    the posterior's variance) gives Newton's fast convergence to the gate's MLE;
-    where it is not positive definite (far from the optimum), and in joint EM, the
-    complete-data Hessian (an EM M-step) is used.
-    """
-    if stats.gate_missing is not None:
-        try:
-            return cho_solve(cho_factor(stats.hess_gate - stats.gate_missing), grad)
-        except LinAlgError:
-            pass
-    return _newton_solve(stats.hess_gate, grad)
+
+def _matrix(xx: Array, xs: Array, ss: Array, structure) -> Array:
+    if structure is not None:
+        xx = _expand_blocks(xx, structure.expand)
+        xs = np.einsum("ij,csj->csi", structure.C, xs)
+    P, S = xs.shape[:2]
+    D = xx.shape[-1]
+    top = xx.transpose(0, 2, 1, 3).reshape(P * D, P * D)
+    side = xs.transpose(0, 2, 1).reshape(P * D, S)
+    return np.block([[top, side], [side.T, ss]])
+
+
+def _expand_blocks(blocks: Array, expand: Callable[[Array], Array]) -> Array:
+    P = blocks.shape[0]
+    return np.array([[expand(blocks[c, d]) for d in range(P)] for c in range(P)])
 
 
 def _newton_solve(H: Array, g: Array) -> Array:
@@ -458,10 +563,166 @@ def _interpolate(a: MoEParams, b: MoEParams, t: float) -> MoEParams:
 
 
 def _step_size(old: MoEParams, new: MoEParams, covariance: Array) -> float:
-    """Largest parameter change in whitened units (rows measured in ``Cov``'s metric)."""
+    """Largest parameter change in whitened units (rows measured in ``Cov``'s
+    metric; ``sigma`` relative)."""
     delta = np.vstack([new.experts - old.experts, new.gating - old.gating])
     rows = np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", delta, covariance, delta), 0.0))
-    return float(max(rows.max(), abs(new.noise_std - old.noise_std) / old.noise_std))
+    noise = np.abs(np.asarray(new.noise_std) - old.noise_std) / old.noise_std
+    return float(max(rows.max(), np.max(noise)))
+
+
+class _Objective:
+    """The penalised log-likelihood EM maximises and its steps.
+
+    ``sum_i w_i log p(y_i | x_i) - (lambda / 2) sum_t G_t^T C G_t``: the gate's
+    rows get a ridge in the inputs' metric ``C`` (the logits' variance), so that
+    on separable data the gate stays finite (a Gaussian prior with standard
+    deviation ``1 / sqrt(lambda)`` on each logit's slope per standard deviation of
+    ``x``; with ``lambda = 0.01`` it moves the MLE by about ``0.01 / n`` of its
+    size).
+    """
+
+    def __init__(
+        self, metric: Array, penalty: float, fit_experts: bool, fit_noise: bool
+    ):
+        self.metric, self.penalty = metric, penalty
+        self.fit_experts, self.fit_noise = fit_experts, fit_noise
+
+    def value(self, stats: _Stats, params: MoEParams) -> float:
+        G = params.gating[: _n_free_gate_rows(params)]
+        ridge = np.einsum("ij,jk,ik->", G, self.metric, G)
+        return stats.ll_sum - 0.5 * self.penalty * float(ridge)
+
+    def gradient(self, stats: _Stats, params: MoEParams) -> Array:
+        """The free parameters' gradient: experts, gate rows, ``log sigma``."""
+        k = params.n_experts
+        t = _n_free_gate_rows(params)
+        var = np.broadcast_to(np.asarray(params.noise_std, float) ** 2, (k,))
+        parts = []
+        grad = stats.grad
+        if self.fit_experts:
+            parts.append((grad[:, :k] / var).T.ravel())
+        gate = grad[:, -t:].T if t else np.zeros((0, grad.shape[0]))
+        parts.append((gate - self.penalty * params.gating[:t] @ self.metric).ravel())
+        groups = noise_groups(params, self.fit_noise)
+        parts.append(groups @ (stats.rss / var - stats.weight))
+        return np.concatenate(parts)
+
+    def penalised(self, info: Array, params: MoEParams) -> Array:
+        """``info`` plus the ridge's curvature on the gate blocks."""
+        t, D = _n_free_gate_rows(params), params.gating.shape[1]
+        start = params.n_experts * D if self.fit_experts else 0
+        out = info.copy()
+        for row in range(t):
+            block = slice(start + row * D, start + (row + 1) * D)
+            out[block, block] += self.penalty * self.metric
+        return out
+
+    def newton(self, stats: _Stats, params: MoEParams) -> MoEParams | None:
+        """Newton's step on the penalised log-likelihood, with the observed
+        information ``I_c - I_m`` (complete-data minus missing); where that is not
+        positive definite (far from a maximum, e.g. at a symmetric start), with
+        ``I_c - (1 - t) I_m`` for the first ``t`` in :data:`_BLEND` that is (``t = 1``
+        would be EM's own metric); ``None`` if none is."""
+        gradient = self.gradient(stats, params)
+        observed = self.penalised(stats.observed, params)
+        missing = stats.complete - stats.observed
+        for t in _BLEND:
+            try:
+                factor = cho_factor(observed + t * missing)
+            except (LinAlgError, ValueError):
+                continue
+            step = cho_solve(factor, gradient)
+            if np.all(np.isfinite(step)):
+                return self._apply(params, step * self._trust(params, step))
+        return None
+
+    def em_step(self, stats: _Stats, params: MoEParams, floor: float) -> MoEParams:
+        """The generalised EM step: weighted least squares for each expert, one
+        Newton step on the expected complete-data log-likelihood for the gate
+        (complete-data information), ``sigma`` in closed form."""
+        k, D = params.n_experts, params.gating.shape[1]
+        t = _n_free_gate_rows(params)
+        grad = self.gradient(stats, params)
+        info = self.penalised(stats.complete, params)
+        step, start = np.zeros(grad.shape[0]), 0
+        blocks = [D] * k if self.fit_experts else []
+        if t:
+            blocks.append(t * D)
+        for size in blocks:
+            part = slice(start, start + size)
+            step[part] = _newton_solve(info[part, part], grad[part])
+            start += size
+        new = self._apply(params, step)
+        if self.fit_noise:
+            groups = noise_groups(params, True)
+            var = (groups @ stats.rss) / np.maximum(groups @ stats.weight, 1e-300)
+            sigma = np.maximum(np.sqrt(var), floor)
+            new = replace(new, noise_std=sigma if sigma.size > 1 else float(sigma[0]))
+        return new
+
+    def _trust(self, params: MoEParams, step: Array) -> float:
+        """Shrinks a Newton step that would move a gate row's logit or an expert's
+        mean by more than :data:`_MAX_NEWTON_MOVE` (in the inputs' standard
+        deviations and, for experts, noise levels), or ``sigma`` by more than a
+        factor ``e``."""
+        moved = self._apply(params, step, clip_noise=False)
+        k = params.n_experts
+        sigma = np.broadcast_to(np.asarray(params.noise_std, float), (k,))
+        size = 0.0
+        for old, new, scale in (
+            (params.experts, moved.experts, sigma[:, None]),
+            (params.gating, moved.gating, 1.0),
+        ):
+            delta = (new - old) / scale
+            size = max(
+                size,
+                float(
+                    np.sqrt(np.einsum("ij,jk,ik->i", delta, self.metric, delta)).max()
+                ),
+            )
+        log_noise = np.abs(np.log(np.asarray(moved.noise_std) / params.noise_std))
+        size = max(size / _MAX_NEWTON_MOVE, float(np.max(log_noise)))
+        return 1.0 if size <= 1.0 else 1.0 / size
+
+    def _apply(
+        self, params: MoEParams, step: Array, clip_noise: bool = True
+    ) -> MoEParams:
+        k, D = params.n_experts, params.gating.shape[1]
+        t = _n_free_gate_rows(params)
+        start, experts = 0, params.experts
+        if self.fit_experts:
+            experts = experts + step[: k * D].reshape(k, D)
+            start = k * D
+        gating = params.gating.copy()
+        gating[:t] += step[start : start + t * D].reshape(t, D)
+        noise = params.noise_std
+        if self.fit_noise:
+            groups = noise_groups(params, True)
+            change = np.exp(groups.T @ step[start + t * D :])
+            if clip_noise:
+                change = np.clip(change, np.exp(-1.0), np.e)
+            noise = np.asarray(params.noise_std) * (
+                change if np.ndim(noise) else change[0]
+            )
+            noise = noise if np.ndim(noise) else float(noise)
+        return replace(params, experts=experts, gating=gating, noise_std=noise)
+
+
+def _n_free_gate_rows(params: MoEParams) -> int:
+    """``k - 1`` (softmax: the last row is the zero reference; tree: the nodes)."""
+    return params.n_experts - 1
+
+
+def _drop_experts(params: MoEParams, drop: Array) -> MoEParams:
+    """``params`` without the experts ``drop`` (softmax gate: the rows of the
+    others, re-referenced so the last is zero)."""
+    keep = np.setdiff1d(np.arange(params.n_experts), drop)
+    gating = params.gating[keep] - params.gating[keep[-1]]
+    noise = params.noise_std
+    if np.ndim(noise):
+        noise = np.asarray(noise)[keep]
+    return replace(params, experts=params.experts[keep], gating=gating, noise_std=noise)
 
 
 def em(
@@ -478,16 +739,41 @@ def em(
     column_moments: tuple[Array, Array] | None = None,
     sample_weight: Array | None = None,
     min_noise_std: float = 0.0,
+    gate_penalty: float = GATE_PENALTY,
+    min_expert_weight: float = MIN_EXPERT_WEIGHT,
+    step: str = "newton",
     stage: str = "em",
     callback: ProgressCallback | None = None,
 ) -> EMResult:
-    """Generalised EM from ``params``; experts held fixed unless ``fit_experts``,
-    the noise level unless ``fit_noise``.
+    """EM from ``params``, accelerated by Newton steps on the observed
+    log-likelihood; experts held fixed unless ``fit_experts``, the noise level(s)
+    unless ``fit_noise``.
+
+    Every iteration reads the data once: the log-likelihood, its gradient over
+    all rows and the information matrices over the Newton subset. The step
+    (``step='newton'``) solves the observed information (complete-data minus
+    missing information, Louis' formula: :func:`_curvature_sums`) against the
+    gradient of the penalised log-likelihood (:class:`_Objective`), shrunk to a
+    trust region; where that matrix is not positive definite, or the step
+    lowered the objective, the generalised EM step (``step='em'``: weighted
+    least squares for the experts, a complete-data Newton step for the gate,
+    ``sigma`` in closed form) is taken instead, and halved until the objective
+    does not fall.
+
+    An expert whose total posterior weight ``sum_i w_i r_ij`` falls below
+    ``max(2 D, min_expert_weight * sum_i w_i)`` (``D`` the columns of ``X``) is
+    dropped (softmax gates only, when the experts are fitted): its regression
+    would rest on too few rows to be well posed. ``EMResult.dropped`` lists them.
 
     Stops when the largest change of a parameter row, measured in whitened units
     (``sqrt(delta^T Cov delta)``), and the relative change of ``sigma`` fall
-    below ``tol``; ``converged`` is False if ``max_iter`` iterations did not get there
-    (or a step could not raise the likelihood).
+    below ``tol``, or when the mean objective per row rose by less than
+    ``tol^1.5`` (relative to ``max(1, |objective|)``; a rise of ``tol^2`` is what
+    a step of ``tol`` near the maximum gives) in two iterations running
+    (a ridge the likelihood barely rises along, e.g. a gate sharpening towards a
+    hard boundary); ``converged`` is False if ``max_iter`` iterations did not get
+    there (then the last step is kept only if one more pass shows it did not
+    lower the objective) or no step could raise the objective.
 
     ``column_moments`` is ``(mean, covariance)`` of ``X``'s columns (a constant
     column has variance 0); given, and with more than
@@ -495,63 +781,104 @@ def em(
     their Gaussian structure (:class:`_StructuredCurvature`). ``sample_weight``
     makes every sum over rows a weighted one (the weighted log-likelihood).
     """
+    if step not in ("newton", "em"):
+        raise ValueError(f"step must be 'newton' or 'em'; got {step!r}")
     n, d = X.shape
-    k = params.n_experts
     residuals = None if fit_experts else expert_residuals(X, y, params)
     if d <= STRUCTURED_CURVATURE_FEATURES:
         column_moments = None
-    problem = _Problem(X, y, fit_experts, residuals, column_moments, sample_weight)
-    subset = curvature_rows(n, d, rng)
+    problem = _Problem(
+        X, y, fit_experts, residuals, column_moments, sample_weight, fit_noise
+    )
+    n_params = (2 * params.n_experts - 1) * d + params.n_experts
+    subset = curvature_rows(n, d, rng, n_params)
     n = problem.total  # the weighted number of rows
+    objective = _Objective(covariance, gate_penalty, fit_experts, fit_noise)
     # sigma -> 0 where an expert fits some rows exactly: a floor keeps the
     # likelihood finite
     noise_floor = max(min_noise_std, 1e-6 * float(np.std(y)), 1e-12)
+    weight_floor = max(2.0 * d, min_expert_weight * n)
+    can_drop = fit_experts and params.gate == "softmax"
     # The compiled pass runs its own threads: BLAS threads left spinning after a
     # multi-threaded BLAS call would compete with them for the cores (measured at
     # n=1e6, d=50 on 2 cores: the pass took 2-3x longer), so BLAS gets one thread.
     quiet = problem.uses_compiled_pass(params, subset)
+    dropped: list[int] = []
+    labels = np.arange(params.n_experts)
     with threadpool_limits(limits=1, user_api="blas") if quiet else nullcontext():
         history: list[float] = []
-        previous: tuple[MoEParams, float] | None = None
-        current = params
-        n_iter, halvings, converged = 0, 0, False
+        # (accepted parameters, their objective, the EM step from them)
+        previous: tuple[MoEParams, float, MoEParams] | None = None
+        current, took_newton = params, False
+        n_iter, halvings, converged, flat = 0, 0, False, 0
         while n_iter < max_iter:
             stats = problem.run_pass(current, subset)
-            ll_mean = stats.ll_sum / n
-            if previous is not None and not ll_mean >= previous[1] - 1e-10 * (
+            value = objective.value(stats, current)
+            if previous is not None and not value >= previous[1] - 1e-10 * (
                 1.0 + abs(previous[1])
             ):
+                if took_newton:  # fall back on the EM step from the last point
+                    current, took_newton = previous[2], False
+                    continue
                 halvings += 1
                 if halvings > _MAX_HALVINGS:
                     current = previous[0]
                     break
                 current = _interpolate(previous[0], current, 0.5)
                 continue
-            halvings = 0
-            n_iter += 1
-            history.append(ll_mean)
-            grad = stats.grad
-            experts = current.experts
-            if fit_experts:
-                experts = experts + np.array(
-                    [_newton_solve(stats.hess_experts[j], grad[:, j]) for j in range(k)]
+            if not np.isfinite(value):
+                raise FloatingPointError(
+                    f"{stage}: the log-likelihood is not finite at the start "
+                    "(check the inputs' scale and the starting parameters)"
                 )
-            gate_step = _gate_step(stats, grad[:, -(k - 1) :].T.reshape(-1))
-            gating = current.gating.copy()
-            gating[: k - 1] += gate_step.reshape(k - 1, d)
-            noise = current.noise_std
+            weights = stats.weight
+            if can_drop and current.n_experts > 1 and weights.min() < weight_floor:
+                gone = np.flatnonzero(weights < weight_floor)
+                if len(gone) == current.n_experts:
+                    gone = np.delete(gone, np.argmax(weights))
+                dropped += labels[gone].tolist()
+                labels = np.delete(labels, gone)
+                current, previous, took_newton = (
+                    _drop_experts(current, gone),
+                    None,
+                    False,
+                )
+                continue
+            halvings = 0
+            if previous is not None:
+                gain = (value - previous[1]) / n
+                flat = flat + 1 if gain < tol**1.5 * max(1.0, abs(value / n)) else 0
+                if flat >= 2:  # the objective has stopped rising
+                    converged = True
+                    break
+            n_iter += 1
+            history.append(stats.ll_sum / n)
+            em_proposal = objective.em_step(stats, current, noise_floor)
+            proposal = objective.newton(stats, current) if step == "newton" else None
+            took_newton = proposal is not None
+            if proposal is None:
+                proposal = em_proposal
             if fit_noise:
-                noise = max(float(np.sqrt(stats.rss / n)), noise_floor)
-            proposal = replace(current, experts=experts, gating=gating, noise_std=noise)
+                sigma = np.maximum(np.asarray(proposal.noise_std), noise_floor)
+                proposal = replace(
+                    proposal, noise_std=sigma if sigma.ndim else float(sigma)
+                )
             change = _step_size(current, proposal, covariance)
             if callback is not None:
-                callback(stage, n_iter, ll_mean, change)
-            previous = (current, ll_mean)
+                callback(stage, n_iter, stats.ll_sum / n, change)
+            previous = (current, value, em_proposal)
             current = proposal
             if change < tol:
                 converged = True
                 break
-        return EMResult(current, n_iter, converged, history)
+        else:
+            # max_iter reached: one more pass measures the last proposal, which is
+            # kept only if it did not lower the objective
+            if previous is not None:
+                stats = problem.run_pass(current, subset, curvature=False)
+                if not objective.value(stats, current) >= previous[1]:
+                    current = previous[0]
+        return EMResult(current, n_iter, converged, history, dropped)
 
 
 def offset_score_statistics(
@@ -584,7 +911,8 @@ def _offset_scores(xc: Array, yc: Array, spec: _PassSpec) -> tuple[Array, Array]
     _, resp, gates, res, eta, logits = _estep(xc, yc, None, spec)
     cols, _, _ = gate_terms(params.gate, logits, gates, resp, False, False)
     deriv = get_link(params.link).deriv(eta)
-    scores = concat([resp * res * deriv / params.noise_std**2, cols])
+    var = np.broadcast_to(np.asarray(params.noise_std, float) ** 2, (resp.shape[0],))
+    scores = concat([resp * res * deriv / like(var[:, None], resp), cols])
     return scores.sum(axis=1), (scores * scores).sum(axis=1)
 
 

@@ -3,7 +3,7 @@
 One loop over rows does what the NumPy path does with several array operations:
 the projections ``a_j . x``, ``G_j . x``, the E-step and the gradient accumulation,
 so each row is read once and no temporaries are made; the rows are split between
-threads. Same formulas as :func:`moelearn._em._posterior` and ``_Problem.accumulate``;
+threads. Same formulas as :func:`moelearn._em._posterior` and :func:`moelearn._em._pass_sums`;
 a test checks the two paths agree.
 """
 
@@ -37,6 +37,7 @@ if AVAILABLE:
         weighted,
         weights,
         inv_sigma,
+        log_sigma,
         link_code,
         n_threads,
     ):
@@ -46,7 +47,8 @@ if AVAILABLE:
         n_cols = 2 * k - 1 if fit_experts else k - 1
         grads = np.zeros((n_threads, n_cols, d))
         lls = np.zeros(n_threads)
-        rsss = np.zeros(n_threads)
+        rsss = np.zeros((n_threads, k))
+        masses = np.zeros((n_threads, k))
         step = (n + n_threads - 1) // n_threads
         for tid in numba.prange(n_threads):
             proj = np.empty(n_rows)
@@ -58,7 +60,8 @@ if AVAILABLE:
             cols = np.empty(n_cols)
             local = np.zeros((n_cols, d))  # thread-local: no 3-D indexing in the loop
             ll = 0.0
-            rss = 0.0
+            rss = np.zeros(k)
+            mass = np.zeros(k)
             for i in range(tid * step, min(n, (tid + 1) * step)):
                 for r in range(n_rows):
                     acc = 0.0
@@ -96,8 +99,8 @@ if AVAILABLE:
                     gate_norm += gate[j]
                 a_top = -np.inf
                 for j in range(k):
-                    z = res[j] * inv_sigma
-                    resp[j] = logit[j] - 0.5 * z * z
+                    z = res[j] * inv_sigma[j]
+                    resp[j] = logit[j] - 0.5 * z * z - log_sigma[j]
                     a_top = max(a_top, resp[j])
                 norm = 0.0
                 for j in range(k):
@@ -108,7 +111,8 @@ if AVAILABLE:
                 for j in range(k):
                     resp[j] /= norm
                     gate[j] /= gate_norm
-                    rss += wi * resp[j] * res[j] * res[j]
+                    rss[j] += wi * resp[j] * res[j] * res[j]
+                    mass[j] += wi * resp[j]
                 c = 0
                 if fit_experts:
                     for j in range(k):
@@ -124,30 +128,35 @@ if AVAILABLE:
             grads[tid] = local
             lls[tid] = ll
             rsss[tid] = rss
-        return lls.sum(), rsss.sum(), grads.sum(axis=0)
+            masses[tid] = mass
+        return lls.sum(), rsss.sum(axis=0), masses.sum(axis=0), grads.sum(axis=0)
 
 
 def gradient_kernel(params, fit_experts: bool, weighted: bool = False):
     """A :func:`moelearn._passes.reduce_rows` kernel ``(X, y[, residuals]) ->
-    (sum of log p(y|x) without the -log sigma - log(2 pi)/2 terms, rss, grad)``
-    with ``grad`` (n_cols, d); with ``weighted`` the last per-row array holds
+    (sum of log p(y|x) without the -log(2 pi)/2 term, rss (k,), weight (k,),
+    grad)`` with ``grad`` (n_cols, d), as :func:`moelearn._em._pass_sums`; with ``weighted`` the last per-row array holds
     sample weights and every sum is weighted. Requires :data:`AVAILABLE`."""
     k = params.n_experts
     gating = params.gating[: k - 1]  # the last row is zero: its logit is 0
     coef = np.vstack([params.experts, gating]) if fit_experts else gating
+    sigma = np.ascontiguousarray(
+        np.broadcast_to(np.asarray(params.noise_std, float), (k,))
+    )
     return partial(
         _gradient_sums,
         coef=np.ascontiguousarray(coef),
         k=k,
         fit_experts=fit_experts,
-        inv_sigma=1.0 / params.noise_std,
+        inv_sigma=1.0 / sigma,
+        log_sigma=np.log(sigma),
         link_code=LINK_CODES[params.link],
         weighted=weighted,
     )
 
 
 def _gradient_sums(
-    xc, yc, *extra, coef, k, fit_experts, inv_sigma, link_code, weighted
+    xc, yc, *extra, coef, k, fit_experts, inv_sigma, log_sigma, link_code, weighted
 ):
     res = np.zeros((1, k)) if fit_experts else np.ascontiguousarray(extra[0])
     weights = np.ascontiguousarray(extra[-1]) if weighted else np.zeros(1)
@@ -161,6 +170,7 @@ def _gradient_sums(
         weighted,
         weights,
         inv_sigma,
+        log_sigma,
         link_code,
         numba.get_num_threads(),
     )

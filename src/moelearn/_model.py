@@ -32,7 +32,7 @@ class MoEParams:
 
     experts: Array  # (k, d) regressors a_j
     gating: Array  # (k, d) softmax logits, last row zero
-    noise_std: float
+    noise_std: float | Array  # shared sigma, or one per expert (k,)
     link: str
     gate: str = "softmax"  # or "tree"
 
@@ -112,8 +112,13 @@ def n_gate_rows(n_experts: int, gate: str) -> int:
     return n_experts if gate == "softmax" else n_experts - 1
 
 
-def log_joint(log_gates: Array, residuals: Array, noise_std: float) -> Array:
-    """``log pi_j(x) + log N(y | mean_j, sigma^2)`` from the residuals ``y - mean_j``."""
+def log_joint(log_gates: Array, residuals: Array, noise_std: float | Array) -> Array:
+    """``log pi_j(x) + log N(y | mean_j, sigma_j^2)`` from the residuals
+    ``y - mean_j`` (n, k); ``noise_std`` shared or one per expert."""
+    if np.ndim(noise_std):
+        sigma = np.asarray(noise_std, float)
+        z = residuals * like(1.0 / sigma, residuals)
+        return log_gates - 0.5 * z * z - like(np.log(sigma), residuals) - _HALF_LOG_2PI
     z = residuals / noise_std
     return log_gates - 0.5 * z * z - float(np.log(noise_std)) - _HALF_LOG_2PI
 
@@ -174,4 +179,5 @@ def sample_outputs(
     )
     means = map_rows(functools.partial(expert_means, params=params), X)
     means = means[np.arange(X.shape[0]), z]
-    return means + params.noise_std * rng.standard_normal(X.shape[0]), z
+    sigma = np.broadcast_to(np.asarray(params.noise_std, float), (params.n_experts,))
+    return means + sigma[z] * rng.standard_normal(X.shape[0]), z

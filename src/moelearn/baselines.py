@@ -7,8 +7,8 @@ import warnings
 from typing import ClassVar
 
 import numpy as np
+from scipy.linalg import block_diag
 from scipy.optimize import minimize_scalar
-from sklearn.exceptions import ConvergenceWarning
 
 from moelearn import _validation as v
 from moelearn._base import MoEBase
@@ -18,6 +18,8 @@ from moelearn._links import get_link
 from moelearn._model import MoEParams, log_likelihood_terms
 from moelearn._moments import input_whitening
 from moelearn._optim import MinibatchMixin
+from moelearn._passes import with_ones
+from moelearn.exceptions import ConvergenceWarning, not_converged_message
 
 Array = np.ndarray
 
@@ -52,12 +54,23 @@ class EMMoE(MoEBase):
         Random starts; the best by log-likelihood is kept.
     init_gate_norm : float, default=1.0
         Norm of the random starting gate rows (whitened units).
+    fit_intercept : bool, default=False
+        Also learn expert intercepts and gate biases (``intercept_``,
+        ``gating_intercept_``), as :class:`moelearn.SpectralMoE` does.
+    noise_type : {'shared', 'per_expert'}, default='shared'
+        One noise level for all experts, or one per expert (``noise_std_`` then
+        has shape (n_experts,)).
     random_state : int, Generator or None, default=None
     verbose : int, default=0
 
     Attributes
     ----------
     experts_, gating_, noise_std_ : as in :class:`moelearn.SpectralMoE`
+    intercept_, gating_intercept_ : ndarray of shape (n_experts,)
+        Only with ``fit_intercept=True``.
+    n_experts_ : int
+        Experts in the kept fit (EM drops an expert whose posterior weight falls
+        below its floor).
     converged_ : bool
         Whether the kept start converged.
     n_iter_ : int
@@ -78,6 +91,8 @@ class EMMoE(MoEBase):
     _parameter_constraints: ClassVar[dict] = {
         **MoEBase._common_constraints,
         "init_gate_norm": v.real(0.0),
+        "fit_intercept": v.boolean,
+        "noise_type": v.one_of("shared", "per_expert"),
     }
 
     def __init__(
@@ -90,6 +105,8 @@ class EMMoE(MoEBase):
         tol: float = 1e-4,
         n_init: int = 5,
         init_gate_norm: float = 1.0,
+        fit_intercept: bool = False,
+        noise_type: str = "shared",
         random_state=None,
         verbose: int = 0,
     ):
@@ -100,8 +117,15 @@ class EMMoE(MoEBase):
         self.tol = tol
         self.n_init = n_init
         self.init_gate_norm = init_gate_norm
+        self.fit_intercept = fit_intercept
+        self.noise_type = noise_type
         self.random_state = random_state
         self.verbose = verbose
+
+    def _check_params(self) -> None:
+        from moelearn.estimators import _check_noise_settings
+
+        _check_noise_settings(self)
 
     def fit(self, X, y, sample_weight=None):
         """Run EM from ``n_init`` random starts and keep the best. Returns self.
@@ -110,30 +134,44 @@ class EMMoE(MoEBase):
         """
         rng, X, y = self._begin_fit(X, y)
         sample_weight = v.check_sample_weight(sample_weight, X.shape[0])
+        for name in ("intercept_", "gating_intercept_"):  # from an earlier fit
+            self.__dict__.pop(name, None)
         d = X.shape[1]
         k = self.n_experts
         start = time.perf_counter()
         # One chunked pass for the input covariance (the step-size metric and the
         # whitened frame the random starts are drawn in).
         whitening = input_whitening(X)
+        cov, mean = whitening.covariance, whitening.mean
+        moments, metric, X_em = (mean, cov), cov, X
+        if self.fit_intercept:
+            X_em = with_ones(X)
+            moments = (np.append(mean, 1.0), block_diag(cov, 0.0))
+            metric = block_diag(cov, 1.0)
         expert_norm = float(np.std(y)) if self.link == "linear" else 1.0
         noise = self.noise_std if self.noise_std is not None else float(np.std(y))
+        if self.noise_type == "per_expert":
+            noise = np.full(k, noise)
+        y_mean = float(np.average(y, weights=sample_weight))
         best, best_ll, finals = None, -np.inf, []
         for init in range(self.n_init):
-            experts = _random_rows(rng, k, d) * expert_norm
+            experts = whitening.to_raw(_random_rows(rng, k, d) * expert_norm)
             gating = np.zeros((k, d))
-            gating[: k - 1] = _random_rows(rng, k - 1, d) * self.init_gate_norm
-            params = MoEParams(
-                whitening.to_raw(experts), whitening.to_raw(gating), noise, self.link
+            gating[: k - 1] = whitening.to_raw(
+                _random_rows(rng, k - 1, d) * self.init_gate_norm
             )
+            if self.fit_intercept:  # lines through the means, centred logits
+                experts = np.column_stack([experts, y_mean - experts @ mean])
+                gating = np.column_stack([gating, -gating @ mean])
+            params = MoEParams(experts, gating, noise, self.link)
             result = em(
-                X,
+                X_em,
                 y,
                 params,
                 fit_experts=True,
                 fit_noise=self.noise_std is None,
-                covariance=whitening.covariance,
-                column_moments=(whitening.mean, whitening.covariance),
+                covariance=metric,
+                column_moments=moments,
                 sample_weight=sample_weight,
                 max_iter=self.max_iter,
                 tol=self.tol,
@@ -143,7 +181,8 @@ class EMMoE(MoEBase):
             )
             ll = float(
                 np.average(
-                    log_likelihood_terms(X, y, result.params)[0], weights=sample_weight
+                    log_likelihood_terms(X_em, y, result.params)[0],
+                    weights=sample_weight,
                 )
             )
             finals.append(ll)
@@ -152,15 +191,22 @@ class EMMoE(MoEBase):
                 best, best_ll = result, ll
         if self.max_iter > 0 and not best.converged:
             warnings.warn(
-                f"EM did not converge within max_iter={self.max_iter} iterations "
-                f"(tol={self.tol}) from the best of {self.n_init} starts. Increase "
-                "max_iter or tol, or try moelearn.SpectralMoE.",
+                not_converged_message(
+                    f"EM (the best of {self.n_init} starts)", self.max_iter, self.tol
+                )
+                + " Or try moelearn.SpectralMoE.",
                 ConvergenceWarning,
                 stacklevel=2,
             )
-        self.experts_ = best.params.experts
-        self.gating_ = best.params.gating
-        self.noise_std_ = float(best.params.noise_std)
+        params = best.params
+        self.experts_ = params.experts[:, :d]
+        self.gating_ = params.gating[:, :d]
+        if self.fit_intercept:
+            self.intercept_ = params.experts[:, d]
+            self.gating_intercept_ = params.gating[:, d]
+        noise = params.noise_std
+        self.noise_std_ = np.asarray(noise, float) if np.ndim(noise) else float(noise)
+        self.n_experts_ = params.n_experts
         self.converged_ = bool(best.converged)
         self.n_iter_ = best.n_iter
         self.log_likelihood_curve_ = best.log_likelihood

@@ -5,34 +5,34 @@ from __future__ import annotations
 import time
 import warnings
 from dataclasses import dataclass, field, replace
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 from scipy.linalg import block_diag
 from scipy.optimize import linear_sum_assignment
-from sklearn.exceptions import ConvergenceWarning
 
+from moelearn import _starts
 from moelearn import _validation as v
 from moelearn._base import MoEBase
-from moelearn._em import EMResult, em, offset_score_statistics
+from moelearn._em import MIN_EXPERT_WEIGHT, EMResult, em, offset_score_statistics
 from moelearn._links import get_link
 from moelearn._model import MoEParams, n_gate_rows
+from moelearn._moments import Whitening
 from moelearn._passes import take_rows, with_ones
 from moelearn._spectral import SpectralMoments, spectral_moments, spectral_solve
+from moelearn.exceptions import (
+    ConvergenceWarning,
+    ExpertsDroppedWarning,
+    FitError,
+    NonGaussianInputWarning,
+    SpectralReliabilityWarning,
+    not_converged_message,
+)
 from moelearn.metrics import parameter_error
 
 Array = np.ndarray
 
 __all__ = ["NonGaussianInputWarning", "SpectralMoE", "SpectralReliabilityWarning"]
-
-
-class NonGaussianInputWarning(UserWarning):
-    """The inputs look far from Gaussian, so Method 1's guarantees do not apply."""
-
-
-class SpectralReliabilityWarning(UserWarning):
-    """The moments do not have the structure the model implies: the spectral start
-    (and so the fit) may be poor."""
 
 
 # Marginal shape beyond which the inputs are called "far from Gaussian": a
@@ -50,6 +50,10 @@ _MAX_SPECTRAL_SHIFT = 10.0
 #: Rows and threshold of the score test for offsets the model lacks: |z| > 5 has
 #: probability 6e-7 per statistic when there are none.
 _OFFSET_TEST_ROWS, _OFFSET_Z = 200_000, 5.0
+#: Alternative starts: regression splits with random gates, EM iterations each
+#: gets before the best is run to convergence.
+_N_SPLIT_STARTS, _SHORT_ITER = 2, 10
+_MIN_SHARE = MIN_EXPERT_WEIGHT
 
 
 class SpectralMoE(MoEBase):
@@ -83,6 +87,10 @@ class SpectralMoE(MoEBase):
         cross terms: the spectral start is biased and refinement removes the bias.
     noise_std : float or None, default=None
         Noise level ``sigma`` if known (then held fixed); ``None`` estimates it.
+    noise_type : {'shared', 'per_expert'}, default='shared'
+        One noise level for all experts, or one per expert (``sigma_j``, as R's
+        flexmix and mixtools fit). The spectral step's transforms of ``y`` assume
+        a shared level; EM then fits one per expert.
     refine : bool, default=True
         Run joint EM (experts, gate and noise) after the spectral + gating stage.
     fit_intercept : bool, default=False
@@ -94,6 +102,16 @@ class SpectralMoE(MoEBase):
         moderate bias, may stop at a local optimum (``diagnostics_`` and the
         warnings say when refinement moved far). Without ``fit_intercept``, ``fit``
         tests for offsets the data show and warns if it finds them.
+    extra_starts : {'auto', 'always', 'never'}, default='auto'
+        Also run EM from cheap alternative starts (two splits of the one-expert
+        least-squares fit with random gates, and the least-squares residuals'
+        quantile bands; :mod:`moelearn._starts`): 10 iterations each, the most
+        likely one then to convergence, and keep it if it beats the spectral
+        start. ``'auto'`` does so when the diagnostics doubt the moments
+        (non-Gaussian inputs, a weak ``T2``, a large refinement shift) or the fit
+        ended below the one-expert model; every start's result is in
+        ``diagnostics_['starts']``. A regression split starts exactly at the
+        one-expert model, so the fit's likelihood is never below it.
     max_iter : int, default=200
         Maximum EM iterations per stage (gating EM, refinement). ``0`` stops after
         the spectral step (gate left at zero).
@@ -119,8 +137,12 @@ class SpectralMoE(MoEBase):
     intercept_, gating_intercept_ : ndarray of shape (n_experts,)
         Expert intercepts ``b`` and gate biases ``c`` (last zero); only with
         ``fit_intercept=True``.
-    noise_std_ : float
-        Noise level ``sigma``.
+    noise_std_ : float or ndarray of shape (n_experts_,)
+        Noise level ``sigma`` (one per expert with ``noise_type='per_expert'``).
+    n_experts_ : int
+        Experts in the fitted model: fewer than ``n_experts`` when EM dropped an
+        expert whose share of the posterior weight fell below 0.5 % (or two rows
+        per column); an ``ExpertsDroppedWarning`` says so.
     spectral_experts_ : ndarray of shape (n_experts, n_features)
         The regressors from the spectral step alone.
     converged_ : bool
@@ -131,7 +153,10 @@ class SpectralMoE(MoEBase):
         Mean log-likelihood at each EM iteration.
     diagnostics_ : dict
         ``t2_eigenvalues``, ``spectral_gap``, ``tensor_eigenvalues``,
-        ``mixing_weights`` (spectral), ``input_skewness``, ``input_kurtosis``.
+        ``mixing_weights`` (spectral), ``input_skewness``, ``input_kurtosis``,
+        ``one_expert_log_likelihood``, ``starts`` (each start's name, mean
+        log-likelihood, iterations, convergence, experts), ``kept_start``,
+        ``dropped_experts``.
     fit_times_ : dict
         Seconds spent in each stage (``spectral``, ``gating``, ``refine``).
     n_features_in_ : int
@@ -155,6 +180,8 @@ class SpectralMoE(MoEBase):
         **MoEBase._common_constraints,
         "refine": v.boolean,
         "fit_intercept": v.boolean,
+        "noise_type": v.one_of("shared", "per_expert"),
+        "extra_starts": v.one_of("auto", "always", "never"),
     }
     # After the gating stage, restart from the spectral regressors re-solved at the
     # estimated noise (subclasses whose gating stage moves the experts do not).
@@ -166,8 +193,10 @@ class SpectralMoE(MoEBase):
         *,
         link: str = "linear",
         noise_std: float | None = None,
+        noise_type: str = "shared",
         refine: bool = True,
         fit_intercept: bool = False,
+        extra_starts: str = "auto",
         max_iter: int = 200,
         tol: float = 1e-4,
         n_init: int = 10,
@@ -177,196 +206,304 @@ class SpectralMoE(MoEBase):
         self.n_experts = n_experts
         self.link = link
         self.noise_std = noise_std
+        self.noise_type = noise_type
         self.refine = refine
         self.fit_intercept = fit_intercept
+        self.extra_starts = extra_starts
         self.max_iter = max_iter
         self.tol = tol
         self.n_init = n_init
         self.random_state = random_state
         self.verbose = verbose
 
+    def _check_params(self) -> None:
+        _check_noise_settings(self)
+
     # ------------------------------------------------------------------ fit
     def fit(self, X, y, sample_weight=None):
         """Learn the parameters from samples ``X`` (n, d) and targets ``y`` (n,).
 
-        ``sample_weight`` (n,), optional: non-negative weights; the moments become
-        weighted means and EM maximises ``sum_i w_i log p(y_i | x_i)`` (an integer
-        weight acts as that many copies of the row).
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        y : array-like of shape (n_samples,)
+        sample_weight : array-like of shape (n_samples,), optional
+            Non-negative weights; the moments become weighted means and EM
+            maximises ``sum_i w_i log p(y_i | x_i)`` (an integer weight acts as
+            that many copies of the row).
 
         Returns
         -------
         self : SpectralMoE
         """
+        return self._fit(X, y, sample_weight)
+
+    def _fit(self, X, y, sample_weight=None, warm_starts=()):
+        """The stages of :meth:`fit`; ``warm_starts`` (parameters on EM's columns)
+        join the alternative starts (``select_n_experts`` passes the fit with one
+        expert fewer, split)."""
+        ctx = self._prepare(X, y, sample_weight)
+        self._stage_diagnostics = ctx.diagnostics  # what subclasses' hooks report
+        try:
+            moments, spectral = self._spectral_stage(ctx)
+            fit = self._moment_path(ctx, moments, spectral)
+            fit = self._other_starts(ctx, fit, list(warm_starts))
+            self._check_fit(ctx, fit)
+            self._set_fitted(ctx, fit, moments)
+        finally:
+            del self._stage_diagnostics
+        return self
+
+    # ---------------------------------------------------------------- stages
+    def _prepare(self, X, y, sample_weight) -> _FitContext:
+        """Check the settings and data; the context the stages share."""
         rng, X, y = self._begin_fit(X, y)
         sample_weight = v.check_sample_weight(sample_weight, X.shape[0])
-        n, d = X.shape
-        link = get_link(self.link)
-        self._stage_diagnostics: dict = {}  # what the stages' hooks report
         for name in ("intercept_", "gating_intercept_"):  # from an earlier fit
             self.__dict__.pop(name, None)
+        n, d = X.shape
         self._log(
             1, f"fitting {self.n_experts} {self.link} experts to {n} x {d} inputs"
         )
+        return _FitContext(
+            X=X,
+            y=y,
+            sample_weight=sample_weight,
+            rng=rng,
+            n_features=d,
+            callback=self._progress if self.verbose >= 2 else None,
+        )
 
+    def _spectral_stage(self, ctx: _FitContext):
+        """Method 1's moments and tensor step; the input and moment checks."""
         start = time.perf_counter()
-        moments = spectral_moments(X, y, link, self.n_experts, rng, sample_weight)
-        self._warn_about_inputs(moments, n, offsets_modelled=self.fit_intercept)
-        self._warn_about_moments(moments)
+        link = get_link(self.link)
+        moments = spectral_moments(
+            ctx.X, ctx.y, link, self.n_experts, ctx.rng, ctx.sample_weight
+        )
+        ctx.flags += self._warn_about_inputs(
+            moments, ctx.X.shape[0], offsets_modelled=self.fit_intercept
+        )
+        ctx.flags += self._warn_about_moments(moments)
         noise = self.noise_std if self.noise_std is not None else 0.0
-        spectral = spectral_solve(moments, noise, rng, self.n_init)
-        times = {"spectral": time.perf_counter() - start}
-        self._log(1, f"spectral step done in {times['spectral']:.2f} s")
+        spectral = spectral_solve(moments, noise, ctx.rng, self.n_init)
+        ctx.set_columns(moments.inputs.whitening, self.fit_intercept)
+        ctx.times["spectral"] = time.perf_counter() - start
+        self._log(1, f"spectral step done in {ctx.times['spectral']:.2f} s")
+        return moments, spectral
 
-        covariance = moments.inputs.whitening.covariance
-        column_moments = (moments.inputs.whitening.mean, covariance)
+    def _moment_path(self, ctx: _FitContext, moments, spectral) -> _Candidate:
+        """From the spectral regressors: gating EM, then joint-EM refinement."""
+        d, k = ctx.n_features, self.n_experts
         experts = spectral.experts
         if self.fit_intercept:
-            # EM runs on [X, 1]; each intercept starts where the expert's line
-            # passes through the means, b_j = mean(y) - a_j . mean(x).
-            X = with_ones(X)
-            column_moments = (
-                np.append(column_moments[0], 1.0),
-                block_diag(covariance, 0.0),
-            )
-            covariance = block_diag(covariance, 1.0)
-            y_mean = np.average(y, weights=sample_weight)
-            offsets = y_mean - experts @ moments.inputs.whitening.mean
+            # Each intercept starts where the expert's line passes through the
+            # means, b_j = mean(y) - a_j . mean(x).
+            y_mean = np.average(ctx.y, weights=ctx.sample_weight)
+            offsets = y_mean - experts @ ctx.whitening.mean
             experts = np.column_stack([experts, offsets])
-        gate_shape = (n_gate_rows(self.n_experts, self._gate), X.shape[1])
+        gate_shape = (n_gate_rows(k, self._gate), ctx.X_em.shape[1])
+        noise = _initial_noise(
+            ctx.X_em,
+            ctx.y,
+            MoEParams(experts, np.zeros(gate_shape), 1.0, self.link),
+            self.noise_std,
+        )
+        if self.noise_type == "per_expert":
+            noise = np.full(k, noise)
         params = MoEParams(experts, np.zeros(gate_shape), noise, self.link, self._gate)
-        params = replace(params, noise_std=_initial_noise(X, y, params, self.noise_std))
-        common = {
-            "covariance": covariance,
-            "column_moments": column_moments,
-            "rng": rng,
-            "sample_weight": sample_weight,
-            "callback": self._progress if self.verbose >= 2 else None,
-        }
-        record = _EMRecord()
+        fit = _Candidate("spectral", params, spectral_experts=spectral.experts)
+        if self.max_iter == 0:
+            return fit
+        start = time.perf_counter()
+        # Before refinement the gate only has to be a good start: a looser tol.
+        gating_tol = (
+            max(self.tol, _GATING_TOL_BEFORE_REFINE) if self.refine else self.tol
+        )
 
-        if self.max_iter > 0:
-            start = time.perf_counter()
-            # Before refinement the gate only has to be a good start: a looser tol.
-            gating_tol = (
-                max(self.tol, _GATING_TOL_BEFORE_REFINE) if self.refine else self.tol
+        def gating_em(params: MoEParams) -> MoEParams:
+            return fit.add(
+                self._em(ctx, params, fit_experts=False, stage="gating", tol=gating_tol)
             )
 
-            def gating_em(params: MoEParams) -> MoEParams:
-                return record.add(
-                    self._em(
-                        X,
-                        y,
-                        params,
-                        fit_experts=False,
-                        stage="gating",
-                        tol=gating_tol,
-                        **common,
-                    )
-                )
-
-            params = self._gating_stage(X, y, params, gating_em, common)
-            if self.noise_std is None:
-                # Re-solve the moments at the estimated noise (no pass over the data),
-                # keeping each expert in the place the gate learned for it.
-                spectral = spectral_solve(moments, params.noise_std, rng, self.n_init)
-                order = _matching_order(spectral.experts, params.experts[:, :d])
-                spectral = replace(
-                    spectral,
-                    experts=spectral.experts[order],
-                    weights=spectral.weights[order],
-                    tensor_values=spectral.tensor_values[order],
-                )
-                if self._restart_from_spectral:
-                    experts = np.column_stack([spectral.experts, params.experts[:, d:]])
-                    params = replace(params, experts=experts)
-                    if not self.refine:  # let the gate adjust to the new regressors
-                        params = gating_em(params)
-            times["gating"] = time.perf_counter() - start
+        params = self._gating_stage(ctx.X_em, ctx.y, params, gating_em, ctx.common())
+        if self.noise_std is None:
+            # Re-solve the moments at the estimated noise (no pass over the data),
+            # keeping each expert in the place the gate learned for it.
+            pooled = float(np.sqrt(np.mean(np.square(params.noise_std))))
+            spectral = spectral_solve(moments, pooled, ctx.rng, self.n_init)
+            order = _matching_order(spectral.experts, params.experts[:, :d])
+            fit.spectral_experts = spectral.experts[order]
+            fit.mixing_weights = spectral.weights[order]
+            fit.tensor_values = spectral.tensor_values[order]
+            if self._restart_from_spectral:
+                experts = np.column_stack([fit.spectral_experts, params.experts[:, d:]])
+                params = replace(params, experts=experts)
+                if not self.refine:  # let the gate adjust to the new regressors
+                    params = gating_em(params)
+        else:
+            fit.mixing_weights, fit.tensor_values = (
+                spectral.weights,
+                spectral.tensor_values,
+            )
+        fit.params = params
+        ctx.times["gating"] = time.perf_counter() - start
+        self._log(
+            1,
+            f"gating EM done in {ctx.times['gating']:.2f} s ({fit.n_iter} iterations)",
+        )
+        if self.refine:
+            start, before = time.perf_counter(), fit.n_iter
+            first = self._em(ctx, params, fit_experts=True, stage="refine")
+            fit.add(first)
+            second_start = self._second_start(ctx.X_em, ctx.y, fit.params, ctx.common())
+            if second_start is not None:
+                second = self._em(ctx, second_start, fit_experts=True, stage="refine")
+                if _last(second) > _last(first):
+                    fit.add(second, replace_history=True)
+                    self._log(1, "the second start reached a higher likelihood")
+                else:
+                    fit.n_iter += second.n_iter
+            ctx.times["refine"] = time.perf_counter() - start
             self._log(
                 1,
-                f"gating EM done in {times['gating']:.2f} s ({record.n_iter} iterations)",
+                f"refinement done in {ctx.times['refine']:.2f} s "
+                f"({fit.n_iter - before} iterations)",
             )
+            ctx.flags += self._warn_about_shift(ctx, fit)
+        return fit
 
-            if self.refine:
-                start, before = time.perf_counter(), record.n_iter
-
-                def refine_em(params: MoEParams) -> EMResult:
-                    return self._em(
-                        X,
-                        y,
-                        params,
-                        fit_experts=True,
-                        stage="refine",
-                        tol=self.tol,
-                        **common,
-                    )
-
-                first = refine_em(params)
-                params = record.add(first)
-                second_start = self._second_start(X, y, params, common)
-                if second_start is not None:
-                    second = refine_em(second_start)
-                    if _final_log_likelihood(second) > _final_log_likelihood(first):
-                        params = record.add(second)
-                        self._log(1, "the second start reached a higher likelihood")
-                    else:
-                        record.n_iter += second.n_iter
-                times["refine"] = time.perf_counter() - start
-                self._log(
-                    1,
-                    f"refinement done in {times['refine']:.2f} s "
-                    f"({record.n_iter - before} iterations)",
+    def _other_starts(
+        self, ctx: _FitContext, fit: _Candidate, warm_starts: list[MoEParams]
+    ) -> _Candidate:
+        """The one-expert model, and (when asked, or when the diagnostics doubt the
+        moments, or the fit is below one expert) short EM runs from cheap starts
+        (:mod:`moelearn._starts`); the best by log-likelihood is run to
+        convergence and kept if it beats ``fit``."""
+        lsq = _starts.least_squares(
+            ctx.X_em, ctx.y, *ctx.column_moments, ctx.sample_weight
+        )
+        ctx.diagnostics["one_expert_log_likelihood"] = lsq.log_likelihood
+        ctx.starts.append(fit.summary())
+        wanted = self.extra_starts == "always" or (
+            self.extra_starts == "auto"
+            and (ctx.flags or warm_starts or fit.log_likelihood < lsq.log_likelihood)
+        )
+        if self.max_iter == 0 or not wanted:
+            return fit
+        start = time.perf_counter()
+        white = ctx.whitening
+        k, rows = self.n_experts, n_gate_rows(self.n_experts, self._gate)
+        # Shaped for the k experts asked for (the spectral chain may have dropped
+        # some).
+        D = ctx.X_em.shape[1]
+        noise = lsq.noise_std if self.noise_std is None else self.noise_std
+        template = MoEParams(
+            np.zeros((k, D)),
+            np.zeros((rows, D)),
+            np.full(k, noise) if self.noise_type == "per_expert" else float(noise),
+            self.link,
+            self._gate,
+        )
+        mean_em = ctx.column_moments[0]
+        candidates = [
+            (
+                f"regression split {i + 1}",
+                _starts.regression_split(
+                    lsq, k, rows, ctx.rng, mean_em, white.transform, template
+                ),
+            )
+            for i in range(_N_SPLIT_STARTS)
+        ]
+        candidates.append(
+            (
+                "residual bands",
+                _starts.residual_bands(ctx.X_em, ctx.y, lsq, template, ctx.rng),
+            )
+        )
+        for i, warm in enumerate(warm_starts):
+            if self.noise_type == "per_expert" and np.ndim(warm.noise_std) == 0:
+                warm = replace(warm, noise_std=np.full(warm.n_experts, warm.noise_std))
+            candidates.append((f"warm start {i + 1}", warm))
+        best = fit
+        for name, params in candidates:
+            short = _Candidate(name, params)
+            short.add(
+                self._em(
+                    ctx, params, fit_experts=True, stage=name, max_iter=_SHORT_ITER
                 )
-            if not record.converged:
-                warnings.warn(
-                    f"EM did not converge within max_iter={self.max_iter} iterations "
-                    f"per stage (tol={self.tol}). Increase max_iter or tol; check that "
-                    "n_experts and link suit the data.",
-                    ConvergenceWarning,
-                    stacklevel=2,
-                )
+            )
+            if short.converged or short.log_likelihood <= best.log_likelihood:
+                ctx.starts.append(short.summary())
+            if short.log_likelihood > best.log_likelihood:
+                if not short.converged:
+                    short.add(self._em(ctx, short.params, fit_experts=True, stage=name))
+                    ctx.starts.append(short.summary())
+                best = short if short.log_likelihood > best.log_likelihood else best
+        ctx.times["other_starts"] = time.perf_counter() - start
+        if best is not fit:
+            self._log(1, f"the start '{best.name}' reached a higher likelihood")
+        best.spectral_experts = fit.spectral_experts
+        best.mixing_weights, best.tensor_values = fit.mixing_weights, fit.tensor_values
+        return best
 
-        slopes, gates = params.experts[:, :d], params.gating[:, :d]
-        shift = parameter_error(spectral.experts, slopes, experts_only=True)
-        expected = 3.0 * np.sqrt(d / n) * max(1.0, float(np.abs(slopes).max()))
-        if self.refine and self.max_iter > 0 and shift > _MAX_SPECTRAL_SHIFT * expected:
+    def _check_fit(self, ctx: _FitContext, fit: _Candidate) -> None:
+        """Refuse non-finite results; warn about dropped experts, no convergence
+        and offsets the model lacks."""
+        params = fit.params
+        values = [params.experts, params.gating, np.asarray(params.noise_std)]
+        if not all(np.all(np.isfinite(a)) for a in values):
+            raise FitError(
+                "the fit ended with non-finite parameters; standardise the columns "
+                "of X and y, or try fewer experts or fit_intercept=True"
+            )
+        if fit.dropped:
             warnings.warn(
-                f"the spectral step was biased: refinement moved the regressors by "
-                f"{shift:.3g}, {shift / expected:.0f} times the spectral step's "
-                f"sampling error (about {expected:.2g}). The moment identities carry "
-                "cross terms here (ReLU links, 3 or more experts, a gate bias or "
-                "non-Gaussian inputs); refinement started near, not at, the truth and "
-                "reached a local optimum of the likelihood, most likely the global "
-                "one. To check, compare score() with EMMoE(n_init=10).",
-                SpectralReliabilityWarning,
-                stacklevel=2,
+                f"{len(fit.dropped)} of {self.n_experts} experts fell below "
+                f"{100 * _MIN_SHARE:g}% of the posterior weight (or 2 rows per "
+                f"column) and were dropped: the data support {params.n_experts} "
+                f"experts here (n_experts_), as R's flexmix would report. Fit "
+                "fewer experts, or use select_n_experts.",
+                ExpertsDroppedWarning,
+                stacklevel=4,
+            )
+        if self.max_iter > 0 and not fit.converged:
+            warnings.warn(
+                not_converged_message("EM", self.max_iter, self.tol),
+                ConvergenceWarning,
+                stacklevel=4,
             )
         if not self.fit_intercept and self.max_iter > 0:
-            self._warn_about_offsets(X, y, params, rng)
-        self.experts_, self.gating_ = slopes, gates
+            self._warn_about_offsets(ctx.X_em, ctx.y, params, ctx.rng)
+
+    def _set_fitted(self, ctx: _FitContext, fit: _Candidate, moments) -> None:
+        d, params = ctx.n_features, fit.params
+        self.experts_, self.gating_ = params.experts[:, :d], params.gating[:, :d]
         if self.fit_intercept:
             self.intercept_ = params.experts[:, d]
             self.gating_intercept_ = params.gating[:, d]
-        self.noise_std_ = float(params.noise_std)
-        self.spectral_experts_ = spectral.experts
-        self.converged_ = record.converged
-        self.n_iter_ = record.n_iter
-        self.log_likelihood_curve_ = record.history
-        self.fit_times_ = times
+        noise = params.noise_std
+        self.noise_std_ = np.asarray(noise, float) if np.ndim(noise) else float(noise)
+        self.n_experts_ = params.n_experts
+        self.spectral_experts_ = fit.spectral_experts
+        self.converged_ = fit.converged
+        self.n_iter_ = fit.n_iter
+        self.log_likelihood_curve_ = fit.history
+        self.fit_times_ = ctx.times
         self.diagnostics_ = {
             "t2_eigenvalues": moments.t2_values,
             "spectral_gap": moments.spectral_gap,
-            "tensor_eigenvalues": spectral.tensor_values,
-            "mixing_weights": spectral.weights,
+            "tensor_eigenvalues": fit.tensor_values,
+            "mixing_weights": fit.mixing_weights,
             "input_skewness": moments.inputs.skewness,
             "input_kurtosis": moments.inputs.excess_kurtosis,
-            "spectral_shift": shift,
-            "spectral_shift_ratio": shift / expected,
-            **self._stage_diagnostics,
+            "starts": ctx.starts,
+            "kept_start": fit.name,
+            "dropped_experts": fit.dropped,
+            **ctx.diagnostics,
         }
-        del self._stage_diagnostics
-        return self
 
+    # ------------------------------------------------------------- helpers
     def _gating_stage(self, X, y, params, gating_em, common) -> MoEParams:
         """Learn the gate with the spectral regressors fixed (a hook for subclasses
         whose gate depends on how the experts are arranged)."""
@@ -377,17 +514,46 @@ class SpectralMoE(MoEBase):
         or ``None`` (a hook; the better of the two refined fits is kept)."""
         return None
 
-    def _em(self, X, y, params, *, fit_experts, stage, **common):
+    def _em(
+        self, ctx: _FitContext, params, *, fit_experts, stage, tol=None, max_iter=None
+    ) -> EMResult:
         return em(
-            X,
-            y,
+            ctx.X_em,
+            ctx.y,
             params,
             fit_experts=fit_experts,
             fit_noise=self.noise_std is None,
-            max_iter=self.max_iter,
+            max_iter=self.max_iter if max_iter is None else max_iter,
+            tol=self.tol if tol is None else tol,
             stage=stage,
-            **common,
+            **ctx.common(),
         )
+
+    def _warn_about_shift(self, ctx: _FitContext, fit: _Candidate) -> list[str]:
+        """Warn when refinement moved the regressors far beyond the spectral
+        step's sampling error (its moments were biased)."""
+        d, n = ctx.n_features, ctx.X.shape[0]
+        slopes = fit.params.experts[:, :d]
+        if slopes.shape[0] != fit.spectral_experts.shape[0]:
+            return ["dropped"]
+        shift = parameter_error(fit.spectral_experts, slopes, experts_only=True)
+        expected = 3.0 * np.sqrt(d / n) * max(1.0, float(np.abs(slopes).max()))
+        ctx.diagnostics["spectral_shift"] = shift
+        ctx.diagnostics["spectral_shift_ratio"] = shift / expected
+        if shift <= _MAX_SPECTRAL_SHIFT * expected:
+            return []
+        warnings.warn(
+            f"the spectral step was biased: refinement moved the regressors by "
+            f"{shift:.3g}, {shift / expected:.0f} times the spectral step's "
+            f"sampling error (about {expected:.2g}). The moment identities carry "
+            "cross terms here (ReLU links, 3 or more experts, a gate bias or "
+            "non-Gaussian inputs); refinement started near, not at, the truth. "
+            "With extra_starts='auto' (the default) cheap alternative starts were "
+            "also tried and the most likely fit kept (diagnostics_['starts']).",
+            SpectralReliabilityWarning,
+            stacklevel=5,
+        )
+        return ["shift"]
 
     def _warn_about_offsets(self, X, y, params: MoEParams, rng) -> None:
         """Score test for the gate biases and expert intercepts the model lacks
@@ -405,12 +571,12 @@ class SpectralMoE(MoEBase):
             # spectral regressors' own error shows as intercepts (z = 15 measured on
             # the demo's data, which have none).
             z_experts = np.zeros_like(z_experts)
-        z = max(z_experts.max(), z_gate.max())
+        z = max(z_experts.max(initial=0.0), z_gate.max(initial=0.0))
         if z > _OFFSET_Z:
             which = []
-            if z_gate.max() > _OFFSET_Z:
+            if z_gate.max(initial=0.0) > _OFFSET_Z:
                 which.append(f"a gate bias (z = {z_gate.max():.1f})")
-            if z_experts.max() > _OFFSET_Z:
+            if z_experts.max(initial=0.0) > _OFFSET_Z:
                 which.append(f"expert intercepts (z = {z_experts.max():.1f})")
             warnings.warn(
                 f"the data show {' and '.join(which)} that the model has none of "
@@ -423,7 +589,7 @@ class SpectralMoE(MoEBase):
 
     def _warn_about_inputs(
         self, moments: SpectralMoments, n: int, offsets_modelled: bool
-    ) -> None:
+    ) -> list[str]:
         inputs = moments.inputs
         reasons = []
         skew_se, kurt_se = np.sqrt(6.0 / n), np.sqrt(24.0 / n)
@@ -457,10 +623,11 @@ class SpectralMoE(MoEBase):
                 + ". Its regressors can be biased; EM refinement (refine=True) "
                 "corrects a moderate bias but may find a local optimum if it is large.",
                 NonGaussianInputWarning,
-                stacklevel=3,
+                stacklevel=5,
             )
+        return ["inputs"] if reasons else []
 
-    def _warn_about_moments(self, moments: SpectralMoments) -> None:
+    def _warn_about_moments(self, moments: SpectralMoments) -> list[str]:
         k, values = self.n_experts, moments.t2_values
         shown = np.round(values[: k + 1], 4).tolist()
         if not moments.sign_ok:
@@ -475,33 +642,117 @@ class SpectralMoE(MoEBase):
                 "nearly parallel, too few samples, or no such structure in the data"
             )
         else:
-            return
+            return []
         warnings.warn(
             f"the spectral step cannot be trusted: {problem}. The data may not support "
             f"{k} experts or this link; the fit may be a poor local optimum.",
             SpectralReliabilityWarning,
-            stacklevel=3,
+            stacklevel=5,
         )
+        return ["moments"]
 
 
 @dataclass
-class _EMRecord:
-    """Iterations, convergence and likelihood history over the EM stages of a fit."""
+class _FitContext:
+    """What the stages of one fit share: the data as EM sees them (``[X, 1]``
+    with intercepts), the input moments, the random generator, and what the
+    stages report (times, diagnostics, reasons to doubt the moments, starts)."""
 
+    X: Any
+    y: Array
+    sample_weight: Array | None
+    rng: np.random.Generator
+    n_features: int
+    callback: Any = None
+    X_em: Any = None
+    whitening: Whitening | None = None
+    covariance: Array | None = None  # EM's step metric on its columns
+    column_moments: tuple[Array, Array] | None = None  # on EM's columns
+    times: dict = field(default_factory=dict)
+    diagnostics: dict = field(default_factory=dict)
+    flags: list[str] = field(default_factory=list)
+    starts: list[dict] = field(default_factory=list)
+
+    def set_columns(self, whitening: Whitening, intercept: bool) -> None:
+        """EM's columns and their moments (a constant column: mean 1, variance 0;
+        in the step metric it counts as one standard deviation)."""
+        self.whitening = whitening
+        cov = whitening.covariance
+        if intercept:
+            self.X_em = with_ones(self.X)
+            self.column_moments = (np.append(whitening.mean, 1.0), block_diag(cov, 0.0))
+            self.covariance = block_diag(cov, 1.0)
+        else:
+            self.X_em, self.column_moments, self.covariance = (
+                self.X,
+                (whitening.mean, cov),
+                cov,
+            )
+
+    def common(self) -> dict:
+        """The keyword arguments every EM run of this fit takes."""
+        return {
+            "covariance": self.covariance,
+            "column_moments": self.column_moments,
+            "rng": self.rng,
+            "sample_weight": self.sample_weight,
+            "callback": self.callback,
+        }
+
+
+@dataclass
+class _Candidate:
+    """One chain of EM runs from a start: where it is, and its record."""
+
+    name: str
+    params: MoEParams
     history: list[float] = field(default_factory=list)
     n_iter: int = 0
     converged: bool = True
+    dropped: list[int] = field(default_factory=list)
+    spectral_experts: Array | None = None
+    mixing_weights: Array | None = None
+    tensor_values: Array | None = None
 
-    def add(self, result: EMResult) -> MoEParams:
-        self.history += result.log_likelihood
+    def add(self, result: EMResult, replace_history: bool = False) -> MoEParams:
+        """Continue the chain with an EM run from its current parameters."""
+        self.history = (
+            list(result.log_likelihood)
+            if replace_history
+            else self.history + result.log_likelihood
+        )
         self.n_iter += result.n_iter
-        self.converged = self.converged and result.converged
+        self.converged = result.converged  # the last run decides
+        self.dropped = self.dropped + result.dropped
+        self.params = result.params
         return result.params
 
+    @property
+    def log_likelihood(self) -> float:
+        """The last mean log-likelihood EM measured (``-inf`` before any)."""
+        return self.history[-1] if self.history else -np.inf
 
-def _final_log_likelihood(result: EMResult) -> float:
+    def summary(self) -> dict:
+        return {
+            "start": self.name,
+            "log_likelihood": self.log_likelihood,
+            "n_iter": self.n_iter,
+            "converged": self.converged,
+            "n_experts": self.params.n_experts,
+        }
+
+
+def _last(result: EMResult) -> float:
     """The mean log-likelihood an EM run ended at (``-inf`` if it made no step)."""
     return result.log_likelihood[-1] if result.log_likelihood else -np.inf
+
+
+def _check_noise_settings(estimator) -> None:
+    if estimator.noise_type == "per_expert" and estimator.noise_std is not None:
+        raise ValueError(
+            "noise_std (a known, shared noise level) cannot be combined with "
+            "noise_type='per_expert'; drop one of them"
+        )
 
 
 def _matching_order(new: Array, old: Array) -> Array:

@@ -57,8 +57,10 @@ class HierarchicalMoE(SpectralMoE):
     depth : int, default=2
         Levels of gates; ``2^depth`` experts (at most ``n_features``). ``depth=1``
         is the 2-expert model of :class:`SpectralMoE`.
-    link, noise_std, refine, fit_intercept, max_iter, tol, n_init, random_state, verbose
-        As in :class:`SpectralMoE`; with ``fit_intercept`` every node gets a bias
+    link, noise_std, noise_type, refine, fit_intercept, extra_starts, max_iter, tol, \
+n_init, random_state, verbose
+        As in :class:`SpectralMoE` (a tree keeps all its leaves: no expert is
+        dropped); with ``fit_intercept`` every node gets a bias
         (``gating_intercept_``, shape (2^depth - 1,)).
 
     Attributes
@@ -104,8 +106,10 @@ class HierarchicalMoE(SpectralMoE):
         *,
         link: str = "linear",
         noise_std: float | None = None,
+        noise_type: str = "shared",
         refine: bool = True,
         fit_intercept: bool = False,
+        extra_starts: str = "auto",
         max_iter: int = 200,
         tol: float = 1e-4,
         n_init: int = 10,
@@ -115,8 +119,10 @@ class HierarchicalMoE(SpectralMoE):
         self.depth = depth
         self.link = link
         self.noise_std = noise_std
+        self.noise_type = noise_type
         self.refine = refine
         self.fit_intercept = fit_intercept
+        self.extra_starts = extra_starts
         self.max_iter = max_iter
         self.tol = tol
         self.n_init = n_init

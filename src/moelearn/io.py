@@ -462,7 +462,11 @@ def save_model(model: Any, path: str | os.PathLike, **metadata: Any) -> None:
         "feature_names": None if names is None else [str(n) for n in names],
         "experts": model.experts_.tolist(),
         "gating": model.gating_.tolist(),
-        "noise_std": float(model.noise_std_),
+        "noise_std": (
+            np.asarray(model.noise_std_).tolist()
+            if np.ndim(model.noise_std_)
+            else float(model.noise_std_)
+        ),
         "intercept": (
             model.intercept_.tolist() if hasattr(model, "intercept_") else None
         ),
@@ -542,7 +546,22 @@ def load_model(path: str | os.PathLike):
     if not tree and np.any(gating[-1] != 0):
         raise ValueError(f"{path}: the last gating row must be zero")
     noise = obj.get("noise_std")
-    if not isinstance(noise, (int, float)) or not noise > 0:
+    if isinstance(noise, list):  # one per expert
+        try:
+            noise = np.asarray(noise, dtype=np.float64)
+        except (TypeError, ValueError):
+            noise = None
+        if (
+            noise is None
+            or noise.shape != (experts.shape[0],)
+            or not np.all(np.isfinite(noise) & (noise > 0))
+        ):
+            raise ValueError(
+                f"{path}: noise_std must be a positive number or one per expert"
+            )
+    elif (
+        isinstance(noise, bool) or not isinstance(noise, (int, float)) or not noise > 0
+    ):
         raise ValueError(f"{path}: noise_std must be a positive number")
     link = obj.get("link")
     if link not in LINKS:
@@ -551,13 +570,17 @@ def load_model(path: str | os.PathLike):
     if names is not None and (not isinstance(names, list) or len(names) != d):
         raise ValueError(f"{path}: feature_names must list {d} names")
     params = dict(obj.get("params") or {})
-    params.update(link=link, n_experts=experts.shape[0])
+    params.setdefault("n_experts", experts.shape[0])
+    params["link"] = link
     valid = set(model.get_params())
     try:
         model.set_params(**{k: v for k, v in params.items() if k in valid})
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{path}: invalid settings ({exc})") from None
-    if model.n_experts != experts.shape[0]:
+    # EM may have dropped experts: a fit can hold fewer than it was asked for.
+    if not 1 <= experts.shape[0] <= model.n_experts or (
+        tree and model.n_experts != experts.shape[0]
+    ):
         raise ValueError(
             f"{path}: {experts.shape[0]} experts do not fit the settings "
             f"({model.n_experts} expected)"
@@ -579,7 +602,8 @@ def load_model(path: str | os.PathLike):
                     f"{path}: field {key!r} must hold {size} finite numbers"
                 )
             setattr(model, key + "_", arr)
-    model.noise_std_ = float(noise)
+    model.noise_std_ = noise if np.ndim(noise) else float(noise)
+    model.n_experts_ = experts.shape[0]
     model.n_features_in_ = d
     if names is not None:
         model.feature_names_in_ = np.asarray(names, dtype=object)

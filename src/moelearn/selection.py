@@ -10,8 +10,10 @@ import numpy as np
 
 from moelearn import _validation as v
 from moelearn._links import get_link
-from moelearn._model import MoEParams, log_likelihood_terms
-from moelearn._passes import like, reduce_rows
+from moelearn._model import MoEParams, gate_proba, log_likelihood_terms
+from moelearn._moments import input_whitening
+from moelearn._passes import like, reduce_rows, take_rows, with_ones
+from moelearn._starts import split_expert
 from moelearn.estimators import SpectralMoE
 
 Array = np.ndarray
@@ -28,8 +30,9 @@ class ExpertSelection:
     n_experts : int
         The number of experts with the smallest BIC.
     bic : dict of int to float
-        ``BIC(k) = -2 log L_k + p_k log n`` with ``p_k = (2k - 1) d + 1`` free
-        parameters (``k`` regressors, ``k - 1`` gate rows, ``sigma``).
+        ``BIC(k) = -2 log L_k + p_k log n`` with ``p_k = (2k - 1) D + s`` free
+        parameters (``k`` regressors, ``k - 1`` gate rows on ``D`` columns, ``d``
+        or ``d + 1`` with intercepts; ``s`` noise levels).
     log_likelihood : dict of int to float
         Total log-likelihood of the fit with ``k`` experts.
     t2_eigenvalues : ndarray
@@ -61,8 +64,11 @@ def select_n_experts(
     """Choose the number of experts by BIC over Method 1 fits with ``k = 1 .. max_experts``.
 
     Each ``k >= 2`` is fitted by :class:`SpectralMoE` (spectral start, gating EM,
-    joint-EM refinement, so the likelihood is the MLE's); ``k = 1`` is one expert
-    fitted by least squares (linear link) or by the same EM with a constant gate.
+    joint-EM refinement, so the likelihood is the MLE's), with the fit for
+    ``k - 1`` experts, its largest expert split in two, as one more start: so the
+    log-likelihoods never fall as ``k`` grows (up to the small change the split
+    makes). ``k = 1`` is one expert fitted by least squares (linear link) or
+    Gauss-Newton.
     The eigen-gap of ``T2`` is reported alongside as a check that needs no fit.
 
     Parameters
@@ -93,17 +99,28 @@ def select_n_experts(
         )
     rng = v.check_random_state(random_state)
     fit_params.setdefault("max_iter", 50)
+    intercept = bool(fit_params.get("fit_intercept", False))
+    per_expert = fit_params.get("noise_type", "shared") == "per_expert"
+    X_em = with_ones(X) if intercept else X
     bic, loglik, models = {}, {}, {}
-    loglik[1], models[1] = _single_expert(X, y, link)
+    loglik[1], models[1] = _single_expert(X_em, y, link)
+    transform = input_whitening(X).transform
+    sample = take_rows(X_em, slice(None, None, max(1, n // 20_000)))
+    previous = models[1]
     for k in range(2, max_experts + 1):
+        share = gate_proba(sample, previous).mean(axis=0)
+        warm = split_expert(previous, share, rng, transform)
         model = SpectralMoE(n_experts=k, link=link, random_state=rng, **fit_params)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # over-specified k warns by design
-            model.fit(X, y)
+            model._fit(X, y, warm_starts=[warm])
         models[k] = model
         loglik[k] = float(model.score(X, y) * n)
+        previous = model._params()
+    D = X_em.shape[1]
     for k, ll in loglik.items():
-        bic[k] = -2.0 * ll + ((2 * k - 1) * d + 1) * np.log(n)
+        n_params = (2 * k - 1) * D + (k if per_expert and k > 1 else 1)
+        bic[k] = -2.0 * ll + n_params * np.log(n)
     values = (
         np.asarray(models[max_experts].diagnostics_["t2_eigenvalues"])
         if max_experts > 1

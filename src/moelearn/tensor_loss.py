@@ -16,7 +16,7 @@ from moelearn._links import get_link
 from moelearn._optim import MinibatchMixin
 from moelearn._spectral import second_moment_eigenpairs
 from moelearn._tensor_loss import coupling_matrix, tensor_loss_terms
-from moelearn.estimators import SpectralReliabilityWarning
+from moelearn.exceptions import SpectralReliabilityWarning
 
 Array = np.ndarray
 

