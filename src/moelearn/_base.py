@@ -75,7 +75,28 @@ class MoEBase(RegressorMixin, BaseEstimator):
         return rng, X, y
 
     def _check_params(self) -> None:
-        """Rules that relate several parameters; subclasses raise ``ValueError``."""
+        """Rules that relate several parameters; subclasses raise ``ValueError``
+        (and call this one)."""
+        if getattr(self, "noise_type", "shared") == "per_expert" and (
+            self.noise_std is not None
+        ):
+            raise ValueError(
+                "noise_std (a known, shared noise level) cannot be combined with "
+                "noise_type='per_expert'; drop one of them"
+            )
+
+    def _set_parameters(self, params: MoEParams, n_features: int) -> None:
+        """The fitted attributes from parameters on EM's columns (``[x, 1]`` when
+        they hold intercepts): ``experts_``, ``gating_``, ``intercept_`` and
+        ``gating_intercept_`` (with intercepts), ``noise_std_``, ``n_experts_``."""
+        d = n_features
+        self.experts_, self.gating_ = params.experts[:, :d], params.gating[:, :d]
+        if params.experts.shape[1] > d:
+            self.intercept_ = params.experts[:, d]
+            self.gating_intercept_ = params.gating[:, d]
+        noise = params.noise_std
+        self.noise_std_ = np.asarray(noise, float) if np.ndim(noise) else float(noise)
+        self.n_experts_ = params.n_experts
 
     def _validate_training_data(self, X, y) -> tuple[Array, Array]:
         if _read_by_passes(X) or _read_by_passes(y):

@@ -95,6 +95,11 @@ class EMResult:
     log_likelihood: list[float] = field(default_factory=list)  # mean, per iteration
     dropped: list[int] = field(default_factory=list)  # experts dropped (start's order)
 
+    @property
+    def final_log_likelihood(self) -> float:
+        """The last mean log-likelihood measured (``-inf`` if no step was made)."""
+        return self.log_likelihood[-1] if self.log_likelihood else -np.inf
+
 
 def curvature_rows(
     n_samples: int, n_features: int, rng: np.random.Generator, n_params: int = 0
@@ -263,7 +268,7 @@ def _pass_sums(xc: Array, yc: Array, *extra: Array, spec: _PassSpec) -> tuple:
     ll, resp, gates, res, eta, logits = _estep(xc, yc, resc, spec)
     out: tuple = ()
     if spec.gradient:
-        cols, _, _ = gate_terms(params.gate, logits, gates, resp, False, False)
+        cols, _ = gate_terms(params.gate, logits, gates, resp, False)
         resp_w = resp if sw is None else resp * sw
         if sw is not None:
             ll, cols = ll * sw, cols * sw
@@ -327,7 +332,7 @@ def _curvature_sums(xc, resp, gates, res, eta, logits, sw, spec: _PassSpec) -> t
     cov = cov - mean[:, None] * mean[None]
     n_vec = values.shape[0] - s
     complete = xp.zeros_like(cov)
-    _, gate_complete, _ = gate_terms(params.gate, logits, gates, resp, True, False)
+    _, gate_complete = gate_terms(params.gate, logits, gates, resp, True)
     g0 = n_experts
     complete[g0 : g0 + k - 1, g0 : g0 + k - 1] = gate_complete
     if spec.fit_experts:
@@ -383,23 +388,19 @@ def _weighted_grams(f: Array, weights: Array, pairs: list[tuple[int, int]]) -> A
 
 
 def gate_terms(
-    gate: str,
-    logits: Array,
-    gates: Array,
-    resp: Array,
-    curvature: bool,
-    missing: bool,
-) -> tuple[Array, Array | None, Array | None]:
-    """The gate's per-row score weights and Newton weights, for ``m`` rows.
+    gate: str, logits: Array, gates: Array, resp: Array, curvature: bool
+) -> tuple[Array, Array | None]:
+    """The gate's per-row score weights and complete-data Newton weights, for
+    ``m`` rows.
 
-    Returns ``cols`` (k - 1, m) with ``grad_t = sum_i cols_ti x_i``; the
-    complete-data Hessian's weights ``W`` (k - 1, k - 1, m) with
-    ``H[a, b] = sum_i W_abi x_i x_i^T``; and the posterior variance of the score
-    weights (same shape) when ``missing``. With a row's latent expert ``z`` and
-    score weights ``c_t(z)``, ``cols = E_r[c]`` and the variance is ``Cov_r(c)``.
+    Returns ``cols`` (k - 1, m) with ``grad_t = sum_i cols_ti x_i`` and, with
+    ``curvature``, the complete-data Hessian's weights ``W`` (k - 1, k - 1, m)
+    with ``H[a, b] = sum_i W_abi x_i x_i^T``. With a row's latent expert ``z``
+    and score weights ``c_t(z)``, ``cols = E_r[c]`` (the posterior covariance of
+    ``c`` is part of :func:`_curvature_sums`).
 
-    * softmax: ``c_a(z) = [z = a] - pi_a``, so ``cols = r_a - pi_a``,
-      ``W_ab = pi_a (delta_ab - pi_b)``, ``Cov_ab = r_a (delta_ab - r_b)``;
+    * softmax: ``c_a(z) = [z = a] - pi_a``, so ``cols = r_a - pi_a`` and
+      ``W_ab = pi_a (delta_ab - pi_b)``;
     * tree: ``c_t(z) = [z left of t] - [z under t] s_t`` with ``s_t =
       sigmoid(v_t . x)``, so ``cols_t = h^L_t - h_t s_t`` (``h_t`` the posterior
       mass under ``t``, ``h^L_t`` under its left child; Jordan & Jacobs' HME
@@ -408,28 +409,22 @@ def gate_terms(
     if gate == "softmax":
         cols = resp[:-1] - gates[:-1]
         if not curvature:
-            return cols, None, None
+            return cols, None
         eye = like(np.eye(cols.shape[0])[:, :, None], resp)
-        complete = gates[:-1, None] * (eye - gates[None, :-1])
-        var = resp[:-1, None] * (eye - resp[None, :-1]) if missing else None
-        return cols, complete, var
+        return cols, gates[:-1, None] * (eye - gates[None, :-1])
     left, under = tree_paths(resp.shape[0])
     left, under = like(left.astype(float), resp), like(under.astype(float), resp)
     s = sigmoid(logits)
     mass = under @ resp
     cols = left @ resp - mass * s
     if not curvature:
-        return cols, None, None
+        return cols, None
     t = cols.shape[0]
     complete = like(np.zeros((t, t, resp.shape[1])), resp)
     diagonal = mass * s * (1.0 - s)
     for node in range(t):
         complete[node, node] = diagonal[node]
-    var = None
-    if missing:
-        c = left[:, :, None] - under[:, :, None] * s[:, None, :]  # (k-1, k, m)
-        var = einsum("alm,blm,lm->abm", c, c, resp) - cols[:, None] * cols[None]
-    return cols, complete, var
+    return cols, complete
 
 
 class _Problem:
@@ -807,8 +802,8 @@ def em(
     labels = np.arange(params.n_experts)
     with threadpool_limits(limits=1, user_api="blas") if quiet else nullcontext():
         history: list[float] = []
-        # (accepted parameters, their objective, the EM step from them)
-        previous: tuple[MoEParams, float, MoEParams] | None = None
+        # (accepted parameters, their objective, their pass's sums)
+        previous: tuple[MoEParams, float, _Stats] | None = None
         current, took_newton = params, False
         n_iter, halvings, converged, flat = 0, 0, False, 0
         while n_iter < max_iter:
@@ -818,7 +813,8 @@ def em(
                 1.0 + abs(previous[1])
             ):
                 if took_newton:  # fall back on the EM step from the last point
-                    current, took_newton = previous[2], False
+                    current = objective.em_step(previous[2], previous[0], noise_floor)
+                    took_newton = False
                     continue
                 halvings += 1
                 if halvings > _MAX_HALVINGS:
@@ -853,11 +849,10 @@ def em(
                     break
             n_iter += 1
             history.append(stats.ll_sum / n)
-            em_proposal = objective.em_step(stats, current, noise_floor)
             proposal = objective.newton(stats, current) if step == "newton" else None
             took_newton = proposal is not None
             if proposal is None:
-                proposal = em_proposal
+                proposal = objective.em_step(stats, current, noise_floor)
             if fit_noise:
                 sigma = np.maximum(np.asarray(proposal.noise_std), noise_floor)
                 proposal = replace(
@@ -866,7 +861,7 @@ def em(
             change = _step_size(current, proposal, covariance)
             if callback is not None:
                 callback(stage, n_iter, stats.ll_sum / n, change)
-            previous = (current, value, em_proposal)
+            previous = (current, value, stats)
             current = proposal
             if change < tol:
                 converged = True
@@ -909,7 +904,7 @@ def _offset_scores(xc: Array, yc: Array, spec: _PassSpec) -> tuple[Array, Array]
     """Sums and sums of squares of the offsets' per-row scores over a chunk."""
     params = spec.params
     _, resp, gates, res, eta, logits = _estep(xc, yc, None, spec)
-    cols, _, _ = gate_terms(params.gate, logits, gates, resp, False, False)
+    cols, _ = gate_terms(params.gate, logits, gates, resp, False)
     deriv = get_link(params.link).deriv(eta)
     var = np.broadcast_to(np.asarray(params.noise_std, float) ** 2, (resp.shape[0],))
     scores = concat([resp * res * deriv / like(var[:, None], resp), cols])

@@ -122,11 +122,6 @@ class EMMoE(MoEBase):
         self.random_state = random_state
         self.verbose = verbose
 
-    def _check_params(self) -> None:
-        from moelearn.estimators import _check_noise_settings
-
-        _check_noise_settings(self)
-
     def fit(self, X, y, sample_weight=None):
         """Run EM from ``n_init`` random starts and keep the best. Returns self.
 
@@ -198,15 +193,7 @@ class EMMoE(MoEBase):
                 ConvergenceWarning,
                 stacklevel=2,
             )
-        params = best.params
-        self.experts_ = params.experts[:, :d]
-        self.gating_ = params.gating[:, :d]
-        if self.fit_intercept:
-            self.intercept_ = params.experts[:, d]
-            self.gating_intercept_ = params.gating[:, d]
-        noise = params.noise_std
-        self.noise_std_ = np.asarray(noise, float) if np.ndim(noise) else float(noise)
-        self.n_experts_ = params.n_experts
+        self._set_parameters(best.params, d)
         self.converged_ = bool(best.converged)
         self.n_iter_ = best.n_iter
         self.log_likelihood_curve_ = best.log_likelihood

@@ -216,9 +216,6 @@ class SpectralMoE(MoEBase):
         self.random_state = random_state
         self.verbose = verbose
 
-    def _check_params(self) -> None:
-        _check_noise_settings(self)
-
     # ------------------------------------------------------------------ fit
     def fit(self, X, y, sample_weight=None):
         """Learn the parameters from samples ``X`` (n, d) and targets ``y`` (n,).
@@ -359,7 +356,7 @@ class SpectralMoE(MoEBase):
             second_start = self._second_start(ctx.X_em, ctx.y, fit.params, ctx.common())
             if second_start is not None:
                 second = self._em(ctx, second_start, fit_experts=True, stage="refine")
-                if _last(second) > _last(first):
+                if second.final_log_likelihood > first.final_log_likelihood:
                     fit.add(second, replace_history=True)
                     self._log(1, "the second start reached a higher likelihood")
                 else:
@@ -477,14 +474,7 @@ class SpectralMoE(MoEBase):
             self._warn_about_offsets(ctx.X_em, ctx.y, params, ctx.rng)
 
     def _set_fitted(self, ctx: _FitContext, fit: _Candidate, moments) -> None:
-        d, params = ctx.n_features, fit.params
-        self.experts_, self.gating_ = params.experts[:, :d], params.gating[:, :d]
-        if self.fit_intercept:
-            self.intercept_ = params.experts[:, d]
-            self.gating_intercept_ = params.gating[:, d]
-        noise = params.noise_std
-        self.noise_std_ = np.asarray(noise, float) if np.ndim(noise) else float(noise)
-        self.n_experts_ = params.n_experts
+        self._set_parameters(fit.params, ctx.n_features)
         self.spectral_experts_ = fit.spectral_experts
         self.converged_ = fit.converged
         self.n_iter_ = fit.n_iter
@@ -740,19 +730,6 @@ class _Candidate:
             "converged": self.converged,
             "n_experts": self.params.n_experts,
         }
-
-
-def _last(result: EMResult) -> float:
-    """The mean log-likelihood an EM run ended at (``-inf`` if it made no step)."""
-    return result.log_likelihood[-1] if result.log_likelihood else -np.inf
-
-
-def _check_noise_settings(estimator) -> None:
-    if estimator.noise_type == "per_expert" and estimator.noise_std is not None:
-        raise ValueError(
-            "noise_std (a known, shared noise level) cannot be combined with "
-            "noise_type='per_expert'; drop one of them"
-        )
 
 
 def _matching_order(new: Array, old: Array) -> Array:

@@ -184,7 +184,7 @@ n_init, random_state, verbose
         for order in arrangements:
             arranged = replace(start, experts=params.experts[list(order)])
             result = em(Xs, ys, arranged, fit_experts=False, **settings)
-            scores.append(_last_log_likelihood(result))
+            scores.append(result.final_log_likelihood)
             screened.append(result.params)
         if move_experts:
             # With many arrangements only the best by the gate alone go on (EM
@@ -192,7 +192,7 @@ n_init, random_state, verbose
             finalists = np.argsort(scores)[::-1][:_SCREEN_KEEP]
             for i in finalists if many else range(len(scores)):
                 result = em(Xs, ys, screened[i], fit_experts=True, **settings)
-                scores[i], screened[i] = _last_log_likelihood(result), result.params
+                scores[i], screened[i] = result.final_log_likelihood, result.params
         best = int(np.argmax(scores))
         self._log(
             1,
@@ -200,10 +200,6 @@ n_init, random_state, verbose
             f"({rows} rows): best mean log-likelihood {scores[best]:.4f}",
         )
         return scores, screened
-
-
-def _last_log_likelihood(result) -> float:
-    return result.log_likelihood[-1] if result.log_likelihood else -np.inf
 
 
 def leaf_arrangements(n_leaves: int) -> list[tuple[int, ...]]:

@@ -162,6 +162,7 @@ class TensorLossMoE(MinibatchMixin, MoEBase):
         self.verbose = verbose
 
     def _check_params(self) -> None:
+        super()._check_params()
         if self.penalty <= 12.0 * self.mu:
             raise ValueError(
                 f"penalty={self.penalty} must exceed 12 * mu = {12.0 * self.mu}: "
