@@ -43,7 +43,8 @@ from dataclasses import dataclass, field, replace
 from functools import partial
 
 import numpy as np
-from scipy.linalg import LinAlgError, cho_factor, cho_solve
+from scipy.linalg import LinAlgError, cho_factor, cho_solve, eigh
+from scipy.optimize import brentq
 from threadpoolctl import threadpool_limits
 
 from moelearn import _em_fast
@@ -68,6 +69,8 @@ Array = np.ndarray
 ProgressCallback = Callable[[str, int, float, float], None]
 
 _MIN_CURVATURE_ROWS = 10_000
+#: Up to this many columns the curvature sums use the rows' pairwise products.
+_PRODUCT_COLUMNS = 40
 _HALF_LOG_2PI = 0.5 * np.log(2.0 * np.pi)
 _MAX_HALVINGS = 30
 #: Above this many columns the Newton matrices come from their Gaussian structure.
@@ -83,8 +86,15 @@ MIN_EXPERT_WEIGHT = 5e-3
 #: inputs; experts in noise levels) by more than this: the step is shrunk to it.
 _MAX_NEWTON_MOVE = 4.0
 #: Shares of the missing information added back when the observed information is
-#: not positive definite (see :meth:`_Objective.newton`).
+#: not positive definite, for problems above :data:`_EIGEN_PARAMETERS`
+#: (see :meth:`_Objective.newton`).
 _BLEND = (0.0, 0.25, 0.5, 0.75, 0.9)
+#: Up to this many parameters the trust-region step is solved exactly, on the
+#: generalised eigenvalues of the observed and complete-data information.
+_EIGEN_PARAMETERS = 1500
+#: How often a trust-region step that the move cap would halve is re-solved on a
+#: smaller radius.
+_RESOLVE = 6
 
 
 @dataclass
@@ -328,8 +338,9 @@ def _curvature_sums(xc, resp, gates, res, eta, logits, sw, spec: _PassSpec) -> t
         parts.append(like(groups, resp)[:, :, None] * q[None])
     values = concat(parts)  # (C, k, m)
     mean = einsum("czm,zm->cm", values, resp)
-    cov = einsum("czm,dzm,zm->cdm", values, values, resp)
-    cov = cov - mean[:, None] * mean[None]
+    cov = -mean[:, None] * mean[None]
+    for z in range(k):  # (faster than a three-operand einsum)
+        cov = cov + (values[:, z] * resp[z])[:, None] * values[None, :, z]
     n_vec = values.shape[0] - s
     complete = xp.zeros_like(cov)
     _, gate_complete = gate_terms(params.gate, logits, gates, resp, True)
@@ -370,9 +381,26 @@ def _curvature_sums(xc, resp, gates, res, eta, logits, sw, spec: _PassSpec) -> t
 def _weighted_grams(f: Array, weights: Array, pairs: list[tuple[int, int]]) -> Array:
     """``out[c, d] = sum_i weights[c, d, i] f_i f_i^T`` for the upper ``pairs``
     ``c <= d`` of symmetric ``weights`` (P, P, m), mirrored; other blocks zero.
-    One matrix product per ``c``: ``f^T [w_cd1 * f, w_cd2 * f, ...]``."""
+
+    Narrow ``f`` (NumPy, at most :data:`_PRODUCT_COLUMNS` columns): one matrix
+    product of the rows' distinct products ``f_ia f_ib`` (``a <= b``) with all
+    the pairs' weights. Otherwise one product per ``c``:
+    ``f^T [w_cd1 * f, w_cd2 * f, ...]``."""
     P, (m, D) = weights.shape[0], f.shape
     out = like(np.zeros((P, P, D, D)), f)
+    if isinstance(f, np.ndarray) and D <= _PRODUCT_COLUMNS and pairs:
+        upper_a, upper_b = np.triu_indices(D)
+        products = f[:, upper_a] * f[:, upper_b]  # (m, D (D + 1) / 2)
+        cs, ds = map(np.array, zip(*pairs))
+        sums = products.T @ weights[cs, ds].T  # (D (D + 1) / 2, pairs)
+        block = np.empty((D, D))
+        for i, (c, d) in enumerate(pairs):
+            block[upper_a, upper_b] = sums[:, i]
+            block[upper_b, upper_a] = sums[:, i]
+            out[c, d] = block
+            if c != d:
+                out[d, c] = block
+        return out
     for c in range(P):
         ds = [d for (c2, d) in pairs if c2 == c]
         if not ds:
@@ -582,6 +610,11 @@ class _Objective:
     ):
         self.metric, self.penalty = metric, penalty
         self.fit_experts, self.fit_noise = fit_experts, fit_noise
+        # the trust radius in the complete-data information's norm (None: not
+        # needed yet) and the last Newton step's predicted rise and length
+        self.radius: float | None = None
+        self._predicted: float | None = None
+        self._length = 0.0
 
     def value(self, stats: _Stats, params: MoEParams) -> float:
         G = params.gating[: _n_free_gate_rows(params)]
@@ -614,23 +647,107 @@ class _Objective:
         return out
 
     def newton(self, stats: _Stats, params: MoEParams) -> MoEParams | None:
-        """Newton's step on the penalised log-likelihood, with the observed
-        information ``I_c - I_m`` (complete-data minus missing); where that is not
-        positive definite (far from a maximum, e.g. at a symmetric start), with
-        ``I_c - (1 - t) I_m`` for the first ``t`` in :data:`_BLEND` that is (``t = 1``
-        would be EM's own metric); ``None`` if none is."""
+        """The trust-region Newton step on the penalised log-likelihood.
+
+        With ``g`` the gradient, ``H = I_c - I_m`` the observed information
+        (complete-data minus missing) and ``C = I_c`` the complete-data
+        information (EM's own metric), the step maximises the quadratic model
+        ``g^T s - s^T H s / 2`` over ``||s||_C <= radius``:
+        ``s = (H + mu C)^{-1} g`` with the least ``mu >= 0`` that makes
+        ``H + mu C`` positive definite and the step fit the radius (found on the
+        generalised eigenvalues of ``(H, C)``). Inside the radius and with ``H``
+        positive definite this is Newton's step; with large ``mu`` it tends to
+        EM's. Far from a maximum ``H`` is indefinite and the step follows its
+        directions of negative curvature, where EM creeps. The radius grows when
+        the objective rose as the model predicted (:meth:`judge`) and shrinks
+        when it did not. Above :data:`_EIGEN_PARAMETERS` parameters the step is
+        ``(H + t I_m)^{-1} g`` for the first ``t`` in :data:`_BLEND` that makes
+        the matrix positive definite (Cholesky factorisations alone). ``None``
+        if no step was found."""
         gradient = self.gradient(stats, params)
         observed = self.penalised(stats.observed, params)
-        missing = stats.complete - stats.observed
+        complete = self.penalised(stats.complete, params)
+        self._predicted = None
+        if gradient.shape[0] <= _EIGEN_PARAMETERS:
+            solve = self._region_solver(observed, complete, gradient)
+            if solve is None:
+                return None
+            step = solve()
+            # a step the move cap would shrink: the radius shrinks instead, so
+            # that the step is re-solved (shrinking it would keep the direction,
+            # which may run mostly along one barely curved gate row)
+            for _ in range(_RESOLVE):
+                shrink = self._trust(params, step)
+                if shrink > 0.5 or not np.all(np.isfinite(step)):
+                    break
+                self.radius = shrink * float(np.sqrt(max(step @ complete @ step, 0.0)))
+                step = solve()
+        else:
+            step = self._blended_step(observed, complete, gradient)
+        if step is None or not np.all(np.isfinite(step)):
+            return None
+        step = step * self._trust(params, step)
+        self._predicted = float(gradient @ step - 0.5 * step @ observed @ step)
+        self._length = float(np.sqrt(max(step @ complete @ step, 0.0)))
+        return self._apply(params, step)
+
+    def _region_solver(
+        self, H: Array, C: Array, g: Array
+    ) -> Callable[[], Array] | None:
+        """A function returning the trust-region step for the current radius
+        (one generalised eigendecomposition of ``(H, C)`` serves every radius)."""
+        scale = max(float(np.trace(C)) / C.shape[0], 1e-300)
+        try:
+            lam, V = eigh(H, C + 1e-12 * scale * np.eye(C.shape[0]))
+        except (LinAlgError, ValueError):
+            return None
+        gt = V.T @ g  # the gradient in the eigenbasis (V^T C V = 1)
+        em_length = float(np.sqrt(np.sum(gt**2)))
+
+        def length(mu: float) -> float:
+            return float(np.sqrt(np.sum((gt / (lam + mu)) ** 2)))
+
+        floor = max(0.0, -float(lam[0])) * (1.0 + 1e-9) + 1e-12
+
+        def solve() -> Array:
+            if lam[0] > 0 and (self.radius is None or length(0.0) <= self.radius):
+                mu = 0.0
+            else:
+                if self.radius is None:  # indefinite at the start: EM's length
+                    self.radius = em_length
+                if self.radius <= 0.0:
+                    return np.zeros_like(g)
+                if length(floor) <= self.radius:
+                    mu = floor  # (the "hard case": the step stays inside)
+                else:
+                    high = floor + em_length / self.radius + 1.0
+                    mu = brentq(
+                        lambda m: length(m) - self.radius, floor, high, xtol=1e-14
+                    )
+            return V @ (gt / (lam + mu))
+
+        return solve
+
+    @staticmethod
+    def _blended_step(H: Array, C: Array, g: Array) -> Array | None:
         for t in _BLEND:
             try:
-                factor = cho_factor(observed + t * missing)
+                factor = cho_factor(H + t / (1.0 - t) * C)
             except (LinAlgError, ValueError):
                 continue
-            step = cho_solve(factor, gradient)
-            if np.all(np.isfinite(step)):
-                return self._apply(params, step * self._trust(params, step))
+            return cho_solve(factor, g) / (1.0 - t)  # (H + t (C - H))^{-1} g
         return None
+
+    def judge(self, gain: float) -> None:
+        """Adapts the trust radius to how the last Newton step did: ``gain`` is
+        the objective's actual rise, against the model's prediction."""
+        if self._predicted is None or self._predicted <= 0:
+            return
+        ratio = gain / self._predicted
+        if ratio < 0.25:
+            self.radius = 0.25 * self._length
+        elif ratio > 0.75 and self.radius is not None:
+            self.radius = max(self.radius, 2.0 * self._length)
 
     def em_step(self, stats: _Stats, params: MoEParams, floor: float) -> MoEParams:
         """The generalised EM step: weighted least squares for each expert, one
@@ -809,6 +926,8 @@ def em(
         while n_iter < max_iter:
             stats = problem.run_pass(current, subset)
             value = objective.value(stats, current)
+            if took_newton:
+                objective.judge(value - previous[1])
             if previous is not None and not value >= previous[1] - 1e-10 * (
                 1.0 + abs(previous[1])
             ):

@@ -66,20 +66,54 @@ def _cross_products(xc: Array, wyc: Array) -> Array:
     return wyc @ xc
 
 
-def random_gate(
-    rng: np.random.Generator, n_rows: int, mean: Array, transform: Array
+def random_rows(
+    rng: np.random.Generator,
+    n_rows: int,
+    mean: Array,
+    transform: Array,
+    spread: float = GATE_SPREAD,
+    level: float = 0.0,
 ) -> Array:
-    """``n_rows`` gate rows on the columns of ``X`` (``mean``, whitening
-    ``transform`` of the non-constant ones; a last constant column gets the bias
-    that centres each logit): uniform directions whose logits have standard
-    deviation :data:`GATE_SPREAD` over the inputs."""
+    """``n_rows`` random rows on the columns of ``X`` (``mean``, whitening
+    ``transform`` of the non-constant ones): uniform directions whose values
+    ``x . row`` have standard deviation ``spread`` over the inputs. A last
+    constant column (``mean`` one longer than ``transform``) gets the offset that
+    makes each row's mean value ``level``."""
     d = transform.shape[0]
     directions = rng.standard_normal((n_rows, d))
     directions /= np.linalg.norm(directions, axis=1, keepdims=True)
-    slopes = GATE_SPREAD * directions @ transform.T
+    slopes = spread * directions @ transform.T
     if mean.shape[0] == d:
         return slopes
-    return np.column_stack([slopes, -slopes @ mean[:d]])
+    return np.column_stack([slopes, level - slopes @ mean[:d]])
+
+
+def random_gate(
+    rng: np.random.Generator, n_rows: int, mean: Array, transform: Array
+) -> Array:
+    """``n_rows`` gate rows: :func:`random_rows` with logits of standard deviation
+    :data:`GATE_SPREAD`, centred."""
+    return random_rows(rng, n_rows, mean, transform)
+
+
+def random_start(
+    rng: np.random.Generator,
+    template: MoEParams,
+    mean: Array,
+    transform: Array,
+    y_mean: float,
+    y_std: float,
+    gate_spread: float = GATE_SPREAD,
+) -> MoEParams:
+    """Experts in random directions whose predictions have spread ``y_std`` and,
+    with intercepts, mean ``y_mean``; random gate rows whose logits have spread
+    ``gate_spread``, centred; ``template``'s noise. :class:`moelearn.EMMoE`'s
+    start."""
+    k = template.n_experts
+    experts = random_rows(rng, k, mean, transform, y_std, y_mean)
+    gating = np.zeros_like(template.gating)
+    gating[: k - 1] = random_rows(rng, k - 1, mean, transform, gate_spread)
+    return replace(template, experts=experts, gating=gating)
 
 
 def regression_split(

@@ -10,6 +10,7 @@ import numpy as np
 from scipy.linalg import block_diag
 from scipy.optimize import minimize_scalar
 
+from moelearn import _starts
 from moelearn import _validation as v
 from moelearn._base import MoEBase
 from moelearn._em import em
@@ -149,16 +150,19 @@ class EMMoE(MoEBase):
             noise = np.full(k, noise)
         y_mean = float(np.average(y, weights=sample_weight))
         best, best_ll, finals = None, -np.inf, []
+        template = MoEParams(
+            np.zeros((k, X_em.shape[1])), np.zeros((k, X_em.shape[1])), noise, self.link
+        )
         for init in range(self.n_init):
-            experts = whitening.to_raw(_random_rows(rng, k, d) * expert_norm)
-            gating = np.zeros((k, d))
-            gating[: k - 1] = whitening.to_raw(
-                _random_rows(rng, k - 1, d) * self.init_gate_norm
+            params = _starts.random_start(
+                rng,
+                template,
+                moments[0],
+                whitening.transform,
+                y_mean if self.fit_intercept else 0.0,
+                expert_norm,
+                self.init_gate_norm,
             )
-            if self.fit_intercept:  # lines through the means, centred logits
-                experts = np.column_stack([experts, y_mean - experts @ mean])
-                gating = np.column_stack([gating, -gating @ mean])
-            params = MoEParams(experts, gating, noise, self.link)
             result = em(
                 X_em,
                 y,

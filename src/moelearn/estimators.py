@@ -52,7 +52,11 @@ _MAX_SPECTRAL_SHIFT = 10.0
 _OFFSET_TEST_ROWS, _OFFSET_Z = 200_000, 5.0
 #: Alternative starts: regression splits with random gates, EM iterations each
 #: gets before the best is run to convergence.
-_N_SPLIT_STARTS, _SHORT_ITER = 2, 10
+# Alternative starts (SpectralMoE._other_starts): regression splits and random
+# starts, short runs of _SHORT_ITER iterations on at most _SHORT_ROWS rows, of
+# which the best _CONTINUED run to convergence on all rows.
+_N_SPLIT_STARTS, _N_RANDOM_STARTS, _SHORT_ITER = 2, 6, 10
+_SHORT_ROWS, _CONTINUED, _SHORT_STEP = 5000, 2, "newton"
 _MIN_SHARE = MIN_EXPERT_WEIGHT
 
 
@@ -403,7 +407,7 @@ class SpectralMoE(MoEBase):
             self._gate,
         )
         mean_em = ctx.column_moments[0]
-        candidates = [
+        splits = [
             (
                 f"regression split {i + 1}",
                 _starts.regression_split(
@@ -412,31 +416,65 @@ class SpectralMoE(MoEBase):
             )
             for i in range(_N_SPLIT_STARTS)
         ]
-        candidates.append(
-            (
-                "residual bands",
-                _starts.residual_bands(ctx.X_em, ctx.y, lsq, template, ctx.rng),
-            )
+        y_mean = float(np.average(ctx.y, weights=ctx.sample_weight))
+        y_std = float(
+            np.sqrt(np.average((ctx.y - y_mean) ** 2, weights=ctx.sample_weight))
         )
+        randoms = [
+            (
+                f"random {i + 1}",
+                _starts.random_start(
+                    ctx.rng,
+                    template,
+                    mean_em,
+                    white.transform,
+                    y_mean if self.fit_intercept else 0.0,
+                    y_std if self.link == "linear" else 1.0,
+                ),
+            )
+            for i in range(_N_RANDOM_STARTS)
+        ]
+        bands = _starts.residual_bands(ctx.X_em, ctx.y, lsq, template, ctx.rng)
+        candidates = splits + randoms + [("residual bands", bands)]
         for i, warm in enumerate(warm_starts):
             if self.noise_type == "per_expert" and np.ndim(warm.noise_std) == 0:
                 warm = replace(warm, noise_std=np.full(warm.n_experts, warm.noise_std))
             candidates.append((f"warm start {i + 1}", warm))
-        best = fit
+        # Short runs, on a random subset of the rows when there are many; the
+        # best few continue on all rows.
+        n = ctx.X_em.shape[0]
+        subset = (
+            None
+            if n <= _SHORT_ROWS
+            else np.sort(ctx.rng.choice(n, size=_SHORT_ROWS, replace=False))
+        )
+        shorts = []
         for name, params in candidates:
             short = _Candidate(name, params)
             short.add(
                 self._em(
-                    ctx, params, fit_experts=True, stage=name, max_iter=_SHORT_ITER
+                    ctx,
+                    params,
+                    fit_experts=True,
+                    stage=name,
+                    max_iter=_SHORT_ITER,
+                    rows=subset,
+                    step=_SHORT_STEP,
                 )
             )
-            if short.converged or short.log_likelihood <= best.log_likelihood:
-                ctx.starts.append(short.summary())
+            shorts.append(short)
+        shorts.sort(key=lambda c: c.log_likelihood, reverse=True)
+        for short in shorts[_CONTINUED:]:
+            ctx.starts.append(short.summary(rows=subset))
+        best = fit
+        for short in shorts[:_CONTINUED]:
+            if subset is not None or not short.converged:
+                short.add(
+                    self._em(ctx, short.params, fit_experts=True, stage=short.name)
+                )
+            ctx.starts.append(short.summary())
             if short.log_likelihood > best.log_likelihood:
-                if not short.converged:
-                    short.add(self._em(ctx, short.params, fit_experts=True, stage=name))
-                    ctx.starts.append(short.summary())
-                best = short if short.log_likelihood > best.log_likelihood else best
+                best = short
         ctx.times["other_starts"] = time.perf_counter() - start
         if best is not fit:
             self._log(1, f"the start '{best.name}' reached a higher likelihood")
@@ -505,18 +543,36 @@ class SpectralMoE(MoEBase):
         return None
 
     def _em(
-        self, ctx: _FitContext, params, *, fit_experts, stage, tol=None, max_iter=None
+        self,
+        ctx: _FitContext,
+        params,
+        *,
+        fit_experts,
+        stage,
+        tol=None,
+        max_iter=None,
+        rows: Array | None = None,
+        step: str = "newton",
     ) -> EMResult:
+        """EM on the fit's data (or on its ``rows``) with this estimator's
+        settings."""
+        common = ctx.common()
+        X, y = ctx.X_em, ctx.y
+        if rows is not None:
+            X, y = take_rows(X, rows), y[rows]
+            if ctx.sample_weight is not None:
+                common["sample_weight"] = ctx.sample_weight[rows]
         return em(
-            ctx.X_em,
-            ctx.y,
+            X,
+            y,
             params,
             fit_experts=fit_experts,
             fit_noise=self.noise_std is None,
             max_iter=self.max_iter if max_iter is None else max_iter,
             tol=self.tol if tol is None else tol,
             stage=stage,
-            **ctx.common(),
+            step=step,
+            **common,
         )
 
     def _warn_about_shift(self, ctx: _FitContext, fit: _Candidate) -> list[str]:
@@ -722,13 +778,15 @@ class _Candidate:
         """The last mean log-likelihood EM measured (``-inf`` before any)."""
         return self.history[-1] if self.history else -np.inf
 
-    def summary(self) -> dict:
+    def summary(self, rows: Array | None = None) -> dict:
+        """The chain's record; ``rows``: the subset its EM ran on (None: all)."""
         return {
             "start": self.name,
-            "log_likelihood": self.log_likelihood,
+            "log_likelihood": float(self.log_likelihood),
             "n_iter": self.n_iter,
             "converged": self.converged,
             "n_experts": self.params.n_experts,
+            "rows": "all" if rows is None else len(rows),
         }
 
 
