@@ -391,7 +391,7 @@ def _weighted_grams(f: Array, weights: Array, pairs: list[tuple[int, int]]) -> A
     if isinstance(f, np.ndarray) and D <= _PRODUCT_COLUMNS and pairs:
         upper_a, upper_b = np.triu_indices(D)
         products = f[:, upper_a] * f[:, upper_b]  # (m, D (D + 1) / 2)
-        cs, ds = map(np.array, zip(*pairs))
+        cs, ds = np.array(pairs).T
         sums = products.T @ weights[cs, ds].T  # (D (D + 1) / 2, pairs)
         block = np.empty((D, D))
         for i, (c, d) in enumerate(pairs):
