@@ -34,9 +34,16 @@ class LossGradient:
 
 
 def nll_gradient(
-    Z: Array, y: Array, experts: Array, gating: Array, noise_std: float, link: Link
+    Z: Array,
+    y: Array,
+    experts: Array,
+    gating: Array,
+    noise_std: float | Array,
+    link: Link,
 ) -> LossGradient:
-    """Mean negative log-likelihood over the rows and its gradient."""
+    """Mean negative log-likelihood over the rows and its gradient; ``noise_std``
+    shared (a float: ``log_noise`` a float) or one per expert (``(k,)``: one
+    ``log_noise`` derivative each, ``-mean_i r_ij (res_ij^2 / sigma_j^2 - 1)``)."""
     b = Z.shape[0]
     log_gates = log_gate(Z @ gating.T)
     pre = Z @ experts.T
@@ -46,9 +53,11 @@ def nll_gradient(
     resp = np.exp(joint - ll[:, None])
     grad_gating = -((resp - np.exp(log_gates)).T @ Z) / b
     grad_gating[-1] = 0.0
-    grad_experts = -((resp * residuals * link.deriv(pre)).T @ Z) / (b * noise_std**2)
-    scaled = residuals / noise_std
-    grad_log_noise = -float(np.sum(resp * (scaled * scaled - 1.0))) / b
+    var = np.asarray(noise_std, float) ** 2
+    scaled = residuals / np.sqrt(var)
+    grad_experts = -((resp * residuals * link.deriv(pre) / var).T @ Z) / b
+    per_expert = -np.sum(resp * (scaled * scaled - 1.0), axis=0) / b
+    grad_log_noise = per_expert if np.ndim(noise_std) else float(per_expert.sum())
     return LossGradient(-float(ll.mean()), grad_experts, grad_gating, grad_log_noise)
 
 

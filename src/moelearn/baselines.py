@@ -222,6 +222,12 @@ class GradientMoE(MinibatchMixin, MoEBase):
     ----------
     n_experts : int, default=2
     link : {'linear', 'sigmoid'}, default='linear'
+    fit_intercept : bool, default=False
+        Give every expert an intercept and every gate row a bias, as
+        :class:`EMMoE` does (``intercept_``, ``gating_intercept_``).
+    noise_type : {'shared', 'per_expert'}, default='shared'
+        One ``sigma`` for all experts, or one ``sigma_j`` each (``loss='l2'``:
+        the shared maximiser of the likelihood, repeated).
     loss : {'nll', 'l2'}, default='nll'
     optimizer : {'adam', 'sgd'}, default='adam'
     batch_size : int, default=1000
@@ -261,6 +267,8 @@ class GradientMoE(MinibatchMixin, MoEBase):
         "batch_size": v.integer(1),
         "learning_rate": v.real(0.0, open_low=True),
         "init_gate_norm": v.real(0.0),
+        "fit_intercept": v.boolean,
+        "noise_type": v.one_of("shared", "per_expert"),
     }
 
     def __init__(
@@ -268,6 +276,8 @@ class GradientMoE(MinibatchMixin, MoEBase):
         n_experts: int = 2,
         *,
         link: str = "linear",
+        fit_intercept: bool = False,
+        noise_type: str = "shared",
         loss: str = "nll",
         optimizer: str = "adam",
         batch_size: int = 1000,
@@ -282,6 +292,8 @@ class GradientMoE(MinibatchMixin, MoEBase):
     ):
         self.n_experts = n_experts
         self.link = link
+        self.fit_intercept = fit_intercept
+        self.noise_type = noise_type
         self.loss = loss
         self.optimizer = optimizer
         self.batch_size = batch_size
@@ -297,43 +309,71 @@ class GradientMoE(MinibatchMixin, MoEBase):
     def fit(self, X, y):
         """Run minibatch gradient descent from ``n_init`` random starts. Returns self."""
         rng, X, y = self._begin_fit(X, y)
+        for name in ("intercept_", "gating_intercept_"):  # from an earlier fit
+            self.__dict__.pop(name, None)
         d = X.shape[1]
         k = self.n_experts
         link = get_link(self.link)
         start = time.perf_counter()
-        L = input_whitening(X).transform
+        whitening = input_whitening(X)
+        L, mean = whitening.transform, whitening.mean
+        intercept = self.fit_intercept
+        Z = with_ones(X) if intercept else X
         expert_norm = float(np.std(y)) if self.link == "linear" else 1.0
         noise0 = self.noise_std if self.noise_std is not None else float(np.std(y))
         learn_noise = self.loss == "nll" and self.noise_std is None
+        n_noise = k if self.noise_type == "per_expert" else 1
+        # the parameters: whitened slopes (and offsets at the inputs' mean) of the
+        # experts, then of the k - 1 free gate rows, then log sigma
+        sizes = [k * d, k * intercept, (k - 1) * d, (k - 1) * intercept, n_noise]
+        cuts = np.cumsum(sizes)[:-1]
 
-        def unpack(flat: Array) -> tuple[Array, Array, float]:
-            experts = flat[: k * d].reshape(k, d) @ L.T
-            gating = np.zeros((k, d))
-            gating[:-1] = flat[k * d : (2 * k - 1) * d].reshape(k - 1, d) @ L.T
-            return experts, gating, float(np.exp(flat[-1]))
+        def to_raw(slopes_w: Array, offsets: Array) -> Array:
+            slopes = slopes_w @ L.T
+            if not intercept:
+                return slopes
+            return np.column_stack([slopes, offsets - slopes @ mean])
+
+        def unpack(flat: Array) -> tuple[Array, Array, float | Array]:
+            ew, eb, gw, gb, log_noise = np.split(flat, cuts)
+            experts = to_raw(ew.reshape(k, d), eb)
+            gating = np.zeros((k, Z.shape[1]))
+            gating[:-1] = to_raw(gw.reshape(k - 1, d), gb)
+            noise = np.exp(log_noise)
+            return experts, gating, noise if n_noise > 1 else float(noise[0])
+
+        def from_raw(grad: Array) -> list[Array]:
+            """A gradient in the raw parameters, in the whitened ones."""
+            slopes = grad[:, :d]
+            if not intercept:
+                return [(slopes @ L).ravel(), np.zeros(0)]
+            offsets = grad[:, d]
+            return [((slopes - np.outer(offsets, mean)) @ L).ravel(), offsets]
 
         def objective(flat: Array, rows: Array) -> tuple[float, Array]:
             experts, gating, noise = unpack(flat)
             if self.loss == "nll":
-                g = nll_gradient(X[rows], y[rows], experts, gating, noise, link)
+                g = nll_gradient(Z[rows], y[rows], experts, gating, noise, link)
             else:
-                g = squared_error_gradient(X[rows], y[rows], experts, gating, link)
+                g = squared_error_gradient(Z[rows], y[rows], experts, gating, link)
+            log_noise = np.broadcast_to(g.log_noise, (n_noise,))
             grad = np.concatenate(
-                [
-                    (g.experts @ L).ravel(),
-                    (g.gating[:-1] @ L).ravel(),
-                    [g.log_noise if learn_noise else 0.0],
-                ]
+                from_raw(g.experts)
+                + from_raw(g.gating[:-1])
+                + [log_noise if learn_noise else np.zeros(n_noise)]
             )
             return g.loss, grad
 
+        y_mean = float(np.mean(y))
         best, best_ll, finals = None, -np.inf, []
         for init in range(self.n_init):
             flat0 = np.concatenate(
                 [
                     (_random_rows(rng, k, d) * expert_norm).ravel(),
+                    np.full(k * intercept, y_mean),
                     (_random_rows(rng, k - 1, d) * self.init_gate_norm).ravel(),
-                    [np.log(noise0)],
+                    np.zeros((k - 1) * intercept),
+                    np.full(n_noise, np.log(noise0)),
                 ]
             )
             result = self._minimise(
@@ -341,9 +381,10 @@ class GradientMoE(MinibatchMixin, MoEBase):
             )
             experts, gating, noise = unpack(result.params)
             if self.loss == "l2" and self.noise_std is None:
-                noise = _likelihood_noise(X, y, experts, gating, self.link, noise0)
+                noise = _likelihood_noise(Z, y, experts, gating, self.link, noise0)
+                noise = np.full(k, noise) if n_noise > 1 else noise
             params = MoEParams(experts, gating, noise, self.link)
-            ll = float(log_likelihood_terms(X, y, params)[0].mean())
+            ll = float(log_likelihood_terms(Z, y, params)[0].mean())
             finals.append(ll)
             self._log(1, f"start {init + 1}/{self.n_init}: mean log-lik {ll:.6f}")
             if ll > best_ll:
@@ -356,9 +397,7 @@ class GradientMoE(MinibatchMixin, MoEBase):
                 ConvergenceWarning,
                 stacklevel=2,
             )
-        self.experts_ = params.experts
-        self.gating_ = params.gating
-        self.noise_std_ = float(params.noise_std)
+        self._set_parameters(params, d)
         self.loss_curve_ = result.loss_curve
         self.converged_ = bool(result.converged)
         self.n_iter_ = result.n_epochs

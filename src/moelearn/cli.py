@@ -132,14 +132,14 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument(
         "--fit-intercept",
         action="store_true",
-        help="also fit expert intercepts and gate biases (spectral, hme, em)",
+        help="also fit expert intercepts and gate biases (spectral, hme, em, gd)",
     )
     fit.add_argument(
         "--noise-type",
         choices=["shared", "per_expert"],
         default="shared",
         help="one noise level for all experts (default) or one per expert "
-        "(spectral, hme, em)",
+        "(spectral, hme, em, gd)",
     )
     fit.add_argument("--max-experts", type=_positive_int, default=5)
     fit.add_argument(
@@ -352,12 +352,12 @@ def _fit_data(args, X, y, w, names, hme: bool) -> int:
         settings["refine"] = not args.no_refine
     elif args.no_refine:
         raise CLIError("--no-refine applies to --method spectral and hme only")
-    if args.method in ("spectral", "hme", "em"):
+    if args.method in ("spectral", "hme", "em", "gd"):
         settings["fit_intercept"] = args.fit_intercept
         settings["noise_type"] = args.noise_type
     elif args.fit_intercept or args.noise_type != "shared":
         option = "--fit-intercept" if args.fit_intercept else "--noise-type"
-        raise CLIError(f"{option} applies to --method spectral, hme and em only")
+        raise CLIError(f"{option} applies to --method spectral, hme, em and gd only")
     if args.experts == "auto":
         if args.method != "spectral":
             raise CLIError("--experts auto needs --method spectral")
