@@ -111,7 +111,10 @@ def test_errors_are_one_line_exit_2_and_leave_no_file(workdir, capsys):
         (["fit", workdir / "text.csv"], "non-numeric"),
         (["fit", workdir / "data.txt"], "unsupported file type"),
         (["fit", data, "--method", "em", "--no-refine"], "--no-refine applies"),
-        (["fit", data, "--method", "tensor-loss", "--fit-intercept"], "--fit-intercept applies"),
+        (
+            ["fit", data, "--method", "tensor-loss", "--fit-intercept"],
+            "--fit-intercept applies",
+        ),
         (["fit", data, "--method", "hme", "--experts", 2], "fits 2^depth = 4 experts"),
     ]
     for args, message in cases:
