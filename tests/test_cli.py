@@ -107,7 +107,10 @@ def test_errors_are_one_line_exit_2_and_leave_no_file(workdir, capsys):
         (["fit", workdir / "nan.csv"], "nan.csv: NaN at data row 5, column 'x2'"),
         (["fit", workdir / "missing.csv"], "no such file"),
         (["fit", data, "--target", "z"], "target column 'z' not found"),
-        (["fit", data, "--experts", 9], "exceeds n_features"),
+        (
+            ["fit", data, "--method", "tensor-loss", "--experts", 9],
+            "exceeds n_features",
+        ),
         (["fit", workdir / "text.csv"], "non-numeric"),
         (["fit", workdir / "data.txt"], "unsupported file type"),
         (["fit", data, "--method", "em", "--no-refine"], "--no-refine applies"),

@@ -7,7 +7,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from moelearn import EMMoE, ExpertsDroppedWarning, GradientMoE, SpectralMoE, make_moe
+from moelearn import (
+    EMMoE,
+    ExpertsDroppedWarning,
+    GradientMoE,
+    SpectralMoE,
+    SpectralReliabilityWarning,
+    TensorLossMoE,
+    make_moe,
+)
 from moelearn._model import MoEParams, sample_outputs
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -125,3 +133,22 @@ def test_gradient_baseline_fits_intercepts_and_per_expert_noise():
     np.testing.assert_allclose(gd.intercept_[order], [2.0, -1.0], atol=0.05)
     np.testing.assert_allclose(gd.noise_std_[order], [0.3, 0.8], rtol=0.05)
     assert gd.score(X, y) >= em.score(X, y) - 1e-3
+
+
+def test_more_experts_than_columns_come_from_the_other_starts():
+    """One input column, two experts (a mixture of two regression lines, the
+    shape of mixtools' CO2 example): the spectral step cannot run, says so, and
+    the fit still recovers both lines' intercepts within 0.05 (n = 4000,
+    sigma = 0.2); the tensor-loss method, which needs k <= d, refuses clearly."""
+    rng = np.random.default_rng(3)
+    n = 4_000
+    X = rng.standard_normal((n, 1))
+    z = rng.random(n) < 0.4
+    y = np.where(z, 2.0 + X[:, 0], -1.0 - 0.5 * X[:, 0])
+    y = y + 0.2 * rng.standard_normal(n)
+    with pytest.warns(SpectralReliabilityWarning, match="exceeds n_features=1"):
+        model = SpectralMoE(2, fit_intercept=True, random_state=0).fit(X, y)
+    np.testing.assert_allclose(np.sort(model.intercept_), [-1.0, 2.0], atol=0.05)
+    assert model.score(X, y) > one_expert_log_likelihood(X, y) + 0.5
+    with pytest.raises(ValueError, match="at most one expert per input column"):
+        TensorLossMoE(2).fit(X, y)

@@ -54,6 +54,9 @@ class MoEBase(RegressorMixin, BaseEstimator):
     _gate: ClassVar[str] = "softmax"
     # Whether fit runs on Dask arrays (passes only; no random minibatches).
     _accepts_dask: ClassVar[bool] = True
+    #: Whether the method needs ``n_experts <= n_features`` (it whitens the inputs
+    #: onto one direction per expert).
+    _one_expert_per_feature: ClassVar[bool] = True
     # Rules for the parameters every estimator has; subclasses add their own.
     _common_constraints: ClassVar[dict] = {
         "n_experts": v.integer(2),
@@ -116,11 +119,11 @@ class MoEBase(RegressorMixin, BaseEstimator):
             y = v.check_target(y, X.shape[0])
         n, d = X.shape
         k = self.n_experts
-        if k > d:
+        if k > d and self._one_expert_per_feature:
             raise ValueError(
-                f"n_experts={k} exceeds n_features={d}: moelearn's learners find at "
-                "most one expert per input dimension (the spectral and tensor methods "
-                "whiten onto k directions; the baselines share the check)"
+                f"n_experts={k} exceeds n_features={d}: {type(self).__name__} finds "
+                "at most one expert per input column (it whitens the inputs onto k "
+                "directions); SpectralMoE, EMMoE and GradientMoE fit more"
             )
         n_params = 2 * k * d + 1
         if n < n_params:

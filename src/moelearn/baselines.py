@@ -89,6 +89,8 @@ class EMMoE(MoEBase):
     Neural Computation 6 (1994).
     """
 
+    _one_expert_per_feature = False
+
     _parameter_constraints: ClassVar[dict] = {
         **MoEBase._common_constraints,
         "init_gate_norm": v.real(0.0),
@@ -259,6 +261,8 @@ class GradientMoE(MinibatchMixin, MoEBase):
     """
 
     _accepts_dask = False
+
+    _one_expert_per_feature = False
 
     _parameter_constraints: ClassVar[dict] = {
         **MoEBase._common_constraints,

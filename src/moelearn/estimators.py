@@ -17,7 +17,7 @@ from moelearn._base import MoEBase
 from moelearn._em import MIN_EXPERT_WEIGHT, EMResult, em, offset_score_statistics
 from moelearn._links import get_link
 from moelearn._model import MoEParams, n_gate_rows
-from moelearn._moments import Whitening
+from moelearn._moments import Whitening, input_whitening
 from moelearn._passes import take_rows, with_ones
 from moelearn._spectral import SpectralMoments, spectral_moments, spectral_solve
 from moelearn.exceptions import (
@@ -180,6 +180,9 @@ class SpectralMoE(MoEBase):
     True
     """
 
+    # more experts than columns: the alternative starts alone (see _fit)
+    _one_expert_per_feature = False
+
     _parameter_constraints: ClassVar[dict] = {
         **MoEBase._common_constraints,
         "refine": v.boolean,
@@ -246,8 +249,11 @@ class SpectralMoE(MoEBase):
         ctx = self._prepare(X, y, sample_weight)
         self._stage_diagnostics = ctx.diagnostics  # what subclasses' hooks report
         try:
-            moments, spectral = self._spectral_stage(ctx)
-            fit = self._moment_path(ctx, moments, spectral)
+            if self.n_experts > ctx.n_features:
+                moments, fit = None, self._without_spectral(ctx)
+            else:
+                moments, spectral = self._spectral_stage(ctx)
+                fit = self._moment_path(ctx, moments, spectral)
             fit = self._other_starts(ctx, fit, list(warm_starts))
             self._check_fit(ctx, fit)
             self._set_fitted(ctx, fit, moments)
@@ -292,6 +298,32 @@ class SpectralMoE(MoEBase):
         ctx.times["spectral"] = time.perf_counter() - start
         self._log(1, f"spectral step done in {ctx.times['spectral']:.2f} s")
         return moments, spectral
+
+    def _without_spectral(self, ctx: _FitContext) -> _Candidate:
+        """More experts than input columns: the tensor step, which finds one
+        regressor per whitened direction, cannot run; the fit comes from the
+        alternative starts alone (an empty candidate they all beat)."""
+        if self.max_iter == 0:
+            raise ValueError(
+                f"n_experts={self.n_experts} exceeds n_features={ctx.n_features}: "
+                "the spectral step finds at most one expert per input column, and "
+                "max_iter=0 leaves nothing else; set max_iter > 0"
+            )
+        warnings.warn(
+            f"n_experts={self.n_experts} exceeds n_features={ctx.n_features}: the "
+            "spectral step finds at most one expert per input column and was "
+            "skipped; the fit comes from EM's alternative starts (regression "
+            "splits, random starts, residual bands; diagnostics_['starts'])",
+            SpectralReliabilityWarning,
+            stacklevel=4,
+        )
+        ctx.set_columns(input_whitening(ctx.X), self.fit_intercept)
+        ctx.flags.append("features")
+        D, rows = ctx.X_em.shape[1], n_gate_rows(self.n_experts, self._gate)
+        empty = MoEParams(
+            np.zeros((self.n_experts, D)), np.zeros((rows, D)), 1.0, self.link
+        )
+        return _Candidate("spectral (skipped)", empty)
 
     def _moment_path(self, ctx: _FitContext, moments, spectral) -> _Candidate:
         """From the spectral regressors: gating EM, then joint-EM refinement."""
@@ -519,12 +551,14 @@ class SpectralMoE(MoEBase):
         self.log_likelihood_curve_ = fit.history
         self.fit_times_ = ctx.times
         self.diagnostics_ = {
-            "t2_eigenvalues": moments.t2_values,
-            "spectral_gap": moments.spectral_gap,
+            "t2_eigenvalues": None if moments is None else moments.t2_values,
+            "spectral_gap": None if moments is None else moments.spectral_gap,
             "tensor_eigenvalues": fit.tensor_values,
             "mixing_weights": fit.mixing_weights,
-            "input_skewness": moments.inputs.skewness,
-            "input_kurtosis": moments.inputs.excess_kurtosis,
+            "input_skewness": None if moments is None else moments.inputs.skewness,
+            "input_kurtosis": (
+                None if moments is None else moments.inputs.excess_kurtosis
+            ),
             "starts": ctx.starts,
             "kept_start": fit.name,
             "dropped_experts": fit.dropped,

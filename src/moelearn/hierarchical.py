@@ -91,6 +91,8 @@ n_init, random_state, verbose
 
     _gate = "tree"
     _restart_from_spectral = False  # refinement starts from the screened experts
+    _one_expert_per_feature = True
+
     _parameter_constraints: ClassVar[dict] = {
         **{
             name: rule
