@@ -81,13 +81,12 @@ def _from_r(package: str, dataset: str):
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"{dataset}.csv"
+        code = (
+            f"suppressMessages(library({package})); data({dataset}); "
+            f"write.csv({dataset}, '{path}', row.names = FALSE)"
+        )
         subprocess.run(
-            [
-                "Rscript",
-                "-e",
-                f"suppressMessages(library({package})); data({dataset}); "
-                f"write.csv({dataset}, '{path}', row.names = FALSE)",
-            ],
+            ["Rscript", "-e", code],
             check=True,
             capture_output=True,
             timeout=300,

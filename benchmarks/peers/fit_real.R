@@ -20,6 +20,7 @@ fit <- tryCatch(
   error = function(e) { status <<- gsub("[\r\n,]+", " ", conditionMessage(e)); NULL })
 seconds <- proc.time()[["elapsed"]] - start
 mean_loglik <- function(fit, df) {
+  if (nrow(df) == 0) return(NA)  # no held-out rows (CO2data)
   pars <- parameters(fit)
   kk <- ncol(pars)
   X <- cbind(1, as.matrix(df[, features]))

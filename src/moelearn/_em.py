@@ -69,6 +69,8 @@ Array = np.ndarray
 ProgressCallback = Callable[[str, int, float, float], None]
 
 _MIN_CURVATURE_ROWS = 10_000
+#: Up to this many parameters EM's linear algebra runs on one BLAS thread.
+_SMALL_PROBLEM_PARAMETERS = 400
 #: Up to this many columns the curvature sums use the rows' pairwise products.
 _PRODUCT_COLUMNS = 40
 _HALF_LOG_2PI = 0.5 * np.log(2.0 * np.pi)
@@ -913,8 +915,14 @@ def em(
     can_drop = fit_experts and params.gate == "softmax"
     # The compiled pass runs its own threads: BLAS threads left spinning after a
     # multi-threaded BLAS call would compete with them for the cores (measured at
-    # n=1e6, d=50 on 2 cores: the pass took 2-3x longer), so BLAS gets one thread.
-    quiet = problem.uses_compiled_pass(params, subset)
+    # n=1e6, d=50 on 2 cores: the pass took 2-3x longer), so BLAS gets one thread;
+    # so it does for small problems, whose matrices are too small to share out
+    # (Boston, 78 parameters: the step's eigh took 5 ms with two threads, 0.9 ms
+    # with one).
+    quiet = (
+        problem.uses_compiled_pass(params, subset)
+        or n_params <= _SMALL_PROBLEM_PARAMETERS
+    )
     dropped: list[int] = []
     labels = np.arange(params.n_experts)
     with threadpool_limits(limits=1, user_api="blas") if quiet else nullcontext():

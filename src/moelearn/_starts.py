@@ -177,7 +177,14 @@ def split_expert(
     """A softmax-gated fit with one more expert: the expert with the largest
     ``share`` of the gate is copied, and the two copies' gate rows are pushed
     apart along a random direction (logit spread 0.5 over the inputs), so the
-    start is nearly the fitted model."""
+    start is nearly the fitted model.
+
+    With a gate bias (a last constant column, ``params.gating`` one wider than
+    ``transform``) both copies' biases drop by ``log 2``, so the pair's gate
+    weight is the copied expert's times ``cosh(delta . x)``: the start's
+    log-likelihood is within ``O(delta^2)`` of the fit's. Without one, the pair
+    takes twice the copied expert's weight and the start can be far less likely
+    (a k-expert gate without biases does not contain every (k-1)-expert one)."""
     j = int(np.argmax(share))
     d = transform.shape[0]
     direction = rng.standard_normal(d)
@@ -186,6 +193,8 @@ def split_expert(
     delta[:d] = direction
     gating = np.vstack([params.gating, params.gating[j] + delta])
     gating[j] -= delta
+    if params.gating.shape[1] > d:
+        gating[[j, -1], d] -= np.log(2.0)
     gating -= gating[-1]
     experts = np.vstack([params.experts, params.experts[j]])
     noise = params.noise_std

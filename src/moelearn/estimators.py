@@ -16,7 +16,7 @@ from moelearn import _validation as v
 from moelearn._base import MoEBase
 from moelearn._em import MIN_EXPERT_WEIGHT, EMResult, em, offset_score_statistics
 from moelearn._links import get_link
-from moelearn._model import MoEParams, n_gate_rows
+from moelearn._model import MoEParams, log_likelihood_terms, n_gate_rows
 from moelearn._moments import Whitening, input_whitening
 from moelearn._passes import take_rows, with_ones
 from moelearn._spectral import SpectralMoments, spectral_moments, spectral_solve
@@ -53,10 +53,11 @@ _OFFSET_TEST_ROWS, _OFFSET_Z = 200_000, 5.0
 #: Alternative starts: regression splits with random gates, EM iterations each
 #: gets before the best is run to convergence.
 # Alternative starts (SpectralMoE._other_starts): regression splits and random
-# starts, short runs of _SHORT_ITER iterations on at most _SHORT_ROWS rows, of
-# which the best _CONTINUED run to convergence on all rows.
-_N_SPLIT_STARTS, _N_RANDOM_STARTS, _SHORT_ITER = 2, 6, 10
-_SHORT_ROWS, _CONTINUED, _SHORT_STEP = 5000, 2, "newton"
+# starts (more on small tables, up to _MAX_RANDOM_STARTS), short runs of
+# _SHORT_ITER iterations on at most _SHORT_ROWS rows, of which the best
+# _CONTINUED go on on all rows.
+_N_SPLIT_STARTS, _N_RANDOM_STARTS, _MAX_RANDOM_STARTS, _SHORT_ITER = 2, 6, 20, 10
+_SHORT_ROWS, _CONTINUED = 5000, 2
 _MIN_SHARE = MIN_EXPERT_WEIGHT
 
 
@@ -409,10 +410,14 @@ class SpectralMoE(MoEBase):
     def _other_starts(
         self, ctx: _FitContext, fit: _Candidate, warm_starts: list[MoEParams]
     ) -> _Candidate:
-        """The one-expert model, and (when asked, or when the diagnostics doubt the
-        moments, or the fit is below one expert) short EM runs from cheap starts
-        (:mod:`moelearn._starts`); the best by log-likelihood is run to
-        convergence and kept if it beats ``fit``."""
+        """The one-expert model and, when asked (or when the diagnostics doubt the
+        moments, or there are warm starts, or the fit is below one expert),
+        other starts (:mod:`moelearn._starts`): warm starts run on all rows;
+        the cheap starts run :data:`_SHORT_ITER` iterations on at most
+        :data:`_SHORT_ROWS` rows, and the best :data:`_CONTINUED` of them go on
+        on all rows while they can still win (:meth:`_race`). The most likely
+        chain is kept; if it is below one expert, the one-expert start is run on
+        all rows (EM from that model cannot end below it)."""
         lsq = _starts.least_squares(
             ctx.X_em, ctx.y, *ctx.column_moments, ctx.sample_weight
         )
@@ -425,10 +430,39 @@ class SpectralMoE(MoEBase):
         if self.max_iter == 0 or not wanted:
             return fit
         start = time.perf_counter()
-        white = ctx.whitening
+        pool = self._start_pool(ctx, lsq)
+        best = fit
+        for i, warm in enumerate(warm_starts):  # (k - 1 experts, split)
+            if self.noise_type == "per_expert" and np.ndim(warm.noise_std) == 0:
+                warm = replace(warm, noise_std=np.full(warm.n_experts, warm.noise_std))
+            best = self._continue(ctx, _Candidate(f"warm start {i + 1}", warm), best)
+        subset, shorts = self._short_runs(ctx, pool)
+        reference = best.log_likelihood  # the leader, on the short runs' rows
+        if subset is not None and np.isfinite(reference):
+            reference = _mean_log_likelihood(ctx, best.params, subset)
+        for rank, short in enumerate(shorts):
+            promising = _extrapolated(short.history) > reference + self.tol**2
+            if rank >= _CONTINUED or not promising:
+                ctx.starts.append(short.summary(rows=subset))
+                continue
+            if subset is not None:
+                short.history = []  # the subset's values are not comparable
+            best = self._continue(ctx, short, best, resume=subset is None)
+        if best.log_likelihood < lsq.log_likelihood:
+            one = _Candidate("one expert", pool[0][1])
+            best = self._continue(ctx, one, best)
+        ctx.times["other_starts"] = time.perf_counter() - start
+        if best is not fit:
+            self._log(1, f"the start '{best.name}' reached a higher likelihood")
+        best.spectral_experts = fit.spectral_experts
+        best.mixing_weights, best.tensor_values = fit.mixing_weights, fit.tensor_values
+        return best
+
+    def _start_pool(self, ctx: _FitContext, lsq) -> list[tuple[str, MoEParams]]:
+        """The cheap starts, shaped for the experts asked for: regression splits
+        (the first is the one-expert model), random starts, residual bands."""
+        white, mean = ctx.whitening, ctx.column_moments[0]
         k, rows = self.n_experts, n_gate_rows(self.n_experts, self._gate)
-        # Shaped for the k experts asked for (the spectral chain may have dropped
-        # some).
         D = ctx.X_em.shape[1]
         noise = lsq.noise_std if self.noise_std is None else self.noise_std
         template = MoEParams(
@@ -438,81 +472,88 @@ class SpectralMoE(MoEBase):
             self.link,
             self._gate,
         )
-        mean_em = ctx.column_moments[0]
-        splits = [
+        pool = [
             (
                 f"regression split {i + 1}",
                 _starts.regression_split(
-                    lsq, k, rows, ctx.rng, mean_em, white.transform, template
+                    lsq, k, rows, ctx.rng, mean, white.transform, template
                 ),
             )
             for i in range(_N_SPLIT_STARTS)
         ]
-        y_mean = float(np.average(ctx.y, weights=ctx.sample_weight))
-        y_std = float(
-            np.sqrt(np.average((ctx.y - y_mean) ** 2, weights=ctx.sample_weight))
-        )
-        randoms = [
-            (
-                f"random {i + 1}",
-                _starts.random_start(
-                    ctx.rng,
-                    template,
-                    mean_em,
-                    white.transform,
-                    y_mean if self.fit_intercept else 0.0,
-                    y_std if self.link == "linear" else 1.0,
-                ),
+        w = ctx.sample_weight
+        y_mean = float(np.average(ctx.y, weights=w))
+        y_std = float(np.sqrt(np.average((ctx.y - y_mean) ** 2, weights=w)))
+        # small tables: more random starts, as their runs are cheap
+        n_random = int(
+            np.clip(
+                _N_RANDOM_STARTS * _SHORT_ROWS / len(ctx.y),
+                _N_RANDOM_STARTS,
+                _MAX_RANDOM_STARTS,
             )
-            for i in range(_N_RANDOM_STARTS)
-        ]
+        )
+        for i in range(n_random):
+            params = _starts.random_start(
+                ctx.rng,
+                template,
+                mean,
+                white.transform,
+                y_mean if self.fit_intercept else 0.0,
+                y_std if self.link == "linear" else 1.0,
+            )
+            pool.append((f"random {i + 1}", params))
         bands = _starts.residual_bands(ctx.X_em, ctx.y, lsq, template, ctx.rng)
-        candidates = splits + randoms + [("residual bands", bands)]
-        for i, warm in enumerate(warm_starts):
-            if self.noise_type == "per_expert" and np.ndim(warm.noise_std) == 0:
-                warm = replace(warm, noise_std=np.full(warm.n_experts, warm.noise_std))
-            candidates.append((f"warm start {i + 1}", warm))
-        # Short runs, on a random subset of the rows when there are many; the
-        # best few continue on all rows.
-        n = ctx.X_em.shape[0]
-        subset = (
-            None
-            if n <= _SHORT_ROWS
-            else np.sort(ctx.rng.choice(n, size=_SHORT_ROWS, replace=False))
-        )
+        return [*pool, ("residual bands", bands)]
+
+    def _short_runs(self, ctx: _FitContext, pool) -> tuple[Array | None, list]:
+        """:data:`_SHORT_ITER` EM iterations from each start, on a random subset
+        of :data:`_SHORT_ROWS` rows when there are more; most likely first."""
+        n = len(ctx.y)
+        subset = None
+        if n > _SHORT_ROWS:
+            subset = np.sort(ctx.rng.choice(n, size=_SHORT_ROWS, replace=False))
         shorts = []
-        for name, params in candidates:
+        for name, params in pool:
             short = _Candidate(name, params)
-            short.add(
-                self._em(
-                    ctx,
-                    params,
-                    fit_experts=True,
-                    stage=name,
-                    max_iter=_SHORT_ITER,
-                    rows=subset,
-                    step=_SHORT_STEP,
-                )
+            result = self._em(
+                ctx,
+                params,
+                fit_experts=True,
+                stage=name,
+                max_iter=_SHORT_ITER,
+                rows=subset,
             )
+            short.add(result)
             shorts.append(short)
         shorts.sort(key=lambda c: c.log_likelihood, reverse=True)
-        for short in shorts[_CONTINUED:]:
-            ctx.starts.append(short.summary(rows=subset))
-        best = fit
-        for short in shorts[:_CONTINUED]:
-            if subset is not None or not short.converged:
-                short.add(
-                    self._em(ctx, short.params, fit_experts=True, stage=short.name)
-                )
-            ctx.starts.append(short.summary())
-            if short.log_likelihood > best.log_likelihood:
-                best = short
-        ctx.times["other_starts"] = time.perf_counter() - start
-        if best is not fit:
-            self._log(1, f"the start '{best.name}' reached a higher likelihood")
-        best.spectral_experts = fit.spectral_experts
-        best.mixing_weights, best.tensor_values = fit.mixing_weights, fit.tensor_values
-        return best
+        return subset, shorts
+
+    def _continue(
+        self, ctx: _FitContext, chain: _Candidate, best: _Candidate, resume=False
+    ) -> _Candidate:
+        """Race ``chain`` on all rows against ``best`` (unless ``resume`` and it
+        has converged already); record it; the more likely of the two."""
+        if not (resume and chain.converged):
+            self._race(ctx, chain, best.log_likelihood)
+        ctx.starts.append(chain.summary())
+        return chain if chain.log_likelihood > best.log_likelihood else best
+
+    def _race(self, ctx: _FitContext, chain: _Candidate, leader: float) -> None:
+        """Continue ``chain`` on all rows, :data:`_SHORT_ITER` iterations at a
+        time, until it converges, runs out of ``max_iter``, or its extrapolated
+        log-likelihood (:func:`_extrapolated`) falls below the ``leader``'s."""
+        used = 0
+        while used < self.max_iter:
+            budget = min(_SHORT_ITER, self.max_iter - used)
+            result = self._em(
+                ctx, chain.params, fit_experts=True, stage=chain.name, max_iter=budget
+            )
+            chain.add(result)
+            used += result.n_iter
+            if chain.converged or result.n_iter < budget:
+                return
+            if _extrapolated(chain.history) < leader - self.tol**2:
+                return  # (left unconverged: it cannot win)
 
     def _check_fit(self, ctx: _FitContext, fit: _Candidate) -> None:
         """Refuse non-finite results; warn about dropped experts, no convergence
@@ -822,6 +863,26 @@ class _Candidate:
             "n_experts": self.params.n_experts,
             "rows": "all" if rows is None else len(rows),
         }
+
+
+def _mean_log_likelihood(ctx: _FitContext, params: MoEParams, rows: Array) -> float:
+    """The mean log-likelihood of ``params`` on the fit's ``rows``."""
+    terms = log_likelihood_terms(take_rows(ctx.X_em, rows), ctx.y[rows], params)[0]
+    weights = None if ctx.sample_weight is None else ctx.sample_weight[rows]
+    return float(np.average(terms, weights=weights))
+
+
+def _extrapolated(history: list[float]) -> float:
+    """Where a run's mean log-likelihood is heading: the last value plus the
+    geometric tail of its gains, ``g r / (1 - r)`` with ``g`` the last gain and
+    ``r`` the ratio of the last two (at most 0.95: EM's linear rate)."""
+    if len(history) < 3:
+        return np.inf
+    previous, last = history[-2] - history[-3], history[-1] - history[-2]
+    if last <= 0.0:
+        return history[-1]
+    rate = min(last / previous, 0.95) if previous > 0.0 else 0.95
+    return history[-1] + last * rate / (1.0 - rate)
 
 
 def _matching_order(new: Array, old: Array) -> Array:
