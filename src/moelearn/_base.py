@@ -226,6 +226,108 @@ class MoEBase(RegressorMixin, BaseEstimator):
             return _like(X, y), torch.as_tensor(z, device=X.device)
         return y, z
 
+    # ------------------------------------------------------------- uncertainty
+    def parameter_covariance(
+        self,
+        X,
+        y,
+        *,
+        kind: str = "observed",
+        sample_weight=None,
+        n_bootstrap: int = 200,
+        random_state=None,
+    ):
+        """The covariance of the fitted parameters, measured on the training data.
+
+        Parameters
+        ----------
+        X : array-like of shape (n, d)
+            The rows the model was fitted on.
+        y : array-like of shape (n,)
+        kind : {'observed', 'sandwich', 'bootstrap'}, default='observed'
+            ``I^{-1}`` from the observed information of the log-likelihood
+            (Louis' formula, one pass over the rows); the sandwich
+            ``I^{-1} (sum_i s_i s_i^T) I^{-1}``, robust to a misspecified noise
+            model; or ``n_bootstrap`` EM refits on resampled rows, each started
+            from the fit, so no replicate swaps the experts' labels.
+        sample_weight : array-like of shape (n,), optional
+            The weights the model was fitted with.
+        n_bootstrap : int, default=200
+        random_state : int, Generator or None
+            For the bootstrap's resamples.
+
+        Returns
+        -------
+        ParameterCovariance
+            ``values`` (the free parameters: experts' rows, the free gate rows,
+            ``log sigma``), ``covariance``, ``labels`` ``(group, index, term)``.
+        """
+        from moelearn._inference import estimate_covariance
+
+        Xv = self._inputs(X)
+        y = v.check_target(np.asarray(to_host(y)), Xv.shape[0])
+        if sample_weight is not None:
+            sample_weight = v.check_sample_weight(sample_weight, Xv.shape[0])
+        names = [str(c) for c in getattr(self, "feature_names_in_", [])] or [
+            f"x{i}" for i in range(self.n_features_in_)
+        ]
+        return estimate_covariance(
+            Xv,
+            y,
+            self._params(),
+            names,
+            kind=kind,
+            sample_weight=sample_weight,
+            n_bootstrap=n_bootstrap,
+            rng=v.check_random_state(random_state),
+        )
+
+    def summary(
+        self,
+        X,
+        y,
+        *,
+        kind: str = "observed",
+        coverage: float = 0.95,
+        sample_weight=None,
+        n_bootstrap: int = 200,
+        random_state=None,
+    ):
+        """A table of the fitted parameters with standard errors, z statistics,
+        two-sided p-values (against 0) and ``coverage`` confidence intervals.
+
+        One row per parameter: ``group`` (``expert``, ``gate``, ``noise``),
+        ``index`` (the expert, or gate row; ``-1`` for a shared ``sigma``),
+        ``term`` (the feature's name, ``intercept`` or ``sigma``), ``estimate``,
+        ``std_error``, ``z``, ``p_value``, ``ci_low``, ``ci_high``. Intervals are
+        ``estimate +- z_{(1 + coverage) / 2} std_error``; for ``sigma`` the
+        exponentiated interval of ``log sigma`` (no z-test: sigma > 0). A softmax
+        gate's last row is the zero reference and has no row. See
+        :meth:`parameter_covariance` for ``kind``. Returns a pandas DataFrame
+        when pandas is installed, else a NumPy structured array.
+        """
+        from moelearn._inference import summary_rows
+
+        estimate = self.parameter_covariance(
+            X,
+            y,
+            kind=kind,
+            sample_weight=sample_weight,
+            n_bootstrap=n_bootstrap,
+            random_state=random_state,
+        )
+        rows = summary_rows(estimate, coverage)
+        try:
+            import pandas as pd
+        except ImportError:
+            names = list(rows[0])
+            formats = ["U8", "i8", "U64"] + ["f8"] * (len(names) - 3)
+            return np.array(
+                [tuple(r.values()) for r in rows],
+                dtype={"names": names, "formats": formats},
+            )
+        return pd.DataFrame(rows)
+
     # ------------------------------------------------------------- progress
     def _log(self, level: int, message: str) -> None:
         if self.verbose >= level:

@@ -236,6 +236,7 @@ class _PassSpec:
     structure: _StructuredCurvature | None = None
     weighted: bool = False  # the last per-row array holds sample weights
     fit_noise: bool = True
+    scores: bool = False  # also the sums of the rows' score outer products
 
 
 def noise_groups(params: MoEParams, fit_noise: bool) -> Array:
@@ -315,6 +316,9 @@ def _curvature_sums(xc, resp, gates, res, eta, logits, sw, spec: _PassSpec) -> t
     complete_xs, complete_ss)``: ``*_xx`` (P, P, D, D) over the vector
     components, ``*_xs`` (P, S, D) and ``*_ss`` (S, S) for the noise
     parameters. ``D`` is the width of ``x`` (or of the structured features).
+    With ``spec.scores``, three more: the sums of the rows' score outer
+    products ``s_i s_i^T`` (``s_i = E_r[u] x_i`` and ``E_r[v]``), the "meat" of
+    the sandwich covariance.
     """
     params = spec.params
     k = params.n_experts
@@ -370,14 +374,18 @@ def _curvature_sums(xc, resp, gates, res, eta, logits, sw, spec: _PassSpec) -> t
         if a == b or params.gate == "softmax"
     ]
     nonzero = [(j, j) for j in range(n_experts)] + gate_pairs
-    return (
-        _weighted_grams(f, observed[:n_vec, :n_vec], every),
-        einsum("cdm,mi->cdi", observed[:n_vec, n_vec:], f),
-        xp.sum(observed[n_vec:, n_vec:], axis=2),
-        _weighted_grams(f, complete[:n_vec, :n_vec], nonzero),
-        einsum("cdm,mi->cdi", complete[:n_vec, n_vec:], f),
-        xp.sum(complete[n_vec:, n_vec:], axis=2),
-    )
+    matrices = [(observed, every), (complete, nonzero)]
+    if spec.scores:  # the rows' scores are the posterior means of u, v
+        outer = mean[:, None] * mean[None]
+        matrices.append((outer if sw is None else outer * sw, every))
+    out: tuple = ()
+    for weights, pairs in matrices:
+        out += (
+            _weighted_grams(f, weights[:n_vec, :n_vec], pairs),
+            einsum("cdm,mi->cdi", weights[:n_vec, n_vec:], f),
+            xp.sum(weights[n_vec:, n_vec:], axis=2),
+        )
+    return out
 
 
 def _weighted_grams(f: Array, weights: Array, pairs: list[tuple[int, int]]) -> Array:
@@ -541,6 +549,27 @@ class _Problem:
             stats.observed, stats.complete = observed * scale, complete * scale
         stats.rss, stats.weight = np.asarray(stats.rss), np.asarray(stats.weight)
         return stats
+
+
+def information(
+    X, y: Array, params: MoEParams, sample_weight: Array | None = None
+) -> tuple[Array, Array]:
+    """The observed information of the log-likelihood at ``params`` and the sum
+    of the rows' score outer products, over all rows, in one pass.
+
+    Both are ``(p, p)`` in the free parameters in :func:`_curvature_sums`' order:
+    each expert's row, the ``k - 1`` free gate rows, then ``log sigma`` (one, or
+    one per expert). The observed information is ``I_c - I_m`` (Louis 1982,
+    exact: no Newton subset, no ridge); the outer products, ``sum_i w_i s_i
+    s_i^T``, are the middle of the sandwich ``I^{-1} (sum s s^T) I^{-1}``.
+    """
+    spec = _PassSpec(
+        params, True, False, True, weighted=sample_weight is not None, scores=True
+    )
+    per_row = (y,) if sample_weight is None else (y, sample_weight)
+    sums = reduce_rows(partial(_pass_sums, spec=spec), X, *per_row)
+    host = [np.asarray(to_host(part)) for part in sums]
+    return _matrix(*host[:3], None), _matrix(*host[6:9], None)
 
 
 def _assemble(sums: tuple, structure: _StructuredCurvature | None) -> tuple:

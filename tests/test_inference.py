@@ -1,0 +1,143 @@
+"""Standard errors, intervals and the summary table (issue 18)."""
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from moelearn import EMMoE, SpectralMoE
+from moelearn._inference import free_values
+from moelearn._model import MoEParams, log_likelihood_terms, sample_outputs
+
+TRUTH = MoEParams(
+    experts=np.array([[1.0, -0.5, 0.5, 0.3], [-0.5, 1.0, 0.0, -0.3]]),
+    gating=np.array([[1.5, 0.5, -1.0, 0.4], [0.0, 0.0, 0.0, 0.0]]),
+    noise_std=np.array([0.1, 0.2]),
+    link="linear",
+)
+
+
+def draw(n, seed):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, 3))
+    y, _ = sample_outputs(np.column_stack([X, np.ones(n)]), TRUTH, rng)
+    return X, y
+
+
+def fit(X, y):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return SpectralMoE(
+            2, fit_intercept=True, noise_type="per_expert", random_state=0
+        ).fit(X, y)
+
+
+def test_observed_information_is_the_negative_hessian():
+    """The information from Louis' formula equals minus the finite-difference
+    Hessian of the log-likelihood in the free parameters (experts, the free gate
+    row, log sigma), to 1e-4 relative to its largest entry."""
+    X, y = draw(3_000, 0)
+    model = fit(X, y)
+    params = model._params()
+    Z = np.column_stack([X, np.ones(len(y))])
+    from moelearn._em import information
+
+    observed, _ = information(Z, y, params)
+    base = free_values(params)
+    k, D = params.experts.shape
+
+    def loglik(v):
+        experts = v[: k * D].reshape(k, D)
+        gating = np.vstack([v[k * D : (2 * k - 1) * D], np.zeros(D)])
+        noise = np.exp(v[(2 * k - 1) * D :])
+        p = MoEParams(experts, gating, noise, "linear")
+        return log_likelihood_terms(Z, y, p)[0].sum()
+
+    h, p = 1e-4, len(base)
+    hessian = np.zeros((p, p))
+    for i in range(p):
+        for j in range(i, p):
+            e_i, e_j = np.eye(p)[i] * h, np.eye(p)[j] * h
+            hessian[i, j] = hessian[j, i] = (
+                loglik(base + e_i + e_j)
+                - loglik(base + e_i - e_j)
+                - loglik(base - e_i + e_j)
+                + loglik(base - e_i - e_j)
+            ) / (4 * h * h)
+    scale = np.abs(observed).max()
+    np.testing.assert_allclose(observed, -hessian, atol=1e-4 * scale)
+
+
+def test_standard_errors_agree_across_kinds_and_with_theory():
+    """n = 20 000: sigma_j's standard error is sigma_j / sqrt(2 n_j) to 10 %; the
+    sandwich agrees with the observed information to 10 % (the model is right)
+    and 40 bootstrap refits to 35 % (a standard error from 40 replicates is
+    itself uncertain by about 1 / sqrt(80) = 11 %: 3 of those)."""
+    X, y = draw(20_000, 1)
+    model = fit(X, y)
+    table = {
+        kind: model.summary(X, y, kind=kind, n_bootstrap=40, random_state=0)
+        for kind in ("observed", "sandwich", "bootstrap")
+    }
+    observed = table["observed"]
+    counts = model.posterior_proba(X, y).sum(axis=0)
+    noise = observed[observed["group"] == "noise"]
+    theory = model.noise_std_ / np.sqrt(2 * counts)
+    np.testing.assert_allclose(noise["std_error"], theory, rtol=0.10)
+    ratio_sandwich = table["sandwich"]["std_error"] / observed["std_error"]
+    ratio_bootstrap = table["bootstrap"]["std_error"] / observed["std_error"]
+    assert np.all(np.abs(ratio_sandwich - 1) < 0.10)
+    assert np.all(np.abs(ratio_bootstrap - 1) < 0.35)
+
+
+def test_summary_names_rows_by_feature_and_intervals_hold_the_estimate():
+    X, y = draw(5_000, 2)
+    frame = pd.DataFrame(X, columns=["age", "income", "size"])
+    model = fit(frame, y)
+    table = model.summary(frame, y, coverage=0.9)
+    k, d = 2, 3
+    assert len(table) == k * (d + 1) + (d + 1) + k  # experts, one gate row, sigmas
+    assert table["term"].tolist()[:4] == ["age", "income", "size", "intercept"]
+    assert set(table["group"]) == {"expert", "gate", "noise"}
+    assert np.all(table["ci_low"] < table["estimate"])
+    assert np.all(table["estimate"] < table["ci_high"])
+    np.testing.assert_allclose(
+        table[table["group"] == "noise"]["estimate"], model.noise_std_
+    )
+    np.testing.assert_allclose(
+        table[table["group"] == "expert"]["estimate"],
+        np.column_stack([model.experts_, model.intercept_]).ravel(),
+    )
+
+
+def test_bootstrap_keeps_the_experts_labels():
+    """Replicates start from the fit, so none swaps the experts: the bootstrap
+    standard errors of the regressors stay at the observed ones' size (a swap
+    would add the distance between the experts, about 1.5, to the spread)."""
+    X, y = draw(4_000, 3)
+    model = fit(X, y)
+    boot = model.summary(X, y, kind="bootstrap", n_bootstrap=30, random_state=1)
+    assert boot["std_error"].max() < 0.2
+
+
+def test_flat_likelihood_is_a_clear_error():
+    """Two identical experts: the gate is not identified (the likelihood is
+    flat along it), the information singular, and the error says why."""
+    X, y = draw(2_000, 5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = EMMoE(2, random_state=0, n_init=1, fit_intercept=True).fit(X, y)
+    model.experts_[1] = model.experts_[0]
+    model.intercept_[1] = model.intercept_[0]
+    with pytest.raises(np.linalg.LinAlgError, match="singular or not positive"):
+        model.summary(X, y)
+
+
+def test_bad_kind_and_coverage_are_refused():
+    X, y = draw(2_000, 4)
+    model = fit(X, y)
+    with pytest.raises(ValueError, match="kind must be one of"):
+        model.summary(X, y, kind="hessian")
+    with pytest.raises(ValueError, match="coverage must be between 0 and 1"):
+        model.summary(X, y, coverage=95)
