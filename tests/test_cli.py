@@ -246,3 +246,34 @@ def test_pass_bar_shows_slow_passes_only(monkeypatch):
     assert "pass   2 [######" in err.getvalue()
     assert err.getvalue().endswith("100% of 100 rows (10.3 s)\n")
     assert cli._pass_bar(quiet=True) is None
+
+
+def test_summary_prints_and_writes_the_standard_errors(tmp_path, capsys):
+    """`moelearn summary`: one row per parameter, the intervals holding the
+    estimates, the same numbers as the library's summary; bad options are one
+    line with exit 2."""
+    data, model_path = tmp_path / "d.csv", tmp_path / "m.json"
+    assert run("simulate", "-n", 5000, "-d", 3, "--seed", 1, "--out", data) == 0
+    assert run("fit", data, "--fit-intercept", "--out", model_path, "-q") == 0
+    out = tmp_path / "table.csv"
+    capsys.readouterr()
+    assert run("summary", model_path, data, "--out", out) == 0
+    printed = capsys.readouterr().out
+    assert "std_error" in printed and "intercept" in printed
+    import pandas as pd
+
+    table = pd.read_csv(out)
+    assert len(table) == 2 * 4 + 4 + 1  # two experts, one gate row, one sigma
+    assert np.all(table["ci_low"] < table["estimate"])
+    assert np.all(table["estimate"] < table["ci_high"])
+    model = load_model(model_path)
+    frame = read_table(data)
+    X, y = frame.data[:, :3], frame.split("y")[1]
+    expected = model.summary(X, y)
+    np.testing.assert_allclose(table["std_error"], expected["std_error"], rtol=1e-9)
+    for args, message in [
+        (["--coverage", "95"], "--coverage must be between 0 and 1"),
+        (["--out", tmp_path / "t.txt"], "written as .csv"),
+    ]:
+        assert run("summary", model_path, data, *args) == 2
+        assert message in capsys.readouterr().err

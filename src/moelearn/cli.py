@@ -1,4 +1,5 @@
-"""Command line: ``moelearn simulate | fit | predict | evaluate | demo | reproduce``."""
+"""Command line: ``moelearn simulate | fit | predict | evaluate | summary | demo |
+reproduce``."""
 
 from __future__ import annotations
 
@@ -193,6 +194,32 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data", help="data file to score (mean log-likelihood, RMSE)")
     ev.add_argument("--target", default=None, help="target column of --data")
     ev.add_argument("--json", action="store_true", help="print the figures as JSON")
+
+    summ = sub.add_parser(
+        "summary",
+        help="estimates, standard errors, z, p-values and confidence intervals",
+    )
+    summ.add_argument("model", help="model .json written by 'moelearn fit'")
+    summ.add_argument("data", help="the data file the model was fitted on")
+    summ.add_argument("--target", default=None, help="target column (default: y)")
+    summ.add_argument(
+        "--kind",
+        choices=["observed", "sandwich", "bootstrap"],
+        default="observed",
+        help="standard errors from the observed information (default), the "
+        "sandwich (robust), or a bootstrap of EM refits",
+    )
+    summ.add_argument(
+        "--coverage", type=float, default=0.95, help="interval coverage (0.95)"
+    )
+    summ.add_argument(
+        "--bootstrap",
+        type=_positive_int,
+        default=200,
+        help="--kind bootstrap: resamples (200)",
+    )
+    summ.add_argument("--seed", type=int, default=0, help="bootstrap's seed")
+    summ.add_argument("--out", default=None, help="also write the table (.csv)")
 
     demo = sub.add_parser("demo", help="simulate, fit, report errors and write a plot")
     demo.add_argument(
@@ -597,6 +624,48 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_summary(args) -> int:
+    if args.out is not None:
+        if not args.out.endswith(".csv"):
+            raise CLIError(f"--out {args.out}: the table is written as .csv")
+        _check_out_dir(args.out)
+    if not 0.0 < args.coverage < 1.0:
+        raise CLIError(f"--coverage must be between 0 and 1; got {args.coverage}")
+    model = load_model(args.model)
+    target = args.target or getattr(model, "target_name_", None) or "y"
+    table = read_table(args.data)
+    check_finite(args.data, table.data, table.columns)
+    if target not in table.columns:
+        raise CLIError(
+            f"{args.data}: target column {target!r} not found (use --target)"
+        )
+    y = table.split(target)[1]
+    X = _features_for(model, args.data)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="X does not have valid feature")
+        try:
+            result = model.summary(
+                X,
+                y,
+                kind=args.kind,
+                coverage=args.coverage,
+                n_bootstrap=args.bootstrap,
+                random_state=args.seed,
+            )
+        except np.linalg.LinAlgError as exc:
+            raise CLIError(str(exc)) from None
+    import pandas as pd
+
+    frame = pd.DataFrame(result)
+    with pd.option_context("display.width", 200, "display.max_rows", None):
+        print(frame.to_string(index=False, float_format=lambda v: f"{v:.6g}"))
+    if args.out is not None:
+        with atomic_path(Path(args.out)) as tmp:
+            frame.to_csv(tmp, index=False)
+        print(f"wrote {args.out} ({len(frame)} rows)", file=sys.stderr)
+    return 0
+
+
 def cmd_reproduce(args) -> int:
     from moelearn.experiments import reproduce
 
@@ -622,6 +691,7 @@ COMMANDS = {
     "fit": cmd_fit,
     "predict": cmd_predict,
     "evaluate": cmd_evaluate,
+    "summary": cmd_summary,
     "demo": cmd_demo,
     "reproduce": cmd_reproduce,
 }
