@@ -23,6 +23,20 @@ def test_bic_picks_the_true_number_of_experts(k):
     assert np.all(np.diff(curve) >= -1e-3 * n)
 
 
+def test_criteria_are_reported_and_selectable():
+    """AIC, BIC and ICL for every k; ICL >= BIC (equal at k = 1); each criterion
+    chooses the k that minimises it; an unknown one is refused."""
+    X, y, _ = make_moe(20_000, 4, n_experts=2, random_state=5)
+    choice = select_n_experts(X, y, max_experts=3, random_state=0, criterion="icl")
+    assert choice.criterion == "icl"
+    assert choice.n_experts == min(choice.icl, key=choice.icl.get) == 2
+    assert choice.icl[1] == choice.bic[1]
+    assert all(choice.icl[k] > choice.bic[k] for k in (2, 3))
+    assert all(choice.aic[k] < choice.bic[k] for k in (1, 2, 3))
+    with pytest.raises(ValueError, match="criterion must be"):
+        select_n_experts(X, y, max_experts=2, criterion="dic")
+
+
 def test_one_expert_is_chosen_when_there_is_no_mixture():
     rng = np.random.default_rng(0)
     X = rng.standard_normal((20_000, 4))

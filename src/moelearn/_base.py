@@ -226,6 +226,79 @@ class MoEBase(RegressorMixin, BaseEstimator):
             return _like(X, y), torch.as_tensor(z, device=X.device)
         return y, z
 
+    # ------------------------------------------------------------- predictive
+    def _mixture(self, X) -> tuple[Array, Array, Array]:
+        from moelearn._predictive import mixture_components
+
+        return mixture_components(np.asarray(to_host(self._inputs(X))), self._params())
+
+    def predict_quantiles(self, X, q) -> Array:
+        """Quantiles of the predictive distribution of ``y`` given each row.
+
+        ``y | x`` is the Gaussian mixture ``sum_j pi_j(x) N(mu_j(x), sigma_j^2)``;
+        its quantiles solve ``sum_j pi_j Phi((y - mu_j) / sigma_j) = q``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n, d)
+        q : float or array-like of shape (m,)
+            Levels in (0, 1).
+
+        Returns
+        -------
+        ndarray of shape (n, m), or (n,) for a scalar ``q``
+        """
+        from moelearn._predictive import quantiles
+
+        levels = np.atleast_1d(np.asarray(q, float))
+        if levels.ndim != 1 or np.any((levels <= 0) | (levels >= 1)):
+            raise ValueError(f"quantile levels must lie in (0, 1); got {q!r}")
+        out = quantiles(levels, *self._mixture(X))
+        return out[:, 0] if np.ndim(q) == 0 else out
+
+    def predict_interval(self, X, coverage: float = 0.9) -> Array:
+        """The central ``coverage`` predictive interval of ``y`` for each row,
+        between the ``(1 - coverage) / 2`` and ``(1 + coverage) / 2`` quantiles,
+        shape (n, 2). Where the experts disagree the distribution has several
+        modes and this interval, with equal tails, can span the gap between
+        them."""
+        if not 0.0 < coverage < 1.0:
+            raise ValueError(f"coverage must be between 0 and 1; got {coverage!r}")
+        tail = (1.0 - coverage) / 2.0
+        return self.predict_quantiles(X, [tail, 1.0 - tail])
+
+    def predict_density(self, X, y) -> Array:
+        """The predictive density ``p(y_i | x_i)`` of each row, shape (n,)."""
+        return np.exp(np.asarray(to_host(self.log_likelihood(X, y))))
+
+    # ------------------------------------------------------------- criteria
+    def n_parameters(self) -> int:
+        """Free parameters of the fitted model: the experts' rows, the free gate
+        rows (``k - 1`` for a softmax gate) and the noise level(s)."""
+        params = self._params()
+        k, D = params.experts.shape
+        gate_rows = params.gating.shape[0] - (params.gate == "softmax")
+        return k * D + gate_rows * D + int(np.size(params.noise_std))
+
+    def aic(self, X, y) -> float:
+        """Akaike's criterion ``-2 log L + 2 p`` on ``X, y`` (lower is better)."""
+        return float(-2.0 * np.sum(self.log_likelihood(X, y)) + 2 * self.n_parameters())
+
+    def bic(self, X, y) -> float:
+        """The Bayesian information criterion ``-2 log L + p log n`` (lower is
+        better)."""
+        n = len(np.asarray(to_host(y)))
+        ll = float(np.sum(to_host(self.log_likelihood(X, y))))
+        return -2.0 * ll + self.n_parameters() * np.log(n)
+
+    def icl(self, X, y) -> float:
+        """The integrated completed likelihood criterion (Biernacki et al. 2000):
+        BIC plus twice the entropy ``-sum_ij r_ij log r_ij`` of the posterior
+        assignments, which penalises experts that overlap (lower is better)."""
+        resp = np.asarray(to_host(self.posterior_proba(X, y)))
+        entropy = -float(np.sum(resp * np.log(np.clip(resp, 1e-300, None))))
+        return self.bic(X, y) + 2.0 * entropy
+
     # ------------------------------------------------------------- uncertainty
     def parameter_covariance(
         self,

@@ -142,7 +142,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="one noise level for all experts (default) or one per expert "
         "(spectral, hme, em, gd)",
     )
-    fit.add_argument("--max-experts", type=_positive_int, default=5)
+    fit.add_argument(
+        "--max-experts",
+        type=_positive_int,
+        default=5,
+        help="--experts auto: the largest number of experts tried (default 5)",
+    )
+    fit.add_argument(
+        "--criterion",
+        choices=["bic", "aic", "icl"],
+        default="bic",
+        help="--experts auto: what chooses the number of experts (default bic)",
+    )
     fit.add_argument(
         "--method",
         choices=sorted(FIT_METHODS),
@@ -487,14 +498,25 @@ def _fit_auto(args, X, y, names, settings) -> int:
     max_k = min(args.max_experts, X.shape[1])
     start = time.perf_counter()
     choice = select_n_experts(
-        X, y, max_experts=max_k, link=link, random_state=seed, **settings
+        X,
+        y,
+        max_experts=max_k,
+        link=link,
+        random_state=seed,
+        criterion=args.criterion,
+        **settings,
     )
+    name = args.criterion.upper()
     if not args.quiet:
-        print("experts  log-likelihood           BIC", file=sys.stderr)
+        print(
+            "experts  log-likelihood           AIC           BIC           ICL",
+            file=sys.stderr,
+        )
         for k in sorted(choice.bic):
-            mark = "  <- lowest BIC" if k == choice.n_experts else ""
+            mark = f"  <- lowest {name}" if k == choice.n_experts else ""
             print(
-                f"{k:7d}  {choice.log_likelihood[k]:14.2f}  {choice.bic[k]:12.2f}{mark}",
+                f"{k:7d}  {choice.log_likelihood[k]:14.2f}  {choice.aic[k]:12.2f}  "
+                f"{choice.bic[k]:12.2f}  {choice.icl[k]:12.2f}{mark}",
                 file=sys.stderr,
             )
         print(
@@ -503,8 +525,8 @@ def _fit_auto(args, X, y, names, settings) -> int:
         )
     if choice.n_experts == 1:
         raise CLIError(
-            "BIC prefers a single expert: the data show no mixture; nothing written "
-            "(pass --experts K to fit K experts anyway)"
+            f"{name} prefers a single expert: the data show no mixture; nothing "
+            "written (pass --experts K to fit K experts anyway)"
         )
     model = choice.models[choice.n_experts]
     save_model(model, args.out, feature_names=names, target=args.target)

@@ -1,4 +1,5 @@
-"""Errors of learned parameters against the truth."""
+"""Errors of learned parameters against the truth; scores of predictive
+distributions."""
 
 from __future__ import annotations
 
@@ -9,7 +10,29 @@ import numpy as np
 
 Array = np.ndarray
 
-__all__ = ["best_permutation", "parameter_error"]
+__all__ = ["best_permutation", "crps", "interval_coverage", "parameter_error"]
+
+
+def crps(model: Any, X, y) -> float:
+    """Mean continuous ranked probability score of ``model``'s predictive
+    distributions at the observed ``y`` (lower is better; in ``y``'s units).
+
+    ``CRPS(F, y) = integral (F(t) - [t >= y])^2 dt``, in closed form for the
+    Gaussian mixture ``y | x`` (see :mod:`moelearn._predictive`). Unlike the
+    log-likelihood it rewards a sharp distribution near ``y`` without
+    punishing tails without bound."""
+    from moelearn._predictive import crps as crps_rows
+
+    y = np.asarray(y, float)
+    return float(np.mean(crps_rows(y, *model._mixture(X))))
+
+
+def interval_coverage(model: Any, X, y, coverage: float = 0.9) -> float:
+    """Share of the rows whose ``y`` lies in the central ``coverage``
+    predictive interval (a calibrated model gives about ``coverage``)."""
+    bounds = model.predict_interval(X, coverage)
+    y = np.asarray(y, float)
+    return float(np.mean((bounds[:, 0] <= y) & (y <= bounds[:, 1])))
 
 
 def _as_params(obj: Any, name: str) -> tuple[Array, Array | None, str]:

@@ -12,7 +12,7 @@ from moelearn import _validation as v
 from moelearn._links import get_link
 from moelearn._model import MoEParams, gate_proba, log_likelihood_terms
 from moelearn._moments import input_whitening
-from moelearn._passes import like, reduce_rows, take_rows, with_ones
+from moelearn._passes import like, reduce_rows, take_rows, to_host, with_ones
 from moelearn._starts import split_expert
 from moelearn.estimators import SpectralMoE
 
@@ -28,11 +28,19 @@ class ExpertSelection:
     Attributes
     ----------
     n_experts : int
-        The number of experts with the smallest BIC.
+        The number of experts with the smallest ``criterion``.
     bic : dict of int to float
         ``BIC(k) = -2 log L_k + p_k log n`` with ``p_k = (2k - 1) D + s`` free
         parameters (``k`` regressors, ``k - 1`` gate rows on ``D`` columns, ``d``
         or ``d + 1`` with intercepts; ``s`` noise levels).
+    aic : dict of int to float
+        ``AIC(k) = -2 log L_k + 2 p_k``.
+    icl : dict of int to float
+        ``ICL(k) = BIC(k) + 2 EN_k`` with ``EN_k = -sum_ij r_ij log r_ij`` the
+        entropy of the posterior assignments (Biernacki et al. 2000): it also
+        penalises experts that overlap.
+    criterion : str
+        The criterion that chose ``n_experts``.
     log_likelihood : dict of int to float
         Total log-likelihood of the fit with ``k`` experts.
     t2_eigenvalues : ndarray
@@ -50,6 +58,9 @@ class ExpertSelection:
     t2_eigenvalues: Array
     eigengap_n_experts: int
     models: dict[int, object] = field(repr=False)
+    aic: dict[int, float] = field(default_factory=dict)
+    icl: dict[int, float] = field(default_factory=dict)
+    criterion: str = "bic"
 
 
 def select_n_experts(
@@ -58,6 +69,7 @@ def select_n_experts(
     *,
     max_experts: int = 5,
     link: str = "linear",
+    criterion: str = "bic",
     random_state=None,
     **fit_params,
 ) -> ExpertSelection:
@@ -82,6 +94,8 @@ def select_n_experts(
     max_experts : int, default=5
         Largest ``k`` tried; at most ``d``.
     link : str, default='linear'
+    criterion : {'bic', 'aic', 'icl'}, default='bic'
+        What chooses ``k`` (all three are reported).
     random_state : int, Generator or None
     **fit_params
         Passed to :class:`SpectralMoE` (e.g. ``noise_std``). ``max_iter`` defaults
@@ -101,6 +115,8 @@ def select_n_experts(
             f"max_experts must be an integer between 1 and n_features={d}; "
             f"got {max_experts!r}"
         )
+    if criterion not in ("bic", "aic", "icl"):
+        raise ValueError(f"criterion must be 'bic', 'aic' or 'icl'; got {criterion!r}")
     rng = v.check_random_state(random_state)
     fit_params.setdefault("max_iter", 50)
     intercept = bool(fit_params.get("fit_intercept", False))
@@ -122,9 +138,12 @@ def select_n_experts(
         loglik[k] = float(model.score(X, y) * n)
         previous = model._params()
     D = X_em.shape[1]
+    aic, icl = {}, {}
     for k, ll in loglik.items():
         n_params = (2 * k - 1) * D + (k if per_expert and k > 1 else 1)
         bic[k] = -2.0 * ll + n_params * np.log(n)
+        aic[k] = -2.0 * ll + 2.0 * n_params
+        icl[k] = bic[k] + (2.0 * _assignment_entropy(models[k], X, y) if k > 1 else 0.0)
     values = (
         np.asarray(models[max_experts].diagnostics_["t2_eigenvalues"])
         if max_experts > 1
@@ -136,8 +155,17 @@ def select_n_experts(
         gap_k = int(np.argmax(ratios) + 1)
     else:
         gap_k = 1
-    best = min(bic, key=bic.get)
-    return ExpertSelection(best, bic, loglik, values, gap_k, models)
+    scores = {"bic": bic, "aic": aic, "icl": icl}[criterion]
+    best = min(scores, key=scores.get)
+    return ExpertSelection(
+        best, bic, loglik, values, gap_k, models, aic, icl, criterion
+    )
+
+
+def _assignment_entropy(model, X, y) -> float:
+    """``-sum_ij r_ij log r_ij`` over the rows' posterior assignments."""
+    resp = np.asarray(to_host(model.posterior_proba(X, y)))
+    return -float(np.sum(resp * np.log(np.clip(resp, 1e-300, None))))
 
 
 def _single_expert(X: Array, y: Array, link: str) -> tuple[float, object]:
