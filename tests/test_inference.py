@@ -188,3 +188,79 @@ def test_information_criteria():
         model.predict_quantiles(X, 1.5)
     with pytest.raises(ValueError, match="coverage must be between 0 and 1"):
         model.predict_interval(X, 90)
+
+
+def test_report_shows_every_section_in_a_browser(tmp_path):
+    """`moelearn report`: the page, opened in headless Chromium, shows every
+    section's heading, the parameter table with one row per parameter, and
+    every figure decoded (natural width > 0)."""
+    import re
+    import shutil
+    import subprocess
+
+    pytest.importorskip("matplotlib")
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("Chromium is not installed (Debian: apt-get install chromium)")
+    from moelearn.cli import main
+
+    X, y = draw(3_000, 8)
+    data = tmp_path / "d.csv"
+    np.savetxt(
+        data, np.column_stack([X, y]), delimiter=",", header="a,b,c,y", comments=""
+    )
+    assert (
+        main(
+            [
+                "fit",
+                str(data),
+                "--fit-intercept",
+                "--out",
+                str(tmp_path / "m.json"),
+                "-q",
+            ]
+        )
+        == 0
+    )
+    page = tmp_path / "report.html"
+    assert (
+        main(["report", str(tmp_path / "m.json"), str(data), "--out", str(page)]) == 0
+    )
+    probe = tmp_path / "probe.html"  # the report, plus a script that records
+    probe.write_text(  # what the browser decoded
+        page.read_text().replace(
+            "</body>",
+            "<script>window.addEventListener('load', () => document.body.setAttribute("
+            "'data-widths', [...document.images].map(i => i.naturalWidth).join(',')));"
+            "</script></body>",
+        )
+    )
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--virtual-time-budget=5000",
+        "--dump-dom",
+    ]
+    dom = subprocess.run(
+        [browser, *flags, probe.as_uri()], capture_output=True, text=True, timeout=120
+    ).stdout
+    for heading in (
+        "Parameters",
+        "Gate",
+        "Experts",
+        "Posterior assignments",
+        "Predictive intervals",
+        "Diagnostics",
+    ):
+        assert f"<h2>{heading}</h2>" in dom
+    widths = re.search(r'data-widths="([0-9,]*)"', dom).group(1).split(",")
+    assert len(widths) == 3 and all(int(w) > 100 for w in widths)
+    table = dom[dom.index('id="parameters"') :]
+    table = table[: table.index("</table>")]
+    assert table.count("<tr>") == 1 + 2 * 4 + 4 + 1  # header, experts, gate, sigma

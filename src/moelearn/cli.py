@@ -1,5 +1,5 @@
-"""Command line: ``moelearn simulate | fit | predict | evaluate | summary | demo |
-reproduce``."""
+"""Command line: ``moelearn simulate | fit | predict | evaluate | summary | report
+| demo | reproduce``."""
 
 from __future__ import annotations
 
@@ -231,6 +231,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     summ.add_argument("--seed", type=int, default=0, help="bootstrap's seed")
     summ.add_argument("--out", default=None, help="also write the table (.csv)")
+
+    rep_ = sub.add_parser(
+        "report", help="one HTML page: parameters, standard errors, figures"
+    )
+    rep_.add_argument("model", help="model .json written by 'moelearn fit'")
+    rep_.add_argument("data", help="the data file the model was fitted on")
+    rep_.add_argument("--target", default=None, help="target column (default: y)")
+    rep_.add_argument(
+        "--kind",
+        choices=["observed", "sandwich", "bootstrap"],
+        default="observed",
+        help="standard errors of the table (default observed)",
+    )
+    rep_.add_argument("--out", required=True, help="the report (.html)")
 
     demo = sub.add_parser("demo", help="simulate, fit, report errors and write a plot")
     demo.add_argument(
@@ -688,6 +702,37 @@ def cmd_summary(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    if not args.out.endswith((".html", ".htm")):
+        raise CLIError(f"--out {args.out}: the report is written as .html")
+    _check_out_dir(args.out)
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise CLIError(
+            "the report's figures need matplotlib: pip install 'moelearn[plot]'"
+        ) from None
+    from moelearn.report import write_report
+
+    model = load_model(args.model)
+    X, y = _model_data(model, args.data, args.target)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="X does not have valid feature")
+        write_report(model, X, y, args.out, kind=args.kind)
+    print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+def _model_data(model, path: str, target: str | None):
+    """The model's feature columns and the target of the data file ``path``."""
+    target = target or getattr(model, "target_name_", None) or "y"
+    table = read_table(path)
+    check_finite(path, table.data, table.columns)
+    if target not in table.columns:
+        raise CLIError(f"{path}: target column {target!r} not found (use --target)")
+    return _features_for(model, path), table.split(target)[1]
+
+
 def cmd_reproduce(args) -> int:
     from moelearn.experiments import reproduce
 
@@ -714,6 +759,7 @@ COMMANDS = {
     "predict": cmd_predict,
     "evaluate": cmd_evaluate,
     "summary": cmd_summary,
+    "report": cmd_report,
     "demo": cmd_demo,
     "reproduce": cmd_reproduce,
 }
