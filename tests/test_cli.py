@@ -277,3 +277,25 @@ def test_summary_prints_and_writes_the_standard_errors(tmp_path, capsys):
     ]:
         assert run("summary", model_path, data, *args) == 2
         assert message in capsys.readouterr().err
+
+
+def test_a_repeated_column_name_is_refused(workdir, tmp_path, capsys):
+    """A header that names a column twice used to fit, and predict then fed the
+    first column twice (issue 16): now fit (in memory and streamed), and loading
+    a model whose feature names repeat, stop with one line and exit 2."""
+    rows = (workdir / "data.csv").read_text().splitlines()
+    rows[0] = rows[0].replace("x1", "x0", 1)
+    dup = tmp_path / "dup.csv"
+    dup.write_text("\n".join(rows) + "\n")
+    for stream in ("no", "yes"):
+        out = tmp_path / f"m_{stream}.json"
+        assert run("fit", dup, "--stream", stream, "--out", out) == 2
+        assert "column name 'x0' appears twice" in capsys.readouterr().err
+        assert not out.exists()
+    model = tmp_path / "m.json"
+    assert run("fit", workdir / "data.csv", "--out", model, "-q") == 0
+    obj = json.loads(model.read_text())
+    obj["feature_names"][1] = obj["feature_names"][0]
+    model.write_text(json.dumps(obj))
+    assert run("predict", model, workdir / "data.csv", "--out", tmp_path / "p.csv") == 2
+    assert "appears twice" in capsys.readouterr().err

@@ -73,6 +73,20 @@ def check_finite(
         )
 
 
+def check_unique_names(path: str | os.PathLike, names: list[str]) -> None:
+    """``ValueError`` naming a column name that appears more than once (the
+    model finds its features by name: a repeated one would read the wrong
+    column)."""
+    seen: dict[str, int] = {}
+    for i, name in enumerate(names):
+        if name in seen:
+            raise ValueError(
+                f"{path}: column name {name!r} appears twice (columns {seen[name] + 1} "
+                f"and {i + 1}); give every column its own name"
+            )
+        seen[name] = i
+
+
 def column_index(columns: list[str], name: str, what: str) -> int:
     """Where column ``name`` is; ``ValueError`` listing the columns if absent."""
     if name not in columns:
@@ -139,6 +153,7 @@ def _read_csv(path: Path) -> Table:
     if not header:
         raise ValueError(f"{path}: the file is empty")
     names = [h.strip() for h in header]
+    check_unique_names(path, names)
     try:
         float(names[0])
         raise ValueError(
@@ -206,6 +221,7 @@ def _read_parquet(path: Path) -> Table:
         ) from None
     table = pq.read_table(path)
     names = list(table.column_names)
+    check_unique_names(path, names)
     cols = []
     for name in names:
         col = table.column(name)
@@ -259,6 +275,7 @@ def stream_table(
             "to .npy, CSV or Parquet"
         )
     batches, columns, total = _open_batches(path, suffix)
+    check_unique_names(path, columns)
     j = column_index(columns, target, "target")
     if weight is not None and weight == target:
         raise ValueError(f"weight column {weight!r} is the target column")
@@ -569,6 +586,8 @@ def load_model(path: str | os.PathLike):
     names = obj.get("feature_names")
     if names is not None and (not isinstance(names, list) or len(names) != d):
         raise ValueError(f"{path}: feature_names must list {d} names")
+    if names is not None:
+        check_unique_names(path, [str(n) for n in names])
     params = dict(obj.get("params") or {})
     params.setdefault("n_experts", experts.shape[0])
     params["link"] = link
