@@ -2,8 +2,10 @@
 one-line error with exit status 2 and no output file left behind."""
 
 import json
+import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -299,3 +301,58 @@ def test_a_repeated_column_name_is_refused(workdir, tmp_path, capsys):
     model.write_text(json.dumps(obj))
     assert run("predict", model, workdir / "data.csv", "--out", tmp_path / "p.csv") == 2
     assert "appears twice" in capsys.readouterr().err
+
+
+def test_unwritable_outputs_are_refused_before_any_work(workdir, tmp_path, capsys):
+    """An output that is a folder, lies under a file, or in a folder that cannot
+    be written: one line, exit 2, checked before fitting (issue 16); a model
+    file nested 100 000 lists deep: one line, not a RecursionError."""
+    data = workdir / "data.csv"
+    folder = tmp_path / "adir"
+    folder.mkdir()
+    cases = [
+        (["fit", data, "--out", folder], "is a folder; give a file name"),
+        (["fit", data, "--out", data / "m.json"], "is a file, not a folder"),
+        (["simulate", "-n", 100, "--out", data / "x.csv"], "is a file, not a folder"),
+        (["demo", "--out-dir", data / "demo"], "is a file, not a folder"),
+        (["reproduce", "all", "--out-dir", data / "r"], "is a file, not a folder"),
+    ]
+    if os.access("/proc", os.F_OK):  # a folder no one can create files in
+        cases.append((["fit", data, "--out", "/proc/m.json"], "cannot write in"))
+    for args, message in cases:
+        start = time.perf_counter()
+        assert run(*args) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1
+        assert time.perf_counter() - start < 5  # refused before the work
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    assert run("predict", deep, data, "--out", tmp_path / "p.csv") == 2
+    assert "nested too deeply" in capsys.readouterr().err
+
+
+def test_an_unexpected_error_is_one_line_unless_debug(workdir, monkeypatch, capsys):
+    """The CLI's error boundary: an internal error becomes one line naming its
+    type and pointing at --debug, which shows the traceback instead; an
+    interrupt that a compiled kernel turned into another error exits 130."""
+    import moelearn.cli as cli
+
+    def broken(args):
+        raise KeyError("boom")
+
+    monkeypatch.setitem(cli.COMMANDS, "evaluate", broken)
+    assert run("evaluate", "m.json", "--data", workdir / "data.csv") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "KeyError" in err and "--debug" in err
+    with pytest.raises(KeyError):
+        run("--debug", "evaluate", "m.json")
+
+    def interrupted(args):
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt as exc:
+            raise SystemError("returned a result with an exception set") from exc
+
+    monkeypatch.setitem(cli.COMMANDS, "evaluate", interrupted)
+    assert run("evaluate", "m.json") == 130
+    assert "interrupted" in capsys.readouterr().err

@@ -82,6 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--version", action="version", version=f"moelearn {__version__}"
     )
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="show the traceback of an error instead of one line",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     sim = sub.add_parser("simulate", help="draw data from a random mixture of experts")
@@ -267,18 +272,58 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. Every failure is one line on stderr and exit status 2
+    (130 for an interrupt), never a traceback, unless ``--debug``."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except (CLIError, ValueError) as exc:
-        print(f"moelearn {args.command}: error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
-        print(
-            f"moelearn {args.command}: interrupted; no output written", file=sys.stderr
+        return _interrupted(args)
+    except Exception as exc:  # the error boundary: one line per failure
+        if _caused_by_interrupt(exc):
+            return _interrupted(args)
+        if args.debug:
+            raise
+        print(f"moelearn {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+
+
+def _interrupted(args) -> int:
+    print(f"moelearn {args.command}: interrupted; no output written", file=sys.stderr)
+    return 130
+
+
+def _caused_by_interrupt(exc: BaseException) -> bool:
+    """An interrupt that a compiled kernel (numba) re-raised as another error."""
+    seen = exc
+    for _ in range(10):
+        seen = seen.__cause__ or seen.__context__
+        if seen is None:
+            return False
+        if isinstance(seen, KeyboardInterrupt):
+            return True
+    return False
+
+
+def _one_line(exc: BaseException) -> str:
+    """The message of ``exc`` on one line; for errors that are not the
+    library's own (file system, numerical, internal), what kind they are."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, (CLIError, ValueError)):
+        return text
+    if isinstance(exc, OSError):
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        return f"{exc.strerror or text}{where}"
+    if isinstance(exc, RecursionError):
+        return "the input is nested too deeply to read"
+    if isinstance(exc, (np.linalg.LinAlgError, FloatingPointError, ArithmeticError)):
+        return (
+            f"numerical failure: {text} (standardise the columns, or fit fewer experts)"
         )
-        return 130
+    if isinstance(exc, MemoryError):
+        return "out of memory (try --stream yes, or fewer rows or columns)"
+    return f"{type(exc).__name__}: {text} (rerun with --debug for the traceback)"
 
 
 # ----------------------------------------------------------------- commands
@@ -300,6 +345,9 @@ def truth_to_json(truth: dict) -> dict:
 
 
 def cmd_simulate(args) -> int:
+    _check_out_dir(args.out)
+    if args.truth:
+        _check_out_dir(args.truth)
     experts = args.experts if args.depth is None else 2**args.depth
     if experts > args.features:
         raise CLIError(f"{experts} experts exceed --features {args.features}")
@@ -348,9 +396,46 @@ def _load_xy(path: str, target: str):
 
 
 def _check_out_dir(out: str) -> None:
-    parent = Path(out).parent
+    """Refuse, before any work, an output path that cannot be written: a
+    folder, a missing folder, a file used as a folder, a folder without write
+    permission (probed by creating and removing a file there)."""
+    path = Path(out)
+    if path.is_dir():
+        raise CLIError(f"{out}: is a folder; give a file name")
+    parent = path.parent
+    for above in [parent, *parent.parents]:
+        if above.exists() and not above.is_dir():
+            raise CLIError(f"{out}: {above} is a file, not a folder")
     if not parent.is_dir():
         raise CLIError(f"{out}: the folder {parent} does not exist")
+    _probe_writable(parent, out)
+
+
+def _probe_writable(folder: Path, what: str) -> None:
+    import tempfile
+
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".moelearn-probe-"):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise CLIError(
+            f"{what}: cannot write in the folder {folder} ({reason})"
+        ) from None
+
+
+def _check_out_folder(folder: str) -> None:
+    """Like :func:`_check_out_dir` for an output folder (created if missing)."""
+    path = Path(folder)
+    for above in [path, *path.parents]:
+        if above.exists() and not above.is_dir():
+            raise CLIError(f"{folder}: {above} is a file, not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise CLIError(f"{folder}: cannot create the folder ({reason})") from None
+    _probe_writable(path, folder)
 
 
 def cmd_fit(args) -> int:
@@ -736,6 +821,7 @@ def _model_data(model, path: str, target: str | None):
 def cmd_reproduce(args) -> int:
     from moelearn.experiments import reproduce
 
+    _check_out_folder(args.out_dir)
     reproduce(
         args.name,
         Path(args.out_dir),
@@ -748,6 +834,7 @@ def cmd_reproduce(args) -> int:
 def cmd_demo(args) -> int:
     from moelearn._demo import run_demo
 
+    _check_out_folder(args.out_dir)
     return run_demo(
         args.samples, args.features, args.link, args.seed, Path(args.out_dir)
     )

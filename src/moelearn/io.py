@@ -527,6 +527,10 @@ def load_model(path: str | os.PathLike):
         raise ValueError(f"{path}: no such model file") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"{path}: not a moelearn model file ({exc})") from None
+    except RecursionError:
+        raise ValueError(
+            f"{path}: not a moelearn model file (nested too deeply to read)"
+        ) from None
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise ValueError(f"{path}: not a moelearn model file (missing format tag)")
     if obj.get("version") != FORMAT_VERSION:
