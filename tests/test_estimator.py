@@ -400,3 +400,45 @@ def test_bad_sample_weight_is_a_clear_error(weights, match):
     X, y, _ = make_moe(500, 3, random_state=0)
     with pytest.raises(ValueError, match=match):
         SpectralMoE().fit(X, y, sample_weight=weights)
+
+
+@pytest.mark.parametrize(
+    "x_scale, y_scale",
+    [(1e-150, 1.0), (1e-20, 1e20), (1e20, 1e-20), (1e150, 1e150), (1.0, 1e-120)],
+)
+@pytest.mark.parametrize("estimator", ["spectral", "em"])
+def test_any_finite_scale_gives_the_same_fit(estimator, x_scale, y_scale):
+    """Inputs and target multiplied by any scale from 1e-150 to 1e150: the same
+    predictions (relative 1e-8) and log-likelihood (shifted by log y_scale),
+    and no RuntimeWarning (issue 16: these used to fail with 'Eigenvalues did
+    not converge', 'cost matrix is infeasible', or fit differently from 1e7)."""
+    import warnings
+
+    X, y, _ = make_moe(4_000, 3, random_state=0)
+    make = {
+        "spectral": lambda: SpectralMoE(2, random_state=0, fit_intercept=True),
+        "em": lambda: EMMoE(2, random_state=0, n_init=2),
+    }[estimator]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        base = make().fit(X, y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        warnings.filterwarnings("ignore", category=UserWarning)
+        scaled = make().fit(X * x_scale, y * y_scale)
+        predicted = scaled.predict(X * x_scale) / y_scale
+        score = scaled.score(X * x_scale, y * y_scale) + np.log(y_scale)
+    np.testing.assert_allclose(predicted, base.predict(X), rtol=1e-8, atol=1e-9)
+    np.testing.assert_allclose(score, base.score(X, y), rtol=1e-9)
+
+
+def test_scales_beyond_double_precision_are_refused_by_name():
+    import pandas as pd
+
+    X, y, _ = make_moe(2_000, 3, random_state=0)
+    frame = pd.DataFrame(X, columns=["age", "income", "size"])
+    frame["income"] *= 1e200
+    with pytest.raises(ValueError, match="X column 'income' has values of size"):
+        SpectralMoE(2).fit(frame, y)
+    with pytest.raises(ValueError, match="y has values of size 1.0e-2"):
+        SpectralMoE(2).fit(X, y * 1e-200)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from typing import ClassVar
 
 import numpy as np
@@ -21,6 +22,10 @@ from moelearn._model import (
 from moelearn._passes import is_dask, is_torch, to_host, with_ones
 
 Array = np.ndarray
+
+#: Columns (and ``y``) whose root mean square lies outside this range are
+#: rescaled before fitting (see ``MoEBase._rescale``).
+RESCALE_RANGE = (1e-3, 1e3)
 
 
 def _is_dask_frame(X) -> bool:
@@ -54,6 +59,8 @@ class MoEBase(RegressorMixin, BaseEstimator):
     _gate: ClassVar[str] = "softmax"
     # Whether fit runs on Dask arrays (passes only; no random minibatches).
     _accepts_dask: ClassVar[bool] = True
+    #: Whether fit rescales badly scaled in-memory data (see :meth:`_rescale`).
+    _rescales: ClassVar[bool] = True
     #: Whether the method needs ``n_experts <= n_features`` (it whitens the inputs
     #: onto one direction per expert).
     _one_expert_per_feature: ClassVar[bool] = True
@@ -70,12 +77,82 @@ class MoEBase(RegressorMixin, BaseEstimator):
 
     def _begin_fit(self, X, y) -> tuple[np.random.Generator, Array, Array]:
         """Check the parameters (declared rules, then :meth:`_check_params`) and the
-        data; return the random generator and the validated ``X, y``."""
+        data; return the random generator and the validated ``X, y``, rescaled
+        when their scale is far from 1 (:meth:`_rescale`)."""
         v.validate_params(self, self._parameter_constraints)
         self._check_params()
         rng = v.check_random_state(self.random_state)
         X, y = self._validate_training_data(X, y)
+        X, y = self._rescale(X, y)
         return rng, X, y
+
+    def _rescale(self, X, y) -> tuple[Array, Array]:
+        """In-memory data whose columns (or ``y``, linear experts) have a root
+        mean square outside :data:`RESCALE_RANGE` are divided by it, so the fit
+        is the same at any scale (its tolerances and floors assume values near
+        1: measured, the fit changed from scale 1e7 or 1e-7 on). The fitted
+        attributes are mapped back (:meth:`_set_parameters`,
+        :meth:`_in_raw_units`): slopes ``a t / s``, gate slopes ``G / s``,
+        intercepts and ``sigma`` times ``t``, log-likelihoods minus ``log t``."""
+        self._scales = None
+        if not (self._rescales and isinstance(X, np.ndarray)):
+            return X, y
+        low, high = RESCALE_RANGE
+        columns = v.root_mean_square(X)
+        # (y keeps its scale for non-linear links, whose outputs are bounded, and
+        # with a known noise level, given in y's units)
+        scale_y = self.link == "linear" and getattr(self, "noise_std", None) is None
+        target = float(v.root_mean_square(y)) if scale_y else 1.0
+        off = (columns > 0) & ((columns < low) | (columns > high))
+        s = np.where(off, columns, 1.0) if off.any() else np.ones(X.shape[1])
+        t = target if (target < low or target > high) else 1.0
+        if not off.any() and t == 1.0:
+            return X, y
+        self._scales = (s, t)
+        return X / s, y / t
+
+    def _in_raw_units(self, log_likelihood):
+        """A mean log-likelihood (float or array) of the rescaled fit, in ``y``'s
+        units."""
+        if self._scales is None:
+            return log_likelihood
+        return np.asarray(log_likelihood, float) - np.log(self._scales[1])
+
+    def _raw_params(self, params: MoEParams, n_features: int) -> MoEParams:
+        """Parameters fitted on rescaled data, in the data's own units."""
+        if getattr(self, "_scales", None) is None:
+            return params
+        s, t = self._scales
+        d = n_features
+        experts, gating = params.experts.copy(), params.gating.copy()
+        experts[:, :d] *= t / s
+        experts[:, d:] *= t
+        gating[:, :d] /= s
+        noise = np.asarray(params.noise_std, float) * t
+        return replace(
+            params,
+            experts=experts,
+            gating=gating,
+            noise_std=noise if noise.ndim else float(noise),
+        )
+
+    def _scaled_params(self, params: MoEParams, n_features: int) -> MoEParams:
+        """The inverse of :meth:`_raw_params` (a warm start in the data's units)."""
+        if getattr(self, "_scales", None) is None:
+            return params
+        s, t = self._scales
+        d = n_features
+        experts, gating = params.experts.copy(), params.gating.copy()
+        experts[:, :d] *= s / t
+        experts[:, d:] /= t
+        gating[:, :d] *= s
+        noise = np.asarray(params.noise_std, float) / t
+        return replace(
+            params,
+            experts=experts,
+            gating=gating,
+            noise_std=noise if noise.ndim else float(noise),
+        )
 
     def _check_params(self) -> None:
         """Rules that relate several parameters; subclasses raise ``ValueError``
@@ -93,6 +170,7 @@ class MoEBase(RegressorMixin, BaseEstimator):
         they hold intercepts): ``experts_``, ``gating_``, ``intercept_`` and
         ``gating_intercept_`` (with intercepts), ``noise_std_``, ``n_experts_``."""
         d = n_features
+        params = self._raw_params(params, d)
         self.experts_, self.gating_ = params.experts[:, :d], params.gating[:, :d]
         if params.experts.shape[1] > d:
             self.intercept_ = params.experts[:, d]
@@ -117,6 +195,9 @@ class MoEBase(RegressorMixin, BaseEstimator):
             )
             X = v.check_finite_2d(X)
             y = v.check_target(y, X.shape[0])
+            names = getattr(self, "feature_names_in_", None)
+            v.check_scale(X, "X", None if names is None else list(names))
+            v.check_scale(y, "y")
         n, d = X.shape
         k = self.n_experts
         if k > d and self._one_expert_per_feature:

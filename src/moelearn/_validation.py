@@ -123,6 +123,40 @@ def check_sample_weight(sample_weight: Any, n_samples: int) -> Array | None:
     return w
 
 
+#: Columns whose root mean square lies outside this range are refused: their
+#: reciprocal or square would leave double precision's range.
+SCALE_RANGE = (1e-152, 1e152)
+
+
+def root_mean_square(arr: Array) -> Array:
+    """Root mean square of each column of ``arr`` (or of a 1-D ``arr``), computed
+    without overflow or underflow at any finite scale."""
+    with np.errstate(over="ignore", under="ignore"):
+        peak = np.max(np.abs(arr), axis=0)
+        safe = np.where(peak > 0, peak, 1.0)
+        return peak * np.sqrt(np.mean((arr / safe) ** 2, axis=0))
+
+
+def check_scale(arr: Array, name: str, columns: list[str] | None = None) -> None:
+    """``ValueError`` naming the first column (of a 2-D ``arr``; the array, for a
+    1-D one) whose root mean square is outside :data:`SCALE_RANGE`."""
+    rms = np.atleast_1d(root_mean_square(arr))
+    low, high = SCALE_RANGE
+    bad = np.flatnonzero(((rms < low) & (rms > 0)) | (rms > high))
+    if bad.size:
+        j = int(bad[0])
+        what = name if arr.ndim == 1 else f"{name} column {_column_name(j, columns)}"
+        raise ValueError(
+            f"{what} has values of size {rms[j]:.1e}, outside {low:g}..{high:g}: "
+            "rescale it (e.g. standardise the columns): its reciprocal or square "
+            "would leave double precision's range"
+        )
+
+
+def _column_name(j: int, columns: list[str] | None) -> str:
+    return repr(str(columns[j])) if columns is not None else str(j)
+
+
 def check_target(y: Any, n_samples: int, name: str = "y") -> Array:
     try:
         arr = np.asarray(y, dtype=np.float64)

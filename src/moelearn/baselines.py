@@ -202,8 +202,8 @@ class EMMoE(MoEBase):
         self._set_parameters(best.params, d)
         self.converged_ = bool(best.converged)
         self.n_iter_ = best.n_iter
-        self.log_likelihood_curve_ = best.log_likelihood
-        self.init_log_likelihoods_ = np.array(finals)
+        self.log_likelihood_curve_ = list(self._in_raw_units(best.log_likelihood))
+        self.init_log_likelihoods_ = self._in_raw_units(np.array(finals))
         self.fit_times_ = {"em": time.perf_counter() - start}
         return self
 
@@ -403,9 +403,15 @@ class GradientMoE(MinibatchMixin, MoEBase):
             )
         self._set_parameters(params, d)
         self.loss_curve_ = result.loss_curve
+        if self._scales is not None:  # the loss in y's units
+            t = self._scales[1]
+            curve = np.asarray(result.loss_curve, float)
+            self.loss_curve_ = list(
+                curve + np.log(t) if self.loss == "nll" else curve * t * t
+            )
         self.converged_ = bool(result.converged)
         self.n_iter_ = result.n_epochs
-        self.init_log_likelihoods_ = np.array(finals)
+        self.init_log_likelihoods_ = self._in_raw_units(np.array(finals))
         self.fit_times_ = {"gradient": time.perf_counter() - start}
         return self
 

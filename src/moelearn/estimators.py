@@ -55,7 +55,7 @@ _OFFSET_TEST_ROWS, _OFFSET_Z = 200_000, 5.0
 # Alternative starts (SpectralMoE._other_starts): regression splits and random
 # starts (more on small tables, up to _MAX_RANDOM_STARTS), short runs of
 # _SHORT_ITER iterations on at most _SHORT_ROWS rows, of which the best
-# _CONTINUED go on on all rows.
+# _CONTINUED (twice as many on small tables) go on on all rows.
 _N_SPLIT_STARTS, _N_RANDOM_STARTS, _MAX_RANDOM_STARTS, _SHORT_ITER = 2, 6, 20, 10
 _SHORT_ROWS, _CONTINUED = 5000, 2
 _MIN_SHARE = MIN_EXPERT_WEIGHT
@@ -248,6 +248,10 @@ class SpectralMoE(MoEBase):
         join the alternative starts (``select_n_experts`` passes the fit with one
         expert fewer, split)."""
         ctx = self._prepare(X, y, sample_weight)
+        D = ctx.n_features + self.fit_intercept
+        warm_starts = [
+            self._scaled_params(w, D - self.fit_intercept) for w in warm_starts
+        ]
         self._stage_diagnostics = ctx.diagnostics  # what subclasses' hooks report
         try:
             if self.n_experts > ctx.n_features:
@@ -414,8 +418,9 @@ class SpectralMoE(MoEBase):
         moments, or there are warm starts, or the fit is below one expert),
         other starts (:mod:`moelearn._starts`): warm starts run on all rows;
         the cheap starts run :data:`_SHORT_ITER` iterations on at most
-        :data:`_SHORT_ROWS` rows, and the best :data:`_CONTINUED` of them go on
-        on all rows while they can still win (:meth:`_race`). The most likely
+        :data:`_SHORT_ROWS` rows, and the best :data:`_CONTINUED` of them (twice
+        as many when the short runs saw every row) go on on all rows while they
+        can still win (:meth:`_race`). The most likely
         chain is kept; if it is below one expert, the one-expert start is run on
         all rows (EM from that model cannot end below it)."""
         lsq = _starts.least_squares(
@@ -440,9 +445,11 @@ class SpectralMoE(MoEBase):
         reference = best.log_likelihood  # the leader, on the short runs' rows
         if subset is not None and np.isfinite(reference):
             reference = _mean_log_likelihood(ctx, best.params, subset)
+        # small tables (short runs on all rows): continuing is cheap, so more do
+        continued = _CONTINUED if subset is not None else 2 * _CONTINUED
         for rank, short in enumerate(shorts):
             promising = _extrapolated(short.history) > reference + self.tol**2
-            if rank >= _CONTINUED or not promising:
+            if rank >= continued or not promising:
                 ctx.starts.append(short.summary(rows=subset))
                 continue
             if subset is not None:
@@ -587,9 +594,18 @@ class SpectralMoE(MoEBase):
     def _set_fitted(self, ctx: _FitContext, fit: _Candidate, moments) -> None:
         self._set_parameters(fit.params, ctx.n_features)
         self.spectral_experts_ = fit.spectral_experts
+        if self._scales is not None and fit.spectral_experts is not None:
+            s, t = self._scales
+            self.spectral_experts_ = fit.spectral_experts * t / s
         self.converged_ = fit.converged
         self.n_iter_ = fit.n_iter
-        self.log_likelihood_curve_ = fit.history
+        self.log_likelihood_curve_ = list(self._in_raw_units(fit.history))
+        for start in ctx.starts:
+            start["log_likelihood"] = float(self._in_raw_units(start["log_likelihood"]))
+        if "one_expert_log_likelihood" in ctx.diagnostics:
+            ctx.diagnostics["one_expert_log_likelihood"] = float(
+                self._in_raw_units(ctx.diagnostics["one_expert_log_likelihood"])
+            )
         self.fit_times_ = ctx.times
         self.diagnostics_ = {
             "t2_eigenvalues": None if moments is None else moments.t2_values,

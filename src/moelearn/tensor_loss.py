@@ -117,6 +117,8 @@ class TensorLossMoE(MinibatchMixin, MoEBase):
     """
 
     _accepts_dask = False
+    # sets its fitted attributes itself, in the units it fitted in
+    _rescales = False
 
     _parameter_constraints: ClassVar[dict] = {
         **MoEBase._common_constraints,
