@@ -3,7 +3,7 @@
 Method 1 multiplies polynomials of ``y`` by Stein score tensors of ``x``. The
 polynomials are chosen so that, for a standard Gaussian ``Z``, the Hermite
 coefficients of ``phi(u) = E_eps[P(g(u) + sigma * eps)]`` that would couple the
-regressors with the gate vanish (SPEC.md, Method 1, step 1):
+regressors with the gate vanish (docs/method.md, section 3):
 
 * ``P3(y) = y**3 + alpha * y**2 + beta * y`` with ``E[phi3 He_j] = 0`` for the
   link's two ``p3_orders`` (default ``j = 1, 2``);
@@ -15,7 +15,7 @@ Hermite components of ``phi3`` and those of ``T2`` from the odd ones of ``phi2``
 Odd links (linear, tanh) have no even ``phi3`` components beyond what ``beta``
 removes; the sigmoid's are cancelled by ``alpha`` (the talk's system). ReLU has no
 parity: it cancels ``He2`` and ``He4`` in ``P3`` and ``He1`` and ``He3`` in a cubic
-``P2`` (SPEC.md); the ``He6`` and higher remainders stay, a bias that refinement
+``P2`` (docs/method.md, section 3); the ``He6`` and higher remainders stay, a bias that refinement
 removes.
 
 All expectations are one-dimensional and computed by Gauss–Hermite quadrature, so
@@ -151,7 +151,7 @@ def choose_orders(link: Link) -> Link:
     A link symmetric about a point, ``g(u) + g(-u) = 2 g(0)`` (linear, tanh,
     sigmoid: odd up to a constant), gets ``P3`` orders (1, 2) and ``P2`` order 1;
     a link without that symmetry (ReLU, softplus, ...) gets (2, 4) and a cubic
-    ``P2`` with (1, 3), the ReLU choice of SPEC.md. (Measured on ReLU, k=2, d=10,
+    ``P2`` with (1, 3), the ReLU choice of docs/method.md, section 3. (Measured on ReLU, k=2, d=10,
     n=1e6, 5 seeds: spectral error 0.04-0.08 with the cubic ``P2`` against
     0.05-0.18 with order 1 alone.) The symmetry is checked on the quadrature nodes.
     """

@@ -1,4 +1,4 @@
-"""Method 1, step 1: the regressors from Stein-score moments (SPEC.md, Method 1).
+"""Method 1, step 1: the regressors from Stein-score moments (docs/method.md, section 3).
 
 Two chunked passes over the data (four when ``d`` is large next to ``n``):
 

@@ -1,4 +1,4 @@
-"""Method 2 kernels: the fourth-order tensor loss ``L4`` from samples (SPEC.md).
+"""Method 2 kernels: the fourth-order tensor loss ``L4`` from samples (docs/method.md, section 4).
 
 For standard Gaussian ``x`` the fourth Stein score contracted with ``(u, u, v, v)``
 is a polynomial in the projections ``p_u = u . x``, ``p_v = v . x`` and the Gram

@@ -218,7 +218,7 @@ class GradientMoE(MinibatchMixin, MoEBase):
     SGD, from ``n_init`` random starts drawn as in :class:`EMMoE`; the start with
     the highest training log-likelihood is kept. The squared error does not
     involve ``sigma``: it is then set to the maximiser of the likelihood with the
-    other parameters fixed. This is the other "traditional algorithm" of SPEC.md.
+    other parameters fixed. This is the other "traditional algorithm" of docs/method.md.
 
     Parameters
     ----------

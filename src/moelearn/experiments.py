@@ -5,7 +5,7 @@ output folder and returns the table's rows. ``quick=True`` uses fewer seeds and
 sample sizes (for CI and a first look); the full settings are the ones whose
 figures are committed in ``docs/``.
 
-Success is ``parameter_error < 0.1`` (SPEC.md, Metrics). Random-start methods get
+Success is ``parameter_error < 0.1`` (docs/method.md, section 9). Random-start methods get
 one start per trial, as in the papers' success-rate experiments.
 """
 
@@ -168,7 +168,7 @@ def _hard_case_data(case: str, n: int, seed: int):
 def hard_cases(out: Path, quick: bool, log=print) -> list[dict]:
     """Success rate and time of every method from one random start per trial.
 
-    Two measures per fit: ``success`` (error < 0.1 from the truth, SPEC.md) and
+    Two measures per fit: ``success`` (error < 0.1 from the truth, docs/method.md) and
     ``found_mle`` (within :data:`MLE_RADIUS` of the optimum EM reaches from the
     true parameters, i.e. the optimiser did not stop at another optimum). They
     differ when the MLE itself is more than 0.1 from the truth (sharp gates:

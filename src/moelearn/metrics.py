@@ -59,7 +59,7 @@ def _as_params(obj: Any, name: str) -> tuple[Array, Array | None, str]:
 
 
 def parameter_error(estimated: Any, truth: Any, *, experts_only: bool = False) -> float:
-    """Aligned parameter error (SPEC.md, Metrics).
+    """Aligned parameter error (docs/method.md, section 9).
 
     ``min over permutations P of max( max_i |A_est[P i] - A_i|,
     max_i |(G_est - G_est[P last])[P i] - (G - G[last])_i| )`` with Euclidean row

@@ -1,4 +1,4 @@
-"""Method 2: regressors from the tensor loss ``L4``, the gate from ``L_log`` (SPEC.md)."""
+"""Method 2: regressors from the tensor loss ``L4``, the gate from ``L_log`` (docs/method.md, section 4)."""
 
 from __future__ import annotations
 
