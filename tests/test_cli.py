@@ -356,3 +356,14 @@ def test_an_unexpected_error_is_one_line_unless_debug(workdir, monkeypatch, caps
     monkeypatch.setitem(cli.COMMANDS, "evaluate", interrupted)
     assert run("evaluate", "m.json") == 130
     assert "interrupted" in capsys.readouterr().err
+
+
+def test_the_command_line_starts_without_scikit_learn():
+    """`moelearn --help` and argument errors answer at once: importing the CLI
+    loads neither scikit-learn nor the estimators (issue 16: --help took 3 s)."""
+    code = (
+        "import sys, moelearn.cli; "
+        "print(any(m.startswith(('sklearn', 'moelearn.estimators')) for m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.strip() == "False", out.stderr

@@ -17,10 +17,6 @@ import numpy as np
 from moelearn import __version__
 from moelearn._links import LINKS
 from moelearn._passes import report_passes
-from moelearn.baselines import EMMoE, GradientMoE
-from moelearn.datasets import make_hme, make_moe
-from moelearn.estimators import SpectralMoE
-from moelearn.hierarchical import HierarchicalMoE
 from moelearn.io import (
     atomic_path,
     check_finite,
@@ -32,16 +28,25 @@ from moelearn.io import (
     write_json,
     write_table,
 )
-from moelearn.metrics import parameter_error
-from moelearn.tensor_loss import TensorLossMoE
+
+# The estimators (and scikit-learn) are imported when a command needs them, so
+# that `moelearn --help` and argument errors answer at once.
 
 FIT_METHODS = {
-    "spectral": SpectralMoE,
-    "hme": HierarchicalMoE,
-    "tensor-loss": TensorLossMoE,
-    "em": EMMoE,
-    "gd": GradientMoE,
+    "spectral": ("moelearn.estimators", "SpectralMoE"),
+    "hme": ("moelearn.hierarchical", "HierarchicalMoE"),
+    "tensor-loss": ("moelearn.tensor_loss", "TensorLossMoE"),
+    "em": ("moelearn.baselines", "EMMoE"),
+    "gd": ("moelearn.baselines", "GradientMoE"),
 }
+
+
+def _estimator(method: str):
+    """The estimator class of ``--method``."""
+    import importlib
+
+    module, name = FIT_METHODS[method]
+    return getattr(importlib.import_module(module), name)
 
 
 class CLIError(Exception):
@@ -351,6 +356,8 @@ def cmd_simulate(args) -> int:
     experts = args.experts if args.depth is None else 2**args.depth
     if experts > args.features:
         raise CLIError(f"{experts} experts exceed --features {args.features}")
+    from moelearn.datasets import make_hme, make_moe
+
     if args.depth is not None:
         X, y, truth = make_hme(
             args.samples,
@@ -561,7 +568,7 @@ def _pass_bar(quiet: bool):
 
 
 def _fit_one(args, X, y, w, names, settings) -> int:
-    model = FIT_METHODS[args.method](**settings)
+    model = _estimator(args.method)(**settings)
     weights = {} if w is None else {"sample_weight": w}
     start = time.perf_counter()
     bar = _pass_bar(args.quiet)
@@ -691,6 +698,8 @@ def _read_truth(path: str) -> dict:
 
 
 def evaluate(model, truth: dict | None, X=None, y=None) -> dict:
+    from moelearn.metrics import parameter_error
+
     out: dict = {}
     if truth is not None:
         if np.shape(truth["experts"]) != model.experts_.shape:
