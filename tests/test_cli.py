@@ -105,7 +105,13 @@ def test_errors_are_one_line_exit_2_and_leave_no_file(workdir, capsys):
     rows[5] = ",".join(cells)
     (workdir / "nan.csv").write_text("\n".join(rows) + "\n")
     (workdir / "text.csv").write_text("a,b,y\n1,2,x\n")
+    (workdir / "semi.csv").write_text("a;b;y\n1;2;3\n")
+    (workdir / "ragged.csv").write_text("a,b,y\n1,2,3\n4,5\n")
+    (workdir / "header.csv").write_text("a,b,y\n")
     cases = [
+        (["fit", workdir / "semi.csv"], "the file seems separated by ';'"),
+        (["fit", workdir / "ragged.csv"], "data row 2 (line 3) has 2 values"),
+        (["fit", workdir / "header.csv"], "no data rows after the header"),
         (["fit", workdir / "nan.csv"], "nan.csv: NaN at data row 5, column 'x2'"),
         (["fit", workdir / "missing.csv"], "no such file"),
         (["fit", data, "--target", "z"], "target column 'z' not found"),
@@ -113,7 +119,7 @@ def test_errors_are_one_line_exit_2_and_leave_no_file(workdir, capsys):
             ["fit", data, "--method", "tensor-loss", "--experts", 9],
             "exceeds n_features",
         ),
-        (["fit", workdir / "text.csv"], "non-numeric"),
+        (["fit", workdir / "text.csv"], "non-numeric value 'x' at data row 1 (line 2)"),
         (["fit", workdir / "data.txt"], "unsupported file type"),
         (["fit", data, "--method", "em", "--no-refine"], "--no-refine applies"),
         (

@@ -8,6 +8,7 @@ import json
 import os
 import re
 import tempfile
+import warnings
 import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -153,6 +154,13 @@ def _read_csv(path: Path) -> Table:
     if not header:
         raise ValueError(f"{path}: the file is empty")
     names = [h.strip() for h in header]
+    if len(names) == 1 and any(sep in names[0] for sep in ";\t|"):
+        sep = next(sep for sep in ";\t|" if sep in names[0])
+        raise ValueError(
+            f"{path}: the header is one column, {names[0][:40]!r}: the file seems "
+            f"separated by {sep!r}; moelearn reads comma-separated files (convert "
+            "it, e.g. in pandas: read_csv(sep=...).to_csv(...))"
+        )
     check_unique_names(path, names)
     try:
         float(names[0])
@@ -163,18 +171,34 @@ def _read_csv(path: Path) -> Table:
         if "first line" in str(exc):
             raise
     try:
-        data = np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2, dtype=np.float64)
+        with warnings.catch_warnings():
+            warnings.filterwarnings(
+                "ignore", message="loadtxt: input contained no data"
+            )
+            data = np.loadtxt(
+                path, delimiter=",", skiprows=1, ndmin=2, dtype=np.float64
+            )
     except ValueError as exc:
+        ragged = re.search(
+            r"number of columns changed from (\d+) to (\d+) at row (\d+)", str(exc)
+        )
+        if ragged:
+            want, got, row = (int(g) for g in ragged.groups())
+            raise ValueError(
+                f"{path}: data row {row} (line {row + 1}) has {got} values, the "
+                f"header names {want} columns; every line needs one value per column"
+            ) from None
         found = re.search(
             r"string '(.*)' to float64 at row (\d+), column (\d+)", str(exc)
         )
         if found:
             text, row, col = found.group(1), int(found.group(2)), int(found.group(3))
             what = "an empty value" if text == "" else f"non-numeric value {text!r}"
+            where = f"data row {row + 1} (line {row + 2})"
             raise ValueError(
-                f"{path}: {what} at line {row + 2}, column {names[col - 1]!r}"
+                f"{path}: {what} at {where}, column {names[col - 1]!r}"
                 if 0 < col <= len(names)
-                else f"{path}: {what} at line {row + 2}"
+                else f"{path}: {what} at {where}"
             ) from None
         raise ValueError(f"{path}: non-numeric or missing value ({exc})") from None
     if data.shape[0] == 0:
