@@ -266,15 +266,33 @@ def _marginal_shape(sample: Array) -> tuple[Array, Array]:
     return m3 / m2**1.5, m4 / (m2 * m2) - 3.0
 
 
+def _singular_columns_message(cov: Array, null_direction: Array) -> str:
+    """Which columns make the covariance singular: the constant ones, or else
+    those that carry the near-null direction (columns counted from 0)."""
+    variances = np.diag(cov)
+    scale = max(float(variances.max(initial=0.0)), 1e-300)
+    constant = np.flatnonzero(variances <= 1e-12 * scale)
+    if constant.size:
+        listed = ", ".join(str(j) for j in constant[:5])
+        return (
+            f"column(s) {listed} of X are constant: drop them (with "
+            "fit_intercept=True the model has its own constant)"
+        )
+    weights = np.abs(null_direction) * np.sqrt(np.maximum(variances, 0.0))
+    involved = np.flatnonzero(weights > 0.1 * weights.max())
+    listed = ", ".join(str(j) for j in involved[:5])
+    return (
+        f"columns {listed} of X are (nearly) collinear: one is a combination of "
+        "the others, so their covariance is singular; drop or combine them"
+    )
+
+
 def inverse_sqrt(cov: Array) -> Array:
     """Symmetric ``Cov^{-1/2}``; ``ValueError`` when columns are (near) collinear."""
     evals, evecs = np.linalg.eigh(cov)
     top = evals[-1] if evals.size else 0.0
     if not np.isfinite(top) or top <= 0 or evals[0] <= 1e-10 * top:
-        raise ValueError(
-            "the columns of X are constant or (nearly) collinear: their covariance "
-            "is singular; drop or combine redundant columns"
-        )
+        raise ValueError(_singular_columns_message(cov, evecs[:, 0]))
     return (evecs / np.sqrt(evals)) @ evecs.T
 
 
