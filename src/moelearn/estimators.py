@@ -734,9 +734,17 @@ class SpectralMoE(MoEBase):
         heavy = np.abs(inputs.excess_kurtosis) > max(_KURTOSIS_LIMIT, 5 * kurt_se)
         if skewed.any() or heavy.any():
             cols = np.flatnonzero(skewed | heavy)
+            names = getattr(self, "feature_names_in_", None)
+            shown = ", ".join(
+                f"{names[j] if names is not None else j} (skewness "
+                f"{inputs.skewness[j]:.1f}, excess kurtosis "
+                f"{inputs.excess_kurtosis[j]:.1f})"
+                for j in cols[:3]
+            )
+            more = f" and {len(cols) - 3} more" if len(cols) > 3 else ""
             reasons.append(
-                f"{len(cols)} column(s) (e.g. {cols[:5].tolist()}) have skewness or "
-                "excess kurtosis far from a Gaussian's 0"
+                f"{len(cols)} column(s) have skewness or excess kurtosis far from a "
+                f"Gaussian's 0: {shown}{more}"
             )
         white = inputs.whitening
         offset = float(np.linalg.norm(white.mean @ white.transform))
