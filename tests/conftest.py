@@ -23,3 +23,14 @@ def correlated_inputs(n, d, rng, mean_scale=0.3):
     B = rng.standard_normal((d, d)) / np.sqrt(d) + np.eye(d)
     mean = mean_scale * rng.standard_normal(d)
     return rng.standard_normal((n, d)) @ B.T + mean
+
+
+#: Generated cases per fuzz target (tests/test_fuzz.py), reported after the run.
+FUZZ_CASES: dict[str, int] = {}
+
+
+def pytest_terminal_summary(terminalreporter):
+    if FUZZ_CASES:
+        terminalreporter.section("fuzzing: generated cases per target")
+        for name, count in FUZZ_CASES.items():
+            terminalreporter.write_line(f"{name}: {count}")

@@ -555,6 +555,19 @@ def load_model(path: str | os.PathLike):
         raise ValueError(
             f"{path}: not a moelearn model file (nested too deeply to read)"
         ) from None
+    try:
+        return _model_from_json(obj, path, classes)
+    except (TypeError, KeyError, AttributeError, IndexError) as exc:
+        # a field of the wrong kind that the checks below did not foresee
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise ValueError(
+            f"{path}: not a valid moelearn model file (a field has the wrong "
+            f"type: {reason})"
+        ) from None
+
+
+def _model_from_json(obj, path: Path, classes: dict):
+    """The estimator a parsed model file describes (see :func:`load_model`)."""
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise ValueError(f"{path}: not a moelearn model file (missing format tag)")
     if obj.get("version") != FORMAT_VERSION:
