@@ -91,7 +91,7 @@ def main() -> None:
             "",
             (
                 f"{args.seeds} seeds ({seeds[0]}..{seeds[-1]}); error = max row error "
-                "after the best expert permutation (SPEC.md); sigma = 0.1, unit "
+                "after the best expert permutation (docs/method.md, section 9); sigma = 0.1, unit "
                 "regressors, |w| in [1, 2]."
             ),
             "",
