@@ -77,42 +77,44 @@ def one_data_set(seed: int, n: int, workdir: Path) -> list[dict]:
     )
     match = {1: first, 2: 1 - first}
     rows = []
-    for c, j in match.items():
-        for term in TERMS:
-            name = "(Intercept)" if term == "intercept" else term
-            ours_se = ours.query(
-                f"group == 'expert' and index == {j} and term == '{term}'"
-            )
-            rows.append(
-                dict(
-                    seed=seed,
-                    group="expert",
-                    term=f"expert {j} {term}",
-                    ours=float(ours_se["std_error"].iloc[0]),
-                    flexmix=float(theirs.loc[f"model.1_Comp.{c}_coef.{name}", "se"]),
-                )
-            )
-        sigma = ours.query(f"group == 'noise' and index == {j}")
+
+    def add(group: str, term: str, ours_se: float, flexmix_name: str) -> None:
         rows.append(
             dict(
                 seed=seed,
-                group="noise",
-                term=f"expert {j} log sigma",
-                ours=float(sigma["std_error"].iloc[0] / sigma["estimate"].iloc[0]),
-                flexmix=float(theirs.loc[f"model.1_Comp.{c}_log(sigma)", "se"]),
+                group=group,
+                term=term,
+                ours=float(ours_se),
+                flexmix=float(theirs.loc[flexmix_name, "se"]),
             )
         )
-    for term in TERMS:
-        name = "(Intercept)" if term == "intercept" else term
-        gate = ours.query(f"group == 'gate' and term == '{term}'")
-        rows.append(
-            dict(
-                seed=seed,
-                group="gate",
-                term=f"gate {term}",
-                ours=float(gate["std_error"].iloc[0]),
-                flexmix=float(theirs.loc[f"concomitant_Comp.2.{name}", "se"]),
+
+    def name(term: str) -> str:
+        return "(Intercept)" if term == "intercept" else term
+
+    for c, j in match.items():
+        for term in TERMS:
+            row = ours.query(f"group == 'expert' and index == {j} and term == '{term}'")
+            add(
+                "expert",
+                f"expert {j} {term}",
+                row["std_error"].iloc[0],
+                f"model.1_Comp.{c}_coef.{name(term)}",
             )
+        sigma = ours.query(f"group == 'noise' and index == {j}")
+        add(
+            "noise",
+            f"expert {j} log sigma",  # se(log sigma) = se(sigma) / sigma
+            sigma["std_error"].iloc[0] / sigma["estimate"].iloc[0],
+            f"model.1_Comp.{c}_log(sigma)",
+        )
+    for term in TERMS:
+        gate = ours.query(f"group == 'gate' and term == '{term}'")
+        add(
+            "gate",
+            f"gate {term}",
+            gate["std_error"].iloc[0],
+            f"concomitant_Comp.2.{name(term)}",
         )
     return rows
 

@@ -118,35 +118,24 @@ class MoEBase(RegressorMixin, BaseEstimator):
             return log_likelihood
         return np.asarray(log_likelihood, float) - np.log(self._scales[1])
 
-    def _raw_params(self, params: MoEParams, n_features: int) -> MoEParams:
-        """Parameters fitted on rescaled data, in the data's own units."""
+    def _raw_params(
+        self, params: MoEParams, n_features: int, inverse: bool = False
+    ) -> MoEParams:
+        """Parameters fitted on rescaled data, in the data's own units (or, with
+        ``inverse``, parameters in the data's units, e.g. a warm start, in the
+        rescaled fit's): slopes times ``t / s``, intercepts and ``sigma`` times
+        ``t``, gate slopes over ``s``."""
         if getattr(self, "_scales", None) is None:
             return params
         s, t = self._scales
+        if inverse:
+            s, t = 1.0 / s, 1.0 / t
         d = n_features
         experts, gating = params.experts.copy(), params.gating.copy()
         experts[:, :d] *= t / s
         experts[:, d:] *= t
         gating[:, :d] /= s
         noise = np.asarray(params.noise_std, float) * t
-        return replace(
-            params,
-            experts=experts,
-            gating=gating,
-            noise_std=noise if noise.ndim else float(noise),
-        )
-
-    def _scaled_params(self, params: MoEParams, n_features: int) -> MoEParams:
-        """The inverse of :meth:`_raw_params` (a warm start in the data's units)."""
-        if getattr(self, "_scales", None) is None:
-            return params
-        s, t = self._scales
-        d = n_features
-        experts, gating = params.experts.copy(), params.gating.copy()
-        experts[:, :d] *= s / t
-        experts[:, d:] /= t
-        gating[:, :d] *= s
-        noise = np.asarray(params.noise_std, float) / t
         return replace(
             params,
             experts=experts,

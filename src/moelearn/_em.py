@@ -71,8 +71,6 @@ ProgressCallback = Callable[[str, int, float, float], None]
 _MIN_CURVATURE_ROWS = 10_000
 #: Up to this many parameters EM's linear algebra runs on one BLAS thread.
 _SMALL_PROBLEM_PARAMETERS = 400
-#: Values of the stacked row products that _weighted_grams holds at a time.
-_GRAM_BLOCK_VALUES = 2_000_000
 #: Up to this many columns the curvature sums use the rows' pairwise products.
 _PRODUCT_COLUMNS = 40
 _HALF_LOG_2PI = 0.5 * np.log(2.0 * np.pi)
@@ -417,17 +415,8 @@ def _weighted_grams(f: Array, weights: Array, pairs: list[tuple[int, int]]) -> A
         ds = [d for (c2, d) in pairs if c2 == c]
         if not ds:
             continue
-        # rows in blocks, so that the stacked products stay near
-        # _GRAM_BLOCK_VALUES values (a whole chunk of wide rows would hold
-        # len(ds) times the chunk: 190 MB at d = 400)
-        block = max(1, _GRAM_BLOCK_VALUES // (len(ds) * D))
-        grams = None
-        for start in range(0, m, block):
-            rows = slice(start, start + block)
-            w = weights[c, ds][:, rows]
-            stacked = (w.T[:, :, None] * f[rows, None, :]).reshape(w.shape[1], -1)
-            part = f[rows].T @ stacked  # (D, len(ds) D)
-            grams = part if grams is None else grams + part
+        stacked = (weights[c, ds].T[:, :, None] * f[:, None, :]).reshape(m, -1)
+        grams = f.T @ stacked  # (D, len(ds) D)
         for i, d in enumerate(ds):
             block = grams[:, i * D : (i + 1) * D]
             out[c, d] = block

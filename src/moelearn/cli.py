@@ -644,9 +644,13 @@ def _fit_auto(args, X, y, names, settings) -> int:
     return 0
 
 
-def _features_for(model, path: str) -> np.ndarray:
-    table = read_table(path).drop(getattr(model, "target_name_", None))
-    check_finite(path, table.data, table.columns)
+def _features_for(model, path: str, table=None) -> np.ndarray:
+    """The model's feature columns of the data file ``path`` (or of its
+    ``table``, already read and checked)."""
+    if table is None:
+        table = read_table(path)
+        check_finite(path, table.data, table.columns)
+    table = table.drop(getattr(model, "target_name_", None))
     names = getattr(model, "feature_names_in_", None)
     if names is not None:
         missing = [n for n in names if n not in table.columns]
@@ -736,15 +740,7 @@ def cmd_evaluate(args) -> int:
     truth = _read_truth(args.truth) if args.truth else None
     X = y = None
     if args.data:
-        target = args.target or getattr(model, "target_name_", None) or "y"
-        table = read_table(args.data)
-        check_finite(args.data, table.data, table.columns)
-        if target not in table.columns:
-            raise CLIError(
-                f"{args.data}: target column {target!r} not found (use --target)"
-            )
-        y = table.split(target)[1]
-        X = _features_for(model, args.data)
+        X, y = _model_data(model, args.data, args.target)
     figures = evaluate(model, truth, X, y)
     if args.json:
         print(json.dumps(figures, indent=2))
@@ -762,15 +758,7 @@ def cmd_summary(args) -> int:
     if not 0.0 < args.coverage < 1.0:
         raise CLIError(f"--coverage must be between 0 and 1; got {args.coverage}")
     model = load_model(args.model)
-    target = args.target or getattr(model, "target_name_", None) or "y"
-    table = read_table(args.data)
-    check_finite(args.data, table.data, table.columns)
-    if target not in table.columns:
-        raise CLIError(
-            f"{args.data}: target column {target!r} not found (use --target)"
-        )
-    y = table.split(target)[1]
-    X = _features_for(model, args.data)
+    X, y = _model_data(model, args.data, args.target)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="X does not have valid feature")
         try:
@@ -824,7 +812,7 @@ def _model_data(model, path: str, target: str | None):
     check_finite(path, table.data, table.columns)
     if target not in table.columns:
         raise CLIError(f"{path}: target column {target!r} not found (use --target)")
-    return _features_for(model, path), table.split(target)[1]
+    return _features_for(model, path, table), table.split(target)[1]
 
 
 def cmd_reproduce(args) -> int:

@@ -248,9 +248,8 @@ class SpectralMoE(MoEBase):
         join the alternative starts (``select_n_experts`` passes the fit with one
         expert fewer, split)."""
         ctx = self._prepare(X, y, sample_weight)
-        D = ctx.n_features + self.fit_intercept
         warm_starts = [
-            self._scaled_params(w, D - self.fit_intercept) for w in warm_starts
+            self._raw_params(w, ctx.n_features, inverse=True) for w in warm_starts
         ]
         self._stage_diagnostics = ctx.diagnostics  # what subclasses' hooks report
         try:
