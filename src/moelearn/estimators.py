@@ -642,7 +642,6 @@ class SpectralMoE(MoEBase):
         tol=None,
         max_iter=None,
         rows: Array | None = None,
-        step: str = "newton",
     ) -> EMResult:
         """EM on the fit's data (or on its ``rows``) with this estimator's
         settings."""
@@ -661,7 +660,6 @@ class SpectralMoE(MoEBase):
             max_iter=self.max_iter if max_iter is None else max_iter,
             tol=self.tol if tol is None else tol,
             stage=stage,
-            step=step,
             **common,
         )
 
