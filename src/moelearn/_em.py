@@ -40,12 +40,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
-from functools import partial
+from functools import cache, partial
 
 import numpy as np
 from scipy.linalg import LinAlgError, cho_factor, cho_solve, eigh
 from scipy.optimize import brentq
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 from moelearn import _em_fast
 from moelearn._links import get_link, sigmoid
@@ -313,8 +313,9 @@ def _curvature_sums(xc, resp, gates, res, eta, logits, sw, spec: _PassSpec) -> t
     curvature is the Gauss-Newton one (``g'^2``; exact for linear experts).
 
     Returns the sums ``(observed_xx, observed_xs, observed_ss, complete_xx,
-    complete_xs, complete_ss)``: ``*_xx`` (P, P, D, D) over the vector
-    components, ``*_xs`` (P, S, D) and ``*_ss`` (S, S) for the noise
+    complete_xs, complete_ss)``: ``*_xx`` (pairs, D, D), the blocks of the
+    vector components' pairs :func:`curvature_pairs` lists (the others are zero
+    or mirrored), ``*_xs`` (P, S, D) and ``*_ss`` (S, S) for the noise
     parameters. ``D`` is the width of ``x`` (or of the structured features).
     With ``spec.scores``, three more: the sums of the rows' score outer
     products ``s_i s_i^T`` (``s_i = E_r[u] x_i`` and ``E_r[v]``), the "meat" of
@@ -366,14 +367,7 @@ def _curvature_sums(xc, resp, gates, res, eta, logits, sw, spec: _PassSpec) -> t
     if sw is not None:
         observed, complete = observed * sw, complete * sw
     f = xc if spec.structure is None else spec.structure.features(xc)
-    every = [(c, d) for c in range(n_vec) for d in range(c, n_vec)]
-    gate_pairs = [
-        (g0 + a, g0 + b)
-        for a in range(k - 1)
-        for b in range(a, k - 1)
-        if a == b or params.gate == "softmax"
-    ]
-    nonzero = [(j, j) for j in range(n_experts)] + gate_pairs
+    every, nonzero = curvature_pairs(params, spec.fit_experts)
     matrices = [(observed, every), (complete, nonzero)]
     if spec.scores:  # the rows' scores are the posterior means of u, v
         outer = mean[:, None] * mean[None]
@@ -388,29 +382,47 @@ def _curvature_sums(xc, resp, gates, res, eta, logits, sw, spec: _PassSpec) -> t
     return out
 
 
+def curvature_pairs(
+    params: MoEParams, fit_experts: bool
+) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """The blocks ``(c, d)``, ``c <= d``, of the vector components (experts when
+    fitted, then the free gate rows) that the observed information fills (all)
+    and that the complete-data information fills (each expert with itself; the
+    gate rows with each other for a softmax gate, each node with itself for a
+    tree)."""
+    k = params.n_experts
+    g0 = k if fit_experts else 0
+    n_vec = g0 + k - 1
+    every = [(c, d) for c in range(n_vec) for d in range(c, n_vec)]
+    gate_pairs = [
+        (g0 + a, g0 + b)
+        for a in range(k - 1)
+        for b in range(a, k - 1)
+        if a == b or params.gate == "softmax"
+    ]
+    return every, [(j, j) for j in range(g0)] + gate_pairs
+
+
 def _weighted_grams(f: Array, weights: Array, pairs: list[tuple[int, int]]) -> Array:
-    """``out[c, d] = sum_i weights[c, d, i] f_i f_i^T`` for the upper ``pairs``
-    ``c <= d`` of symmetric ``weights`` (P, P, m), mirrored; other blocks zero.
+    """``out[i] = sum_m weights[c, d, m] f_m f_m^T`` for each of the upper
+    ``pairs[i] = (c, d)``, ``c <= d``, of symmetric ``weights`` (P, P, m).
 
     Narrow ``f`` (NumPy, at most :data:`_PRODUCT_COLUMNS` columns): one matrix
     product of the rows' distinct products ``f_ia f_ib`` (``a <= b``) with all
     the pairs' weights. Otherwise one product per ``c``:
     ``f^T [w_cd1 * f, w_cd2 * f, ...]``."""
     P, (m, D) = weights.shape[0], f.shape
-    out = like(np.zeros((P, P, D, D)), f)
+    out = like(np.zeros((len(pairs), D, D)), f)
     if isinstance(f, np.ndarray) and D <= _PRODUCT_COLUMNS and pairs:
         upper_a, upper_b = np.triu_indices(D)
         products = f[:, upper_a] * f[:, upper_b]  # (m, D (D + 1) / 2)
         cs, ds = np.array(pairs).T
         sums = products.T @ weights[cs, ds].T  # (D (D + 1) / 2, pairs)
-        block = np.empty((D, D))
-        for i, (c, d) in enumerate(pairs):
-            block[upper_a, upper_b] = sums[:, i]
-            block[upper_b, upper_a] = sums[:, i]
-            out[c, d] = block
-            if c != d:
-                out[d, c] = block
+        for i in range(len(pairs)):
+            out[i][upper_a, upper_b] = sums[:, i]
+            out[i][upper_b, upper_a] = sums[:, i]
         return out
+    position = {pair: i for i, pair in enumerate(pairs)}
     for c in range(P):
         ds = [d for (c2, d) in pairs if c2 == c]
         if not ds:
@@ -418,10 +430,7 @@ def _weighted_grams(f: Array, weights: Array, pairs: list[tuple[int, int]]) -> A
         stacked = (weights[c, ds].T[:, :, None] * f[:, None, :]).reshape(m, -1)
         grams = f.T @ stacked  # (D, len(ds) D)
         for i, d in enumerate(ds):
-            block = grams[:, i * D : (i + 1) * D]
-            out[c, d] = block
-            if c != d:
-                out[d, c] = block.T
+            out[position[(c, d)]] = grams[:, i * D : (i + 1) * D]
     return out
 
 
@@ -539,13 +548,15 @@ class _Problem:
             sums = reduce_rows(partial(_pass_sums, spec=spec), self.X, *self._per_row())
             stats = _Stats(*sums[:4])
             if fused:
-                stats.observed, stats.complete = _assemble(sums[4:], structure)
+                stats.observed, stats.complete = _assemble(
+                    sums[4:], structure, params, self.fit_experts
+                )
         if curvature and not fused:
             spec = _PassSpec(params, self.fit_experts, False, True, **settings)
             Xs, per_row = self._subset_rows(subset)
             sums = reduce_rows(partial(_pass_sums, spec=spec), Xs, *per_row)
             scale = n / (float(per_row[-1].sum()) if weighted else len(subset))
-            observed, complete = _assemble(sums, structure)
+            observed, complete = _assemble(sums, structure, params, self.fit_experts)
             stats.observed, stats.complete = observed * scale, complete * scale
         stats.rss, stats.weight = np.asarray(stats.rss), np.asarray(stats.weight)
         return stats
@@ -569,31 +580,45 @@ def information(
     per_row = (y,) if sample_weight is None else (y, sample_weight)
     sums = reduce_rows(partial(_pass_sums, spec=spec), X, *per_row)
     host = [np.asarray(to_host(part)) for part in sums]
-    return _matrix(*host[:3], None), _matrix(*host[6:9], None)
+    every, _ = curvature_pairs(params, True)
+    return _matrix(*host[:3], None, every), _matrix(*host[6:9], None, every)
 
 
-def _assemble(sums: tuple, structure: _StructuredCurvature | None) -> tuple:
+def _assemble(
+    sums: tuple, structure: _StructuredCurvature | None, params: MoEParams, fit_experts
+) -> tuple:
     """The observed and complete-data information matrices, ``(p, p)`` in the
     free parameters (vector components' ``D`` entries each, then the noise
     parameters), from :func:`_curvature_sums`' sums."""
+    every, nonzero = curvature_pairs(params, fit_experts)
     host = [np.asarray(to_host(s)) for s in sums]
-    return _matrix(*host[:3], structure), _matrix(*host[3:], structure)
+    return (
+        _matrix(*host[:3], structure, every),
+        _matrix(*host[3:6], structure, nonzero),
+    )
 
 
-def _matrix(xx: Array, xs: Array, ss: Array, structure) -> Array:
+def _matrix(
+    blocks: Array, xs: Array, ss: Array, structure, pairs: list[tuple[int, int]]
+) -> Array:
+    """The symmetric matrix whose vector blocks ``(c, d)`` are ``blocks[i]`` for
+    ``pairs[i]`` (mirrored; the rest zero), with the noise rows ``xs``, ``ss``;
+    filled in place (no ``(P, P, D, D)`` copy: at d = 400 each is 12 MB)."""
     if structure is not None:
-        xx = _expand_blocks(xx, structure.expand)
+        blocks = [structure.expand(block) for block in blocks]
         xs = np.einsum("ij,csj->csi", structure.C, xs)
     P, S = xs.shape[:2]
-    D = xx.shape[-1]
-    top = xx.transpose(0, 2, 1, 3).reshape(P * D, P * D)
+    D = blocks[0].shape[-1] if len(blocks) else xs.shape[-1]
+    out = np.zeros((P * D + S, P * D + S))
+    for (c, d), block in zip(pairs, blocks, strict=True):
+        out[c * D : (c + 1) * D, d * D : (d + 1) * D] = block
+        if c != d:
+            out[d * D : (d + 1) * D, c * D : (c + 1) * D] = block.T
     side = xs.transpose(0, 2, 1).reshape(P * D, S)
-    return np.block([[top, side], [side.T, ss]])
-
-
-def _expand_blocks(blocks: Array, expand: Callable[[Array], Array]) -> Array:
-    P = blocks.shape[0]
-    return np.array([[expand(blocks[c, d]) for d in range(P)] for c in range(P)])
+    out[: P * D, P * D :] = side
+    out[P * D :, : P * D] = side.T
+    out[P * D :, P * D :] = ss
+    return out
 
 
 def _newton_solve(H: Array, g: Array) -> Array:
@@ -868,6 +893,14 @@ def _drop_experts(params: MoEParams, drop: Array) -> MoEParams:
     return replace(params, experts=params.experts[keep], gating=gating, noise_std=noise)
 
 
+@cache
+def _blas_controller() -> ThreadpoolController:
+    """The loaded BLAS libraries, found once: finding them walks every loaded
+    library (4 ms a call measured with SciPy, scikit-learn and Numba loaded:
+    0.13 s of a 1.8 s fit on Boston, which calls EM 33 times)."""
+    return ThreadpoolController()
+
+
 def em(
     X: Array,
     y: Array,
@@ -954,7 +987,9 @@ def em(
     )
     dropped: list[int] = []
     labels = np.arange(params.n_experts)
-    with threadpool_limits(limits=1, user_api="blas") if quiet else nullcontext():
+    with (
+        _blas_controller().limit(limits=1, user_api="blas") if quiet else nullcontext()
+    ):
         history: list[float] = []
         # (accepted parameters, their objective, their pass's sums)
         previous: tuple[MoEParams, float, _Stats] | None = None
