@@ -62,6 +62,7 @@ class InputPass:
     excess_kurtosis: Array  # per raw column
     t2_start: Array  # T2 @ omega_w, (d, m), in whitened coordinates
     omega: Array  # the whitened start block omega_w, (d, m)
+    few_values: Array  # per raw column: at most FEW_VALUES distinct values sampled
 
 
 def input_pass(
@@ -121,10 +122,12 @@ def input_pass(
     cov = 0.5 * (cov + cov.T)
     transform = inverse_sqrt(cov)
     skewness = kurtosis = np.full(d, np.nan)
+    few_values = np.zeros(d, dtype=bool)
     if marginal_shape:
         if sample is None:
             sample = take_rows(X, row_sample(X.shape[0]))
         skewness, kurtosis = _marginal_shape(sample[:: -(-len(sample) // SHAPE_ROWS)])
+        few_values = _few_values(sample)
         release_pages(X)  # a memory map's sample may be a view of it
 
     # sum p2 (x - mean)(x - mean)^T omega, from sums about the centre.
@@ -139,7 +142,12 @@ def input_pass(
     omega_w = transform.T @ cov @ omega_raw  # L^{-1} omega_raw
     t2_start = transform.T @ c2o - p2_mean * omega_w
     return InputPass(
-        Whitening(mean, transform, cov), skewness, kurtosis, t2_start, omega_w
+        Whitening(mean, transform, cov),
+        skewness,
+        kurtosis,
+        t2_start,
+        omega_w,
+        few_values,
     )
 
 
@@ -246,6 +254,23 @@ def column_means(rows: Array) -> Array:
     every ``s``-th row) BLAS takes 1.1 ms where ``rows.mean(axis=0)`` takes 11 ms
     (50000 x 50)."""
     return np.ones(len(rows)) @ rows / len(rows)
+
+
+#: A column with at most this many distinct values among :data:`VALUE_ROWS`
+#: sampled rows counts as discrete (dummies, codes, months): no continuous
+#: density describes it, and a fitted mixture's scores there are unreliable.
+FEW_VALUES = 20
+VALUE_ROWS = 1000
+
+
+def _few_values(sample: Array) -> Array:
+    """Per column, whether the first :data:`VALUE_ROWS` rows of ``sample`` hold at
+    most :data:`FEW_VALUES` distinct values (and there are more rows than that)."""
+    rows = np.sort(np.asarray(sample[: min(len(sample), VALUE_ROWS)]), axis=0)
+    if len(rows) <= 2 * FEW_VALUES:
+        return np.zeros(rows.shape[1], dtype=bool)
+    distinct = 1 + np.count_nonzero(np.diff(rows, axis=0), axis=0)
+    return distinct <= FEW_VALUES
 
 
 def _marginal_shape(sample: Array) -> tuple[Array, Array]:

@@ -40,6 +40,7 @@ from moelearn._moments import (
     t2_product,
 )
 from moelearn._passes import take_rows
+from moelearn._scores import MixtureDensity, ScoreFunction, fit_mixture_density
 from moelearn._tensor import (
     Eigenpairs,
     krylov_eigenpairs,
@@ -87,6 +88,7 @@ class SpectralMoments:
     sign: float  # sign of the T2 constant c2
     sign_ok: bool  # T2 has n_experts eigenvalues of the sign c2 predicts
     t2_noise: float  # about the operator norm of T2's sampling error
+    density: dict  # the input density whose scores were used (name, components)
 
     @property
     def n_experts(self) -> int:
@@ -115,19 +117,40 @@ def spectral_moments(
     n_experts: int,
     rng: np.random.Generator,
     sample_weight: Array | None = None,
+    input_density: str | int | MixtureDensity | ScoreFunction = "gaussian",
 ) -> SpectralMoments:
-    """Compute the moment products (4 passes; 2 when ``d <= 2 (k + 6)``), as
-    weighted means with ``sample_weight``."""
+    """Compute the moment products, as weighted means with ``sample_weight``.
+
+    ``input_density`` says whose scores ``S_m`` the moments use: ``'gaussian'``
+    (the Hermite tensors of the whitened inputs; 4 passes, 2 when ``d <= 2 (k +
+    6)``), a :class:`~moelearn._scores.MixtureDensity` or
+    :class:`~moelearn._scores.ScoreFunction` over the raw columns, or
+    ``'mixture'`` / a number of components, for a Gaussian mixture fitted to the
+    row sample (:func:`~moelearn._scores.fit_mixture_density`; one component
+    means the Gaussian scores). With a mixture or a score function: 3 passes
+    (the input pass, ``T2`` whole, ``T3`` on its leading directions), each row
+    costing ``O(C d^2)`` for a mixture of ``C`` components.
+    """
     d = X.shape[1]
     transforms = transform_coefficients(link, 0.0)
     sign = float(np.sign(tensor_constants(transforms, link, 1.0)[0])) or 1.0
     p2 = transforms.p2(y)
     # One row sample serves both passes (on a memory map or a Dask array, gathering
     # it reads much of the data).
-    sample = take_rows(X, row_sample(X.shape[0]))
-    inputs, pairs = second_moment_eigenpairs(
-        X, p2, n_experts, rng, sign, sample_weight, sample
+    rows = row_sample(X.shape[0])
+    sample = take_rows(X, rows)
+    density, described = _resolve_density(
+        input_density,
+        sample,
+        rng,
+        None if sample_weight is None else sample_weight[rows],
     )
+    if density is None:
+        inputs, pairs = second_moment_eigenpairs(
+            X, p2, n_experts, rng, sign, sample_weight, sample
+        )
+    else:
+        inputs, pairs = _density_eigenpairs(X, p2, density, sign, sample_weight, sample)
     sign_ok = bool(np.all(sign * pairs.values[:n_experts] > 0))
     if not sign_ok:  # fall back to the largest magnitudes; the caller warns
         order = np.argsort(-np.abs(pairs.values))
@@ -151,15 +174,24 @@ def spectral_moments(
     # error at d=10, n=1e6 grew from 0.014 to 0.021 (median of seeds 0-5).)
     U = pairs.vectors[:, :n_experts]
     responses = np.column_stack([transforms.p3(y), y])
-    t3_block = projected_moments(
-        X,
-        responses,
-        inputs.whitening,
-        U,
-        regression_degree(n_experts),
-        sample_weight,
-        sample,
-    )[1]
+    if density is None:
+        t3_block = projected_moments(
+            X,
+            responses,
+            inputs.whitening,
+            U,
+            regression_degree(n_experts),
+            sample_weight,
+            sample,
+        )[1]
+    else:
+        # In raw coordinates grad_w = L^-1 grad, so T3_w(U, U, U) = T3(L^-1 U, ...).
+        white = inputs.whitening
+        total = X.shape[0] if sample_weight is None else float(sample_weight.sum())
+        if sample_weight is not None:
+            responses = responses * sample_weight[:, None]
+        V = white.covariance @ white.transform @ U
+        t3_block = density.third_moment(X, responses, V) / total
     scale = U.T @ whitening_matrix(pairs, n_experts)  # diag(|lambda|^-1/2)
     t3 = np.einsum("qabc,ai,bj,ck->qijk", t3_block, scale, scale, scale)
     return SpectralMoments(
@@ -173,7 +205,55 @@ def spectral_moments(
         sign,
         sign_ok,
         t2_noise,
+        described,
     )
+
+
+def _resolve_density(
+    spec, sample: Array, rng: np.random.Generator, sample_weight: Array | None
+) -> tuple[MixtureDensity | ScoreFunction | None, dict]:
+    """The density whose scores the moments use (``None``: the Gaussian's) and
+    its description for ``diagnostics_['input_density']``."""
+    if isinstance(spec, MixtureDensity):
+        return spec, {"name": "given", "n_components": spec.n_components}
+    if isinstance(spec, ScoreFunction):
+        return spec, {"name": "score function", "n_components": None}
+    if spec == "gaussian":
+        return None, {"name": "gaussian", "n_components": 1}
+    n_components = None if spec == "mixture" else int(spec)
+    density, bics = fit_mixture_density(
+        np.asarray(sample), n_components, rng, sample_weight
+    )
+    described = {
+        "name": "mixture" if n_components is None else "mixture (given size)",
+        "n_components": density.n_components,
+        "bic": bics,
+    }
+    return (None if density.n_components == 1 else density), described
+
+
+def _density_eigenpairs(
+    X: Array,
+    p2: Array,
+    density: MixtureDensity | ScoreFunction,
+    sign: float,
+    sample_weight: Array | None,
+    sample: Array,
+) -> tuple[InputPass, Eigenpairs]:
+    """The input pass, then ``T2 = E[P2(y) S2(x)]`` whole for the density's
+    scores (one pass) and its eigenpairs in whitened coordinates,
+    ``T2_w = L^-1 T2 L^-1`` (``L = Cov^{-1/2}``)."""
+    d = X.shape[1]
+    inputs = input_pass(
+        X, np.zeros(X.shape[0]), np.zeros((d, 1)), sample_weight, sample
+    )
+    q = p2 if sample_weight is None else p2 * sample_weight
+    white = inputs.whitening
+    root = white.covariance @ white.transform  # L^-1 = Cov^{1/2}
+    moment = density.second_moment(X, q, root)
+    total = X.shape[0] if sample_weight is None else float(sample_weight.sum())
+    t2 = root @ (moment / total) @ root
+    return inputs, ritz_eigenpairs(None, t2, np.eye(d), sign=sign)
 
 
 def second_moment_eigenpairs(

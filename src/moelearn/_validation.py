@@ -67,6 +67,19 @@ def link_rule(*names: str):
     return check
 
 
+def density_rule(v: Any) -> bool:
+    """'gaussian', 'mixture', a number of mixture components in [1, 20], a
+    fitted Gaussian mixture (with weights_, means_ and covariances_) or a score
+    callable (rows -> grad log p)"""
+    if callable(v):
+        return True
+    if isinstance(v, str):
+        return v in ("gaussian", "mixture")
+    if isinstance(v, numbers.Integral) and not isinstance(v, bool):
+        return 1 <= v <= 20
+    return all(hasattr(v, name) for name in ("weights_", "means_", "covariances_"))
+
+
 def boolean(v: Any) -> bool:
     """a bool"""
     return isinstance(v, (bool, np.bool_))

@@ -53,6 +53,21 @@ class CLIError(Exception):
     """A user error: printed as one line, exit status 2."""
 
 
+def _density_arg(text: str) -> str | int:
+    if text in ("gaussian", "mixture"):
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= 20:
+        raise argparse.ArgumentTypeError(
+            f"expected gaussian, mixture or a number of components from 1 to 20; "
+            f"got {text!r}"
+        )
+    return value
+
+
 def _experts_arg(text: str) -> int | str:
     return "auto" if text == "auto" else _positive_int(text)
 
@@ -151,6 +166,16 @@ def build_parser() -> argparse.ArgumentParser:
         default="shared",
         help="one noise level for all experts (default) or one per expert "
         "(spectral, hme, em, gd)",
+    )
+    fit.add_argument(
+        "--input-density",
+        type=_density_arg,
+        default="gaussian",
+        metavar="{gaussian,mixture,N}",
+        help="whose Stein scores the spectral step uses: the inputs' Gaussian "
+        "approximation (default), a Gaussian mixture fitted to them with its "
+        "size chosen by BIC, or one of N components (spectral, hme); for inputs "
+        "with clusters or skewed columns",
     )
     fit.add_argument(
         "--max-experts",
@@ -502,6 +527,10 @@ def _fit_data(args, X, y, w, names, hme: bool) -> int:
     elif args.fit_intercept or args.noise_type != "shared":
         option = "--fit-intercept" if args.fit_intercept else "--noise-type"
         raise CLIError(f"{option} applies to --method spectral, hme, em and gd only")
+    if args.method in ("spectral", "hme"):
+        settings["input_density"] = args.input_density
+    elif args.input_density != "gaussian":
+        raise CLIError("--input-density applies to --method spectral and hme only")
     if args.experts == "auto":
         if args.method != "spectral":
             raise CLIError("--experts auto needs --method spectral")

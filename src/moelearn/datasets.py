@@ -21,8 +21,10 @@ def make_moe(
     noise_std: float = 0.1,
     gating_norm: tuple[float, float] = (1.0, 2.0),
     random_state=None,
+    inputs: str = "gaussian",
 ) -> tuple[Array, Array, dict]:
-    """Draw ``x ~ N(0, I_d)`` and ``y`` from a mixture of experts with random parameters.
+    """Draw ``x`` (``N(0, I_d)`` by default) and ``y`` from a mixture of experts
+    with random parameters.
 
     Regressors ``a_j`` are uniform on the unit sphere; each non-reference gate row
     ``G_j`` (``j < k``) has a uniform direction and a norm uniform in
@@ -38,22 +40,39 @@ def make_moe(
     gating_norm : (low, high), default=(1, 2)
         Range of the gate rows' Euclidean norms.
     random_state : int, Generator or None
+    inputs : {'gaussian', 'mixture', 'laplace', 'gamma', 'student'}, default='gaussian'
+        The inputs' distribution, for testing the spectral step off its
+        Gaussian assumption: ``'mixture'`` draws from 3 Gaussians (weights 0.5,
+        0.3, 0.2) whose means lie 3 from the origin in random directions (centred so that
+        the mixture's mean is 0) and whose covariances have random axes and
+        scales in [0.3, 1.5]; the others have independent columns: Laplace,
+        gamma with shape 2 (skewness 1.4), Student t with 5 degrees of freedom.
+        Every distribution has mean 0 and average variance 1 per column.
 
     Returns
     -------
     X : ndarray (n_samples, n_features)
     y : ndarray (n_samples,)
     params : dict
-        ``experts`` (k, d), ``gating`` (k, d), ``noise_std``, ``link``.
+        ``experts`` (k, d), ``gating`` (k, d), ``noise_std``, ``link``, and, for
+        ``inputs='mixture'``, ``input_mixture``: the inputs' ``weights``,
+        ``means`` and ``covariances``.
     """
     _check_sizes(n_samples, n_features, link, noise_std, gating_norm)
     if not (isinstance(n_experts, (int, np.integer)) and n_experts >= 2):
         raise ValueError(f"n_experts must be an int >= 2; got {n_experts!r}")
+    if inputs not in _INPUTS:
+        raise ValueError(f"inputs must be one of {sorted(_INPUTS)}; got {inputs!r}")
     rng = check_random_state(random_state)
     experts = _unit_rows(rng, n_experts, n_features)
     gating = np.zeros((n_experts, n_features))
     gating[:-1] = _gate_rows(rng, n_experts - 1, n_features, gating_norm)
-    return _draw(rng, n_samples, MoEParams(experts, gating, float(noise_std), link))
+    params = MoEParams(experts, gating, float(noise_std), link)
+    if inputs == "gaussian":
+        return _draw(rng, n_samples, params)
+    X, described = _INPUTS[inputs](rng, n_samples, n_features)
+    y, _ = sample_outputs(X, params, rng)
+    return X, y, {**_truth(params), **described}
 
 
 def make_hme(
@@ -121,10 +140,73 @@ def _draw(
 ) -> tuple[Array, Array, dict]:
     X = rng.standard_normal((n_samples, params.experts.shape[1]))
     y, _ = sample_outputs(X, params, rng)
-    truth = {
+    return X, y, _truth(params)
+
+
+def _truth(params: MoEParams) -> dict:
+    return {
         "experts": params.experts,
         "gating": params.gating,
         "noise_std": params.noise_std,
         "link": params.link,
     }
-    return X, y, truth
+
+
+#: The mixtures' weights by number of components (``make_moe(inputs='mixture')``
+#: uses 3).
+MIXTURE_WEIGHTS = {2: (0.6, 0.4), 3: (0.5, 0.3, 0.2), 4: (0.4, 0.3, 0.2, 0.1)}
+
+
+def mixture_inputs(
+    rng: np.random.Generator, n: int, d: int, components: int = 3
+) -> tuple[Array, dict]:
+    """Rows from ``components`` Gaussians (weights :data:`MIXTURE_WEIGHTS`) whose
+    means lie 3 from the origin in random directions and whose covariances have random axes
+    and scales in [0.3, 1.5]; centred and scaled to mean 0 and average variance 1.
+    Returns the rows and ``{'input_mixture': {'weights', 'means',
+    'covariances'}}``."""
+    weights = np.array(MIXTURE_WEIGHTS[components])
+    means = 3.0 * _unit_rows(rng, components, d)
+    means -= weights @ means
+    covariances = []
+    for _ in range(components):
+        axes = np.linalg.qr(rng.standard_normal((d, d)))[0]
+        covariances.append((axes * rng.uniform(0.3, 1.5, d)) @ axes.T)
+    covariances = np.array(covariances)
+    scale = np.sqrt(
+        (np.einsum("c,cii->", weights, covariances) + weights @ (means**2).sum(1)) / d
+    )
+    means, covariances = means / scale, covariances / scale**2
+    labels = rng.choice(components, size=n, p=weights)
+    roots = np.linalg.cholesky(covariances)
+    X = means[labels] + np.einsum(
+        "nij,nj->ni", roots[labels], rng.standard_normal((n, d))
+    )
+    mixture = {"weights": weights, "means": means, "covariances": covariances}
+    return X, {"input_mixture": mixture}
+
+
+def _independent_inputs(draw):
+    """Independent columns from ``draw(rng, shape)``, standardised by the
+    distribution's own mean and standard deviation."""
+
+    def inputs(rng: np.random.Generator, n: int, d: int) -> tuple[Array, dict]:
+        values, mean, std = draw(rng, (n, d))
+        return (values - mean) / std, {}
+
+    return inputs
+
+
+_INPUTS = {
+    "gaussian": None,
+    "mixture": mixture_inputs,
+    "laplace": _independent_inputs(
+        lambda rng, shape: (rng.laplace(size=shape), 0.0, np.sqrt(2.0))
+    ),
+    "gamma": _independent_inputs(
+        lambda rng, shape: (rng.gamma(2.0, size=shape), 2.0, np.sqrt(2.0))
+    ),
+    "student": _independent_inputs(
+        lambda rng, shape: (rng.standard_t(5, size=shape), 0.0, np.sqrt(5.0 / 3.0))
+    ),
+}

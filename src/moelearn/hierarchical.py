@@ -57,7 +57,7 @@ class HierarchicalMoE(SpectralMoE):
     depth : int, default=2
         Levels of gates; ``2^depth`` experts (at most ``n_features``). ``depth=1``
         is the 2-expert model of :class:`SpectralMoE`.
-    link, noise_std, noise_type, refine, fit_intercept, extra_starts, max_iter, tol, \
+    link, noise_std, noise_type, refine, fit_intercept, extra_starts, input_density, max_iter, tol, \
 n_init, random_state, verbose
         As in :class:`SpectralMoE` (a tree keeps all its leaves: no expert is
         dropped); with ``fit_intercept`` every node gets a bias
@@ -112,6 +112,7 @@ n_init, random_state, verbose
         refine: bool = True,
         fit_intercept: bool = False,
         extra_starts: str = "auto",
+        input_density="gaussian",
         max_iter: int = 200,
         tol: float = 1e-4,
         n_init: int = 10,
@@ -125,6 +126,7 @@ n_init, random_state, verbose
         self.refine = refine
         self.fit_intercept = fit_intercept
         self.extra_starts = extra_starts
+        self.input_density = input_density
         self.max_iter = max_iter
         self.tol = tol
         self.n_init = n_init
