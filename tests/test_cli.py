@@ -373,3 +373,57 @@ def test_the_command_line_starts_without_scikit_learn():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.stdout.strip() == "False", out.stderr
+
+
+def test_feature_columns_are_chosen_by_name(workdir, tmp_path, capsys):
+    """--exclude drops a column that is not a feature (an id), in memory and
+    streamed, with the same fit as the file without it; --features takes a
+    subset, and predict then reads those columns by name from the full file.
+    Names that are not columns, the target as a feature, a name twice, or no
+    feature left are one-line errors (issue 16)."""
+    table = read_table(workdir / "data.csv")
+    with_id = tmp_path / "id.csv"
+    header = ",".join([*table.columns, "id"])
+    rows = np.column_stack([table.data, np.arange(len(table.data)) % 97])
+    np.savetxt(with_id, rows, delimiter=",", header=header, comments="")
+    plain = tmp_path / "plain.json"
+    assert run("fit", workdir / "data.csv", "--out", plain, "-q") == 0
+    for stream in ("no", "yes"):
+        out = tmp_path / f"ex_{stream}.json"
+        assert (
+            run(
+                "fit",
+                with_id,
+                "--exclude",
+                "id",
+                "--stream",
+                stream,
+                "--out",
+                out,
+                "-q",
+            )
+            == 0
+        )
+        excluded = load_model(out)
+        assert list(excluded.feature_names_in_) == ["x0", "x1", "x2", "x3"]
+        np.testing.assert_allclose(
+            excluded.experts_, load_model(plain).experts_, rtol=1e-6, atol=1e-8
+        )
+    subset = tmp_path / "subset.json"
+    assert run("fit", with_id, "--features", "x3,x1", "--out", subset, "-q") == 0
+    assert list(load_model(subset).feature_names_in_) == ["x3", "x1"]
+    preds = tmp_path / "p.csv"
+    assert run("predict", subset, with_id, "--out", preds) == 0
+    assert len(read_table(preds).data) == len(rows)
+    capsys.readouterr()
+    for options, message in [
+        (("--features", "x0,x9"), "feature column 'x9' not found"),
+        (("--features", "x0,y"), "feature 'y' is the target column"),
+        (("--features", "x0,x0"), "named twice"),
+        (("--exclude", "x0,x1,x2,x3,id"), "no feature columns left"),
+        (("--exclude", "idd"), "excluded column 'idd' not found"),
+    ]:
+        assert run("fit", with_id, *options, "--out", tmp_path / "bad.json") == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1
+        assert not (tmp_path / "bad.json").exists()

@@ -20,7 +20,7 @@ from moelearn._passes import report_passes
 from moelearn.io import (
     atomic_path,
     check_finite,
-    column_index,
+    feature_columns,
     load_model,
     read_table,
     save_model,
@@ -51,6 +51,15 @@ def _estimator(method: str):
 
 class CLIError(Exception):
     """A user error: printed as one line, exit status 2."""
+
+
+def _names_arg(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",")]
+    if not all(names):
+        raise argparse.ArgumentTypeError(
+            f"expected column names separated by commas, got {text!r}"
+        )
+    return names
 
 
 def _density_arg(text: str) -> str | int:
@@ -225,6 +234,22 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="COL",
         help="column of non-negative sample weights (methods spectral, hme, em)",
+    )
+    columns = fit.add_mutually_exclusive_group()
+    columns.add_argument(
+        "--features",
+        type=_names_arg,
+        default=None,
+        metavar="A,B,...",
+        help="the feature columns, comma-separated (default: every column but "
+        "the target and the weight)",
+    )
+    columns.add_argument(
+        "--exclude",
+        type=_names_arg,
+        default=None,
+        metavar="A,B,...",
+        help="columns that are not features (ids, other targets), comma-separated",
     )
 
     pred = sub.add_parser("predict", help="predict E[y|x] and gate probabilities")
@@ -420,13 +445,6 @@ def write_table_npz(path: Path, X: np.ndarray, y: np.ndarray) -> None:
         np.savez(fh, X=X, y=y)
 
 
-def _load_xy(path: str, target: str):
-    table = read_table(path)
-    check_finite(path, table.data, table.columns)
-    X, y, names = table.split(target)
-    return X, y, names
-
-
 def _check_out_dir(out: str) -> None:
     """Refuse, before any work, an output path that cannot be written: a
     folder, a missing folder, a file used as a folder, a folder without write
@@ -494,14 +512,22 @@ def cmd_fit(args) -> int:
             args.scratch,
             _stream_progress(args.quiet),
             weight=args.weight,
+            features=args.features,
+            exclude=args.exclude,
         ) as (X, y, w, names):
             return _fit_data(args, X, y, w, names, hme)
-    X, y, names = _load_xy(args.data, args.target)
-    w = None
-    if args.weight is not None:
-        j = column_index(names, args.weight, "weight")
-        w, X = X[:, j], np.delete(X, j, axis=1)
-        names = names[:j] + names[j + 1 :]
+    table = read_table(args.data)
+    try:
+        j, jw, keep = feature_columns(
+            table.columns, args.target, args.weight, args.features, args.exclude
+        )
+    except ValueError as exc:
+        raise CLIError(f"{args.data}: {exc}") from None
+    used = [j, *([] if jw is None else [jw]), *keep]  # (excluded columns may hold NaN)
+    check_finite(args.data, table.data[:, used], [table.columns[i] for i in used])
+    X, y = table.data[:, keep], table.data[:, j]
+    w = None if jw is None else table.data[:, jw]
+    names = [table.columns[i] for i in keep]
     return _fit_data(args, X, y, w, names, hme)
 
 

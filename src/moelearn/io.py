@@ -96,6 +96,39 @@ def column_index(columns: list[str], name: str, what: str) -> int:
     return columns.index(name)
 
 
+def feature_columns(
+    columns: list[str],
+    target: str,
+    weight: str | None = None,
+    features: list[str] | None = None,
+    exclude: list[str] | None = None,
+) -> tuple[int, int | None, list[int]]:
+    """``(target index, weight index or None, feature indices)`` of a table with
+    ``columns``: the named ``features`` in their order, or every column but the
+    target, the weight and the ``exclude``d ones. ``ValueError`` for a name that
+    is not a column, the target or weight named as a feature, a name given twice,
+    or no feature left."""
+    j = column_index(columns, target, "target")
+    if weight is not None and weight == target:
+        raise ValueError(f"weight column {weight!r} is the target column")
+    w = None if weight is None else column_index(columns, weight, "weight")
+    if features is not None:
+        keep = [column_index(columns, name, "feature") for name in features]
+        for name, i in zip(features, keep, strict=True):
+            if i in (j, w):
+                role = "target" if i == j else "weight"
+                raise ValueError(f"feature {name!r} is the {role} column")
+        twice = sorted({name for name in features if features.count(name) > 1})
+        if twice:
+            raise ValueError(f"feature column(s) {twice} named twice")
+    else:
+        dropped = {column_index(columns, name, "excluded") for name in exclude or ()}
+        keep = [i for i in range(len(columns)) if i not in {j, w, *dropped}]
+    if not keep:
+        raise ValueError("no feature columns left: every column is excluded")
+    return j, w, keep
+
+
 def _suffix(path: Path) -> str:
     suffix = path.suffix.lower()
     if suffix not in SUFFIXES:
@@ -269,6 +302,8 @@ def stream_table(
     scratch: str | os.PathLike | None = None,
     progress: Callable[[int, int | None], None] | None = None,
     weight: str | None = None,
+    features: list[str] | None = None,
+    exclude: list[str] | None = None,
 ) -> Iterator[tuple[Array, Array, Array | None, list[str]]]:
     """Stream a data file into a memory-mapped ``X`` and an in-memory ``y``.
 
@@ -283,7 +318,9 @@ def stream_table(
     rows_total or None)`` is called after each batch. NaN/inf and non-numeric
     values raise ``ValueError`` naming the row and column.
 
-    ``weight`` names a column of sample weights, kept in memory like ``y``.
+    ``weight`` names a column of sample weights, kept in memory like ``y``;
+    ``features`` or ``exclude`` choose the feature columns
+    (:func:`feature_columns`).
 
     Yields
     ------
@@ -300,11 +337,7 @@ def stream_table(
         )
     batches, columns, total = _open_batches(path, suffix)
     check_unique_names(path, columns)
-    j = column_index(columns, target, "target")
-    if weight is not None and weight == target:
-        raise ValueError(f"weight column {weight!r} is the target column")
-    w_col = None if weight is None else column_index(columns, weight, "weight")
-    keep = [i for i in range(len(columns)) if i not in (j, w_col)]
+    j, w_col, keep = feature_columns(columns, target, weight, features, exclude)
     names = [columns[i] for i in keep]
     with tempfile.TemporaryDirectory(prefix="moelearn-", dir=scratch) as folder:
         raw = Path(folder) / "X.raw"
@@ -312,8 +345,10 @@ def stream_table(
         weights: list[Array] = []
         done = 0
         with open(raw, "wb") as fh:
+            used = [j, *([] if w_col is None else [w_col]), *keep]
+            used_names = [columns[i] for i in used]
             for block in batches:
-                check_finite(path, block, columns, done)
+                check_finite(path, block[:, used], used_names, done)
                 fh.write(np.ascontiguousarray(block[:, keep]).tobytes())
                 targets.append(block[:, j].copy())
                 if w_col is not None:
