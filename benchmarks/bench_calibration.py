@@ -2,7 +2,7 @@
 (issue 18).
 
 Usage: ``python benchmarks/bench_calibration.py [--replicates 200]
-[--bootstrap-replicates 40] [--out FILE]``.
+[--bootstrap-replicates 40] [--resamples 100] [--out FILE]``.
 
 Each replicate draws n = 2e4 rows, d = 5 standard Gaussian inputs, from one
 fixed two-expert model (linear experts with intercepts, a gate with a bias,
@@ -12,8 +12,8 @@ holds the truth. Coverage is reported per parameter group; with R replicates
 and P parameters in a group its standard error is about
 ``sqrt(0.95 * 0.05 / R)`` (rows are correlated within a replicate, so read it as
 a lower bound). The bootstrap (EM refits from the fit on resampled rows) is
-slower: it runs on the first ``--bootstrap-replicates`` replicates with 100
-resamples each.
+slower: it runs on the first ``--bootstrap-replicates`` replicates with
+``--resamples`` resamples each.
 """
 
 from __future__ import annotations
@@ -54,7 +54,9 @@ def truth_values(swapped: bool) -> np.ndarray:
     return np.concatenate([TRUTH.experts[order].ravel(), gate, noise])
 
 
-def one_replicate(seed: int, kinds: list[str]) -> dict[str, np.ndarray]:
+def one_replicate(
+    seed: int, kinds: list[str], resamples: int = 100
+) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     X = rng.standard_normal((N, D))
     y, _ = sample_outputs(np.column_stack([X, np.ones(N)]), TRUTH, rng)
@@ -69,7 +71,7 @@ def one_replicate(seed: int, kinds: list[str]) -> dict[str, np.ndarray]:
     truth = truth_values(swapped)
     out = {}
     for kind in kinds:
-        table = model.summary(X, y, kind=kind, n_bootstrap=100, random_state=seed)
+        table = model.summary(X, y, kind=kind, n_bootstrap=resamples, random_state=seed)
         inside = (table["ci_low"] <= truth) & (truth <= table["ci_high"])
         out[kind] = (table["group"].to_numpy(), inside.to_numpy())
     return out
@@ -79,6 +81,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--replicates", type=int, default=200)
     parser.add_argument("--bootstrap-replicates", type=int, default=40)
+    parser.add_argument("--resamples", type=int, default=100, help="per bootstrap")
     parser.add_argument("--out", default=str(HERE / "results" / "calibration.md"))
     args = parser.parse_args()
     hits: dict[str, dict[str, list]] = {}
@@ -87,7 +90,7 @@ def main() -> int:
         kinds = ["observed", "sandwich"]
         if seed < args.bootstrap_replicates:
             kinds.append("bootstrap")
-        result = one_replicate(seed, kinds)
+        result = one_replicate(seed, kinds, args.resamples)
         for kind, (groups, inside) in result.items():
             for group in np.unique(groups):
                 hits.setdefault(kind, {}).setdefault(group, []).append(
@@ -103,7 +106,8 @@ def main() -> int:
             "experts with intercepts, gate with a bias, sigma = 0.1 and 0.2; "
             "`SpectralMoE(fit_intercept=True, noise_type='per_expert')`). Share of "
             "the replicates whose interval holds the true value, per parameter group "
-            "(parameters x replicates intervals each)."
+            "(parameters x replicates intervals each); the bootstrap on the first "
+            f"{args.bootstrap_replicates} replicates, {args.resamples} resamples each."
         ),
         "",
         "| standard errors | group | intervals | coverage | binomial s.e. |",

@@ -427,3 +427,21 @@ def test_feature_columns_are_chosen_by_name(workdir, tmp_path, capsys):
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1
         assert not (tmp_path / "bad.json").exists()
+
+
+def test_every_option_has_a_help_text():
+    """``moelearn COMMAND --help`` explains every option (issue 16 found 13
+    without a word)."""
+    import argparse
+
+    from moelearn.cli import build_parser
+
+    missing = [
+        (name, a.option_strings or a.dest)
+        for action in build_parser()._actions
+        if isinstance(action, argparse._SubParsersAction)
+        for name, sub in action.choices.items()
+        for a in sub._actions
+        if not a.help and a.dest != "help"
+    ]
+    assert missing == []

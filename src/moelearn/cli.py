@@ -120,21 +120,47 @@ def build_parser() -> argparse.ArgumentParser:
 
     sim = sub.add_parser("simulate", help="draw data from a random mixture of experts")
     sim.add_argument(
-        "--samples", "--n-samples", "-n", type=_positive_int, default=100_000
+        "--samples",
+        "--n-samples",
+        "-n",
+        type=_positive_int,
+        default=100_000,
+        help="rows to draw (default 100000)",
     )
-    sim.add_argument("--features", "--n-features", "-d", type=_positive_int, default=10)
-    sim.add_argument("--experts", "--n-experts", "-k", type=_positive_int, default=2)
+    sim.add_argument(
+        "--features",
+        "--n-features",
+        "-d",
+        type=_positive_int,
+        default=10,
+        help="input columns, standard Gaussian (default 10)",
+    )
+    sim.add_argument(
+        "--experts",
+        "--n-experts",
+        "-k",
+        type=_positive_int,
+        default=2,
+        help="experts, softmax gate (default 2)",
+    )
     sim.add_argument(
         "--depth",
         type=_positive_int,
         default=None,
         help="draw a hierarchical MoE of this depth (2^depth experts) instead",
     )
-    sim.add_argument("--link", choices=sorted(LINKS), default="linear")
+    sim.add_argument(
+        "--link",
+        choices=sorted(LINKS),
+        default="linear",
+        help="the experts' link g (default linear)",
+    )
     sim.add_argument(
         "--noise", type=_nonneg_float, default=0.1, help="noise std (default 0.1)"
     )
-    sim.add_argument("--seed", type=int, default=0)
+    sim.add_argument(
+        "--seed", type=int, default=0, help="seeds the parameters and rows (default 0)"
+    )
     sim.add_argument(
         "--out", required=True, help="data file: .csv, .npz, .npy or .parquet"
     )
@@ -205,7 +231,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="spectral (Method 1, default), hme (Method 1 for a hierarchical "
         "MoE), tensor-loss (Method 2), em or gd (baselines from random starts)",
     )
-    fit.add_argument("--link", choices=sorted(LINKS), default="linear")
+    fit.add_argument(
+        "--link",
+        choices=sorted(LINKS),
+        default="linear",
+        help="the experts' link g (default linear)",
+    )
     fit.add_argument("--noise-std", type=float, default=None, help="known noise std")
     fit.add_argument(
         "--no-refine", action="store_true", help="skip joint-EM refinement"
@@ -216,7 +247,13 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument(
         "--tol", type=float, default=None, help="tolerance (method default)"
     )
-    fit.add_argument("--seed", type=int, default=0)
+    fit.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seeds the random starts and subsamples (default 0): the same seed "
+        "gives the same fit",
+    )
     fit.add_argument("--out", required=True, help="model file to write (.json)")
     fit.add_argument("--quiet", "-q", action="store_true", help="no progress output")
     fit.add_argument(
@@ -308,21 +345,44 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="simulate, fit, report errors and write a plot")
     demo.add_argument(
-        "--samples", "--n-samples", "-n", type=_positive_int, default=200_000
+        "--samples",
+        "--n-samples",
+        "-n",
+        type=_positive_int,
+        default=200_000,
+        help="rows to simulate (default 200000)",
     )
     demo.add_argument(
-        "--features", "--n-features", "-d", type=_positive_int, default=10
+        "--features",
+        "--n-features",
+        "-d",
+        type=_positive_int,
+        default=10,
+        help="input columns (default 10)",
     )
-    demo.add_argument("--link", choices=sorted(LINKS), default="linear")
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--out-dir", default="demo_output")
+    demo.add_argument(
+        "--link",
+        choices=sorted(LINKS),
+        default="linear",
+        help="the experts' link g (default linear)",
+    )
+    demo.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    demo.add_argument(
+        "--out-dir",
+        default="demo_output",
+        help="folder for the plot and the simulated data (default demo_output)",
+    )
 
     rep = sub.add_parser(
         "reproduce", help="re-run the papers' experiments: figures and CSV tables"
     )
     rep.add_argument("name", help="experiment: all, sample-size, hard-cases, l4-curves")
     rep.add_argument("--quick", action="store_true", help="fewer seeds and sizes")
-    rep.add_argument("--out-dir", default="results")
+    rep.add_argument(
+        "--out-dir",
+        default="results",
+        help="folder for the experiments' CSV tables and PNG figures (default results)",
+    )
     return parser
 
 
