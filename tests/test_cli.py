@@ -445,3 +445,26 @@ def test_every_option_has_a_help_text():
         if not a.help and a.dest != "help"
     ]
     assert missing == []
+
+
+def test_an_interrupt_while_starting_is_one_line():
+    """Ctrl-C while the modules load (before the error boundary) used to print a
+    KeyboardInterrupt traceback (issue 16): the interrupt is raised here, on
+    importing the command line, deterministically."""
+    code = """
+import sys
+class Interrupt:
+    def find_spec(self, name, path=None, target=None):
+        if name == "moelearn.cli":
+            raise KeyboardInterrupt
+sys.meta_path.insert(0, Interrupt())
+from moelearn.__main__ import run
+sys.exit(run())
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", code, "fit", "x.csv", "--out", "m.json"],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 130
+    assert done.stderr == "moelearn: interrupted; no output written\n"

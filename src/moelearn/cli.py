@@ -389,8 +389,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run one command. Every failure is one line on stderr and exit status 2
     (130 for an interrupt), never a traceback, unless ``--debug``."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except KeyboardInterrupt:
+        print("moelearn: interrupted; no output written", file=sys.stderr)
+        return 130
     try:
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:
