@@ -29,6 +29,7 @@ than ``C`` matrices of ``d x d`` is formed.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property, partial
@@ -57,6 +58,7 @@ class MixtureDensity:
     weights: Array  # (C,)
     means: Array  # (C, d)
     factors: Array  # (C, d, d) R_c
+    converged: bool = True  # whether the EM that fitted it met its tolerance
 
     @property
     def n_components(self) -> int:
@@ -71,7 +73,7 @@ class MixtureDensity:
 
     @classmethod
     def from_covariances(
-        cls, weights: Array, means: Array, covariances: Array
+        cls, weights: Array, means: Array, covariances: Array, converged: bool = True
     ) -> MixtureDensity:
         """From full covariances ``Sigma_c`` (``(C, d, d)``); ``ValueError`` when
         one is not positive definite."""
@@ -87,14 +89,19 @@ class MixtureDensity:
             # Sigma = L L^T, so Sigma^-1 = L^-T L^-1 = R R^T with R = L^-T.
             factors.append(np.linalg.inv(lower).T)
         weights = np.asarray(weights, float)
-        return cls(weights / weights.sum(), np.asarray(means, float), np.array(factors))
+        return cls(
+            weights / weights.sum(),
+            np.asarray(means, float),
+            np.array(factors),
+            converged,
+        )
 
     def affine(self, shift: Array, matrix: Array) -> MixtureDensity:
         """The density of ``x' = shift + matrix @ x`` (``matrix`` invertible)."""
         means = shift + self.means @ matrix.T
         # Cov' = A Cov A^T, so Lambda' = A^-T R R^T A^-1 and R' = A^-T R.
         factors = np.einsum("ji,cjk->cik", np.linalg.inv(matrix), self.factors)
-        return MixtureDensity(self.weights, means, factors)
+        return MixtureDensity(self.weights, means, factors, self.converged)
 
     @cached_property
     def _stacked_factors(self) -> Array:
@@ -336,6 +343,7 @@ def fit_mixture_density(
     10 000 rows was twice that with 50 000. With ``sample_weight``, rows are
     drawn with probabilities proportional to their weights (EM here takes none).
     """
+    from sklearn.exceptions import ConvergenceWarning
     from sklearn.mixture import GaussianMixture
 
     m, d = sample.shape
@@ -360,9 +368,11 @@ def fit_mixture_density(
                 f"too few rows ({len(rows)}) to fit a {c}-component Gaussian "
                 f"mixture to {d} input columns"
             )
-        return GaussianMixture(
-            c, covariance_type="full", reg_covar=1e-4, random_state=seed, **options
-        ).fit(rows)
+        with warnings.catch_warnings():  # (convergence is reported, not warned)
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            return GaussianMixture(
+                c, covariance_type="full", reg_covar=1e-4, random_state=seed, **options
+            ).fit(rows)
 
     bics: list[float] = []
     start = {}
@@ -386,7 +396,7 @@ def fit_mixture_density(
         }
     best = mixture(n_components, standard, tol=1e-5, max_iter=300, **start)
     density = MixtureDensity.from_covariances(
-        best.weights_, best.means_, best.covariances_
+        best.weights_, best.means_, best.covariances_, converged=best.converged_
     )
     return density.affine(mean, root), bics
 

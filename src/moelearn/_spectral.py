@@ -228,6 +228,7 @@ def _resolve_density(
         "name": "mixture" if n_components is None else "mixture (given size)",
         "n_components": density.n_components,
         "bic": bics,
+        "converged": density.converged,
     }
     return (None if density.n_components == 1 else density), described
 

@@ -181,7 +181,8 @@ callable, default='gaussian'
         ``one_expert_log_likelihood``, ``starts`` (each start's name, mean
         log-likelihood, iterations, convergence, experts), ``kept_start``,
         ``dropped_experts``, ``input_density`` (whose scores the spectral step
-        used: ``name``, ``n_components``, and the ``bic`` of each size tried).
+        used: ``name``, ``n_components``, the ``bic`` of each size tried and
+        whether the mixture's EM ``converged``; scikit-learn's warning is not shown).
     fit_times_ : dict
         Seconds spent in each stage (``spectral``, ``gating``, ``refine``).
     n_features_in_ : int
