@@ -260,33 +260,111 @@ class MoEBase(RegressorMixin, BaseEstimator):
         return X
 
     def predict(self, X) -> Array:
-        """Conditional mean ``E[y | x] = sum_j pi_j(x) g(a_j . x)``, shape (n,)."""
+        """Conditional mean ``E[y | x] = sum_j pi_j(x) g(a_j . x)``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Inputs with the columns the model was fitted on.
+
+        Returns
+        -------
+        ndarray of shape (n_samples,)
+            The prediction of each row (a tensor for a tensor ``X``).
+        """
         return _like(X, predict_mean(self._inputs(X), self._params()))
 
     def predict_proba(self, X) -> Array:
-        """Gate probabilities ``pi(x)``, shape (n, n_experts)."""
+        """Gate probabilities ``pi(x)``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Inputs with the columns the model was fitted on.
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_experts)
+            Each row's gate probabilities (rows sum to one).
+        """
         return _like(X, gate_proba(self._inputs(X), self._params()))
 
     def posterior_proba(self, X, y) -> Array:
-        """Responsibilities ``P(expert j | x, y)``, shape (n, n_experts)."""
+        """The posterior responsibilities ``P(expert j | x, y)``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Inputs with the columns the model was fitted on.
+        y : array-like of shape (n_samples,)
+            Targets.
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_experts)
+            Each row's posterior probability of each expert.
+        """
         Xv = self._inputs(X)
         y = v.check_target(np.asarray(to_host(y)), Xv.shape[0])
         return _like(X, log_likelihood_terms(Xv, y, self._params())[1])
 
     def log_likelihood(self, X, y) -> Array:
-        """Log-likelihood ``log p(y_i | x_i)`` of each sample, shape (n,)."""
+        """Log-likelihood ``log p(y_i | x_i)`` of each row.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Inputs with the columns the model was fitted on.
+        y : array-like of shape (n_samples,)
+            Targets.
+
+        Returns
+        -------
+        ndarray of shape (n_samples,)
+            ``log sum_j pi_j(x_i) N(y_i | g(a_j . x_i), sigma_j^2)``.
+        """
         Xv = self._inputs(X)
         y = v.check_target(np.asarray(to_host(y)), Xv.shape[0])
         return _like(X, log_likelihood_terms(Xv, y, self._params())[0])
 
     def score(self, X, y, sample_weight=None) -> float:
-        """Mean log-likelihood ``(1/n) sum_i log p(y_i | x_i)`` (higher is better)."""
+        """Mean log-likelihood ``(1/n) sum_i log p(y_i | x_i)`` (higher is better).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Inputs with the columns the model was fitted on.
+        y : array-like of shape (n_samples,)
+            Targets.
+        sample_weight : array-like of shape (n_samples,), optional
+            Weights of the mean.
+
+        Returns
+        -------
+        float
+            The (weighted) mean log-likelihood per row.
+        """
         ll = np.asarray(to_host(self.log_likelihood(X, y)))
         weights = None if sample_weight is None else to_host(sample_weight)
         return float(np.average(ll, weights=weights))
 
     def sample(self, X, random_state=None) -> tuple[Array, Array]:
-        """Draw ``y ~ P(y | x)`` for each row of ``X``; returns ``(y, expert_index)``."""
+        """Draw ``y ~ P(y | x)`` for each row of ``X``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Inputs with the columns the model was fitted on.
+        random_state : int, Generator or None
+            Seeds the draws.
+
+        Returns
+        -------
+        y : ndarray of shape (n_samples,)
+            The drawn targets.
+        expert_index : ndarray of shape (n_samples,)
+            The expert each row's target was drawn from.
+        """
         y, z = sample_outputs(
             self._inputs(X), self._params(), v.check_random_state(random_state)
         )
@@ -303,20 +381,22 @@ class MoEBase(RegressorMixin, BaseEstimator):
         return mixture_components(np.asarray(to_host(self._inputs(X))), self._params())
 
     def predict_quantiles(self, X, q) -> Array:
-        """Quantiles of the predictive distribution of ``y`` given each row.
+        """The quantiles of the predictive distribution of ``y`` given each row.
 
         ``y | x`` is the Gaussian mixture ``sum_j pi_j(x) N(mu_j(x), sigma_j^2)``;
         its quantiles solve ``sum_j pi_j Phi((y - mu_j) / sigma_j) = q``.
 
         Parameters
         ----------
-        X : array-like of shape (n, d)
+        X : array-like of shape (n_samples, n_features)
+            Inputs with the columns the model was fitted on.
         q : float or array-like of shape (m,)
             Levels in (0, 1).
 
         Returns
         -------
-        ndarray of shape (n, m), or (n,) for a scalar ``q``
+        ndarray of shape (n_samples, m), or (n_samples,) for a scalar ``q``
+            The quantiles of each row.
         """
         from moelearn._predictive import quantiles
 
@@ -327,44 +407,116 @@ class MoEBase(RegressorMixin, BaseEstimator):
         return out[:, 0] if np.ndim(q) == 0 else out
 
     def predict_interval(self, X, coverage: float = 0.9) -> Array:
-        """The central ``coverage`` predictive interval of ``y`` for each row,
-        between the ``(1 - coverage) / 2`` and ``(1 + coverage) / 2`` quantiles,
-        shape (n, 2). Where the experts disagree the distribution has several
-        modes and this interval, with equal tails, can span the gap between
-        them."""
+        """The central ``coverage`` predictive interval of ``y`` for each row.
+
+        It runs between the ``(1 - coverage) / 2`` and ``(1 + coverage) / 2``
+        quantiles of :meth:`predict_quantiles`. Where the experts disagree the
+        distribution has several modes and this interval, with equal tails, can
+        span the gap between them.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Inputs with the columns the model was fitted on.
+        coverage : float, default=0.9
+            The interval's probability, in (0, 1).
+
+        Returns
+        -------
+        ndarray of shape (n_samples, 2)
+            Each row's lower and upper end.
+        """
         if not 0.0 < coverage < 1.0:
             raise ValueError(f"coverage must be between 0 and 1; got {coverage!r}")
         tail = (1.0 - coverage) / 2.0
         return self.predict_quantiles(X, [tail, 1.0 - tail])
 
     def predict_density(self, X, y) -> Array:
-        """The predictive density ``p(y_i | x_i)`` of each row, shape (n,)."""
+        """The predictive density ``p(y_i | x_i)`` of each row.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Inputs with the columns the model was fitted on.
+        y : array-like of shape (n_samples,)
+            Targets.
+
+        Returns
+        -------
+        ndarray of shape (n_samples,)
+            ``exp`` of :meth:`log_likelihood`.
+        """
         return np.exp(np.asarray(to_host(self.log_likelihood(X, y))))
 
     # ------------------------------------------------------------- criteria
     def n_parameters(self) -> int:
-        """Free parameters of the fitted model: the experts' rows, the free gate
-        rows (``k - 1`` for a softmax gate) and the noise level(s)."""
+        """Free parameters of the fitted model.
+
+        Returns
+        -------
+        int
+            The experts' rows, the free gate rows (``k - 1`` for a softmax gate)
+            and the noise level(s).
+        """
         params = self._params()
         k, D = params.experts.shape
         gate_rows = params.gating.shape[0] - (params.gate == "softmax")
         return k * D + gate_rows * D + int(np.size(params.noise_std))
 
     def aic(self, X, y) -> float:
-        """Akaike's criterion ``-2 log L + 2 p`` on ``X, y`` (lower is better)."""
+        """The Akaike information criterion ``-2 log L + 2 p`` (lower is better).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Inputs with the columns the model was fitted on.
+        y : array-like of shape (n_samples,)
+            Targets.
+
+        Returns
+        -------
+        float
+            AIC on ``X, y``, ``p`` = :meth:`n_parameters`.
+        """
         return float(-2.0 * np.sum(self.log_likelihood(X, y)) + 2 * self.n_parameters())
 
     def bic(self, X, y) -> float:
-        """The Bayesian information criterion ``-2 log L + p log n`` (lower is
-        better)."""
+        """The Bayesian information criterion ``-2 log L + p log n``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Inputs with the columns the model was fitted on.
+        y : array-like of shape (n_samples,)
+            Targets.
+
+        Returns
+        -------
+        float
+            BIC on ``X, y`` (lower is better), ``p`` = :meth:`n_parameters`.
+        """
         n = len(np.asarray(to_host(y)))
         ll = float(np.sum(to_host(self.log_likelihood(X, y))))
         return -2.0 * ll + self.n_parameters() * np.log(n)
 
     def icl(self, X, y) -> float:
-        """The integrated completed likelihood criterion (Biernacki et al. 2000):
+        """The integrated completed likelihood criterion (Biernacki et al. 2000).
+
         BIC plus twice the entropy ``-sum_ij r_ij log r_ij`` of the posterior
-        assignments, which penalises experts that overlap (lower is better)."""
+        assignments, which penalises experts that overlap.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Inputs with the columns the model was fitted on.
+        y : array-like of shape (n_samples,)
+            Targets.
+
+        Returns
+        -------
+        float
+            ICL on ``X, y`` (lower is better).
+        """
         resp = np.asarray(to_host(self.posterior_proba(X, y)))
         entropy = -float(np.sum(resp * np.log(np.clip(resp, 1e-300, None))))
         return self.bic(X, y) + 2.0 * entropy
@@ -384,9 +536,10 @@ class MoEBase(RegressorMixin, BaseEstimator):
 
         Parameters
         ----------
-        X : array-like of shape (n, d)
+        X : array-like of shape (n_samples, n_features)
             The rows the model was fitted on.
-        y : array-like of shape (n,)
+        y : array-like of shape (n_samples,)
+            Their targets.
         kind : {'observed', 'sandwich', 'bootstrap'}, default='observed'
             ``I^{-1}`` from the observed information of the log-likelihood
             (Louis' formula, one pass over the rows); the sandwich
@@ -396,6 +549,7 @@ class MoEBase(RegressorMixin, BaseEstimator):
         sample_weight : array-like of shape (n,), optional
             The weights the model was fitted with.
         n_bootstrap : int, default=200
+            Resamples, for ``kind='bootstrap'``.
         random_state : int, Generator or None
             For the bootstrap's resamples.
 
@@ -436,18 +590,39 @@ class MoEBase(RegressorMixin, BaseEstimator):
         n_bootstrap: int = 200,
         random_state=None,
     ):
-        """A table of the fitted parameters with standard errors, z statistics,
-        two-sided p-values (against 0) and ``coverage`` confidence intervals.
+        """A table of the fitted parameters with standard errors and intervals.
 
-        One row per parameter: ``group`` (``expert``, ``gate``, ``noise``),
+        Standard errors, z statistics, two-sided p-values (against 0) and
+        ``coverage`` confidence intervals. One row per parameter: ``group`` (``expert``, ``gate``, ``noise``),
         ``index`` (the expert, or gate row; ``-1`` for a shared ``sigma``),
         ``term`` (the feature's name, ``intercept`` or ``sigma``), ``estimate``,
         ``std_error``, ``z``, ``p_value``, ``ci_low``, ``ci_high``. Intervals are
         ``estimate +- z_{(1 + coverage) / 2} std_error``; for ``sigma`` the
         exponentiated interval of ``log sigma`` (no z-test: sigma > 0). A softmax
         gate's last row is the zero reference and has no row. See
-        :meth:`parameter_covariance` for ``kind``. Returns a pandas DataFrame
-        when pandas is installed, else a NumPy structured array.
+        :meth:`parameter_covariance` for ``kind``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            The rows the model was fitted on.
+        y : array-like of shape (n_samples,)
+            Their targets.
+        kind : {'observed', 'sandwich', 'bootstrap'}, default='observed'
+            How the covariance is estimated (:meth:`parameter_covariance`).
+        coverage : float, default=0.95
+            The intervals' probability.
+        sample_weight : array-like of shape (n_samples,), optional
+            The weights the model was fitted with.
+        n_bootstrap : int, default=200
+            Resamples, for ``kind='bootstrap'``.
+        random_state : int, Generator or None
+            For the bootstrap's resamples.
+
+        Returns
+        -------
+        pandas.DataFrame or numpy structured array
+            A DataFrame when pandas is installed.
         """
         from moelearn._inference import summary_rows
 

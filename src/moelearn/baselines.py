@@ -44,6 +44,7 @@ class EMMoE(MoEBase):
     Parameters
     ----------
     n_experts : int, default=2
+        Number of experts ``k``.
     link : {'linear', 'sigmoid'}, default='linear'
     noise_std : float or None, default=None
         Known noise level (held fixed); ``None`` estimates it.
@@ -62,7 +63,9 @@ class EMMoE(MoEBase):
         One noise level for all experts, or one per expert (``noise_std_`` then
         has shape (n_experts,)).
     random_state : int, Generator or None, default=None
+        Seeds the random starts.
     verbose : int, default=0
+        ``1`` prints each start's result to stderr.
 
     Attributes
     ----------
@@ -126,9 +129,21 @@ class EMMoE(MoEBase):
         self.verbose = verbose
 
     def fit(self, X, y, sample_weight=None):
-        """Run EM from ``n_init`` random starts and keep the best. Returns self.
+        """Run EM from ``n_init`` random starts and keep the best.
 
-        ``sample_weight`` (n,), optional: EM maximises ``sum_i w_i log p(y_i|x_i)``.
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Inputs.
+        y : array-like of shape (n_samples,)
+            Targets.
+        sample_weight : array-like of shape (n_samples,), optional
+            Non-negative weights: EM maximises ``sum_i w_i log p(y_i | x_i)``.
+
+        Returns
+        -------
+        EMMoE
+            The fitted estimator (``self``).
         """
         rng, X, y = self._begin_fit(X, y)
         sample_weight = v.check_sample_weight(sample_weight, X.shape[0])
@@ -223,6 +238,7 @@ class GradientMoE(MinibatchMixin, MoEBase):
     Parameters
     ----------
     n_experts : int, default=2
+        Number of experts ``k``.
     link : {'linear', 'sigmoid'}, default='linear'
     fit_intercept : bool, default=False
         Give every expert an intercept and every gate row a bias, as
@@ -233,6 +249,7 @@ class GradientMoE(MinibatchMixin, MoEBase):
     loss : {'nll', 'l2'}, default='nll'
     optimizer : {'adam', 'sgd'}, default='adam'
     batch_size : int, default=1000
+        Rows per minibatch.
     learning_rate : float, default=0.05
         Step size at epoch 0, decaying as ``1 / sqrt(1 + epoch)``; parameters are
         optimised in whitened input units, so one rate suits any input scaling.
@@ -241,11 +258,15 @@ class GradientMoE(MinibatchMixin, MoEBase):
     tol : float, default=1e-3
         Stop when consecutive tail-averaged iterates differ by less than ``tol``.
     n_init : int, default=5
+        Random starts; the best by log-likelihood is kept.
     init_gate_norm : float, default=1.0
+        Norm of the random starting gate rows (whitened units).
     noise_std : float or None, default=None
         Known noise level (held fixed); ``None`` learns it.
     random_state : int, Generator or None, default=None
+        Seeds the random starts.
     verbose : int, default=0
+        ``1`` prints each start's result to stderr.
 
     Attributes
     ----------
@@ -311,7 +332,20 @@ class GradientMoE(MinibatchMixin, MoEBase):
         self.verbose = verbose
 
     def fit(self, X, y):
-        """Run minibatch gradient descent from ``n_init`` random starts. Returns self."""
+        """Run minibatch gradient descent from ``n_init`` random starts.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Inputs.
+        y : array-like of shape (n_samples,)
+            Targets.
+
+        Returns
+        -------
+        GradientMoE
+            The fitted estimator (``self``).
+        """
         rng, X, y = self._begin_fit(X, y)
         for name in ("intercept_", "gating_intercept_"):  # from an earlier fit
             self.__dict__.pop(name, None)

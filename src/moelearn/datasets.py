@@ -34,12 +34,17 @@ def make_moe(
     Parameters
     ----------
     n_samples, n_features : int
+        Rows and input columns.
     n_experts : int, default=2
+        Experts ``k``, with a softmax gate.
     link : {'linear', 'sigmoid'}, default='linear'
+        The experts' link ``g``.
     noise_std : float, default=0.1
+        Standard deviation of the Gaussian noise on ``y``.
     gating_norm : (low, high), default=(1, 2)
         Range of the gate rows' Euclidean norms.
     random_state : int, Generator or None
+        Seeds the parameters and the rows.
     inputs : {'gaussian', 'mixture', 'laplace', 'gamma', 'student'}, default='gaussian'
         The inputs' distribution, for testing the spectral step off its
         Gaussian assumption: ``'mixture'`` draws from 3 Gaussians (weights 0.5,
@@ -51,8 +56,10 @@ def make_moe(
 
     Returns
     -------
-    X : ndarray (n_samples, n_features)
-    y : ndarray (n_samples,)
+    X : ndarray of shape (n_samples, n_features)
+        The inputs.
+    y : ndarray of shape (n_samples,)
+        The targets.
     params : dict
         ``experts`` (k, d), ``gating`` (k, d), ``noise_std``, ``link``, and, for
         ``inputs='mixture'``, ``input_mixture``: the inputs' ``weights``,
@@ -91,10 +98,27 @@ def make_hme(
     ``sigmoid(v_t . x)``. Regressors are uniform on the unit sphere; each ``v_t`` has
     a uniform direction and a norm uniform in ``gating_norm``.
 
+    Parameters
+    ----------
+    n_samples, n_features : int
+        Rows and input columns.
+    depth : int, default=2
+        Levels of gates, from 1 to 6.
+    link : {'linear', 'sigmoid'}, default='linear'
+        The experts' link ``g``.
+    noise_std : float, default=0.1
+        Standard deviation of the Gaussian noise on ``y``.
+    gating_norm : (low, high), default=(1, 2)
+        Range of the node vectors' Euclidean norms.
+    random_state : int, Generator or None
+        Seeds the parameters and the rows.
+
     Returns
     -------
-    X : ndarray (n_samples, n_features)
-    y : ndarray (n_samples,)
+    X : ndarray of shape (n_samples, n_features)
+        The inputs.
+    y : ndarray of shape (n_samples,)
+        The targets.
     params : dict
         ``experts`` (2^depth, d), ``gating`` (2^depth - 1, d) node vectors,
         ``gate='tree'``, ``depth``, ``noise_std``, ``link``.

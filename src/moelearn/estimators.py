@@ -119,8 +119,7 @@ class SpectralMoE(MoEBase):
         ended below the one-expert model; every start's result is in
         ``diagnostics_['starts']``. A regression split starts exactly at the
         one-expert model, so the fit's likelihood is never below it.
-    input_density : {'gaussian', 'mixture'}, int, fitted GaussianMixture or \
-callable, default='gaussian'
+    input_density : str, int, GaussianMixture or callable, default='gaussian'
         Whose Stein scores ``S_m = (-1)^m grad^m p / p`` the moments use
         (docs/method.md, section 3b). ``'gaussian'``: the inputs' Gaussian
         approximation (the Hermite tensors of the whitened inputs). ``'mixture'``:
@@ -250,12 +249,15 @@ callable, default='gaussian'
 
     # ------------------------------------------------------------------ fit
     def fit(self, X, y, sample_weight=None):
-        """Learn the parameters from samples ``X`` (n, d) and targets ``y`` (n,).
+        """Learn the parameters from samples ``X`` and targets ``y``.
 
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
+            Inputs: a NumPy array or memory map, a pandas or polars DataFrame, a
+            Dask array or a PyTorch tensor.
         y : array-like of shape (n_samples,)
+            Targets.
         sample_weight : array-like of shape (n_samples,), optional
             Non-negative weights; the moments become weighted means and EM
             maximises ``sum_i w_i log p(y_i | x_i)`` (an integer weight acts as
@@ -263,7 +265,8 @@ callable, default='gaussian'
 
         Returns
         -------
-        self : SpectralMoE
+        SpectralMoE
+            The fitted estimator (``self``).
         """
         return self._fit(X, y, sample_weight)
 

@@ -57,11 +57,14 @@ class HierarchicalMoE(SpectralMoE):
     depth : int, default=2
         Levels of gates; ``2^depth`` experts (at most ``n_features``). ``depth=1``
         is the 2-expert model of :class:`SpectralMoE`.
-    link, noise_std, noise_type, refine, fit_intercept, extra_starts, input_density, max_iter, tol, \
-n_init, random_state, verbose
-        As in :class:`SpectralMoE` (a tree keeps all its leaves: no expert is
-        dropped); with ``fit_intercept`` every node gets a bias
+    link, noise_std, noise_type, refine
+        As in :class:`SpectralMoE`.
+    fit_intercept : bool, default=False
+        As in :class:`SpectralMoE`; every node of the tree gets a bias
         (``gating_intercept_``, shape (2^depth - 1,)).
+    extra_starts, input_density, max_iter, tol, n_init, random_state, verbose
+        As in :class:`SpectralMoE` (a tree keeps all its leaves: no expert is
+        dropped).
 
     Attributes
     ----------

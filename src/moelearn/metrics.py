@@ -73,10 +73,16 @@ def parameter_error(estimated: Any, truth: Any, *, experts_only: bool = False) -
 
     Parameters
     ----------
-    estimated, truth : dict with ``experts`` (and ``gating``), a fitted estimator,
-        or an ``(k, d)`` array of regressors.
+    estimated, truth : dict, fitted estimator or ndarray of shape (k, d)
+        A dict with ``experts`` (and ``gating``), a fitted estimator, or the
+        regressors alone.
     experts_only : bool, default=False
         Compare only the regressors (also the case when either side has no gate).
+
+    Returns
+    -------
+    float
+        The largest row error under the best alignment.
     """
     return _best_alignment(estimated, truth, experts_only)[1]
 

@@ -89,14 +89,18 @@ def select_n_experts(
 
     Parameters
     ----------
-    X : array-like of shape (n, d)
-    y : array-like of shape (n,)
+    X : array-like of shape (n_samples, n_features)
+        Inputs.
+    y : array-like of shape (n_samples,)
+        Targets.
     max_experts : int, default=5
         Largest ``k`` tried; at most ``d``.
     link : str, default='linear'
+        The experts' link ``g``.
     criterion : {'bic', 'aic', 'icl'}, default='bic'
         What chooses ``k`` (all three are reported).
     random_state : int, Generator or None
+        Seeds every fit.
     **fit_params
         Passed to :class:`SpectralMoE` (e.g. ``noise_std``). ``max_iter`` defaults
         to 50 here: over-specified fits (``k`` above the truth) converge slowly
@@ -106,6 +110,7 @@ def select_n_experts(
     Returns
     -------
     ExpertSelection
+        The chosen ``k``, every criterion and likelihood, and the fits.
     """
     # The estimators' checks; Dask arrays and dataframes and tensors stay where they are.
     X, y = SpectralMoE(n_experts=1, link=link)._validate_training_data(X, y)

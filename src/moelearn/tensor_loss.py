@@ -74,6 +74,7 @@ class TensorLossMoE(MinibatchMixin, MoEBase):
         ``T4`` with this ``P4`` is derived for linear experts only.
     optimizer : {'adam', 'sgd'}, default='adam'
     batch_size : int, default=1000
+        Rows per minibatch.
     learning_rate : float, default=0.05
         Step size at epoch 0; it decays as ``1 / sqrt(1 + epoch)``.
     max_iter : int, default=30
@@ -90,7 +91,9 @@ class TensorLossMoE(MinibatchMixin, MoEBase):
     noise_std : float or None, default=None
         Known noise level (held fixed in ``L_log``); ``None`` learns it.
     random_state : int, Generator or None, default=None
+        Seeds the random starts and the minibatches.
     verbose : int, default=0
+        ``1`` prints progress to stderr.
 
     Attributes
     ----------
@@ -172,7 +175,20 @@ class TensorLossMoE(MinibatchMixin, MoEBase):
             )
 
     def fit(self, X, y):
-        """Minimise ``L4`` for the regressors, then ``L_log`` for the gate. Returns self."""
+        """Minimise ``L4`` for the regressors, then ``L_log`` for the gate.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Inputs.
+        y : array-like of shape (n_samples,)
+            Targets.
+
+        Returns
+        -------
+        TensorLossMoE
+            The fitted estimator (``self``).
+        """
         rng, X, y = self._begin_fit(X, y)
         k = self.n_experts
         times = {}
