@@ -16,6 +16,7 @@ from moelearn import (
     make_moe,
 )
 
+dask = pytest.importorskip("dask")
 da = pytest.importorskip("dask.array")
 distributed = pytest.importorskip("dask.distributed")
 
@@ -23,8 +24,12 @@ TIGHT = {"tol": 1e-10, "max_iter": 500, "random_state": 0}
 
 
 @pytest.fixture(scope="module")
-def client():
+def client(tmp_path_factory):
+    # (Dask's scratch space in pytest's folder: by default the cluster leaves a
+    # dask-scratch-space folder in the system's temporary folder, issue 16)
+    scratch = str(tmp_path_factory.mktemp("dask"))
     with (
+        dask.config.set({"temporary-directory": scratch}),
         distributed.LocalCluster(
             n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
         ) as cluster,
