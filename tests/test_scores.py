@@ -313,13 +313,30 @@ def test_non_gaussian_warning_suggests_the_mixture():
     [
         ("student", "input_density must be"),
         (0, "input_density must be"),
-        (GaussianMixture(2), "input_density must be"),
+        (GaussianMixture(2), "GaussianMixture that is not fitted"),
     ],
 )
 def test_bad_density_is_refused(density, message):
     X, y, _ = make_moe(2_000, 3, random_state=0)
     with pytest.raises(ValueError, match=message):
         SpectralMoE(input_density=density).fit(X, y)
+
+
+def test_a_given_mixture_survives_cloning_when_frozen():
+    """scikit-learn's clone() (cross-validation, grid search) copies a fitted
+    mixture unfitted: the error says so and names the remedy, which works."""
+    from sklearn.base import clone
+    from sklearn.frozen import FrozenEstimator
+
+    X, y, _ = make_moe(5_000, 3, inputs="mixture", random_state=0)
+    fitted = GaussianMixture(3, random_state=0).fit(X)
+    with pytest.raises(ValueError, match="FrozenEstimator"):
+        clone(SpectralMoE(input_density=fitted, max_iter=0)).fit(X, y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = clone(SpectralMoE(input_density=FrozenEstimator(fitted), max_iter=0))
+        model.fit(X, y)
+    assert model.diagnostics_["input_density"]["n_components"] == 3
 
 
 def test_density_of_other_columns_is_refused():

@@ -411,10 +411,10 @@ def density_from_estimator(estimator, n_features: int) -> MixtureDensity:
         covariances = np.asarray(estimator.covariances_, float)
     except AttributeError:
         raise ValueError(
-            "input_density must be 'gaussian', 'mixture', a number of mixture "
-            "components, or a fitted Gaussian mixture (with weights_, means_ and "
-            f"covariances_, e.g. sklearn.mixture.GaussianMixture); got "
-            f"{type(estimator).__name__}"
+            f"input_density is a {type(estimator).__name__} that is not fitted: fit "
+            "it to X first. (scikit-learn's clone(), and so cross-validation and "
+            "grid search, pass on an unfitted copy of a fitted estimator given as a "
+            "parameter: wrap it in sklearn.frozen.FrozenEstimator to keep it fitted)"
         ) from None
     C = len(weights)
     kind = getattr(estimator, "covariance_type", "full")

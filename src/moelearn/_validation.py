@@ -77,7 +77,11 @@ def density_rule(v: Any) -> bool:
         return v in ("gaussian", "mixture")
     if isinstance(v, numbers.Integral) and not isinstance(v, bool):
         return 1 <= v <= 20
-    return all(hasattr(v, name) for name in ("weights_", "means_", "covariances_"))
+    # (an unfitted scikit-learn mixture passes here and is refused, with advice,
+    # when it is read: moelearn._scores.density_from_estimator)
+    return hasattr(v, "covariance_type") or all(
+        hasattr(v, name) for name in ("weights_", "means_", "covariances_")
+    )
 
 
 def boolean(v: Any) -> bool:
@@ -98,9 +102,11 @@ def validate_params(estimator: Any, constraints: dict[str, Callable[[Any], bool]
     for name, rule in constraints.items():
         value = getattr(estimator, name)
         if not rule(value):
+            rule_text = " ".join((rule.__doc__ or "").split())  # one line
+            value_text = " ".join(repr(value).split())
             raise ValueError(
-                f"{type(estimator).__name__}: {name} must be {rule.__doc__}; "
-                f"got {value!r}"
+                f"{type(estimator).__name__}: {name} must be {rule_text}; "
+                f"got {value_text}"
             )
 
 
