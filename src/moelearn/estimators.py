@@ -126,7 +126,8 @@ class SpectralMoE(MoEBase):
         a Gaussian mixture with full covariances fitted to a row sample
         (scikit-learn's ``GaussianMixture``, its size chosen by BIC among 1 to 5);
         an int fixes the size; a fitted ``GaussianMixture`` over the same columns
-        is used as given. Then ``S_m = sum_c r_c(x) S_m^(c)(x)`` (``r_c`` the
+        is used as given (for cross-validation wrap it in
+        ``sklearn.frozen.FrozenEstimator``, or ``clone`` unfits it). Then ``S_m = sum_c r_c(x) S_m^(c)(x)`` (``r_c`` the
         components' responsibilities), and each row costs ``O(C d^2)`` a pass (3
         passes). A callable ``score(X)`` returning ``grad log p`` for rows ``X``
         (same shape, the columns' units) is differenced for the higher scores
