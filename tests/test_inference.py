@@ -264,3 +264,14 @@ def test_report_shows_every_section_in_a_browser(tmp_path):
     table = dom[dom.index('id="parameters"') :]
     table = table[: table.index("</table>")]
     assert table.count("<tr>") == 1 + 2 * 4 + 4 + 1  # header, experts, gate, sigma
+
+
+def test_information_too_large_for_memory_is_refused_with_advice():
+    """Standard errors hold about six p x p matrices: with p = 5000 (1.1 GiB)
+    and 1 GiB free, the request is refused before any pass, saying how much
+    it needs and what to do; p = 1201 (d = 400, 66 MiB) passes."""
+    from moelearn._inference import check_information_size
+
+    with pytest.raises(MemoryError, match=r"about 1\.1 GiB.*fit fewer columns"):
+        check_information_size(5_000, free_bytes=2**30)
+    check_information_size(1_201, free_bytes=2**30)
