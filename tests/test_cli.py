@@ -468,3 +468,28 @@ sys.exit(run())
     )
     assert done.returncode == 130
     assert done.stderr == "moelearn: interrupted; no output written\n"
+
+
+def test_messages_name_the_files_columns(workdir, tmp_path, capsys):
+    """A constant column and skewed columns are named as the file's header names
+    them, not by position (issue 16), for Method 1 and the EM baseline."""
+    table = read_table(workdir / "data.csv")
+    names = ["age", "income", "x2", "x3", "y"]
+    data = table.data.copy()
+    data[:, 1] = np.exp(data[:, 1])  # skewed
+    const = np.column_stack([data, np.ones(len(data))])
+    path = tmp_path / "named.csv"
+    np.savetxt(
+        path, const, delimiter=",", header=",".join([*names, "one"]), comments=""
+    )
+    for method in ("spectral", "em"):
+        assert (
+            run("fit", path, "--method", method, "--out", tmp_path / "m.json", "-q")
+            == 2
+        )
+        err = capsys.readouterr().err
+        assert "column(s) 'one' of X are constant" in err and err.count("\n") == 1
+    skewed = tmp_path / "skewed.csv"
+    np.savetxt(skewed, data, delimiter=",", header=",".join(names), comments="")
+    assert run("fit", skewed, "--out", tmp_path / "m.json", "-q") == 0
+    assert "income (skewness" in capsys.readouterr().err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import sys
 from dataclasses import replace
 from typing import ClassVar
@@ -19,6 +20,7 @@ from moelearn._model import (
     predict_mean,
     sample_outputs,
 )
+from moelearn._moments import SingularColumnsError
 from moelearn._passes import is_dask, is_torch, to_host, with_ones
 
 Array = np.ndarray
@@ -48,6 +50,24 @@ def _like(X, out: Array):
     return torch.as_tensor(out, device=X.device).to(dtype)
 
 
+def names_singular_columns(fit):
+    """Decorate an estimator's ``fit`` so that a singular input covariance is
+    reported with the columns' names (:meth:`MoEBase.column_names`), not their
+    positions."""
+
+    @functools.wraps(fit)
+    def named_fit(self, *args, **kwargs):
+        try:
+            return fit(self, *args, **kwargs)
+        except SingularColumnsError as exc:
+            names = self.column_names()
+            if names is None:
+                raise
+            raise exc.named(names) from None
+
+    return named_fit
+
+
 class MoEBase(RegressorMixin, BaseEstimator):
     """Base of the mixture-of-experts estimators.
 
@@ -74,6 +94,20 @@ class MoEBase(RegressorMixin, BaseEstimator):
         "n_init": v.integer(1),
         "verbose": v.integer(0),
     }
+
+    def column_names(self) -> list[str] | None:
+        """The input columns' names, for messages.
+
+        Returns
+        -------
+        list of str or None
+            ``feature_names_in_`` (a DataFrame's columns), else the names the
+            command line read from the file's header, else ``None``.
+        """
+        names = getattr(self, "feature_names_in_", None)
+        if names is None:
+            names = getattr(self, "_input_names", None)
+        return None if names is None else [str(name) for name in names]
 
     def _begin_fit(self, X, y) -> tuple[np.random.Generator, Array, Array]:
         """Check the parameters (declared rules, then :meth:`_check_params`) and the

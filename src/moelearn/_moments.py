@@ -291,25 +291,50 @@ def _marginal_shape(sample: Array) -> tuple[Array, Array]:
     return m3 / m2**1.5, m4 / (m2 * m2) - 3.0
 
 
-def _singular_columns_message(cov: Array, null_direction: Array) -> str:
+class SingularColumnsError(ValueError):
+    """The inputs' covariance is singular: ``columns`` (counted from 0) are
+    constant (``constant``) or (nearly) collinear. :meth:`named` gives the same
+    error with the columns' names (estimators re-raise it so)."""
+
+    def __init__(
+        self, columns: list[int], constant: bool, names: list[str] | None = None
+    ):
+        self.columns, self.constant, self.names = list(columns), constant, names
+        listed = ", ".join(
+            repr(str(names[j])) if names is not None else str(j)
+            for j in self.columns[:5]
+        )
+        if constant:
+            text = (
+                f"column(s) {listed} of X are constant: drop them (with "
+                "fit_intercept=True the model has its own constant)"
+            )
+        else:
+            text = (
+                f"columns {listed} of X are (nearly) collinear: one is a "
+                "combination of the others, so their covariance is singular; drop "
+                "or combine them"
+            )
+        super().__init__(text)
+
+    def named(self, names) -> SingularColumnsError:
+        return SingularColumnsError(self.columns, self.constant, list(names))
+
+    def __reduce__(self):  # (raised in Dask workers: pickled with its fields)
+        return (type(self), (self.columns, self.constant, self.names))
+
+
+def _singular_columns(cov: Array, null_direction: Array) -> SingularColumnsError:
     """Which columns make the covariance singular: the constant ones, or else
-    those that carry the near-null direction (columns counted from 0)."""
+    those that carry the near-null direction."""
     variances = np.diag(cov)
     scale = max(float(variances.max(initial=0.0)), 1e-300)
     constant = np.flatnonzero(variances <= 1e-12 * scale)
     if constant.size:
-        listed = ", ".join(str(j) for j in constant[:5])
-        return (
-            f"column(s) {listed} of X are constant: drop them (with "
-            "fit_intercept=True the model has its own constant)"
-        )
+        return SingularColumnsError(constant.tolist(), True)
     weights = np.abs(null_direction) * np.sqrt(np.maximum(variances, 0.0))
     involved = np.flatnonzero(weights > 0.1 * weights.max())
-    listed = ", ".join(str(j) for j in involved[:5])
-    return (
-        f"columns {listed} of X are (nearly) collinear: one is a combination of "
-        "the others, so their covariance is singular; drop or combine them"
-    )
+    return SingularColumnsError(involved.tolist(), False)
 
 
 def inverse_sqrt(cov: Array) -> Array:
@@ -317,7 +342,7 @@ def inverse_sqrt(cov: Array) -> Array:
     evals, evecs = np.linalg.eigh(cov)
     top = evals[-1] if evals.size else 0.0
     if not np.isfinite(top) or top <= 0 or evals[0] <= 1e-10 * top:
-        raise ValueError(_singular_columns_message(cov, evecs[:, 0]))
+        raise _singular_columns(cov, evecs[:, 0])
     return (evecs / np.sqrt(evals)) @ evecs.T
 
 

@@ -12,7 +12,7 @@ from scipy.optimize import minimize_scalar
 
 from moelearn import _starts
 from moelearn import _validation as v
-from moelearn._base import MoEBase
+from moelearn._base import MoEBase, names_singular_columns
 from moelearn._em import em
 from moelearn._gradients import nll_gradient, squared_error_gradient
 from moelearn._links import get_link
@@ -128,6 +128,7 @@ class EMMoE(MoEBase):
         self.random_state = random_state
         self.verbose = verbose
 
+    @names_singular_columns
     def fit(self, X, y, sample_weight=None):
         """Run EM from ``n_init`` random starts and keep the best.
 
@@ -331,6 +332,7 @@ class GradientMoE(MinibatchMixin, MoEBase):
         self.random_state = random_state
         self.verbose = verbose
 
+    @names_singular_columns
     def fit(self, X, y):
         """Run minibatch gradient descent from ``n_init`` random starts.
 

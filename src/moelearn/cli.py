@@ -687,6 +687,7 @@ def _pass_bar(quiet: bool):
 
 def _fit_one(args, X, y, w, names, settings) -> int:
     model = _estimator(args.method)(**settings)
+    model._input_names = names  # (messages name the file's columns)
     weights = {} if w is None else {"sample_weight": w}
     start = time.perf_counter()
     bar = _pass_bar(args.quiet)

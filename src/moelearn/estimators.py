@@ -14,7 +14,7 @@ from scipy.optimize import linear_sum_assignment
 
 from moelearn import _starts
 from moelearn import _validation as v
-from moelearn._base import MoEBase
+from moelearn._base import MoEBase, names_singular_columns
 from moelearn._em import MIN_EXPERT_WEIGHT, EMResult, em, offset_score_statistics
 from moelearn._links import get_link
 from moelearn._model import MoEParams, log_likelihood_terms, n_gate_rows
@@ -249,6 +249,7 @@ class SpectralMoE(MoEBase):
         self.verbose = verbose
 
     # ------------------------------------------------------------------ fit
+    @names_singular_columns
     def fit(self, X, y, sample_weight=None):
         """Learn the parameters from samples ``X`` and targets ``y``.
 
@@ -780,10 +781,10 @@ class SpectralMoE(MoEBase):
         skew_se, kurt_se = np.sqrt(6.0 / n), np.sqrt(24.0 / n)
         skewed = np.abs(inputs.skewness) > max(_SKEW_LIMIT, 5 * skew_se)
         heavy = np.abs(inputs.excess_kurtosis) > max(_KURTOSIS_LIMIT, 5 * kurt_se)
-        names = getattr(self, "feature_names_in_", None)
+        names = self.column_names()
 
         def name(j: int) -> str:
-            return str(names[j]) if names is not None else str(j)
+            return names[j] if names is not None else str(j)
 
         # A density's own scores account for the shape (docs/method.md, 3b), but
         # a continuous mixture fitted to discrete columns gives unreliable ones.

@@ -10,7 +10,7 @@ import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 
 from moelearn import _validation as v
-from moelearn._base import MoEBase
+from moelearn._base import MoEBase, names_singular_columns
 from moelearn._gradients import nll_gradient
 from moelearn._links import get_link
 from moelearn._optim import MinibatchMixin
@@ -174,6 +174,7 @@ class TensorLossMoE(MinibatchMixin, MoEBase):
                 "otherwise L4 is unbounded below"
             )
 
+    @names_singular_columns
     def fit(self, X, y):
         """Minimise ``L4`` for the regressors, then ``L_log`` for the gate.
 
