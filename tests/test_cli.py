@@ -493,3 +493,25 @@ def test_messages_name_the_files_columns(workdir, tmp_path, capsys):
     np.savetxt(skewed, data, delimiter=",", header=",".join(names), comments="")
     assert run("fit", skewed, "--out", tmp_path / "m.json", "-q") == 0
     assert "income (skewness" in capsys.readouterr().err
+
+
+def test_an_interrupt_after_an_output_says_it_was_written(
+    tmp_path, monkeypatch, capsys
+):
+    """Ctrl-C after a command put an output in place used to say "no output
+    written" beside the finished file; it names what was written in full."""
+    import moelearn.cli as cli
+
+    out = tmp_path / "m.json"
+
+    def writes_then_interrupted(args):
+        with atomic_path(out) as part:
+            part.write_text("{}")
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(cli.COMMANDS, "simulate", writes_then_interrupted)
+    assert run("simulate", "--out", out) == 130
+    assert capsys.readouterr().err == (
+        f"moelearn simulate: interrupted; {out} had been written in full\n"
+    )
+    assert out.read_text() == "{}"

@@ -18,6 +18,7 @@ from moelearn import __version__
 from moelearn._links import LINKS
 from moelearn._passes import report_passes
 from moelearn.io import (
+    WRITTEN,
     atomic_path,
     check_finite,
     feature_columns,
@@ -394,21 +395,29 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("moelearn: interrupted; no output written", file=sys.stderr)
         return 130
+    start = len(WRITTEN)
     try:
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:
-        return _interrupted(args)
+        return _interrupted(args, WRITTEN[start:])
     except Exception as exc:  # the error boundary: one line per failure
         if _caused_by_interrupt(exc):
-            return _interrupted(args)
+            return _interrupted(args, WRITTEN[start:])
         if args.debug:
             raise
         print(f"moelearn {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
 
 
-def _interrupted(args) -> int:
-    print(f"moelearn {args.command}: interrupted; no output written", file=sys.stderr)
+def _interrupted(args, written: list[str]) -> int:
+    """One line for an interrupt: which outputs had been written in full
+    (atomically), or that none was."""
+    outcome = (
+        f"{', '.join(written)} had been written in full"
+        if written
+        else "no output written"
+    )
+    print(f"moelearn {args.command}: interrupted; {outcome}", file=sys.stderr)
     return 130
 
 

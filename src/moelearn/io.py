@@ -472,9 +472,15 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         os.umask(umask)
         os.chmod(tmp_path, 0o666 & ~umask)
         os.replace(tmp_path, path)
+        WRITTEN.append(str(path))
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+
+
+#: Every path :func:`atomic_path` has put in place in this process, in order (the
+#: command line says which were written when a run is interrupted).
+WRITTEN: list[str] = []
 
 
 def write_table(path: str | os.PathLike, columns: dict[str, Array]) -> None:
