@@ -392,3 +392,34 @@ def test_mixture_on_discrete_columns_warns():
         SpectralMoE(random_state=0, max_iter=0).fit(X, y)
     messages = [str(w.message) for w in caught if w.category is NonGaussianInputWarning]
     assert messages and "input_density='mixture'" not in messages[0]
+
+
+def test_select_n_experts_fits_the_input_mixture_once(clustered, monkeypatch):
+    """``select_n_experts(..., input_density='mixture')`` fits the mixture once
+    for all k (it used to refit it for each) and still picks the true k = 2."""
+    import moelearn._scores as scores
+    import moelearn.selection as selection
+    from moelearn import select_n_experts
+
+    calls = []
+    original = scores.fit_mixture_density
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(selection, "fit_mixture_density", counted)
+    monkeypatch.setattr("moelearn._spectral.fit_mixture_density", counted)
+    X, y, _ = clustered
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        choice = select_n_experts(
+            X[:40_000],
+            y[:40_000],
+            max_experts=3,
+            input_density="mixture",
+            random_state=0,
+        )
+    assert len(calls) == 1
+    assert choice.n_experts == 2
+    assert choice.models[2].diagnostics_["input_density"]["name"] == "given"
