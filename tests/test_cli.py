@@ -472,7 +472,8 @@ sys.exit(run())
 
 def test_messages_name_the_files_columns(workdir, tmp_path, capsys):
     """A constant column and skewed columns are named as the file's header names
-    them, not by position (issue 16), for Method 1 and the EM baseline."""
+    them, not by position (issue 16), for Method 1, the EM baseline and the
+    choice of k."""
     table = read_table(workdir / "data.csv")
     names = ["age", "income", "x2", "x3", "y"]
     data = table.data.copy()
@@ -482,11 +483,8 @@ def test_messages_name_the_files_columns(workdir, tmp_path, capsys):
     np.savetxt(
         path, const, delimiter=",", header=",".join([*names, "one"]), comments=""
     )
-    for method in ("spectral", "em"):
-        assert (
-            run("fit", path, "--method", method, "--out", tmp_path / "m.json", "-q")
-            == 2
-        )
+    for options in (("--method", "spectral"), ("--method", "em"), ("-k", "auto")):
+        assert run("fit", path, *options, "--out", tmp_path / "m.json", "-q") == 2
         err = capsys.readouterr().err
         assert "column(s) 'one' of X are constant" in err and err.count("\n") == 1
     skewed = tmp_path / "skewed.csv"

@@ -725,21 +725,25 @@ def _numbers(value) -> str:
 
 
 def _fit_auto(args, X, y, names, settings) -> int:
+    from moelearn._moments import SingularColumnsError
     from moelearn.selection import select_n_experts
 
     settings = {k: v for k, v in settings.items() if k not in ("n_experts", "verbose")}
     link, seed = settings.pop("link"), settings.pop("random_state")
     max_k = min(args.max_experts, X.shape[1])
     start = time.perf_counter()
-    choice = select_n_experts(
-        X,
-        y,
-        max_experts=max_k,
-        link=link,
-        random_state=seed,
-        criterion=args.criterion,
-        **settings,
-    )
+    try:
+        choice = select_n_experts(
+            X,
+            y,
+            max_experts=max_k,
+            link=link,
+            random_state=seed,
+            criterion=args.criterion,
+            **settings,
+        )
+    except SingularColumnsError as exc:
+        raise exc.named(names) from None
     name = args.criterion.upper()
     if not args.quiet:
         print(
