@@ -627,8 +627,9 @@ class MoEBase(RegressorMixin, BaseEstimator):
         """A table of the fitted parameters with standard errors and intervals.
 
         Standard errors, z statistics, two-sided p-values (against 0) and
-        ``coverage`` confidence intervals. One row per parameter: ``group`` (``expert``, ``gate``, ``noise``),
-        ``index`` (the expert, or gate row; ``-1`` for a shared ``sigma``),
+        ``coverage`` confidence intervals. One row per parameter: ``group``
+        (``expert``, ``gate``, ``noise``), ``index`` (the expert, or gate row;
+        ``-1`` for a shared ``sigma``),
         ``term`` (the feature's name, ``intercept`` or ``sigma``), ``estimate``,
         ``std_error``, ``z``, ``p_value``, ``ci_low``, ``ci_high``. Intervals are
         ``estimate +- z_{(1 + coverage) / 2} std_error``; for ``sigma`` the

@@ -45,6 +45,12 @@ class Whitening:
     transform: Array  # L, (d, d)
     covariance: Array  # (d, d)
 
+    @property
+    def root(self) -> Array:
+        """``L^{-1} = Cov^{1/2}``: a whitened vector ``v`` is ``L^{-1} v`` in raw
+        coordinates (gradients map back by it: ``grad_w = L^{-1} grad``)."""
+        return self.covariance @ self.transform
+
     def to_raw(self, V: Array) -> Array:
         """Vectors acting on whitened inputs, as vectors acting on centred raw inputs.
 

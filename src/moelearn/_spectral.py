@@ -186,11 +186,10 @@ def spectral_moments(
         )[1]
     else:
         # In raw coordinates grad_w = L^-1 grad, so T3_w(U, U, U) = T3(L^-1 U, ...).
-        white = inputs.whitening
         total = X.shape[0] if sample_weight is None else float(sample_weight.sum())
         if sample_weight is not None:
             responses = responses * sample_weight[:, None]
-        V = white.covariance @ white.transform @ U
+        V = inputs.whitening.root @ U
         t3_block = density.third_moment(X, responses, V) / total
     scale = U.T @ whitening_matrix(pairs, n_experts)  # diag(|lambda|^-1/2)
     t3 = np.einsum("qabc,ai,bj,ck->qijk", t3_block, scale, scale, scale)
@@ -249,8 +248,7 @@ def _density_eigenpairs(
         X, np.zeros(X.shape[0]), np.zeros((d, 1)), sample_weight, sample
     )
     q = p2 if sample_weight is None else p2 * sample_weight
-    white = inputs.whitening
-    root = white.covariance @ white.transform  # L^-1 = Cov^{1/2}
+    root = inputs.whitening.root
     moment = density.second_moment(X, q, root)
     total = X.shape[0] if sample_weight is None else float(sample_weight.sum())
     t2 = root @ (moment / total) @ root

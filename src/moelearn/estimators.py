@@ -127,8 +127,9 @@ class SpectralMoE(MoEBase):
         (scikit-learn's ``GaussianMixture``, its size chosen by BIC among 1 to 5);
         an int fixes the size; a fitted ``GaussianMixture`` over the same columns
         is used as given (for cross-validation wrap it in
-        ``sklearn.frozen.FrozenEstimator``, or ``clone`` unfits it). Then ``S_m = sum_c r_c(x) S_m^(c)(x)`` (``r_c`` the
-        components' responsibilities), and each row costs ``O(C d^2)`` a pass (3
+        ``sklearn.frozen.FrozenEstimator``, or ``clone`` unfits it). Then
+        ``S_m = sum_c r_c(x) S_m^(c)(x)`` (``r_c`` the components'
+        responsibilities), and each row costs ``O(C d^2)`` a pass (3
         passes). A callable ``score(X)`` returning ``grad log p`` for rows ``X``
         (same shape, the columns' units) is differenced for the higher scores
         (``2 d + 1`` calls a row for ``T2``, ``1 + 2k + 2k^2`` for ``T3``). The
@@ -182,7 +183,8 @@ class SpectralMoE(MoEBase):
         log-likelihood, iterations, convergence, experts), ``kept_start``,
         ``dropped_experts``, ``input_density`` (whose scores the spectral step
         used: ``name``, ``n_components``, the ``bic`` of each size tried and
-        whether the mixture's EM ``converged``; scikit-learn's warning is not shown).
+        whether the mixture's EM ``converged``; scikit-learn's warning is not
+        shown).
     fit_times_ : dict
         Seconds spent in each stage (``spectral``, ``gating``, ``refine``).
     n_features_in_ : int

@@ -337,7 +337,10 @@ def stream_table(
         )
     batches, columns, total = _open_batches(path, suffix)
     check_unique_names(path, columns)
-    j, w_col, keep = feature_columns(columns, target, weight, features, exclude)
+    try:
+        j, w_col, keep = feature_columns(columns, target, weight, features, exclude)
+    except ValueError as exc:  # (named by file, as read_table's errors are)
+        raise ValueError(f"{path}: {exc}") from None
     names = [columns[i] for i in keep]
     with tempfile.TemporaryDirectory(prefix="moelearn-", dir=scratch) as folder:
         raw = Path(folder) / "X.raw"
