@@ -14,6 +14,7 @@ PACKAGE = Path(moelearn.__file__).parent
 #: The numerical kernels: functions of arrays, no estimator state.
 KERNELS = {
     "_em",
+    "_em_batch",
     "_em_fast",
     "_gradients",
     "_inference",

@@ -12,7 +12,7 @@ import numpy as np
 from scipy.linalg import block_diag
 from scipy.optimize import linear_sum_assignment
 
-from moelearn import _starts
+from moelearn import _em_batch, _starts
 from moelearn import _validation as v
 from moelearn._base import MoEBase, names_singular_columns
 from moelearn._em import MIN_EXPERT_WEIGHT, EMResult, em, offset_score_statistics
@@ -60,6 +60,9 @@ _OFFSET_TEST_ROWS, _OFFSET_Z = 200_000, 5.0
 # _CONTINUED (twice as many on small tables) go on on all rows.
 _N_SPLIT_STARTS, _N_RANDOM_STARTS, _MAX_RANDOM_STARTS, _SHORT_ITER = 2, 6, 20, 10
 _SHORT_ROWS, _CONTINUED = 5000, 2
+# Short runs that go all at once (moelearn._em_batch) take this many generalised
+# EM iterations: about as cheap as _SHORT_ITER of one start at a time.
+_BATCH_ITER = 30
 _MIN_SHARE = MIN_EXPERT_WEIGHT
 
 
@@ -284,12 +287,14 @@ class SpectralMoE(MoEBase):
         ]
         self._stage_diagnostics = ctx.diagnostics  # what subclasses' hooks report
         try:
+            race = False
             if self.n_experts > ctx.n_features:
                 moments, fit = None, self._without_spectral(ctx)
             else:
                 moments, spectral = self._spectral_stage(ctx)
-                fit = self._moment_path(ctx, moments, spectral)
-            fit = self._other_starts(ctx, fit, list(warm_starts))
+                race = self._refine_in_race(ctx)
+                fit = self._moment_path(ctx, moments, spectral, refine=not race)
+            fit = self._other_starts(ctx, fit, list(warm_starts), race)
             self._check_fit(ctx, fit)
             self._set_fitted(ctx, fit, moments)
         finally:
@@ -366,8 +371,28 @@ class SpectralMoE(MoEBase):
         )
         return _Candidate("spectral (skipped)", empty)
 
-    def _moment_path(self, ctx: _FitContext, moments, spectral) -> _Candidate:
-        """From the spectral regressors: gating EM, then joint-EM refinement."""
+    def _refine_in_race(self, ctx: _FitContext) -> bool:
+        """Whether the spectral start is refined in the start race instead of on
+        its own: when the race will run anyway (the diagnostics already doubt the
+        moments, or it is asked for) and its short runs go all at once
+        (:func:`moelearn._em_batch.supports`), the spectral start joins them
+        after gating EM, so that it costs a full refinement only if it leads."""
+        template = MoEParams(
+            np.zeros((1, 1)), np.zeros((1, 1)), 1.0, self.link, self._gate
+        )
+        return (
+            self.refine
+            and self.max_iter > 0
+            and (self.extra_starts == "always" or bool(ctx.flags))
+            and self.extra_starts != "never"
+            and _em_batch.supports(template, self.noise_std is None)
+        )
+
+    def _moment_path(
+        self, ctx: _FitContext, moments, spectral, refine: bool = True
+    ) -> _Candidate:
+        """From the spectral regressors: gating EM, then (if ``refine``) joint-EM
+        refinement."""
         d, k = ctx.n_features, self.n_experts
         experts = spectral.experts
         if self.fit_intercept:
@@ -426,7 +451,7 @@ class SpectralMoE(MoEBase):
             1,
             f"gating EM done in {ctx.times['gating']:.2f} s ({fit.n_iter} iterations)",
         )
-        if self.refine:
+        if self.refine and refine:
             start, before = time.perf_counter(), fit.n_iter
             first = self._em(ctx, params, fit_experts=True, stage="refine")
             fit.add(first)
@@ -448,7 +473,11 @@ class SpectralMoE(MoEBase):
         return fit
 
     def _other_starts(
-        self, ctx: _FitContext, fit: _Candidate, warm_starts: list[MoEParams]
+        self,
+        ctx: _FitContext,
+        fit: _Candidate,
+        warm_starts: list[MoEParams],
+        race: bool = False,
     ) -> _Candidate:
         """The one-expert model and, when asked (or when the diagnostics doubt the
         moments, or there are warm starts, or the fit is below one expert),
@@ -458,12 +487,15 @@ class SpectralMoE(MoEBase):
         as many when the short runs saw every row) go on on all rows while they
         can still win (:meth:`_race`). The most likely
         chain is kept; if it is below one expert, the one-expert start is run on
-        all rows (EM from that model cannot end below it)."""
+        all rows (EM from that model cannot end below it). With ``race`` the
+        spectral start ``fit`` (gated, not refined) is one of the short runs'
+        starts."""
         lsq = _starts.least_squares(
             ctx.X_em, ctx.y, *ctx.column_moments, ctx.sample_weight
         )
         ctx.diagnostics["one_expert_log_likelihood"] = lsq.log_likelihood
-        ctx.starts.append(fit.summary())
+        if not race:
+            ctx.starts.append(fit.summary())
         wanted = self.extra_starts == "always" or (
             self.extra_starts == "auto"
             and (ctx.flags or warm_starts or fit.log_likelihood < lsq.log_likelihood)
@@ -472,12 +504,37 @@ class SpectralMoE(MoEBase):
             return fit
         start = time.perf_counter()
         pool = self._start_pool(ctx, lsq)
+        one_expert = pool[0][1]
         best = fit
+        if race:
+            pool.insert(0, (fit.name, fit.params))
+            best = _Candidate("(none yet)", fit.params)  # every chain beats it
         for i, warm in enumerate(warm_starts):  # (k - 1 experts, split)
             if self.noise_type == "per_expert" and np.ndim(warm.noise_std) == 0:
                 warm = replace(warm, noise_std=np.full(warm.n_experts, warm.noise_std))
             best = self._continue(ctx, _Candidate(f"warm start {i + 1}", warm), best)
+        # (in the race, the spectral chain's record includes its gating EM)
+        best = self._run_pool(ctx, pool, best, {fit.name: fit.n_iter} if race else {})
+        if best.log_likelihood < lsq.log_likelihood:
+            best = self._continue(ctx, _Candidate("one expert", one_expert), best)
+        ctx.times["other_starts"] = time.perf_counter() - start
+        if race:  # the spectral chain's record first, as without the race
+            ctx.starts.sort(key=lambda record: record["start"] != fit.name)
+        if best is not fit:
+            self._log(1, f"the start '{best.name}' reached a higher likelihood")
+        best.spectral_experts = fit.spectral_experts
+        best.mixing_weights, best.tensor_values = fit.mixing_weights, fit.tensor_values
+        return best
+
+    def _run_pool(
+        self, ctx: _FitContext, pool, best: _Candidate, earlier: dict[str, int]
+    ) -> _Candidate:
+        """Short runs from every start of ``pool``; the most likely continue on
+        all rows against ``best`` while they can win; the winner. ``earlier``:
+        iterations some starts' chains ran before (by name)."""
         subset, shorts = self._short_runs(ctx, pool)
+        for short in shorts:
+            short.n_iter += earlier.get(short.name, 0)
         reference = best.log_likelihood  # the leader, on the short runs' rows
         if subset is not None and np.isfinite(reference):
             reference = _mean_log_likelihood(ctx, best.params, subset)
@@ -491,14 +548,6 @@ class SpectralMoE(MoEBase):
             if subset is not None:
                 short.history = []  # the subset's values are not comparable
             best = self._continue(ctx, short, best, resume=subset is None)
-        if best.log_likelihood < lsq.log_likelihood:
-            one = _Candidate("one expert", pool[0][1])
-            best = self._continue(ctx, one, best)
-        ctx.times["other_starts"] = time.perf_counter() - start
-        if best is not fit:
-            self._log(1, f"the start '{best.name}' reached a higher likelihood")
-        best.spectral_experts = fit.spectral_experts
-        best.mixing_weights, best.tensor_values = fit.mixing_weights, fit.tensor_values
         return best
 
     def _start_pool(self, ctx: _FitContext, lsq) -> list[tuple[str, MoEParams]]:
@@ -550,22 +599,41 @@ class SpectralMoE(MoEBase):
 
     def _short_runs(self, ctx: _FitContext, pool) -> tuple[Array | None, list]:
         """:data:`_SHORT_ITER` EM iterations from each start, on a random subset
-        of :data:`_SHORT_ROWS` rows when there are more; most likely first."""
+        of :data:`_SHORT_ROWS` rows when there are more; most likely first. For
+        linear experts with a softmax gate all starts run at once
+        (:func:`moelearn._em_batch.batched_em`, generalised EM steps); otherwise
+        one after another (:func:`moelearn._em.em`)."""
         n = len(ctx.y)
         subset = None
         if n > _SHORT_ROWS:
             subset = np.sort(ctx.rng.choice(n, size=_SHORT_ROWS, replace=False))
-        shorts = []
-        for name, params in pool:
-            short = _Candidate(name, params)
-            result = self._em(
-                ctx,
-                params,
-                fit_experts=True,
-                stage=name,
-                max_iter=_SHORT_ITER,
-                rows=subset,
+        if _em_batch.supports(pool[0][1], self.noise_std is None):
+            rows = np.arange(n) if subset is None else subset
+            weights = ctx.sample_weight
+            results = _em_batch.batched_em(
+                take_rows(ctx.X_em, rows),
+                ctx.y[rows],
+                [params for _, params in pool],
+                covariance=ctx.covariance,
+                max_iter=_BATCH_ITER,
+                tol=self.tol,
+                sample_weight=None if weights is None else weights[rows],
             )
+        else:
+            results = [
+                self._em(
+                    ctx,
+                    params,
+                    fit_experts=True,
+                    stage=name,
+                    max_iter=_SHORT_ITER,
+                    rows=subset,
+                )
+                for name, params in pool
+            ]
+        shorts = []
+        for (name, params), result in zip(pool, results, strict=True):
+            short = _Candidate(name, params)
             short.add(result)
             shorts.append(short)
         shorts.sort(key=lambda c: c.log_likelihood, reverse=True)

@@ -1,0 +1,393 @@
+"""Generalised EM from many starts at once, on an in-memory table.
+
+The start race (:meth:`moelearn.SpectralMoE._short_runs`) runs a few EM
+iterations from each of up to 25 cheap starts on at most 5 000 rows. Run one
+start at a time, those runs cost about a millisecond of Python per iteration
+whatever the table's size, which on small tables is most of the fit. Here every
+start's parameters are stacked along a leading axis ``s`` and each step is one
+batched array expression, so ``S`` starts cost little more than one.
+
+The step is :meth:`moelearn._em._Objective.em_step`'s, for linear experts and a
+softmax gate (docs/method.md, section 5):
+
+* E-step ``r_ij = pi_j(x_i) N(y_i | a_j . x_i, sigma_j^2) / p(y_i | x_i)``;
+* experts: weighted least squares, ``a_j = (sum_i w_i r_ij x_i x_i^T)^{-1}
+  sum_i w_i r_ij y_i x_i``;
+* noise: ``sigma_j^2 = sum_i w_i r_ij (y_i - a_j . x_i)^2 / sum_i w_i r_ij``
+  (per expert) or the pooled sum over ``j`` divided by ``sum_i w_i`` (shared),
+  with the new ``a_j``;
+* gate: one Newton step on the expected complete-data log-likelihood with the
+  ridge ``(lambda / 2) sum_t G_t^T C G_t``: gradient
+  ``sum_i w_i (r_it - pi_it) x_i - lambda C G_t``, Hessian
+  ``sum_i w_i pi_ia (delta_ab - pi_ib) x_i x_i^T + lambda C delta_ab``.
+
+A step that lowers a start's penalised log-likelihood is halved for that start
+until it does not, and the stopping rules are :func:`moelearn._em.em`'s (a
+parameter change below ``tol`` in whitened units, or two iterations in a row
+that raise the objective by less than ``tol^1.5`` per row). A start one of whose
+experts falls below the weight floor stops there (``EMResult.converged`` False);
+:func:`~moelearn._em.em`, continuing it, drops the expert. Memory is
+``O(S n k + S k D^2)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from moelearn._em import GATE_PENALTY, MIN_EXPERT_WEIGHT, EMResult
+from moelearn._model import MoEParams
+
+Array = np.ndarray
+
+_HALF_LOG_2PI = 0.5 * np.log(2.0 * np.pi)
+_MAX_HALVINGS = 30
+
+
+def supports(params: MoEParams, fit_noise: bool) -> bool:
+    """Whether :func:`batched_em` fits this model: linear experts, a softmax
+    gate, the noise level(s) fitted."""
+    return params.link == "linear" and params.gate == "softmax" and fit_noise
+
+
+@dataclass
+class _Evaluation:
+    """One E-step for a set of starts (arrays over ``s``)."""
+
+    value: Array  # (S,) penalised log-likelihood
+    ll_mean: Array  # (S,) mean log-likelihood per row
+    resp: Array  # (S, k, n) posterior responsibilities
+    gates: Array  # (S, k, n) gate probabilities
+    weight: Array  # (S, k) posterior weight of each expert
+
+
+class _Batch:
+    """The table, its weights and the objective shared by every start. Per-row
+    arrays are laid out ``(S, k, n)``, so that sums over experts run along
+    contiguous rows."""
+
+    def __init__(self, X, y, sample_weight, covariance, penalty):
+        self.X, self.y = X, y
+        self.Xt = np.ascontiguousarray(X.T)
+        self.Xy = np.column_stack([X, y])
+        self.w = np.ones(len(y)) if sample_weight is None else sample_weight
+        self.total = float(self.w.sum())
+        self.metric, self.penalty = covariance, penalty
+
+    def evaluate(self, E: Array, G: Array, sigma: Array) -> _Evaluation:
+        """The E-step and the penalised log-likelihood of each start."""
+        k = E.shape[1]
+        both = np.concatenate([E, G], axis=1) @ self.Xt  # (S, 2k, n)
+        means, logits = both[:, :k], both[:, k:]
+        top = logits.max(axis=1, keepdims=True)
+        gates = np.exp(logits - top)
+        total = gates.sum(axis=1, keepdims=True)
+        gates /= total
+        z = (self.y - means) / sigma[:, :, None]
+        joint = logits - top - np.log(total) - 0.5 * z * z
+        joint -= np.log(sigma)[:, :, None] + _HALF_LOG_2PI
+        top = joint.max(axis=1, keepdims=True)
+        top[~np.isfinite(top)] = 0.0
+        resp = np.exp(joint - top)
+        total = resp.sum(axis=1, keepdims=True)
+        resp /= total
+        rows = (top + np.log(total))[:, 0]  # (S, n) log p(y_i | x_i)
+        free = G[:, :-1]
+        ridge = np.einsum("std,de,ste->s", free, self.metric, free)
+        with np.errstate(invalid="ignore"):
+            ll_sum = rows @ self.w
+        return _Evaluation(
+            value=ll_sum - 0.5 * self.penalty * ridge,
+            ll_mean=ll_sum / self.total,
+            resp=resp,
+            gates=gates,
+            weight=resp @ self.w,
+        )
+
+    def m_step(self, ev: _Evaluation, G: Array, shared: bool, floor: float):
+        """The generalised M-step for each start: ``(E, G, sigma)``."""
+        S, k, D = G.shape
+        weighted = ev.resp * self.w  # (S, k, n)
+        E = np.empty((S, k, D))
+        for j in range(k):
+            # [A | b] = sum_i w_i r_ij x_i [x_i, y_i]
+            grams = (weighted[:, j, None, :] * self.Xt) @ self.Xy
+            E[:, j] = _solve(grams[..., :D], grams[..., D])
+        res = self.y - E @ self.Xt
+        rss = np.einsum("skn,skn->sk", weighted, res * res)
+        if shared:
+            var = np.repeat(rss.sum(1, keepdims=True) / self.total, k, axis=1)
+        else:
+            var = rss / np.maximum(ev.weight, 1e-300)
+        sigma = np.maximum(np.sqrt(var), floor)
+        return E, self._gate_step(ev, G), sigma
+
+    def _gate_step(self, ev: _Evaluation, G: Array) -> Array:
+        """One penalised Newton step for the free gate rows (the last stays 0)."""
+        X, Xt, w, C, lam = self.X, self.Xt, self.w, self.metric, self.penalty
+        S, k, D = G.shape
+        t = k - 1
+        free = G[:, :t]
+        diff = (ev.resp - ev.gates)[:, :t] * w  # (S, t, n)
+        grad = diff @ X - lam * free @ C  # (S, t, D)
+        pi = ev.gates[:, :t]
+        H = np.zeros((S, t, D, t, D))
+        for a in range(t):
+            for b in range(a, t):
+                h = -pi[:, a] * pi[:, b]
+                if a == b:
+                    h = h + pi[:, a]
+                block = ((h * w)[:, None, :] * Xt) @ X  # (S, D, D)
+                if a == b:
+                    block = block + lam * C
+                H[:, a, :, b, :] = block
+                H[:, b, :, a, :] = block.transpose(0, 2, 1)
+        step = _solve(H.reshape(S, t * D, t * D), grad.reshape(S, t * D))
+        new = G.copy()
+        new[:, :t] += step.reshape(S, t, D)
+        return new
+
+
+def batched_em(
+    X: Array,
+    y: Array,
+    starts: list[MoEParams],
+    *,
+    covariance: Array,
+    max_iter: int,
+    tol: float,
+    sample_weight: Array | None = None,
+    min_noise_std: float = 0.0,
+    gate_penalty: float = GATE_PENALTY,
+    min_expert_weight: float = MIN_EXPERT_WEIGHT,
+) -> list[EMResult]:
+    """At most ``max_iter`` generalised EM iterations from each of ``starts``.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n_samples, n_columns)
+        EM's columns (with the ones column when the model has offsets), in memory.
+    y : ndarray of shape (n_samples,)
+        Targets.
+    starts : list of MoEParams
+        Starting points with the same number of experts, linear experts and a
+        softmax gate (:func:`supports`); shared or per-expert noise, as the
+        first start has it.
+    covariance : ndarray of shape (n_columns, n_columns)
+        The columns' covariance: the gate ridge's metric and the step sizes'.
+    max_iter : int
+        Iterations per start.
+    tol : float
+        The stopping tolerance of :func:`moelearn._em.em`.
+    sample_weight : ndarray of shape (n_samples,), optional
+        Row weights.
+    min_noise_std : float, default=0.0
+        Floor on the noise levels (at least ``1e-6 std(y)``).
+    gate_penalty : float
+        The ridge ``lambda`` on the gate rows.
+    min_expert_weight : float
+        Share of the total weight below which an expert stops its start.
+
+    Returns
+    -------
+    list of EMResult
+        One per start, in their order: where it ended, its iterations, whether
+        it converged and its mean log-likelihood per iteration.
+    """
+    batch = _Batch(X, y, sample_weight, covariance, gate_penalty)
+    shared = np.ndim(starts[0].noise_std) == 0
+    k = starts[0].n_experts
+    E = np.stack([p.experts for p in starts]).astype(float)
+    G = np.stack([p.gating - p.gating[-1] for p in starts]).astype(float)
+    sigma = np.stack(
+        [np.broadcast_to(np.asarray(p.noise_std, float), (k,)) for p in starts]
+    )
+    floor = max(min_noise_std, 1e-6 * float(np.std(y)), 1e-12)
+    weight_floor = max(2.0 * X.shape[1], min_expert_weight * batch.total)
+    S = len(starts)
+    state = _State(S, E, G, sigma)
+    while state.active.any():
+        idx = np.flatnonzero(state.active)
+        ev = batch.evaluate(E[idx], G[idx], sigma[idx])
+        step = state.judge(idx, ev, max_iter, tol, batch.total, weight_floor)
+        if step.size:
+            sub = np.searchsorted(idx, step)
+            picked = _Evaluation(
+                ev.value[sub],
+                ev.ll_mean[sub],
+                ev.resp[sub],
+                ev.gates[sub],
+                ev.weight[sub],
+            )
+            new = batch.m_step(picked, G[step], shared, floor)
+            state.propose(step, *new, covariance, tol)
+    return [
+        EMResult(
+            MoEParams(
+                state.E[s].copy(),
+                state.G[s].copy(),
+                state.sigma[s].copy() if not shared else float(state.sigma[s, 0]),
+                "linear",
+                "softmax",
+            ),
+            int(state.n_iter[s]),
+            bool(state.converged[s]),
+            state.history[s],
+        )
+        for s in range(S)
+    ]
+
+
+class _State:
+    """Where each start is, its last accepted point, and :func:`em`'s counters.
+
+    Every other step is extrapolated (SQUAREM, Varadhan and Roland 2008, their
+    scheme S3): from an accepted plain step ``theta_1 = F(theta_0)`` and the
+    next plain proposal ``theta_2 = F(theta_1)``, with ``r = theta_1 - theta_0``
+    and ``v = theta_2 - 2 theta_1 + theta_0``, the proposal is
+    ``theta_0 - 2 alpha r + alpha^2 v`` with ``alpha = min(-1, -|r| / |v|)``
+    (``alpha = -1`` gives ``theta_2``), in the coordinates ``(a, G, log sigma)``.
+    An extrapolated proposal that lowers the objective is replaced by
+    ``theta_2``.
+    """
+
+    def __init__(self, S: int, E: Array, G: Array, sigma: Array):
+        self.E, self.G, self.sigma = E, G, sigma
+        self.prev: tuple[Array, Array, Array] = (E.copy(), G.copy(), sigma.copy())
+        self.base: tuple[Array, Array, Array] = (E.copy(), G.copy(), sigma.copy())
+        self.plain: tuple[Array, Array, Array] = (E.copy(), G.copy(), sigma.copy())
+        self.base_ok = np.zeros(S, bool)  # current = F(base) by a plain step
+        self.extrapolated = np.zeros(S, bool)  # current is an extrapolated point
+        self.prev_value = np.full(S, -np.inf)
+        self.has_prev = np.zeros(S, bool)
+        self.active = np.ones(S, bool)
+        self.converged = np.zeros(S, bool)
+        self.n_iter = np.zeros(S, int)
+        self.halvings = np.zeros(S, int)
+        self.flat = np.zeros(S, int)
+        self.history: list[list[float]] = [[] for _ in range(S)]
+
+    def _set(self, s: Array, source: tuple[Array, Array, Array]) -> None:
+        self.E[s], self.G[s], self.sigma[s] = (p[s] for p in source)
+
+    def judge(self, idx, ev: _Evaluation, max_iter, tol, total, weight_floor):
+        """Accept, halve or stop each evaluated start; the starts to step."""
+        value = ev.value
+        thin = ev.weight.min(axis=1) < weight_floor
+        worse = self.has_prev[idx] & ~(
+            value >= self.prev_value[idx] - 1e-10 * (1.0 + np.abs(self.prev_value[idx]))
+        )
+        worse |= self.extrapolated[idx] & thin  # (a jump that empties an expert)
+        spent = self.n_iter[idx] >= max_iter
+        # out of iterations: the last proposal is kept only if it did not lower
+        # the objective
+        last = idx[spent]
+        self._set(last[worse[spent]], self.prev)
+        self.active[last] = False
+        retreat = idx[worse & ~spent]
+        # a failed extrapolation: the plain step instead
+        fallback = retreat[self.extrapolated[retreat]]
+        self._set(fallback, self.plain)
+        self.extrapolated[fallback] = False
+        for base, prev in zip(self.base, self.prev, strict=True):
+            base[fallback] = prev[fallback]  # the plain step F(prev) is current
+        self.base_ok[fallback] = True
+        halve = retreat[~np.isin(retreat, fallback)]
+        self.base_ok[halve] = False
+        self.halvings[halve] += 1
+        give_up = halve[self.halvings[halve] > _MAX_HALVINGS]
+        self._set(give_up, self.prev)
+        self.active[give_up] = False
+        halve = halve[self.halvings[halve] <= _MAX_HALVINGS]
+        for arr, old in zip((self.E, self.G, self.sigma), self.prev, strict=True):
+            arr[halve] = 0.5 * (arr[halve] + old[halve])
+        ok = ~worse & ~spent
+        lost = ok & (~np.isfinite(value) | thin)
+        self.active[idx[lost]] = False  # em() drops the expert (or reports)
+        ok &= ~lost
+        s = idx[ok]
+        self.halvings[s] = 0
+        gain = (value[ok] - self.prev_value[s]) / total
+        small = gain < tol**1.5 * np.maximum(1.0, np.abs(value[ok] / total))
+        self.flat[s] = np.where(self.has_prev[s] & small, self.flat[s] + 1, 0)
+        done = s[self.flat[s] >= 2]
+        self.converged[done] = True
+        self.active[done] = False
+        step = s[self.flat[s] < 2]
+        for i, mean in zip(idx[ok], ev.ll_mean[ok], strict=True):
+            if self.flat[i] < 2:
+                self.history[i].append(float(mean))
+        self.n_iter[step] += 1
+        self.prev_value[step] = value[ok][self.flat[s] < 2]
+        self.has_prev[step] = True
+        for arr, old in zip((self.E, self.G, self.sigma), self.prev, strict=True):
+            old[step] = arr[step]
+        return step
+
+    def propose(self, s: Array, E: Array, G: Array, sigma: Array, metric, tol):
+        """Move the starts ``s`` to their M-step (or its extrapolation); stop
+        those whose plain step barely moved them."""
+        delta = np.concatenate([E - self.E[s], G - self.G[s]], axis=1)
+        rows = np.einsum("sid,de,sie->si", delta, metric, delta)
+        noise = np.abs(sigma - self.sigma[s]) / self.sigma[s]
+        change = np.maximum(np.sqrt(np.maximum(rows, 0.0)).max(1), noise.max(1))
+        jump = s[self.base_ok[s]]
+        plain = s[~self.base_ok[s]]
+        # the plain proposals: the next extrapolation's base is the current point
+        for arr, base in zip((self.E, self.G, self.sigma), self.base, strict=True):
+            base[plain] = arr[plain]
+        for store, new in zip(self.plain, (E, G, sigma), strict=True):
+            store[s] = new
+        self.base_ok[plain] = True
+        self.base_ok[jump] = False
+        self._set(s, self.plain)
+        self.extrapolated[s] = False
+        if jump.size:
+            self._extrapolate(jump)
+        done = s[change < tol]
+        self._set(done, self.plain)
+        self.extrapolated[done] = False
+        self.converged[done] = True
+        self.active[done] = False
+
+    def _extrapolate(self, s: Array) -> None:
+        """The SQUAREM proposal for the starts ``s`` (see the class docstring)."""
+
+        def flat(E, G, sigma):
+            return np.concatenate(
+                [E[s].reshape(len(s), -1), G[s].reshape(len(s), -1), np.log(sigma[s])],
+                axis=1,
+            )
+
+        theta0 = flat(*self.base)
+        theta1 = flat(*self.prev)
+        theta2 = flat(*self.plain)
+        r = theta1 - theta0
+        v = theta2 - 2.0 * theta1 + theta0
+        norm_v = np.linalg.norm(v, axis=1)
+        alpha = -np.linalg.norm(r, axis=1) / np.maximum(norm_v, 1e-300)
+        alpha = np.minimum(alpha, -1.0)[:, None]
+        theta = theta0 - 2.0 * alpha * r + alpha**2 * v
+        k, D = self.E.shape[1:]
+        self.E[s] = theta[:, : k * D].reshape(-1, k, D)
+        self.G[s] = theta[:, k * D : 2 * k * D].reshape(-1, k, D)
+        self.sigma[s] = np.exp(theta[:, 2 * k * D :])
+        self.extrapolated[s] = True
+
+
+def _solve(A: Array, b: Array) -> Array:
+    """``A^{-1} b`` for a stack of symmetric positive semi-definite ``A``, with a
+    ridge of ``1e-10`` of the mean diagonal (more where a matrix is singular)."""
+    scale = np.maximum(np.trace(A, axis1=-2, axis2=-1) / A.shape[-1], 1e-300)
+    eye = np.eye(A.shape[-1])
+    for ridge in (1e-10, 1e-6, 1e-2):
+        try:
+            return np.linalg.solve(
+                A + ridge * scale[:, None, None] * eye, b[..., None]
+            )[..., 0]
+        except np.linalg.LinAlgError:
+            continue
+    return np.stack(
+        [np.linalg.lstsq(a, v, rcond=None)[0] for a, v in zip(A, b, strict=True)]
+    )

@@ -1,0 +1,153 @@
+"""EM from many starts at once (moelearn._em_batch): each start runs as it would
+alone, the objective never falls, and the fixed point is EM's."""
+
+import numpy as np
+import pytest
+
+from moelearn import make_moe
+from moelearn._em import em
+from moelearn._em_batch import batched_em, supports
+from moelearn._model import MoEParams, log_likelihood_terms
+
+
+def _with_ones(X):
+    return np.column_stack([X, np.ones(len(X))])
+
+
+def _random_starts(rng, k, D, n_starts, per_expert=True):
+    starts = []
+    for _ in range(n_starts):
+        gating = rng.standard_normal((k, D))
+        gating[-1] = 0.0
+        noise = rng.uniform(0.5, 1.5, k) if per_expert else float(rng.uniform(0.5, 1))
+        starts.append(MoEParams(rng.standard_normal((k, D)), gating, noise, "linear"))
+    return starts
+
+
+def _data(seed, n=3000, d=3, k=2):
+    X, y, truth = make_moe(n, d, n_experts=k, noise_std=0.2, random_state=seed)
+    return _with_ones(X), y, truth
+
+
+def test_each_start_runs_as_it_would_alone(global_random_seed):
+    """Stacking starts couples nothing: a start's result in a batch of six equals
+    its result in a batch of one (to rounding)."""
+    X, y, _ = _data(global_random_seed)
+    rng = np.random.default_rng(global_random_seed)
+    starts = _random_starts(rng, 2, X.shape[1], 6)
+    cov = np.cov(X, rowvar=False)
+    together = batched_em(X, y, starts, covariance=cov, max_iter=25, tol=1e-6)
+    for start, joint in zip(starts, together, strict=True):
+        (alone,) = batched_em(X, y, [start], covariance=cov, max_iter=25, tol=1e-6)
+        assert alone.n_iter == joint.n_iter
+        assert alone.converged == joint.converged
+        np.testing.assert_allclose(alone.log_likelihood, joint.log_likelihood)
+        np.testing.assert_allclose(alone.params.experts, joint.params.experts)
+        np.testing.assert_allclose(alone.params.gating, joint.params.gating)
+
+
+@pytest.mark.parametrize("per_expert", [True, False])
+def test_the_likelihood_never_falls(per_expert, global_random_seed):
+    """Without the gate ridge the objective is the log-likelihood: every
+    recorded value (extrapolated steps included) is at least the one before (to
+    the acceptance rule's rounding allowance, as for em()),
+    and the returned parameters are at least as likely as the last record."""
+    X, y, _ = _data(global_random_seed, k=3)
+    rng = np.random.default_rng(global_random_seed + 1)
+    starts = _random_starts(rng, 3, X.shape[1], 8, per_expert)
+    results = batched_em(
+        X,
+        y,
+        starts,
+        covariance=np.eye(X.shape[1]),
+        max_iter=60,
+        tol=1e-8,
+        gate_penalty=0.0,
+        min_expert_weight=0.0,
+    )
+    for result in results:
+        curve = np.array(result.log_likelihood)
+        assert np.all(np.diff(curve) >= -1e-10 * (1 + np.abs(curve[:-1])))
+        final = log_likelihood_terms(X, y, result.params)[0].mean()
+        assert final >= curve[-1] - 1e-10
+        assert np.ndim(result.params.noise_std) == (1 if per_expert else 0)
+
+
+def test_the_fixed_point_is_ems(global_random_seed):
+    """From near the truth, batched EM and the Newton-accelerated em() stop at
+    the same maximum: parameters within 1e-4 (both at tol 1e-9; the stopping
+    rule leaves a distance of about tol / (1 - rate) with EM's rate below 0.9)."""
+    X, y, truth = _data(global_random_seed, n=5000)
+    zero = np.zeros((2, 1))
+    start = MoEParams(
+        np.hstack([truth["experts"] + 0.05, zero]),
+        np.hstack([truth["gating"], zero]),
+        np.array([0.3, 0.3]),
+        "linear",
+    )
+    cov = np.cov(X, rowvar=False)
+    (batch,) = batched_em(X, y, [start], covariance=cov, max_iter=2000, tol=1e-9)
+    newton = em(
+        X,
+        y,
+        start,
+        fit_experts=True,
+        covariance=cov,
+        max_iter=500,
+        tol=1e-9,
+        rng=np.random.default_rng(0),
+    )
+    assert batch.converged and newton.converged
+    np.testing.assert_allclose(batch.params.experts, newton.params.experts, atol=1e-4)
+    np.testing.assert_allclose(batch.params.gating, newton.params.gating, atol=1e-4)
+    np.testing.assert_allclose(
+        batch.params.noise_std, newton.params.noise_std, atol=1e-4
+    )
+
+
+def test_integer_weights_act_as_copies(global_random_seed):
+    X, y, _ = _data(global_random_seed, n=400)
+    rng = np.random.default_rng(global_random_seed)
+    weights = rng.integers(0, 4, len(y)).astype(float)
+    copies = np.repeat(np.arange(len(y)), weights.astype(int))
+    starts = _random_starts(rng, 2, X.shape[1], 3)
+    cov = np.eye(X.shape[1])
+    weighted = batched_em(
+        X, y, starts, covariance=cov, max_iter=15, tol=1e-8, sample_weight=weights
+    )
+    copied = batched_em(
+        X[copies], y[copies], starts, covariance=cov, max_iter=15, tol=1e-8
+    )
+    for a, b in zip(weighted, copied, strict=True):
+        np.testing.assert_allclose(a.params.experts, b.params.experts, rtol=1e-7)
+        np.testing.assert_allclose(a.log_likelihood, b.log_likelihood, rtol=1e-9)
+
+
+def test_an_expert_that_loses_its_rows_stops_its_start():
+    """A start whose second expert has no rows (its gate logit at -30) stops at
+    once, unconverged, for em() to drop the expert; the others go on."""
+    X, y, _ = _data(0, n=500)
+    good = MoEParams(
+        np.array([[1.0, 0, 0, 0], [-1.0, 0, 0, 0]]),
+        np.zeros((2, 4)),
+        np.array([1.0, 1.0]),
+        "linear",
+    )
+    empty = MoEParams(
+        good.experts,
+        np.array([[0, 0, 0, 30.0], [0, 0, 0, 0]]),
+        good.noise_std,
+        "linear",
+    )
+    a, b = batched_em(X, y, [good, empty], covariance=np.eye(4), max_iter=20, tol=1e-8)
+    assert a.n_iter > 1
+    assert b.n_iter == 0 and not b.converged
+
+
+def test_supports_linear_experts_with_a_softmax_gate_only():
+    params = MoEParams(np.zeros((2, 3)), np.zeros((2, 3)), 1.0, "linear")
+    assert supports(params, fit_noise=True)
+    assert not supports(params, fit_noise=False)
+    assert not supports(MoEParams(params.experts, params.gating, 1.0, "tanh"), True)
+    tree = MoEParams(np.zeros((2, 3)), np.zeros((1, 3)), 1.0, "linear", "tree")
+    assert not supports(tree, True)
