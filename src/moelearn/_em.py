@@ -328,22 +328,10 @@ def _curvature_sums(xc, resp, gates, res, eta, logits, sw, spec: _PassSpec) -> t
     inv_var = like(1.0 / var[:, None], resp)
     groups = noise_groups(params, spec.fit_noise)
     s = groups.shape[0]
-    eye = like(np.eye(k), resp)
-    parts, n_experts = [], k if spec.fit_experts else 0
-    if spec.fit_experts:
-        deriv = get_link(params.link).deriv(eta)
-        e = res * deriv * inv_var
-        parts.append(eye[:, :, None] * e[None])
-    if params.gate == "softmax":
-        parts.append(eye[: k - 1, :, None] - gates[: k - 1, None, :])
-    else:
-        left, under = tree_paths(k)
-        left, under = like(left.astype(float), resp), like(under.astype(float), resp)
-        parts.append(left[:, :, None] - under[:, :, None] * sigmoid(logits)[:, None, :])
+    deriv = get_link(params.link).deriv(eta) if spec.fit_experts else None
+    e = res * deriv * inv_var if spec.fit_experts else None
     q = res * res * inv_var - 1.0
-    if s:
-        parts.append(like(groups, resp)[:, :, None] * q[None])
-    values = concat(parts)  # (C, k, m)
+    values = _latent_scores(spec, resp, gates, logits, e, q, groups)  # (C, k, m)
     mean = einsum("czm,zm->cm", values, resp)
     cov = -mean[:, None] * mean[None]
     for z in range(k):  # (faster than a three-operand einsum)
@@ -351,7 +339,7 @@ def _curvature_sums(xc, resp, gates, res, eta, logits, sw, spec: _PassSpec) -> t
     n_vec = values.shape[0] - s
     complete = xp.zeros_like(cov)
     _, gate_complete = gate_terms(params.gate, logits, gates, resp, True)
-    g0 = n_experts
+    g0 = k if spec.fit_experts else 0
     complete[g0 : g0 + k - 1, g0 : g0 + k - 1] = gate_complete
     if spec.fit_experts:
         for j in range(k):
@@ -380,6 +368,27 @@ def _curvature_sums(xc, resp, gates, res, eta, logits, sw, spec: _PassSpec) -> t
             xp.sum(weights[n_vec:, n_vec:], axis=2),
         )
     return out
+
+
+def _latent_scores(spec: _PassSpec, resp, gates, logits, e, q, groups) -> Array:
+    """The complete-data scores' weights for each latent expert ``z``: (C, k, m)
+    for the C free components (experts' ``[z = j] e_j`` when fitted, the gate
+    rows' score weights, the noise groups' ``[z in l] q_z``)."""
+    params = spec.params
+    k = params.n_experts
+    eye = like(np.eye(k), resp)
+    parts = []
+    if spec.fit_experts:
+        parts.append(eye[:, :, None] * e[None])
+    if params.gate == "softmax":
+        parts.append(eye[: k - 1, :, None] - gates[: k - 1, None, :])
+    else:
+        left, under = tree_paths(k)
+        left, under = like(left.astype(float), resp), like(under.astype(float), resp)
+        parts.append(left[:, :, None] - under[:, :, None] * sigmoid(logits)[:, None, :])
+    if groups.shape[0]:
+        parts.append(like(groups, resp)[:, :, None] * q[None])
+    return concat(parts)
 
 
 def curvature_pairs(
@@ -985,86 +994,131 @@ def em(
         problem.uses_compiled_pass(params, subset)
         or n_params <= _SMALL_PROBLEM_PARAMETERS
     )
-    dropped: list[int] = []
-    labels = np.arange(params.n_experts)
     with (
         _blas_controller().limit(limits=1, user_api="blas") if quiet else nullcontext()
     ):
         history: list[float] = []
-        # (accepted parameters, their objective, their pass's sums)
-        previous: tuple[MoEParams, float, _Stats] | None = None
-        current, took_newton = params, False
-        n_iter, halvings, converged, flat = 0, 0, False, 0
+        state = _EMState(params, noise_floor)
+        n_iter, converged = 0, False
         while n_iter < max_iter:
-            stats = problem.run_pass(current, subset)
-            value = objective.value(stats, current)
-            if took_newton:
-                objective.judge(value - previous[1])
-            if previous is not None and not value >= previous[1] - 1e-10 * (
-                1.0 + abs(previous[1])
-            ):
-                if took_newton:  # fall back on the EM step from the last point
-                    current = objective.em_step(previous[2], previous[0], noise_floor)
-                    took_newton = False
-                    continue
-                halvings += 1
-                if halvings > _MAX_HALVINGS:
-                    current = previous[0]
+            stats = problem.run_pass(state.current, subset)
+            value = objective.value(stats, state.current)
+            if state.fell(value, objective):
+                if not state.retreat(objective):
                     break
-                current = _interpolate(previous[0], current, 0.5)
                 continue
             if not np.isfinite(value):
                 raise FloatingPointError(
                     f"{stage}: the log-likelihood is not finite at the start "
                     "(check the inputs' scale and the starting parameters)"
                 )
-            weights = stats.weight
-            if can_drop and current.n_experts > 1 and weights.min() < weight_floor:
-                gone = np.flatnonzero(weights < weight_floor)
-                if len(gone) == current.n_experts:
-                    gone = np.delete(gone, np.argmax(weights))
-                dropped += labels[gone].tolist()
-                labels = np.delete(labels, gone)
-                current, previous, took_newton = (
-                    _drop_experts(current, gone),
-                    None,
-                    False,
-                )
+            if can_drop and state.drop_thin(stats.weight, weight_floor):
                 continue
-            halvings = 0
-            if previous is not None:
-                gain = (value - previous[1]) / n
-                flat = flat + 1 if gain < tol**1.5 * max(1.0, abs(value / n)) else 0
-                if flat >= 2:  # the objective has stopped rising
-                    converged = True
-                    break
+            state.halvings = 0
+            if state.stalled(value, n, tol):  # the objective has stopped rising
+                converged = True
+                break
             n_iter += 1
             history.append(stats.ll_sum / n)
-            proposal = objective.newton(stats, current) if step == "newton" else None
-            took_newton = proposal is not None
-            if proposal is None:
-                proposal = objective.em_step(stats, current, noise_floor)
-            if fit_noise:
-                sigma = np.maximum(np.asarray(proposal.noise_std), noise_floor)
-                proposal = replace(
-                    proposal, noise_std=sigma if sigma.ndim else float(sigma)
-                )
-            change = _step_size(current, proposal, covariance)
+            proposal = state.propose(objective, stats, step, fit_noise)
+            change = _step_size(state.current, proposal, covariance)
             if callback is not None:
                 callback(stage, n_iter, stats.ll_sum / n, change)
-            previous = (current, value, stats)
-            current = proposal
+            state.previous = (state.current, value, stats)
+            state.current = proposal
             if change < tol:
                 converged = True
                 break
         else:
-            # max_iter reached: one more pass measures the last proposal, which is
-            # kept only if it did not lower the objective
-            if previous is not None:
-                stats = problem.run_pass(current, subset, curvature=False)
-                if not objective.value(stats, current) >= previous[1]:
-                    current = previous[0]
-        return EMResult(current, n_iter, converged, history, dropped)
+            state.settle(problem, objective, subset)
+        return EMResult(state.current, n_iter, converged, history, state.dropped)
+
+
+class _EMState:
+    """Where :func:`em` is: the current parameters, the last accepted ones with
+    their objective and pass sums, and the counters of its safeguards."""
+
+    def __init__(self, params: MoEParams, noise_floor: float):
+        self.current = params
+        self.previous: tuple[MoEParams, float, _Stats] | None = None
+        self.took_newton = False
+        self.halvings = self.flat = 0
+        self.noise_floor = noise_floor
+        self.labels = np.arange(params.n_experts)  # the start's expert numbers
+        self.dropped: list[int] = []
+
+    def fell(self, value: float, objective: _Objective) -> bool:
+        """Whether ``value`` is below the last accepted objective (to rounding);
+        after a Newton step, the trust region learns how it did."""
+        if self.previous is None:
+            return False
+        if self.took_newton:
+            objective.judge(value - self.previous[1])
+        last = self.previous[1]
+        return not value >= last - 1e-10 * (1.0 + abs(last))
+
+    def retreat(self, objective: _Objective) -> bool:
+        """After a step that lowered the objective: the EM step from the last
+        point in place of a Newton step, else half the step; False when the
+        halvings are used up (the last point is kept)."""
+        before, _, stats = self.previous
+        if self.took_newton:
+            self.current = objective.em_step(stats, before, self.noise_floor)
+            self.took_newton = False
+            return True
+        self.halvings += 1
+        if self.halvings > _MAX_HALVINGS:
+            self.current = before
+            return False
+        self.current = _interpolate(before, self.current, 0.5)
+        return True
+
+    def drop_thin(self, weights: Array, floor: float) -> bool:
+        """Drop the experts whose posterior weight is below ``floor`` (keeping at
+        least one); whether any was."""
+        if self.current.n_experts == 1 or weights.min() >= floor:
+            return False
+        gone = np.flatnonzero(weights < floor)
+        if len(gone) == self.current.n_experts:
+            gone = np.delete(gone, np.argmax(weights))
+        self.dropped += self.labels[gone].tolist()
+        self.labels = np.delete(self.labels, gone)
+        self.current = _drop_experts(self.current, gone)
+        self.previous, self.took_newton = None, False
+        return True
+
+    def settle(self, problem: _Problem, objective: _Objective, subset) -> None:
+        """At ``max_iter``: one more pass measures the last proposal, which is
+        kept only if it did not lower the objective."""
+        if self.previous is not None:
+            stats = problem.run_pass(self.current, subset, curvature=False)
+            if not objective.value(stats, self.current) >= self.previous[1]:
+                self.current = self.previous[0]
+
+    def stalled(self, value: float, n: float, tol: float) -> bool:
+        """Whether the objective per row rose by less than ``tol^1.5`` twice
+        running."""
+        if self.previous is None:
+            return False
+        gain = (value - self.previous[1]) / n
+        self.flat = self.flat + 1 if gain < tol**1.5 * max(1.0, abs(value / n)) else 0
+        return self.flat >= 2
+
+    def propose(
+        self, objective: _Objective, stats: _Stats, step: str, fit_noise: bool
+    ) -> MoEParams:
+        """The next point: the trust-region Newton step (``step='newton'``) or,
+        where there is none, the EM step; noise levels at least the floor."""
+        proposal = objective.newton(stats, self.current) if step == "newton" else None
+        self.took_newton = proposal is not None
+        if proposal is None:
+            proposal = objective.em_step(stats, self.current, self.noise_floor)
+        if fit_noise:
+            sigma = np.maximum(np.asarray(proposal.noise_std), self.noise_floor)
+            proposal = replace(
+                proposal, noise_std=sigma if sigma.ndim else float(sigma)
+            )
+        return proposal
 
 
 def offset_score_statistics(

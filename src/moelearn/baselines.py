@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 import warnings
+from dataclasses import dataclass
+from functools import partial
 from typing import ClassVar
 
 import numpy as np
@@ -351,79 +353,29 @@ class GradientMoE(MinibatchMixin, MoEBase):
         rng, X, y = self._begin_fit(X, y)
         for name in ("intercept_", "gating_intercept_"):  # from an earlier fit
             self.__dict__.pop(name, None)
-        d = X.shape[1]
-        k = self.n_experts
-        link = get_link(self.link)
+        d, k = X.shape[1], self.n_experts
         start = time.perf_counter()
         whitening = input_whitening(X)
-        L, mean = whitening.transform, whitening.mean
-        intercept = self.fit_intercept
-        Z = with_ones(X) if intercept else X
-        expert_norm = float(np.std(y)) if self.link == "linear" else 1.0
-        noise0 = self.noise_std if self.noise_std is not None else float(np.std(y))
-        learn_noise = self.loss == "nll" and self.noise_std is None
+        Z = with_ones(X) if self.fit_intercept else X
         n_noise = k if self.noise_type == "per_expert" else 1
-        # the parameters: whitened slopes (and offsets at the inputs' mean) of the
-        # experts, then of the k - 1 free gate rows, then log sigma
-        sizes = [k * d, k * intercept, (k - 1) * d, (k - 1) * intercept, n_noise]
-        cuts = np.cumsum(sizes)[:-1]
-
-        def to_raw(slopes_w: Array, offsets: Array) -> Array:
-            slopes = slopes_w @ L.T
-            if not intercept:
-                return slopes
-            return np.column_stack([slopes, offsets - slopes @ mean])
-
-        def unpack(flat: Array) -> tuple[Array, Array, float | Array]:
-            ew, eb, gw, gb, log_noise = np.split(flat, cuts)
-            experts = to_raw(ew.reshape(k, d), eb)
-            gating = np.zeros((k, Z.shape[1]))
-            gating[:-1] = to_raw(gw.reshape(k - 1, d), gb)
-            noise = np.exp(log_noise)
-            return experts, gating, noise if n_noise > 1 else float(noise[0])
-
-        def from_raw(grad: Array) -> list[Array]:
-            """A gradient in the raw parameters, in the whitened ones."""
-            slopes = grad[:, :d]
-            if not intercept:
-                return [(slopes @ L).ravel(), np.zeros(0)]
-            offsets = grad[:, d]
-            return [((slopes - np.outer(offsets, mean)) @ L).ravel(), offsets]
-
-        def objective(flat: Array, rows: Array) -> tuple[float, Array]:
-            experts, gating, noise = unpack(flat)
-            if self.loss == "nll":
-                g = nll_gradient(Z[rows], y[rows], experts, gating, noise, link)
-            else:
-                g = squared_error_gradient(Z[rows], y[rows], experts, gating, link)
-            log_noise = np.broadcast_to(g.log_noise, (n_noise,))
-            grad = np.concatenate(
-                from_raw(g.experts)
-                + from_raw(g.gating[:-1])
-                + [log_noise if learn_noise else np.zeros(n_noise)]
-            )
-            return g.loss, grad
-
-        y_mean = float(np.mean(y))
+        packing = _Packing(
+            whitening.transform, whitening.mean, k, d, self.fit_intercept, n_noise
+        )
+        objective = partial(self._objective, Z, y, packing)
+        noise0 = self.noise_std if self.noise_std is not None else float(np.std(y))
         best, best_ll, finals = None, -np.inf, []
         for init in range(self.n_init):
-            flat0 = np.concatenate(
-                [
-                    (_random_rows(rng, k, d) * expert_norm).ravel(),
-                    np.full(k * intercept, y_mean),
-                    (_random_rows(rng, k - 1, d) * self.init_gate_norm).ravel(),
-                    np.zeros((k - 1) * intercept),
-                    np.full(n_noise, np.log(noise0)),
-                ]
+            flat0 = packing.random_start(
+                rng,
+                float(np.std(y)) if self.link == "linear" else 1.0,
+                float(np.mean(y)),
+                self.init_gate_norm,
+                noise0,
             )
             result = self._minimise(
                 objective, flat0, X.shape[0], rng, f"start {init + 1}"
             )
-            experts, gating, noise = unpack(result.params)
-            if self.loss == "l2" and self.noise_std is None:
-                noise = _likelihood_noise(Z, y, experts, gating, self.link, noise0)
-                noise = np.full(k, noise) if n_noise > 1 else noise
-            params = MoEParams(experts, gating, noise, self.link)
+            params = self._start_params(packing, result.params, Z, y, noise0)
             ll = float(log_likelihood_terms(Z, y, params)[0].mean())
             finals.append(ll)
             self._log(1, f"start {init + 1}/{self.n_init}: mean log-lik {ll:.6f}")
@@ -438,6 +390,43 @@ class GradientMoE(MinibatchMixin, MoEBase):
                 stacklevel=2,
             )
         self._set_parameters(params, d)
+        self._set_curve(result)
+        self.init_log_likelihoods_ = self._in_raw_units(np.array(finals))
+        self.fit_times_ = {"gradient": time.perf_counter() - start}
+        return self
+
+    def _objective(
+        self, Z: Array, y: Array, packing: _Packing, flat: Array, rows: Array
+    ) -> tuple[float, Array]:
+        """The loss on ``rows`` and its gradient in the packed parameters."""
+        experts, gating, noise = packing.unpack(flat)
+        link = get_link(self.link)
+        if self.loss == "nll":
+            g = nll_gradient(Z[rows], y[rows], experts, gating, noise, link)
+        else:
+            g = squared_error_gradient(Z[rows], y[rows], experts, gating, link)
+        learn_noise = self.loss == "nll" and self.noise_std is None
+        n_noise = packing.n_noise
+        log_noise = np.broadcast_to(g.log_noise, (n_noise,))
+        grad = np.concatenate(
+            packing.from_raw(g.experts)
+            + packing.from_raw(g.gating[:-1])
+            + [log_noise if learn_noise else np.zeros(n_noise)]
+        )
+        return g.loss, grad
+
+    def _start_params(
+        self, packing: _Packing, flat: Array, Z: Array, y: Array, noise0: float
+    ) -> MoEParams:
+        """A start's result as parameters (the l2 loss: sigma by likelihood)."""
+        experts, gating, noise = packing.unpack(flat)
+        if self.loss == "l2" and self.noise_std is None:
+            noise = _likelihood_noise(Z, y, experts, gating, self.link, noise0)
+            noise = np.full(packing.k, noise) if packing.n_noise > 1 else noise
+        return MoEParams(experts, gating, noise, self.link)
+
+    def _set_curve(self, result) -> None:
+        """``loss_curve_``, ``converged_`` and ``n_iter_`` of the kept start."""
         self.loss_curve_ = result.loss_curve
         if self._scales is not None:  # the loss in y's units
             t = self._scales[1]
@@ -447,9 +436,69 @@ class GradientMoE(MinibatchMixin, MoEBase):
             )
         self.converged_ = bool(result.converged)
         self.n_iter_ = result.n_epochs
-        self.init_log_likelihoods_ = self._in_raw_units(np.array(finals))
-        self.fit_times_ = {"gradient": time.perf_counter() - start}
-        return self
+
+
+@dataclass
+class _Packing:
+    """:class:`GradientMoE`'s flat parameter vector: the experts' whitened slopes
+    (and offsets at the inputs' mean), then the ``k - 1`` free gate rows' alike,
+    then ``log sigma`` (one, or one per expert). With ``L`` the whitening and
+    ``m`` the mean, a whitened row ``(w, b)`` is the raw ``(L^T w, b - L^T w . m)``
+    (``slopes @ L.T`` for rows)."""
+
+    L: Array
+    mean: Array
+    k: int
+    d: int
+    intercept: bool
+    n_noise: int
+
+    @property
+    def cuts(self) -> Array:
+        k, d, c = self.k, self.d, int(self.intercept)
+        sizes = [k * d, k * c, (k - 1) * d, (k - 1) * c, self.n_noise]
+        return np.cumsum(sizes)[:-1]
+
+    def to_raw(self, slopes_w: Array, offsets: Array) -> Array:
+        slopes = slopes_w @ self.L.T
+        if not self.intercept:
+            return slopes
+        return np.column_stack([slopes, offsets - slopes @ self.mean])
+
+    def unpack(self, flat: Array) -> tuple[Array, Array, float | Array]:
+        """``(experts, gating, noise_std)`` in raw coordinates."""
+        k, d = self.k, self.d
+        ew, eb, gw, gb, log_noise = np.split(flat, self.cuts)
+        experts = self.to_raw(ew.reshape(k, d), eb)
+        gating = np.zeros((k, experts.shape[1]))
+        gating[:-1] = self.to_raw(gw.reshape(k - 1, d), gb)
+        noise = np.exp(log_noise)
+        return experts, gating, noise if self.n_noise > 1 else float(noise[0])
+
+    def from_raw(self, grad: Array) -> list[Array]:
+        """A gradient in the raw parameters' rows, in the whitened ones."""
+        d = self.d
+        slopes = grad[:, :d]
+        if not self.intercept:
+            return [(slopes @ self.L).ravel(), np.zeros(0)]
+        offsets = grad[:, d]
+        return [((slopes - np.outer(offsets, self.mean)) @ self.L).ravel(), offsets]
+
+    def random_start(
+        self, rng, expert_norm: float, y_mean: float, gate_norm: float, noise0: float
+    ) -> Array:
+        """Experts uniform on the sphere with ``y``'s spread, offsets at ``y``'s
+        mean, gate rows of norm ``gate_norm``, ``sigma = noise0``."""
+        k, d, c = self.k, self.d, int(self.intercept)
+        return np.concatenate(
+            [
+                (_random_rows(rng, k, d) * expert_norm).ravel(),
+                np.full(k * c, y_mean),
+                (_random_rows(rng, k - 1, d) * gate_norm).ravel(),
+                np.zeros((k - 1) * c),
+                np.full(self.n_noise, np.log(noise0)),
+            ]
+        )
 
 
 def _likelihood_noise(X, y, experts, gating, link, upper) -> float:

@@ -379,78 +379,94 @@ def _release_arrow_memory() -> None:
 def _open_batches(path: Path, suffix: str):
     """``(iterator of float64 (rows, columns) blocks, column names, rows or None)``."""
     if suffix == ".npy":
-        arr = np.load(path, mmap_mode="r", allow_pickle=False)
-        if arr.ndim != 2 or arr.shape[1] < 2 or arr.dtype.kind not in "fiu":
-            raise ValueError(
-                f"{path}: expected a numeric 2-D array with >= 2 columns, got "
-                f"{arr.dtype} of shape {arr.shape}"
-            )
-        names = [f"x{i}" for i in range(arr.shape[1] - 1)] + ["y"]
-
-        def npy_blocks():
-            for start in range(0, arr.shape[0], STREAM_BATCH_ROWS):
-                rows = slice(start, start + STREAM_BATCH_ROWS)
-                block = np.asarray(arr[rows], dtype=np.float64)
-                release_pages(arr, rows)
-                yield block
-
-        return npy_blocks(), names, arr.shape[0]
+        return _npy_batches(path)
     try:
         import pyarrow as pa
-        import pyarrow.csv as pcsv
-        import pyarrow.parquet as pq
     except ImportError:
         raise ValueError(
             f"{path}: streaming CSV or Parquet needs pyarrow: pip install "
             "'moelearn[parquet]'"
         ) from None
-    if suffix == ".parquet":
-        try:
-            # pre_buffer=False: with it, pyarrow keeps every row group it has read.
-            source = pq.ParquetFile(path, pre_buffer=False)
-        except (OSError, pa.ArrowException) as exc:
-            raise ValueError(f"{path}: cannot read the file ({exc})") from None
-        names = list(source.schema_arrow.names)
-        total = source.metadata.num_rows
-        batches = source.iter_batches(batch_size=STREAM_BATCH_ROWS)
-    else:
-        with open(path, newline="") as fh:
-            header = [h.strip() for h in next(csv.reader(fh), [])]
-        try:
-            # Every column read as float64: type inference on the first block alone
-            # would reject a later block's decimals in an integer-looking column.
-            reader = pcsv.open_csv(
-                path,
-                read_options=pcsv.ReadOptions(block_size=STREAM_CSV_BLOCK_BYTES),
-                convert_options=pcsv.ConvertOptions(
-                    column_types=dict.fromkeys(header, pa.float64())
-                ),
-            )
-        except (OSError, pa.ArrowException) as exc:
-            raise ValueError(f"{path}: cannot read the file ({exc})") from None
-        names = list(reader.schema.names)
-        total, batches = None, reader
+    opener = _parquet_batches if suffix == ".parquet" else _csv_batches
+    try:
+        batches, names, total = opener(path)
+    except (OSError, pa.ArrowException) as exc:
+        raise ValueError(f"{path}: cannot read the file ({exc})") from None
+    return _arrow_blocks(path, batches, names), names, total
 
-    def arrow_blocks():
-        try:
-            for batch in batches:
-                cols = []
-                for name, col in zip(names, batch.columns, strict=True):
-                    if not (
-                        pa.types.is_integer(col.type) or pa.types.is_floating(col.type)
-                    ):
-                        raise ValueError(f"{path}: column {name!r} is not numeric")
-                    if col.null_count:
-                        raise ValueError(
-                            f"{path}: column {name!r} has {col.null_count} missing "
-                            "value(s) in a batch; remove or impute them"
-                        )
-                    cols.append(col.to_numpy(zero_copy_only=False).astype(np.float64))
-                yield np.column_stack(cols)
-        except pa.ArrowException as exc:
-            raise ValueError(f"{path}: cannot read the file ({exc})") from None
 
-    return arrow_blocks(), names, total
+def _npy_batches(path: Path):
+    """A ``.npy`` file's blocks, memory-mapped (pages released after each)."""
+    arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    if arr.ndim != 2 or arr.shape[1] < 2 or arr.dtype.kind not in "fiu":
+        raise ValueError(
+            f"{path}: expected a numeric 2-D array with >= 2 columns, got "
+            f"{arr.dtype} of shape {arr.shape}"
+        )
+    names = [f"x{i}" for i in range(arr.shape[1] - 1)] + ["y"]
+
+    def npy_blocks():
+        for start in range(0, arr.shape[0], STREAM_BATCH_ROWS):
+            rows = slice(start, start + STREAM_BATCH_ROWS)
+            block = np.asarray(arr[rows], dtype=np.float64)
+            release_pages(arr, rows)
+            yield block
+
+    return npy_blocks(), names, arr.shape[0]
+
+
+def _parquet_batches(path: Path):
+    """A Parquet file's record batches, its column names and row count."""
+    import pyarrow.parquet as pq
+
+    # pre_buffer=False: with it, pyarrow keeps every row group it has read.
+    source = pq.ParquetFile(path, pre_buffer=False)
+    names = list(source.schema_arrow.names)
+    batches = source.iter_batches(batch_size=STREAM_BATCH_ROWS)
+    return batches, names, source.metadata.num_rows
+
+
+def _csv_batches(path: Path):
+    """A CSV file's record batches (every column as float64) and column names."""
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
+
+    with open(path, newline="") as fh:
+        header = [h.strip() for h in next(csv.reader(fh), [])]
+    # Every column read as float64: type inference on the first block alone would
+    # reject a later block's decimals in an integer-looking column.
+    reader = pcsv.open_csv(
+        path,
+        read_options=pcsv.ReadOptions(block_size=STREAM_CSV_BLOCK_BYTES),
+        convert_options=pcsv.ConvertOptions(
+            column_types=dict.fromkeys(header, pa.float64())
+        ),
+    )
+    return reader, list(reader.schema.names), None
+
+
+def _arrow_blocks(path: Path, batches, names: list[str]):
+    """Record batches as float64 blocks; a non-numeric column or a missing value
+    is an error naming the column."""
+    import pyarrow as pa
+
+    try:
+        for batch in batches:
+            cols = []
+            for name, col in zip(names, batch.columns, strict=True):
+                if not (
+                    pa.types.is_integer(col.type) or pa.types.is_floating(col.type)
+                ):
+                    raise ValueError(f"{path}: column {name!r} is not numeric")
+                if col.null_count:
+                    raise ValueError(
+                        f"{path}: column {name!r} has {col.null_count} missing "
+                        "value(s) in a batch; remove or impute them"
+                    )
+                cols.append(col.to_numpy(zero_copy_only=False).astype(np.float64))
+            yield np.column_stack(cols)
+    except pa.ArrowException as exc:
+        raise ValueError(f"{path}: cannot read the file ({exc})") from None
 
 
 @contextlib.contextmanager
@@ -612,29 +628,13 @@ def load_model(path: str | os.PathLike):
 
 def _model_from_json(obj, path: Path, classes: dict):
     """The estimator a parsed model file describes (see :func:`load_model`)."""
-    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
-        raise ValueError(f"{path}: not a moelearn model file (missing format tag)")
-    if obj.get("version") != FORMAT_VERSION:
-        raise ValueError(
-            f"{path}: model format version {obj.get('version')!r} is not supported"
-        )
-    if obj.get("estimator") not in classes:
-        raise ValueError(f"{path}: unknown estimator {obj.get('estimator')!r}")
-
-    def matrix(key: str) -> Array:
-        try:
-            arr = np.asarray(obj[key], dtype=np.float64)
-        except (KeyError, TypeError, ValueError):
-            raise ValueError(
-                f"{path}: field {key!r} is missing or not numeric"
-            ) from None
-        if arr.ndim != 2 or not np.isfinite(arr).all():
-            raise ValueError(f"{path}: field {key!r} must be a finite 2-D array")
-        return arr
-
-    experts, gating = matrix("experts"), matrix("gating")
+    _check_header(obj, path, classes)
+    experts, gating = (
+        _array_field(obj, "experts", path),
+        _array_field(obj, "gating", path),
+    )
     has_spectral = obj.get("spectral_experts") is not None
-    spectral = matrix("spectral_experts") if has_spectral else experts
+    spectral = _array_field(obj, "spectral_experts", path) if has_spectral else experts
     d = obj.get("n_features")
     if not isinstance(d, int) or experts.shape[1] != d:
         raise ValueError(
@@ -647,66 +647,17 @@ def _model_from_json(obj, path: Path, classes: dict):
         raise ValueError(f"{path}: experts, gating and spectral_experts shapes differ")
     if not tree and np.any(gating[-1] != 0):
         raise ValueError(f"{path}: the last gating row must be zero")
-    noise = obj.get("noise_std")
-    if isinstance(noise, list):  # one per expert
-        try:
-            noise = np.asarray(noise, dtype=np.float64)
-        except (TypeError, ValueError):
-            noise = None
-        if (
-            noise is None
-            or noise.shape != (experts.shape[0],)
-            or not np.all(np.isfinite(noise) & (noise > 0))
-        ):
-            raise ValueError(
-                f"{path}: noise_std must be a positive number or one per expert"
-            )
-    elif (
-        isinstance(noise, bool) or not isinstance(noise, (int, float)) or not noise > 0
-    ):
-        raise ValueError(f"{path}: noise_std must be a positive number")
-    link = obj.get("link")
-    if link not in LINKS:
-        raise ValueError(f"{path}: unknown link {link!r}")
-    names = obj.get("feature_names")
-    if names is not None and (not isinstance(names, list) or len(names) != d):
-        raise ValueError(f"{path}: feature_names must list {d} names")
-    if names is not None:
-        check_unique_names(path, [str(n) for n in names])
-    params = dict(obj.get("params") or {})
-    params.setdefault("n_experts", experts.shape[0])
-    params["link"] = link
-    valid = set(model.get_params())
-    try:
-        model.set_params(**{k: v for k, v in params.items() if k in valid})
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{path}: invalid settings ({exc})") from None
-    # EM may have dropped experts: a fit can hold fewer than it was asked for.
-    if not 1 <= experts.shape[0] <= model.n_experts or (
-        tree and model.n_experts != experts.shape[0]
-    ):
-        raise ValueError(
-            f"{path}: {experts.shape[0]} experts do not fit the settings "
-            f"({model.n_experts} expected)"
-        )
+    noise = _noise_field(obj.get("noise_std"), experts.shape[0], path)
+    names = _names_field(obj.get("feature_names"), d, path)
+    _configure(model, obj, experts.shape[0], tree, path)
     model.experts_, model.gating_ = experts, gating
     if has_spectral:
         model.spectral_experts_ = spectral
     if obj.get("intercept") is not None:
         offsets = {"intercept": experts.shape[0], "gating_intercept": gating.shape[0]}
         for key, size in offsets.items():
-            try:
-                arr = np.asarray(obj[key], dtype=np.float64)
-            except (KeyError, TypeError, ValueError):
-                raise ValueError(
-                    f"{path}: field {key!r} is missing or not numeric"
-                ) from None
-            if arr.shape != (size,) or not np.isfinite(arr).all():
-                raise ValueError(
-                    f"{path}: field {key!r} must hold {size} finite numbers"
-                )
-            setattr(model, key + "_", arr)
-    model.noise_std_ = noise if np.ndim(noise) else float(noise)
+            setattr(model, key + "_", _array_field(obj, key, path, shape=(size,)))
+    model.noise_std_ = noise
     model.n_experts_ = experts.shape[0]
     model.n_features_in_ = d
     if names is not None:
@@ -715,3 +666,79 @@ def _model_from_json(obj, path: Path, classes: dict):
     model.n_iter_ = int(obj.get("n_iter", 0))
     model.target_name_ = obj.get("target")
     return model
+
+
+def _check_header(obj, path: Path, classes: dict) -> None:
+    """The format tag, its version and a known estimator."""
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+        raise ValueError(f"{path}: not a moelearn model file (missing format tag)")
+    if obj.get("version") != FORMAT_VERSION:
+        raise ValueError(
+            f"{path}: model format version {obj.get('version')!r} is not supported"
+        )
+    if obj.get("estimator") not in classes:
+        raise ValueError(f"{path}: unknown estimator {obj.get('estimator')!r}")
+
+
+def _array_field(obj: dict, key: str, path: Path, shape=None) -> Array:
+    """A finite numeric field: a 2-D array, or of the given ``shape``."""
+    try:
+        arr = np.asarray(obj[key], dtype=np.float64)
+    except (KeyError, TypeError, ValueError):
+        raise ValueError(f"{path}: field {key!r} is missing or not numeric") from None
+    if shape is not None and (arr.shape != shape or not np.isfinite(arr).all()):
+        raise ValueError(f"{path}: field {key!r} must hold {shape[0]} finite numbers")
+    if shape is None and (arr.ndim != 2 or not np.isfinite(arr).all()):
+        raise ValueError(f"{path}: field {key!r} must be a finite 2-D array")
+    return arr
+
+
+def _noise_field(noise, n_experts: int, path: Path) -> float | Array:
+    """``noise_std``: a positive number, or a list of one per expert."""
+    if isinstance(noise, list):  # one per expert
+        try:
+            values = np.asarray(noise, dtype=np.float64)
+        except (TypeError, ValueError):
+            values = np.zeros(0)
+        if values.shape != (n_experts,) or not np.all(
+            np.isfinite(values) & (values > 0)
+        ):
+            raise ValueError(
+                f"{path}: noise_std must be a positive number or one per expert"
+            )
+        return values
+    if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not noise > 0:
+        raise ValueError(f"{path}: noise_std must be a positive number")
+    return float(noise)
+
+
+def _names_field(names, d: int, path: Path) -> list | None:
+    """``feature_names``: absent, or ``d`` distinct names."""
+    if names is None:
+        return None
+    if not isinstance(names, list) or len(names) != d:
+        raise ValueError(f"{path}: feature_names must list {d} names")
+    check_unique_names(path, [str(n) for n in names])
+    return names
+
+
+def _configure(model, obj: dict, n_experts: int, tree: bool, path: Path) -> None:
+    """The estimator's settings from the file (its ``link`` and ``params``),
+    checked against the number of experts it holds."""
+    link = obj.get("link")
+    if link not in LINKS:
+        raise ValueError(f"{path}: unknown link {link!r}")
+    params = dict(obj.get("params") or {})
+    params.setdefault("n_experts", n_experts)
+    params["link"] = link
+    valid = set(model.get_params())
+    try:
+        model.set_params(**{k: v for k, v in params.items() if k in valid})
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{path}: invalid settings ({exc})") from None
+    # EM may have dropped experts: a fit can hold fewer than it was asked for.
+    if not 1 <= n_experts <= model.n_experts or (tree and model.n_experts != n_experts):
+        raise ValueError(
+            f"{path}: {n_experts} experts do not fit the settings "
+            f"({model.n_experts} expected)"
+        )
