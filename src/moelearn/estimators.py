@@ -64,6 +64,8 @@ _SHORT_ROWS, _CONTINUED = 5000, 2
 # EM iterations: about as cheap as _SHORT_ITER of one start at a time.
 _BATCH_ITER = 30
 _MIN_SHARE = MIN_EXPERT_WEIGHT
+#: Mean log-likelihoods closer than this (relative) are a tie between chains.
+_TIE = 1e-12
 
 
 class SpectralMoE(MoEBase):
@@ -420,9 +422,20 @@ class SpectralMoE(MoEBase):
             max(self.tol, _GATING_TOL_BEFORE_REFINE) if self.refine else self.tol
         )
 
+        # in the race the spectral start is one of the short runs' starts: its
+        # gate is learned on their rows
+        rows = None if refine else ctx.short_rows()
+
         def gating_em(params: MoEParams) -> MoEParams:
             return fit.add(
-                self._em(ctx, params, fit_experts=False, stage="gating", tol=gating_tol)
+                self._em(
+                    ctx,
+                    params,
+                    fit_experts=False,
+                    stage="gating",
+                    tol=gating_tol,
+                    rows=rows,
+                )
             )
 
         params = self._gating_stage(ctx.X_em, ctx.y, params, gating_em, ctx.common())
@@ -603,10 +616,7 @@ class SpectralMoE(MoEBase):
         linear experts with a softmax gate all starts run at once
         (:func:`moelearn._em_batch.batched_em`, generalised EM steps); otherwise
         one after another (:func:`moelearn._em.em`)."""
-        n = len(ctx.y)
-        subset = None
-        if n > _SHORT_ROWS:
-            subset = np.sort(ctx.rng.choice(n, size=_SHORT_ROWS, replace=False))
+        n, subset = len(ctx.y), ctx.short_rows()
         if _em_batch.supports(pool[0][1], self.noise_std is None):
             rows = np.arange(n) if subset is None else subset
             weights = ctx.sample_weight
@@ -647,7 +657,11 @@ class SpectralMoE(MoEBase):
         if not (resume and chain.converged):
             self._race(ctx, chain, best.log_likelihood)
         ctx.starts.append(chain.summary())
-        return chain if chain.log_likelihood > best.log_likelihood else best
+        # chains that reach the same maximum differ by rounding (which depends on
+        # how the rows were summed): the earlier keeps it
+        leader = best.log_likelihood
+        margin = _TIE * (1.0 + abs(leader)) if np.isfinite(leader) else 0.0
+        return chain if chain.log_likelihood > leader + margin else best
 
     def _race(self, ctx: _FitContext, chain: _Candidate, leader: float) -> None:
         """Continue ``chain`` on all rows, :data:`_SHORT_ITER` iterations at a
@@ -963,6 +977,20 @@ class _FitContext:
     diagnostics: dict = field(default_factory=dict)
     flags: list[str] = field(default_factory=list)
     starts: list[dict] = field(default_factory=list)
+    _short_rows: Any = False  # (not drawn yet)
+
+    def short_rows(self) -> Array | None:
+        """The rows the start race's short runs use: a random subset of
+        :data:`_SHORT_ROWS` (drawn once), or ``None`` for all when there are
+        no more."""
+        if self._short_rows is False:
+            n = len(self.y)
+            self._short_rows = (
+                np.sort(self.rng.choice(n, size=_SHORT_ROWS, replace=False))
+                if n > _SHORT_ROWS
+                else None
+            )
+        return self._short_rows
 
     def set_columns(self, whitening: Whitening, intercept: bool) -> None:
         """EM's columns and their moments (a constant column: mean 1, variance 0;
