@@ -395,7 +395,18 @@ class SpectralMoE(MoEBase):
     ) -> _Candidate:
         """From the spectral regressors: gating EM, then (if ``refine``) joint-EM
         refinement."""
-        d, k = ctx.n_features, self.n_experts
+        fit = self._spectral_candidate(ctx, spectral)
+        if self.max_iter == 0:
+            return fit
+        self._gating_path(ctx, fit, moments, spectral, refine)
+        if self.refine and refine:
+            self._refinement(ctx, fit)
+        return fit
+
+    def _spectral_candidate(self, ctx: _FitContext, spectral) -> _Candidate:
+        """The spectral regressors as a start: intercepts through the means, a
+        flat gate, the noise level they leave."""
+        k = self.n_experts
         experts = spectral.experts
         if self.fit_intercept:
             # Each intercept starts where the expert's line passes through the
@@ -413,15 +424,19 @@ class SpectralMoE(MoEBase):
         if self.noise_type == "per_expert":
             noise = np.full(k, noise)
         params = MoEParams(experts, np.zeros(gate_shape), noise, self.link, self._gate)
-        fit = _Candidate("spectral", params, spectral_experts=spectral.experts)
-        if self.max_iter == 0:
-            return fit
+        return _Candidate("spectral", params, spectral_experts=spectral.experts)
+
+    def _gating_path(
+        self, ctx: _FitContext, fit: _Candidate, moments, spectral, refine: bool
+    ) -> None:
+        """Gating EM with the spectral regressors fixed; then the moments re-solved
+        at the noise level it found (no pass over the data)."""
+        d = ctx.n_features
         start = time.perf_counter()
         # Before refinement the gate only has to be a good start: a looser tol.
         gating_tol = (
             max(self.tol, _GATING_TOL_BEFORE_REFINE) if self.refine else self.tol
         )
-
         # in the race the spectral start is one of the short runs' starts: its
         # gate is learned on their rows
         rows = None if refine else ctx.short_rows()
@@ -438,10 +453,13 @@ class SpectralMoE(MoEBase):
                 )
             )
 
-        params = self._gating_stage(ctx.X_em, ctx.y, params, gating_em, ctx.common())
+        params = self._gating_stage(
+            ctx.X_em, ctx.y, fit.params, gating_em, ctx.common()
+        )
+        fit.mixing_weights, fit.tensor_values = spectral.weights, spectral.tensor_values
         if self.noise_std is None:
-            # Re-solve the moments at the estimated noise (no pass over the data),
-            # keeping each expert in the place the gate learned for it.
+            # Re-solve at the estimated noise, keeping each expert in the place
+            # the gate learned for it.
             pooled = float(np.sqrt(np.mean(np.square(params.noise_std))))
             spectral = spectral_solve(moments, pooled, ctx.rng, self.n_init)
             order = _matching_order(spectral.experts, params.experts[:, :d])
@@ -453,37 +471,34 @@ class SpectralMoE(MoEBase):
                 params = replace(params, experts=experts)
                 if not self.refine:  # let the gate adjust to the new regressors
                     params = gating_em(params)
-        else:
-            fit.mixing_weights, fit.tensor_values = (
-                spectral.weights,
-                spectral.tensor_values,
-            )
         fit.params = params
         ctx.times["gating"] = time.perf_counter() - start
         self._log(
             1,
             f"gating EM done in {ctx.times['gating']:.2f} s ({fit.n_iter} iterations)",
         )
-        if self.refine and refine:
-            start, before = time.perf_counter(), fit.n_iter
-            first = self._em(ctx, params, fit_experts=True, stage="refine")
-            fit.add(first)
-            second_start = self._second_start(ctx.X_em, ctx.y, fit.params, ctx.common())
-            if second_start is not None:
-                second = self._em(ctx, second_start, fit_experts=True, stage="refine")
-                if second.final_log_likelihood > first.final_log_likelihood:
-                    fit.add(second, replace_history=True)
-                    self._log(1, "the second start reached a higher likelihood")
-                else:
-                    fit.n_iter += second.n_iter
-            ctx.times["refine"] = time.perf_counter() - start
-            self._log(
-                1,
-                f"refinement done in {ctx.times['refine']:.2f} s "
-                f"({fit.n_iter - before} iterations)",
-            )
-            ctx.flags += self._warn_about_shift(ctx, fit)
-        return fit
+
+    def _refinement(self, ctx: _FitContext, fit: _Candidate) -> None:
+        """Joint EM from the gated spectral start (and from the second start a
+        subclass suggests, keeping the better); the shift check."""
+        start, before = time.perf_counter(), fit.n_iter
+        first = self._em(ctx, fit.params, fit_experts=True, stage="refine")
+        fit.add(first)
+        second_start = self._second_start(ctx.X_em, ctx.y, fit.params, ctx.common())
+        if second_start is not None:
+            second = self._em(ctx, second_start, fit_experts=True, stage="refine")
+            if second.final_log_likelihood > first.final_log_likelihood:
+                fit.add(second, replace_history=True)
+                self._log(1, "the second start reached a higher likelihood")
+            else:
+                fit.n_iter += second.n_iter
+        ctx.times["refine"] = time.perf_counter() - start
+        self._log(
+            1,
+            f"refinement done in {ctx.times['refine']:.2f} s "
+            f"({fit.n_iter - before} iterations)",
+        )
+        ctx.flags += self._warn_about_shift(ctx, fit)
 
     def _other_starts(
         self,
