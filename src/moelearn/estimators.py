@@ -875,6 +875,49 @@ class SpectralMoE(MoEBase):
     def _warn_about_inputs(
         self, moments: SpectralMoments, n: int, offsets_modelled: bool
     ) -> list[str]:
+        """Warn when the inputs break the spectral step's assumptions (shape,
+        offsets, too few rows); the reason flag, or none."""
+        inputs = moments.inputs
+        reasons, suggest = self._shape_reasons(moments, n)
+        white = inputs.whitening
+        offset = float(np.linalg.norm(white.mean @ white.transform))
+        if offset > _MEAN_LIMIT and not offsets_modelled:
+            reasons.append(
+                f"the inputs' mean is {offset:.2f} standard deviations from 0, so the "
+                "model without intercepts has gate and expert offsets after centring "
+                "(fit_intercept=True models them)"
+            )
+        d = white.mean.shape[0]
+        expected = 3.0 * np.sqrt(d / n)
+        if expected > 0.3:
+            reasons.append(
+                f"few samples: the spectral error is about 3*sqrt(d/n) = {expected:.2f} "
+                f"(n={n}, d={d})"
+            )
+        if reasons:
+            advice = (
+                " input_density='mixture' (CLI: --input-density mixture) uses the "
+                "scores of a Gaussian mixture fitted to the inputs instead, which "
+                "cut this bias by 2 to 20 times on clustered, skewed and "
+                "heavy-tailed inputs (docs/results.md, section 8)."
+                if suggest
+                else ""
+            )
+            warnings.warn(
+                "the spectral step's guarantees may not hold: "
+                + "; ".join(reasons)
+                + ". Its regressors can be biased; EM refinement (refine=True) "
+                "corrects a moderate bias but may find a local optimum if it is "
+                "large." + advice,
+                NonGaussianInputWarning,
+                stacklevel=5,
+            )
+        return ["inputs"] if reasons else []
+
+    def _shape_reasons(self, moments: SpectralMoments, n: int) -> tuple[list, bool]:
+        """What the inputs' shape says against the scores used: skewed or
+        heavy-tailed columns under Gaussian scores, discrete columns under a
+        fitted mixture; and whether to suggest the mixture's scores."""
         inputs = moments.inputs
         reasons = []
         skew_se, kurt_se = np.sqrt(6.0 / n), np.sqrt(24.0 / n)
@@ -912,40 +955,7 @@ class SpectralMoE(MoEBase):
                 f"{len(cols)} column(s) have skewness or excess kurtosis far from a "
                 f"Gaussian's 0: {shown}{more}"
             )
-        white = inputs.whitening
-        offset = float(np.linalg.norm(white.mean @ white.transform))
-        if offset > _MEAN_LIMIT and not offsets_modelled:
-            reasons.append(
-                f"the inputs' mean is {offset:.2f} standard deviations from 0, so the "
-                "model without intercepts has gate and expert offsets after centring "
-                "(fit_intercept=True models them)"
-            )
-        d = white.mean.shape[0]
-        expected = 3.0 * np.sqrt(d / n)
-        if expected > 0.3:
-            reasons.append(
-                f"few samples: the spectral error is about 3*sqrt(d/n) = {expected:.2f} "
-                f"(n={n}, d={d})"
-            )
-        if reasons:
-            advice = (
-                " input_density='mixture' (CLI: --input-density mixture) uses the "
-                "scores of a Gaussian mixture fitted to the inputs instead, which "
-                "cut this bias by 2 to 20 times on clustered, skewed and "
-                "heavy-tailed inputs (docs/results.md, section 8)."
-                if suggest
-                else ""
-            )
-            warnings.warn(
-                "the spectral step's guarantees may not hold: "
-                + "; ".join(reasons)
-                + ". Its regressors can be biased; EM refinement (refine=True) "
-                "corrects a moderate bias but may find a local optimum if it is "
-                "large." + advice,
-                NonGaussianInputWarning,
-                stacklevel=5,
-            )
-        return ["inputs"] if reasons else []
+        return reasons, suggest
 
     def _warn_about_moments(self, moments: SpectralMoments) -> list[str]:
         k, values = self.n_experts, moments.t2_values
