@@ -982,56 +982,35 @@ def em(
     # sigma -> 0 where an expert fits some rows exactly: a floor keeps the
     # likelihood finite
     noise_floor = max(min_noise_std, 1e-6 * float(np.std(y)), 1e-12)
-    weight_floor = max(2.0 * d, min_expert_weight * n)
+    # experts are dropped from softmax gates only (a tree's shape is fixed)
     can_drop = fit_experts and params.gate == "softmax"
-    # The compiled pass runs its own threads: BLAS threads left spinning after a
-    # multi-threaded BLAS call would compete with them for the cores (measured at
-    # n=1e6, d=50 on 2 cores: the pass took 2-3x longer), so BLAS gets one thread;
-    # so it does for small problems, whose matrices are too small to share out
-    # (Boston, 78 parameters: the step's eigh took 5 ms with two threads, 0.9 ms
-    # with one).
-    quiet = (
-        problem.uses_compiled_pass(params, subset)
-        or n_params <= _SMALL_PROBLEM_PARAMETERS
-    )
-    with (
-        _blas_controller().limit(limits=1, user_api="blas") if quiet else nullcontext()
-    ):
-        history: list[float] = []
+    weight_floor = max(2.0 * d, min_expert_weight * n) if can_drop else -np.inf
+    with _blas_limit(problem.uses_compiled_pass(params, subset), n_params):
         state = _EMState(params, noise_floor)
-        n_iter, converged = 0, False
-        while n_iter < max_iter:
-            stats = problem.run_pass(state.current, subset)
-            value = objective.value(stats, state.current)
-            if state.fell(value, objective):
-                if not state.retreat(objective):
-                    break
-                continue
-            if not np.isfinite(value):
-                raise FloatingPointError(
-                    f"{stage}: the log-likelihood is not finite at the start "
-                    "(check the inputs' scale and the starting parameters)"
-                )
-            if can_drop and state.drop_thin(stats.weight, weight_floor):
-                continue
-            state.halvings = 0
-            if state.stalled(value, n, tol):  # the objective has stopped rising
-                converged = True
-                break
-            n_iter += 1
-            history.append(stats.ll_sum / n)
-            proposal = state.propose(objective, stats, step, fit_noise)
-            change = _step_size(state.current, proposal, covariance)
-            if callback is not None:
-                callback(stage, n_iter, stats.ll_sum / n, change)
-            state.previous = (state.current, value, stats)
-            state.current = proposal
-            if change < tol:
-                converged = True
-                break
-        else:
-            state.settle(problem, objective, subset)
-        return EMResult(state.current, n_iter, converged, history, state.dropped)
+        return state.run(
+            problem,
+            objective,
+            subset,
+            max_iter=max_iter,
+            tol=tol,
+            step=step,
+            weight_floor=weight_floor,
+            stage=stage,
+            callback=callback,
+        )
+
+
+def _blas_limit(compiled: bool, n_params: int):
+    """One BLAS thread while EM runs the ``compiled`` pass or has few parameters.
+
+    The compiled pass runs its own threads: BLAS threads left spinning after a
+    multi-threaded BLAS call would compete with them for the cores (measured at
+    n=1e6, d=50 on 2 cores: the pass took 2-3x longer); small problems' matrices
+    are too small to share out (Boston, 78 parameters: the step's eigh took 5 ms
+    with two threads, 0.9 ms with one)."""
+    if compiled or n_params <= _SMALL_PROBLEM_PARAMETERS:
+        return _blas_controller().limit(limits=1, user_api="blas")
+    return nullcontext()
 
 
 class _EMState:
@@ -1046,6 +1025,55 @@ class _EMState:
         self.noise_floor = noise_floor
         self.labels = np.arange(params.n_experts)  # the start's expert numbers
         self.dropped: list[int] = []
+
+    def run(
+        self,
+        problem: _Problem,
+        objective: _Objective,
+        subset,
+        *,
+        max_iter: int,
+        tol: float,
+        step: str,
+        weight_floor: float,
+        stage: str,
+        callback,
+    ) -> EMResult:
+        """:func:`em`'s iterations from the current parameters."""
+        n, history = problem.total, []  # (the weighted number of rows)
+        n_iter, converged = 0, False
+        while n_iter < max_iter:
+            stats = problem.run_pass(self.current, subset)
+            value = objective.value(stats, self.current)
+            if self.fell(value, objective):
+                if not self.retreat(objective):
+                    break
+                continue
+            if not np.isfinite(value):
+                raise FloatingPointError(
+                    f"{stage}: the log-likelihood is not finite at the start "
+                    "(check the inputs' scale and the starting parameters)"
+                )
+            if self.drop_thin(stats.weight, weight_floor):
+                continue
+            self.halvings = 0
+            if self.stalled(value, n, tol):  # the objective has stopped rising
+                converged = True
+                break
+            n_iter += 1
+            history.append(stats.ll_sum / n)
+            proposal = self.propose(objective, stats, step, problem.fit_noise)
+            change = _step_size(self.current, proposal, objective.metric)
+            if callback is not None:
+                callback(stage, n_iter, stats.ll_sum / n, change)
+            self.previous = (self.current, value, stats)
+            self.current = proposal
+            if change < tol:
+                converged = True
+                break
+        else:
+            self.settle(problem, objective, subset)
+        return EMResult(self.current, n_iter, converged, history, self.dropped)
 
     def fell(self, value: float, objective: _Objective) -> bool:
         """Whether ``value`` is below the last accepted objective (to rounding);
