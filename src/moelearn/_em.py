@@ -43,7 +43,7 @@ from dataclasses import dataclass, field, replace
 from functools import cache, partial
 
 import numpy as np
-from scipy.linalg import LinAlgError, cho_factor, cho_solve, eigh
+from scipy.linalg import LinAlgError, block_diag, cho_factor, cho_solve, eigh
 from scipy.optimize import brentq
 from threadpoolctl import ThreadpoolController
 
@@ -63,6 +63,7 @@ from moelearn._passes import (
     row_slices,
     take_rows,
     to_host,
+    with_ones,
 )
 
 Array = np.ndarray
@@ -126,6 +127,21 @@ def curvature_rows(
     if n_samples <= 2 * m:  # one fused pass over all rows costs less
         return None
     return np.sort(rng.choice(n_samples, size=m, replace=False))
+
+
+def em_columns(X, mean: Array, cov: Array, intercept: bool) -> tuple:
+    """EM's columns and what its steps measure them with, from the inputs'
+    ``mean`` and covariance ``cov``: ``(X_em, (column mean, column covariance),
+    step metric)``. With ``intercept`` the columns are ``[X, 1]``; the constant
+    column has mean 1 and variance 0, and in the step metric it counts as one
+    standard deviation."""
+    if not intercept:
+        return X, (mean, cov), cov
+    return (
+        with_ones(X),
+        (np.append(mean, 1.0), block_diag(cov, 0.0)),
+        block_diag(cov, 1.0),
+    )
 
 
 def expert_residuals(X: Array, y: Array, params: MoEParams) -> Array:

@@ -9,13 +9,12 @@ from functools import partial
 from typing import ClassVar
 
 import numpy as np
-from scipy.linalg import block_diag
 from scipy.optimize import minimize_scalar
 
 from moelearn import _starts
 from moelearn import _validation as v
 from moelearn._base import MoEBase, names_singular_columns
-from moelearn._em import em
+from moelearn._em import em, em_columns
 from moelearn._gradients import nll_gradient, squared_error_gradient
 from moelearn._links import get_link
 from moelearn._model import MoEParams, log_likelihood_terms
@@ -152,27 +151,23 @@ class EMMoE(MoEBase):
         sample_weight = v.check_sample_weight(sample_weight, X.shape[0])
         for name in ("intercept_", "gating_intercept_"):  # from an earlier fit
             self.__dict__.pop(name, None)
-        d = X.shape[1]
-        k = self.n_experts
         start = time.perf_counter()
         # One chunked pass for the input covariance (the step-size metric and the
         # whitened frame the random starts are drawn in).
         whitening = input_whitening(X)
-        cov, mean = whitening.covariance, whitening.mean
-        moments, metric, X_em = (mean, cov), cov, X
-        if self.fit_intercept:
-            X_em = with_ones(X)
-            moments = (np.append(mean, 1.0), block_diag(cov, 0.0))
-            metric = block_diag(cov, 1.0)
-        expert_norm = float(np.std(y)) if self.link == "linear" else 1.0
+        X_em, moments, metric = em_columns(
+            X, whitening.mean, whitening.covariance, self.fit_intercept
+        )
         noise = self.noise_std if self.noise_std is not None else float(np.std(y))
-        if self.noise_type == "per_expert":
-            noise = np.full(k, noise)
+        k, D = self.n_experts, X_em.shape[1]
+        template = MoEParams(
+            np.zeros((k, D)),
+            np.zeros((k, D)),
+            np.full(k, noise) if self.noise_type == "per_expert" else noise,
+            self.link,
+        )
         y_mean = float(np.average(y, weights=sample_weight))
         best, best_ll, finals = None, -np.inf, []
-        template = MoEParams(
-            np.zeros((k, X_em.shape[1])), np.zeros((k, X_em.shape[1])), noise, self.link
-        )
         for init in range(self.n_init):
             params = _starts.random_start(
                 rng,
@@ -180,7 +175,7 @@ class EMMoE(MoEBase):
                 moments[0],
                 whitening.transform,
                 y_mean if self.fit_intercept else 0.0,
-                expert_norm,
+                float(np.std(y)) if self.link == "linear" else 1.0,
                 self.init_gate_norm,
             )
             result = em(
@@ -198,16 +193,19 @@ class EMMoE(MoEBase):
                 stage=f"start {init + 1}",
                 callback=self._progress if self.verbose >= 2 else None,
             )
-            ll = float(
-                np.average(
-                    log_likelihood_terms(X_em, y, result.params)[0],
-                    weights=sample_weight,
-                )
-            )
+            terms = log_likelihood_terms(X_em, y, result.params)[0]
+            ll = float(np.average(terms, weights=sample_weight))
             finals.append(ll)
             self._log(1, f"start {init + 1}/{self.n_init}: mean log-lik {ll:.6f}")
             if ll > best_ll:
                 best, best_ll = result, ll
+        self._set_fitted(best, X.shape[1], finals)
+        self.fit_times_ = {"em": time.perf_counter() - start}
+        return self
+
+    def _set_fitted(self, best, d: int, finals: list[float]) -> None:
+        """The kept start's parameters and record; a warning if it did not
+        converge."""
         if self.max_iter > 0 and not best.converged:
             warnings.warn(
                 not_converged_message(
@@ -215,15 +213,13 @@ class EMMoE(MoEBase):
                 )
                 + " Or try moelearn.SpectralMoE.",
                 ConvergenceWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
         self._set_parameters(best.params, d)
         self.converged_ = bool(best.converged)
         self.n_iter_ = best.n_iter
         self.log_likelihood_curve_ = list(self._in_raw_units(best.log_likelihood))
         self.init_log_likelihoods_ = self._in_raw_units(np.array(finals))
-        self.fit_times_ = {"em": time.perf_counter() - start}
-        return self
 
 
 class GradientMoE(MinibatchMixin, MoEBase):

@@ -9,17 +9,22 @@ from functools import partial
 from typing import Any, ClassVar
 
 import numpy as np
-from scipy.linalg import block_diag
 from scipy.optimize import linear_sum_assignment
 
 from moelearn import _em_batch, _starts
 from moelearn import _validation as v
 from moelearn._base import MoEBase, names_singular_columns
-from moelearn._em import MIN_EXPERT_WEIGHT, EMResult, em, offset_score_statistics
+from moelearn._em import (
+    MIN_EXPERT_WEIGHT,
+    EMResult,
+    em,
+    em_columns,
+    offset_score_statistics,
+)
 from moelearn._links import get_link
 from moelearn._model import MoEParams, log_likelihood_terms, n_gate_rows
 from moelearn._moments import Whitening, input_whitening
-from moelearn._passes import take_rows, with_ones
+from moelearn._passes import take_rows
 from moelearn._scores import ScoreFunction, density_from_estimator
 from moelearn._spectral import SpectralMoments, spectral_moments, spectral_solve
 from moelearn.exceptions import (
@@ -1018,20 +1023,11 @@ class _FitContext:
         return self._short_rows
 
     def set_columns(self, whitening: Whitening, intercept: bool) -> None:
-        """EM's columns and their moments (a constant column: mean 1, variance 0;
-        in the step metric it counts as one standard deviation)."""
+        """EM's columns and their moments (:func:`moelearn._em.em_columns`)."""
         self.whitening = whitening
-        cov = whitening.covariance
-        if intercept:
-            self.X_em = with_ones(self.X)
-            self.column_moments = (np.append(whitening.mean, 1.0), block_diag(cov, 0.0))
-            self.covariance = block_diag(cov, 1.0)
-        else:
-            self.X_em, self.column_moments, self.covariance = (
-                self.X,
-                (whitening.mean, cov),
-                cov,
-            )
+        self.X_em, self.column_moments, self.covariance = em_columns(
+            self.X, whitening.mean, whitening.covariance, intercept
+        )
 
     def common(self) -> dict:
         """The keyword arguments every EM run of this fit takes."""
