@@ -22,9 +22,11 @@ import sys
 import tempfile
 import time
 import warnings
+from functools import partial
 from pathlib import Path
 
 import numpy as np
+from sklearn.base import clone
 
 from moelearn import EMMoE, GradientMoE, SpectralMoE
 
@@ -34,6 +36,8 @@ from _report import emit  # noqa: E402
 from real_tables import R_TABLES, TABLES, load_table  # noqa: E402
 
 R_SCRIPT = HERE / "peers" / "fit_real.R"
+#: Fits of ours under a second are timed this many times (the median is kept).
+REPEATS = 5
 
 
 def warm_up() -> None:
@@ -71,11 +75,19 @@ def linear_regression(table) -> dict:
 
 
 def ours(model, table) -> dict:
-    start = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model.fit(table.X_train, table.y_train)
-    seconds = time.perf_counter() - start
+    """Fit ``model``; fits under a second are timed as the median of
+    :data:`REPEATS` (a millisecond fit's single time is mostly noise)."""
+    times = []
+    for _ in range(REPEATS):
+        fresh = clone(model)
+        start = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fresh.fit(table.X_train, table.y_train)
+        times.append(time.perf_counter() - start)
+        if times[0] > 1.0:
+            break
+    model = fresh  # (every repeat fits the same, from the same random_state)
     finite = all(
         np.all(np.isfinite(a))
         for a in (model.experts_, model.gating_, model.noise_std_)
@@ -85,7 +97,7 @@ def ours(model, table) -> dict:
         test=_held_out(model.score, table),
         iterations=model.n_iter_,
         converged=bool(model.converged_) and finite,
-        seconds=seconds,
+        seconds=float(np.median(times)),
         experts=getattr(model, "n_experts_", model.n_experts),
     )
 
@@ -258,6 +270,7 @@ def main() -> int:
         "| converged | experts | seconds |"
     )
     lines += [header, "|---|---:|---|---:|---:|---:|---|---:|---:|"]
+    results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.tables:
             table = load_table(name, seed=args.seed)
@@ -301,6 +314,7 @@ def main() -> int:
                         rows.append(
                             (k, f"R flexmix (best of {args.flexmix_nrep})", result)
                         )
+            results[name] = rows
             for k, method, r in rows:
                 line = (
                     f"| {label} | {k} | {method} | {r['train']:.4f} | {r['test']:.4f} "
@@ -309,8 +323,51 @@ def main() -> int:
                 )
                 lines.append(line)
                 print(line, flush=True)
+    lines += ["", *verdict(results, args.experts)]
     emit("\n".join(lines) + "\n", Path(args.out) if args.out else None)
     return 0
+
+
+def verdict(results: dict, experts: list[int]) -> list[str]:
+    """Issue 15's acceptance, read off the rows: ours (SpectralMoE, per-expert
+    noise) against linear regression, its own ``k - 1`` fit, EMMoE(10) and
+    flexmix. Differences are ours minus theirs (per row); time ratios are
+    ours / EMMoE's and flexmix's / ours."""
+    out = [
+        "Against issue 15's acceptance (ours: SpectralMoE, per-expert noise):",
+        "",
+        (
+            "| table | k | finite, converged | >= linear regression and k - 1 "
+            "| - EMMoE(10) | time / EMMoE's | - flexmix | flexmix's time / ours |"
+        ),
+        "|---|---:|---|---|---:|---:|---:|---:|",
+    ]
+    for name, rows in results.items():
+        pick = partial(_row, rows)
+        linear = pick(1, "linear")["train"]
+        for k in experts:
+            mine, em = pick(k, "SpectralMoE (per_expert)"), pick(k, "EMMoE")
+            smaller = pick(k - 1, "SpectralMoE (per_expert)")
+            floor = max(linear, smaller["train"] if smaller else linear)
+            flexmix = pick(k, "R flexmix")
+            versus = ("not run", "")
+            if flexmix is not None and np.isfinite(flexmix["train"]):
+                versus = (
+                    f"{mine['train'] - flexmix['train']:+.4f}",
+                    f"{flexmix['seconds'] / mine['seconds']:.1f}",
+                )
+            out.append(
+                f"| {name} | {k} | {'yes' if mine['converged'] else 'NO'} "
+                f"| {'yes' if mine['train'] >= floor - 1e-9 else 'NO'} "
+                f"| {mine['train'] - em['train']:+.4f} "
+                f"| {mine['seconds'] / em['seconds']:.2f} | {versus[0]} | {versus[1]} |"
+            )
+    return out
+
+
+def _row(rows: list, k: int, prefix: str) -> dict | None:
+    """The result of the first method starting with ``prefix`` at ``k``."""
+    return next((r for kk, m, r in rows if kk == k and m.startswith(prefix)), None)
 
 
 if __name__ == "__main__":
