@@ -41,6 +41,7 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from functools import cache, partial
+from typing import Any
 
 import numpy as np
 from scipy.linalg import LinAlgError, block_diag, cho_factor, cho_solve, eigh
@@ -52,6 +53,7 @@ from moelearn._links import get_link, sigmoid
 from moelearn._model import MoEParams, log_gate_cols, tree_paths
 from moelearn._moments import input_whitening
 from moelearn._passes import (
+    RowSource,
     concat,
     einsum,
     is_torch,
@@ -144,7 +146,7 @@ def em_columns(X, mean: Array, cov: Array, intercept: bool) -> tuple:
     )
 
 
-def expert_residuals(X: Array, y: Array, params: MoEParams) -> Array:
+def expert_residuals(X: RowSource, y: Array, params: MoEParams) -> Array:
     """``y_i - g(a_j . x_i)`` for all rows and experts, shape (n, k) (one pass)."""
     return map_rows(
         partial(_residual_rows, link=params.link, experts=params.experts), X, y
@@ -203,6 +205,12 @@ class _Stats:
     grad: Array  # (D, n_cols)
     complete: Array | None = None  # (p, p)
     observed: Array | None = None  # (p, p)
+
+    def information(self) -> tuple[Array, Array]:
+        """``(observed, complete)``: the pass must have computed them."""
+        if self.observed is None or self.complete is None:
+            raise RuntimeError("the pass did not compute the information matrices")
+        return self.observed, self.complete
 
 
 class _StructuredCurvature:
@@ -276,6 +284,7 @@ def _estep(xc: Array, yc: Array, resc: Array | None, spec: _PassSpec):
         eta, logits = proj[:k], proj[k:]
         res = yc - get_link(params.link).func(eta)
     else:
+        assert resc is not None  # (the fixed experts' residuals are passed)
         eta, logits = None, projections(params.gating, xc)
         res = resc.T
     # The softmax is normalised inside _posterior; a tree's leaf log-probabilities
@@ -344,8 +353,8 @@ def _curvature_sums(xc, resp, gates, res, eta, logits, sw, spec: _PassSpec) -> t
     inv_var = like(1.0 / var[:, None], resp)
     groups = noise_groups(params, spec.fit_noise)
     s = groups.shape[0]
-    deriv = get_link(params.link).deriv(eta) if spec.fit_experts else None
-    e = res * deriv * inv_var if spec.fit_experts else None
+    deriv: Any = get_link(params.link).deriv(eta) if spec.fit_experts else None
+    e: Any = res * deriv * inv_var if spec.fit_experts else None
     q = res * res * inv_var - 1.0
     values = _latent_scores(spec, resp, gates, logits, e, q, groups)  # (C, k, m)
     mean = einsum("czm,zm->cm", values, resp)
@@ -365,8 +374,10 @@ def _curvature_sums(xc, resp, gates, res, eta, logits, sw, spec: _PassSpec) -> t
         row = n_vec + group
         complete[row, row] = 2.0 * xp.sum(resp[members] * (q[members] + 1.0), axis=0)
         if spec.fit_experts:
-            for j in members:
-                complete[j, row] = complete[row, j] = 2.0 * resp[j] * e[j]
+            for member in members:
+                complete[member, row] = complete[row, member] = (
+                    2.0 * resp[member] * e[member]
+                )
     observed = complete - cov
     if sw is not None:
         observed, complete = observed * sw, complete * sw
@@ -559,7 +570,7 @@ class _Problem:
             structure = _StructuredCurvature(*self.column_moments, params)
             subset = None
         fused = subset is None and curvature
-        settings = dict(
+        settings: dict[str, Any] = dict(
             structure=structure, weighted=weighted, fit_noise=self.fit_noise
         )
         if self.uses_compiled_pass(params, subset):
@@ -578,6 +589,7 @@ class _Problem:
                 )
         if curvature and not fused:
             spec = _PassSpec(params, self.fit_experts, False, True, **settings)
+            assert subset is not None  # (else the pass was fused)
             Xs, per_row = self._subset_rows(subset)
             sums = reduce_rows(partial(_pass_sums, spec=spec), Xs, *per_row)
             scale = n / (float(per_row[-1].sum()) if weighted else len(subset))
@@ -606,7 +618,10 @@ def information(
     sums = reduce_rows(partial(_pass_sums, spec=spec), X, *per_row)
     host = [np.asarray(to_host(part)) for part in sums]
     every, _ = curvature_pairs(params, True)
-    return _matrix(*host[:3], None, every), _matrix(*host[6:9], None, every)
+    return (
+        _matrix(host[0], host[1], host[2], None, every),
+        _matrix(host[6], host[7], host[8], None, every),
+    )
 
 
 def _assemble(
@@ -618,13 +633,13 @@ def _assemble(
     every, nonzero = curvature_pairs(params, fit_experts)
     host = [np.asarray(to_host(s)) for s in sums]
     return (
-        _matrix(*host[:3], structure, every),
-        _matrix(*host[3:6], structure, nonzero),
+        _matrix(host[0], host[1], host[2], structure, every),
+        _matrix(host[3], host[4], host[5], structure, nonzero),
     )
 
 
 def _matrix(
-    blocks: Array, xs: Array, ss: Array, structure, pairs: list[tuple[int, int]]
+    blocks: Any, xs: Array, ss: Array, structure, pairs: list[tuple[int, int]]
 ) -> Array:
     """The symmetric matrix whose vector blocks ``(c, d)`` are ``blocks[i]`` for
     ``pairs[i]`` (mirrored; the rest zero), with the noise rows ``xs``, ``ss``;
@@ -746,23 +761,14 @@ class _Objective:
         the matrix positive definite (Cholesky factorisations alone). ``None``
         if no step was found."""
         gradient = self.gradient(stats, params)
-        observed = self.penalised(stats.observed, params)
-        complete = self.penalised(stats.complete, params)
+        observed, complete = (self.penalised(m, params) for m in stats.information())
         self._predicted = None
+        step: Array | None
         if gradient.shape[0] <= _EIGEN_PARAMETERS:
             solve = self._region_solver(observed, complete, gradient)
             if solve is None:
                 return None
-            step = solve()
-            # a step the move cap would shrink: the radius shrinks instead, so
-            # that the step is re-solved (shrinking it would keep the direction,
-            # which may run mostly along one barely curved gate row)
-            for _ in range(_RESOLVE):
-                shrink = self._trust(params, step)
-                if shrink > 0.5 or not np.all(np.isfinite(step)):
-                    break
-                self.radius = shrink * float(np.sqrt(max(step @ complete @ step, 0.0)))
-                step = solve()
+            step = self._resolved(params, solve, complete)
         else:
             step = self._blended_step(observed, complete, gradient)
         if step is None or not np.all(np.isfinite(step)):
@@ -771,6 +777,19 @@ class _Objective:
         self._predicted = float(gradient @ step - 0.5 * step @ observed @ step)
         self._length = float(np.sqrt(max(step @ complete @ step, 0.0)))
         return self._apply(params, step)
+
+    def _resolved(self, params: MoEParams, solve, complete: Array) -> Array:
+        """The trust-region step; one the move cap would shrink shrinks the
+        radius instead and is re-solved (shrinking the step would keep its
+        direction, which may run mostly along one barely curved gate row)."""
+        step = solve()
+        for _ in range(_RESOLVE):
+            shrink = self._trust(params, step)
+            if shrink > 0.5 or not np.all(np.isfinite(step)):
+                break
+            self.radius = shrink * float(np.sqrt(max(step @ complete @ step, 0.0)))
+            step = solve()
+        return step
 
     def _region_solver(
         self, H: Array, C: Array, g: Array
@@ -837,7 +856,7 @@ class _Objective:
         k, D = params.n_experts, params.gating.shape[1]
         t = _n_free_gate_rows(params)
         grad = self.gradient(stats, params)
-        info = self.penalised(stats.complete, params)
+        info = self.penalised(stats.information()[1], params)
         step, start = np.zeros(grad.shape[0]), 0
         blocks = [D] * k if self.fit_experts else []
         if t:
@@ -927,7 +946,7 @@ def _blas_controller() -> ThreadpoolController:
 
 
 def em(
-    X: Array,
+    X: RowSource,
     y: Array,
     params: MoEParams,
     *,
@@ -993,14 +1012,14 @@ def em(
     )
     n_params = (2 * params.n_experts - 1) * d + params.n_experts
     subset = curvature_rows(n, d, rng, n_params)
-    n = problem.total  # the weighted number of rows
+    total = problem.total  # the weighted number of rows
     objective = _Objective(covariance, gate_penalty, fit_experts, fit_noise)
     # sigma -> 0 where an expert fits some rows exactly: a floor keeps the
     # likelihood finite
     noise_floor = max(min_noise_std, 1e-6 * float(np.std(y)), 1e-12)
     # experts are dropped from softmax gates only (a tree's shape is fixed)
     can_drop = fit_experts and params.gate == "softmax"
-    weight_floor = max(2.0 * d, min_expert_weight * n) if can_drop else -np.inf
+    weight_floor = max(2.0 * d, min_expert_weight * total) if can_drop else -np.inf
     with _blas_limit(problem.uses_compiled_pass(params, subset), n_params):
         state = _EMState(params, noise_floor)
         return state.run(
@@ -1105,6 +1124,7 @@ class _EMState:
         """After a step that lowered the objective: the EM step from the last
         point in place of a Newton step, else half the step; False when the
         halvings are used up (the last point is kept)."""
+        assert self.previous is not None  # (a step was taken from it)
         before, _, stats = self.previous
         if self.took_newton:
             self.current = objective.em_step(stats, before, self.noise_floor)
@@ -1166,7 +1186,7 @@ class _EMState:
 
 
 def offset_score_statistics(
-    X: Array, y: Array, params: MoEParams, rows: Array
+    X: RowSource, y: Array, params: MoEParams, rows: Array
 ) -> tuple[Array, Array]:
     """Score statistics for the expert intercepts and gate biases ``params`` lacks.
 
@@ -1179,7 +1199,8 @@ def offset_score_statistics(
     Computed over ``rows``; returns ``(z_experts (k,), z_gate (k - 1,))``.
     """
     spec = _PassSpec(params, True, False, False)
-    sums = squares = 0.0
+    sums: Any = 0.0
+    squares: Any = 0.0
     for part in row_slices(len(rows), X.shape[1]):  # a chunk of the rows at a time
         idx = rows[part]
         chunk_sums, chunk_squares = _offset_scores(take_rows(X, idx), y[idx], spec)
@@ -1201,7 +1222,7 @@ def _offset_scores(xc: Array, yc: Array, spec: _PassSpec) -> tuple[Array, Array]
 
 
 def joint_em_from(
-    X: Array, y: Array, params: MoEParams, *, tol: float = 1e-7, max_iter: int = 500
+    X: RowSource, y: Array, params: MoEParams, *, tol: float = 1e-7, max_iter: int = 500
 ) -> MoEParams:
     """Joint EM (experts, gate, noise) from ``params`` to its fixed point.
 

@@ -16,7 +16,7 @@ import numpy as np
 try:
     import numba
 except ImportError:  # the extra is not installed: the NumPy path is used
-    numba = None
+    numba = None  # type: ignore[assignment]
 
 AVAILABLE = numba is not None
 #: The compiled pass takes chunks this many times the usual size (about 16 MiB):

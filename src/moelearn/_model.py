@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from moelearn._links import get_link
-from moelearn._passes import concat, like, map_rows, namespace, projections
+from moelearn._passes import RowSource, concat, like, map_rows, namespace, projections
 
 Array = np.ndarray
 _HALF_LOG_2PI = 0.5 * np.log(2.0 * np.pi)
@@ -123,7 +123,7 @@ def log_joint(log_gates: Array, residuals: Array, noise_std: float | Array) -> A
     return log_gates - 0.5 * z * z - float(np.log(noise_std)) - _HALF_LOG_2PI
 
 
-def gate_proba(X: Array, params: MoEParams) -> Array:
+def gate_proba(X: RowSource, params: MoEParams) -> Array:
     """Gate probabilities ``pi(x)``, shape (n, k) (one pass over ``X``)."""
     return map_rows(functools.partial(_gate_rows, params=params), X)
 
@@ -137,12 +137,12 @@ def _gate_rows(xc: Array, params: MoEParams) -> Array:
     return namespace(xc).exp(_log_gate_cols(xc, params)).T
 
 
-def expert_means(X: Array, params: MoEParams) -> Array:
+def expert_means(X: RowSource, params: MoEParams) -> Array:
     """``g(a_j . x)`` for every expert, shape (n, k)."""
     return get_link(params.link).func(X @ like(params.experts.T, X))
 
 
-def predict_mean(X: Array, params: MoEParams) -> Array:
+def predict_mean(X: RowSource, params: MoEParams) -> Array:
     """``E[y | x] = sum_j pi_j(x) g(a_j . x)`` (one pass over ``X``)."""
     return map_rows(functools.partial(_mean_rows, params=params), X)
 
@@ -151,7 +151,9 @@ def _mean_rows(xc: Array, params: MoEParams) -> Array:
     return namespace(xc).sum(_gate_rows(xc, params) * expert_means(xc, params), axis=1)
 
 
-def log_likelihood_terms(X: Array, y: Array, params: MoEParams) -> tuple[Array, Array]:
+def log_likelihood_terms(
+    X: RowSource, y: Array, params: MoEParams
+) -> tuple[Array, Array]:
     """Per-sample log-likelihood (n,) and posterior responsibilities (n, k)."""
     both = map_rows(functools.partial(_likelihood_rows, params=params), X, y)
     return both[:, 0], both[:, 1:]
@@ -169,7 +171,7 @@ def _likelihood_rows(xc: Array, yc: Array, params: MoEParams) -> Array:
 
 
 def sample_outputs(
-    X: Array, params: MoEParams, rng: np.random.Generator
+    X: RowSource, params: MoEParams, rng: np.random.Generator
 ) -> tuple[Array, Array]:
     """Draw ``z ~ pi(x)`` and ``y = g(a_z . x) + sigma eps``; returns ``(y, z)``."""
     gates = gate_proba(X, params)

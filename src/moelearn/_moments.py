@@ -23,6 +23,7 @@ from functools import partial
 import numpy as np
 
 from moelearn._passes import (
+    RowSource,
     chunk_rows,
     empty,
     like,
@@ -72,7 +73,7 @@ class InputPass:
 
 
 def input_pass(
-    X: Array,
+    X: RowSource,
     p2: Array,
     omega_raw: Array,
     sample_weight: Array | None = None,
@@ -234,7 +235,7 @@ def single_precision_centre(sample: Array, n_samples: int) -> Array | None:
     return None
 
 
-def input_whitening(X: Array) -> Whitening:
+def input_whitening(X: RowSource) -> Whitening:
     """The input whitening alone (mean, covariance, ``Cov^{-1/2}``), in one pass."""
     n, d = X.shape
     return input_pass(X, np.zeros(n), np.zeros((d, 1)), marginal_shape=False).whitening
@@ -353,7 +354,7 @@ def inverse_sqrt(cov: Array) -> Array:
 
 
 def t2_product(
-    X: Array, p2: Array, whitening: Whitening, V: Array, total: float | None = None
+    X: RowSource, p2: Array, whitening: Whitening, V: Array, total: float | None = None
 ) -> Array:
     """``T2 @ V`` for whitened ``V`` (d, m), in one chunked pass.
 
@@ -477,7 +478,7 @@ def _residual_sums(
 
 
 def projected_moments(
-    X: Array,
+    X: RowSource,
     responses: Array,
     whitening: Whitening,
     U: Array,

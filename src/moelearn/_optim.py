@@ -120,6 +120,15 @@ class MinibatchMixin:
     ``max_iter`` (epochs), ``tol`` and ``verbose``: run :func:`minimize_minibatch`
     with those settings, logging each epoch at ``verbose >= 2``."""
 
+    # (set by the estimator's __init__; _log comes from moelearn._base.MoEBase)
+    batch_size: int
+    learning_rate: float
+    optimizer: str
+    max_iter: int
+    tol: float
+    verbose: int
+    _log: Callable[[int, str], None]
+
     def _minimise(
         self, objective: BatchObjective, start: Array, n_samples: int, rng, stage: str
     ) -> OptimResult:

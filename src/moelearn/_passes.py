@@ -36,11 +36,27 @@ import contextlib
 import itertools
 import mmap
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Protocol, TypeGuard
 
 import numpy as np
 
 Array = np.ndarray
+
+
+class RowSource(Protocol):
+    """What a pass reads: a 2-D table indexed by rows. A NumPy array or memory
+    map, a Dask array, a PyTorch tensor, or ``[X, 1]`` over a memory map
+    (:func:`with_ones`); :func:`take_rows` turns any slice of it into NumPy."""
+
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+
+    @property
+    def dtype(self) -> Any: ...
+
+    def __getitem__(self, rows: Any, /) -> Any: ...
+
+
 Kernel = Callable[..., Any]
 
 #: Bytes of ``X`` per chunk: the chunk and the kernels' temporaries stay in cache,
@@ -63,7 +79,7 @@ def chunk_rows(n_features: int, scale: int = 1) -> int:
 
 
 def row_slices(
-    n_samples: int, n_features: int, *, mapped: Array | None = None, scale: int = 1
+    n_samples: int, n_features: int, *, mapped: Any = None, scale: int = 1
 ) -> Iterator[slice]:
     """Consecutive row slices covering ``range(n_samples)``.
 
@@ -81,7 +97,7 @@ def row_slices(
             release_pages(mapped, rows)
 
 
-def _mapping(X: Array) -> tuple[mmap.mmap, int] | None:
+def _mapping(X: Any) -> tuple[mmap.mmap, int] | None:
     """The read-only file mapping behind ``X`` and the offset of ``X``'s first byte
     in it, or ``None`` for arrays in memory."""
     base = X
@@ -96,7 +112,7 @@ def _mapping(X: Array) -> tuple[mmap.mmap, int] | None:
     return mm, X.ctypes.data - start
 
 
-def release_pages(X: Array, rows: slice | None = None) -> None:
+def release_pages(X: Any, rows: slice | None = None) -> None:
     """Drop a memory-mapped ``X``'s resident pages for ``rows`` (all rows if None).
 
     The mapping is read-only and file-backed, so the data stay valid: a later read
@@ -122,7 +138,7 @@ def release_pages(X: Array, rows: slice | None = None) -> None:
 _TREE_WIDTH = 8
 
 
-def is_torch(X: Any) -> bool:
+def is_torch(X: Any) -> TypeGuard[Any]:
     """Whether ``X`` is a PyTorch tensor (checked without importing torch)."""
     return type(X).__module__.startswith("torch") and hasattr(X, "detach")
 
@@ -217,7 +233,7 @@ def _on_device(chunk: Any) -> Any:
     return chunk.detach().to(dtype=torch.float64)
 
 
-def is_dask(X: Any) -> bool:
+def is_dask(X: Any) -> TypeGuard[Any]:
     """Whether ``X`` is a Dask array (checked without importing Dask)."""
     return type(X).__module__.startswith("dask.") and hasattr(X, "to_delayed")
 
@@ -256,7 +272,7 @@ def report_passes(callback: Callable[[int, int, int], None]) -> Iterator[None]:
         _progress = previous
 
 
-def _chunks(X: Array, scale: int = 1) -> Iterator[slice]:
+def _chunks(X: RowSource, scale: int = 1) -> Iterator[slice]:
     """Row chunks of a pass, reported to :func:`report_passes`' callback."""
     global _pass_count
     if _progress is None:
@@ -278,7 +294,7 @@ def _kernel_args(X: Any, rows: slice, per_row: tuple) -> tuple:
     return (_host(X[rows]), *(a[rows] for a in per_row))
 
 
-def _local_reduce(kernel: Kernel, X: Array, per_row: tuple, scale: int = 1) -> Any:
+def _local_reduce(kernel: Kernel, X: RowSource, per_row: tuple, scale: int = 1) -> Any:
     total = None
     for rows in _chunks(X, scale):
         part = kernel(*_kernel_args(X, rows, per_row))
@@ -306,7 +322,7 @@ def _add_into(total: Any, part: Any) -> Any:
     return total + part
 
 
-def _local_map(kernel: Kernel, X: Array, per_row: tuple) -> Array:
+def _local_map(kernel: Kernel, X: RowSource, per_row: tuple) -> Array:
     parts = [
         _host_results(kernel(*_kernel_args(X, rows, per_row))) for rows in _chunks(X)
     ]
@@ -347,7 +363,7 @@ def reduce_rows(kernel: Kernel, X, *per_row: Array, scale: int = 1) -> Any:
     return dask.compute(parts[0])[0]
 
 
-def map_rows(kernel: Kernel, X, *per_row: Array) -> Array:
+def map_rows(kernel: Kernel, X: RowSource, *per_row: Array) -> Array:
     """``kernel`` on every row chunk, results stacked along the first axis (in
     memory, whatever ``X`` is)."""
     if not is_dask(X):
@@ -362,7 +378,7 @@ def map_rows(kernel: Kernel, X, *per_row: Array) -> Array:
     return np.concatenate(dask.compute(*parts), axis=0)
 
 
-def take_rows(X, rows: slice | Array) -> Array:
+def take_rows(X: RowSource, rows: Any) -> Array:
     """``X[rows]`` as an in-memory float64 array (``rows`` a slice or sorted
     indices); a memory-mapped ``X``'s pages are released afterwards."""
     if is_dask(X):
@@ -397,7 +413,9 @@ class _WithOnes:
     """``[X, 1]`` for a memory-mapped ``X``, built a chunk at a time (the rows a
     pass or :func:`take_rows` reads), so that a file is not copied into memory."""
 
-    def __init__(self, X: Array):
+    dtype = np.dtype(np.float64)  # (its rows come out as float64)
+
+    def __init__(self, X: Any):
         self.X = X
         self.shape = (X.shape[0], X.shape[1] + 1)
         self.ndim, self.dtype = 2, np.dtype(np.float64)
@@ -409,7 +427,7 @@ class _WithOnes:
         return _append_ones(self.X[rows])
 
 
-def with_ones(X) -> Array:
+def with_ones(X: RowSource) -> RowSource:
     """``[X, 1]``: the design with a constant column (for intercepts); a Dask
     array stays one, chunked by rows; a memory map is not copied (its rows get the
     column as the passes read them)."""
@@ -427,6 +445,6 @@ def with_ones(X) -> Array:
     return _append_ones(X)
 
 
-def _append_ones(X: Array) -> Array:
+def _append_ones(X: Any) -> Array:
     """``[X, 1]`` as a new in-memory float64 array."""
     return np.column_stack([np.asarray(X, dtype=np.float64), np.ones(X.shape[0])])

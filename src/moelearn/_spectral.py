@@ -39,7 +39,7 @@ from moelearn._moments import (
     row_sample,
     t2_product,
 )
-from moelearn._passes import take_rows
+from moelearn._passes import RowSource, take_rows
 from moelearn._scores import MixtureDensity, ScoreFunction, fit_mixture_density
 from moelearn._tensor import (
     Eigenpairs,
@@ -111,7 +111,7 @@ class SpectralEstimate:
 
 
 def spectral_moments(
-    X: Array,
+    X: RowSource,
     y: Array,
     link: Link,
     n_experts: int,
@@ -233,7 +233,7 @@ def _resolve_density(
 
 
 def _density_eigenpairs(
-    X: Array,
+    X: RowSource,
     p2: Array,
     density: MixtureDensity | ScoreFunction,
     sign: float,
@@ -256,7 +256,7 @@ def _density_eigenpairs(
 
 
 def second_moment_eigenpairs(
-    X: Array,
+    X: RowSource,
     p2: Array,
     n_components: int,
     rng: np.random.Generator,

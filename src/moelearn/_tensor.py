@@ -45,6 +45,8 @@ def ritz_eigenpairs(
         full = 0.5 * (full + full.T)
         values, vectors = np.linalg.eigh(full)
     else:
+        if apply is None:
+            raise ValueError("a block narrower than the operator needs `apply`")
         Q = np.linalg.qr(Y)[0]
         for _ in range(n_power_iter):
             Q = np.linalg.qr(apply(Q))[0]
@@ -128,9 +130,9 @@ def robust_tensor_power(
     values = np.zeros(n_components)
     vectors = np.zeros((n_components, k))
     for i in range(n_components):
-        best_u, best_val = None, -np.inf
+        best_u, best_val = np.zeros(k), -np.inf
         for _ in range(n_restarts):
-            u = _power_iterate(T, _unit(rng.standard_normal(k)), n_iter, tol)
+            u = _power_iterate(T, _unit(rng.standard_normal((k,))), n_iter, tol)
             val = float(np.einsum("abc,a,b,c->", T, u, u, u))
             if val < 0:  # T(-u, -u, -u) = -T(u, u, u): keep lambda >= 0
                 u, val = -u, -val

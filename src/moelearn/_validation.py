@@ -16,7 +16,7 @@ Array = np.ndarray
 def check_random_state(seed: Any) -> np.random.Generator:
     """A ``Generator`` from ``None``, an int, a ``Generator`` or a ``RandomState``."""
     if seed is None or isinstance(seed, numbers.Integral):
-        return np.random.default_rng(seed)
+        return np.random.default_rng(None if seed is None else int(seed))
     if isinstance(seed, np.random.Generator):
         return seed
     if isinstance(seed, np.random.RandomState):
@@ -31,7 +31,7 @@ def integer(low: int, high: float = np.inf) -> Callable[[Any], bool]:
         return (
             isinstance(v, numbers.Integral)
             and not isinstance(v, bool)
-            and (low <= v <= high)
+            and (low <= int(v) <= high)
         )
 
     check.__doc__ = f"an int in [{low}, {high}]"
@@ -40,9 +40,15 @@ def integer(low: int, high: float = np.inf) -> Callable[[Any], bool]:
 
 def real(low: float, high: float = np.inf, *, open_low: bool = False):
     def check(v: Any) -> bool:
-        if not isinstance(v, numbers.Real) or isinstance(v, bool) or not np.isfinite(v):
+        if not isinstance(v, numbers.Real) or isinstance(v, bool):
             return False
-        return (v > low if open_low else v >= low) and v <= high
+        try:
+            x = float(v)
+        except OverflowError:  # an int beyond float's range
+            return False
+        return (
+            bool(np.isfinite(x)) and (x > low if open_low else x >= low) and x <= high
+        )
 
     check.__doc__ = f"a finite number {'>' if open_low else '>='} {low}"
     return check
@@ -76,7 +82,7 @@ def density_rule(v: Any) -> bool:
     if isinstance(v, str):
         return v in ("gaussian", "mixture")
     if isinstance(v, numbers.Integral) and not isinstance(v, bool):
-        return 1 <= v <= 20
+        return 1 <= int(v) <= 20
     # (an unfitted scikit-learn mixture passes here and is refused, with advice,
     # when it is read: moelearn._scores.density_from_estimator)
     return hasattr(v, "covariance_type") or all(

@@ -24,7 +24,7 @@ from moelearn._em import (
 from moelearn._links import get_link
 from moelearn._model import MoEParams, log_likelihood_terms, n_gate_rows
 from moelearn._moments import Whitening, input_whitening
-from moelearn._passes import take_rows
+from moelearn._passes import RowSource, take_rows
 from moelearn._scores import ScoreFunction, density_from_estimator
 from moelearn._spectral import SpectralMoments, spectral_moments, spectral_solve
 from moelearn.exceptions import (
@@ -420,14 +420,13 @@ class SpectralMoE(MoEBase):
             offsets = y_mean - experts @ ctx.whitening.mean
             experts = np.column_stack([experts, offsets])
         gate_shape = (n_gate_rows(k, self._gate), ctx.X_em.shape[1])
-        noise = _initial_noise(
+        sigma = _initial_noise(
             ctx.X_em,
             ctx.y,
             MoEParams(experts, np.zeros(gate_shape), 1.0, self.link),
             self.noise_std,
         )
-        if self.noise_type == "per_expert":
-            noise = np.full(k, noise)
+        noise = np.full(k, sigma) if self.noise_type == "per_expert" else sigma
         params = MoEParams(experts, np.zeros(gate_shape), noise, self.link, self._gate)
         return _Candidate("spectral", params, spectral_experts=spectral.experts)
 
@@ -824,6 +823,7 @@ class SpectralMoE(MoEBase):
         step's sampling error (its moments were biased)."""
         d, n = ctx.n_features, ctx.X.shape[0]
         slopes = fit.params.experts[:, :d]
+        assert fit.spectral_experts is not None  # (the moment path's candidate)
         if slopes.shape[0] != fit.spectral_experts.shape[0]:
             return ["dropped"]
         shift = parameter_error(fit.spectral_experts, slopes, experts_only=True)
@@ -999,10 +999,11 @@ class _FitContext:
     rng: np.random.Generator
     n_features: int
     callback: Any = None
-    X_em: Any = None
-    whitening: Whitening | None = None
-    covariance: Array | None = None  # EM's step metric on its columns
-    column_moments: tuple[Array, Array] | None = None  # on EM's columns
+    # EM's columns, set by set_columns before any EM runs
+    X_em: Any = field(init=False)
+    whitening: Whitening = field(init=False)
+    covariance: Array = field(init=False)  # EM's step metric on its columns
+    column_moments: tuple[Array, Array] = field(init=False)  # on EM's columns
     times: dict = field(default_factory=dict)
     diagnostics: dict = field(default_factory=dict)
     flags: list[str] = field(default_factory=list)
@@ -1116,7 +1117,9 @@ def _matching_order(new: Array, old: Array) -> Array:
     return cols[np.argsort(rows)]
 
 
-def _initial_noise(X: Array, y: Array, params: MoEParams, known: float | None) -> float:
+def _initial_noise(
+    X: RowSource, y: Array, params: MoEParams, known: float | None
+) -> float:
     """Starting ``sigma`` for EM: the known value, else the RMS best-expert residual."""
     if known is not None:
         return float(known)
