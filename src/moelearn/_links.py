@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache, wraps
+from functools import lru_cache, partial, wraps
 
 import numpy as np
 from numpy.polynomial.hermite_e import hermegauss, hermeval
@@ -181,6 +181,11 @@ def gaussian_expectation(f: Callable[[Array], Array]) -> float:
     return float(weights @ f(nodes))
 
 
+def _power_times_hermite(g: Callable, p: int, j: int, z: Array) -> Array:
+    """``g(z)^p He_j(z)``."""
+    return g(z) ** p * _hermite(j, z)
+
+
 def _hermite(order: int, z: Array) -> Array:
     """Probabilists' Hermite polynomial ``He_order(z)``."""
     coef = np.zeros(order + 1)
@@ -243,10 +248,11 @@ def transform_coefficients(link: Link, noise_std: float = 0.0) -> Transforms:
         If a system is singular for this link (the conditions cannot be met).
     """
     link = choose_orders(link)
-    g = link.func
-    orders = sorted({*link.p3_orders, *link.p2_orders})
+    assert link.p3_orders is not None and link.p2_orders is not None
+    p3_orders, p2_orders = link.p3_orders, link.p2_orders
+    orders = sorted({*p3_orders, *p2_orders})
     m = {
-        (p, j): gaussian_expectation(lambda z, p=p, j=j: g(z) ** p * _hermite(j, z))
+        (p, j): gaussian_expectation(partial(_power_times_hermite, link.func, p, j))
         for p in (1, 2, 3)
         for j in orders
     }
@@ -254,18 +260,18 @@ def transform_coefficients(link: Link, noise_std: float = 0.0) -> Transforms:
         f"the transform conditions are singular for link {link.name!r}: "
         "the spectral method cannot cancel the gate's cross terms for it"
     )
-    j1, j2 = link.p3_orders
+    j1, j2 = p3_orders
     system = np.array([[m[2, j1], m[1, j1]], [m[2, j2], m[1, j2]]])
     if abs(np.linalg.det(system)) < 1e-10:
         raise singular
     alpha, beta0 = np.linalg.solve(system, -np.array([m[3, j1], m[3, j2]]))
-    if len(link.p2_orders) == 1:
-        (j,) = link.p2_orders
+    if len(p2_orders) == 1:
+        (j,) = p2_orders
         if abs(m[1, j]) < 1e-10:
             raise singular
         delta, gamma0 = 0.0, -m[2, j] / m[1, j]
     else:
-        j1, j2 = link.p2_orders
+        j1, j2 = p2_orders
         system = np.array([[m[3, j1], m[1, j1]], [m[3, j2], m[1, j2]]])
         if abs(np.linalg.det(system)) < 1e-10:
             raise singular

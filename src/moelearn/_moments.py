@@ -19,6 +19,7 @@ import itertools
 import math
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 import numpy as np
 
@@ -120,12 +121,11 @@ def input_pass(
         kernel = partial(_input_sums, centre=centre, omega_raw=omega_raw)
         per_row = (p2,) if sample_weight is None else (p2, sample_weight)
         (s1, p2_x), s2, p2_xxo = reduce_rows(kernel, X, *per_row)
-    if sample_weight is not None:
-        n = float(sample_weight.sum())
+    total = float(n if sample_weight is None else sample_weight.sum())
     p2_sum = float(p2.sum())
-    delta = s1 / n  # mean - centre
+    delta = s1 / total  # mean - centre
     mean = centre + delta
-    cov = s2 / n - np.outer(delta, delta)
+    cov = s2 / total - np.outer(delta, delta)
     cov = 0.5 * (cov + cov.T)
     transform = inverse_sqrt(cov)
     skewness = kurtosis = np.full(d, np.nan)
@@ -144,8 +144,8 @@ def input_pass(
         - np.outer(p2_x, do)
         - np.outer(delta, p2_x @ omega_raw)
         + p2_sum * np.outer(delta, do)
-    ) / n
-    p2_mean = p2_sum / n
+    ) / total
+    p2_mean = p2_sum / total
     omega_w = transform.T @ cov @ omega_raw  # L^{-1} omega_raw
     t2_start = transform.T @ c2o - p2_mean * omega_w
     return InputPass(
@@ -514,10 +514,10 @@ def projected_moments(
     transform = whitening.transform @ U
     offset = (whitening.mean @ transform)[:, None]
     factorials = np.array([math.prod(map(math.factorial, a)) for a in indices])
-    coefficients = np.zeros((len(indices), responses.shape[1]))
+    coefficients: Array = np.zeros((len(indices), responses.shape[1]))
     if degree is not None:
         rows = row_sample(X.shape[0])
-        per_sample = (responses[rows],)
+        per_sample: tuple[Array, ...] = (responses[rows],)
         if sample_weight is not None:
             per_sample += (sample_weight[rows],)
         sample = np.asarray(take_rows(X, rows) if sample is None else sample)
@@ -547,7 +547,10 @@ def projected_moments(
     total = X.shape[0] if sample_weight is None else float(sample_weight.sum())
     moments = factorials[:, None] * coefficients + sums / total
     position = {alpha: i for i, alpha in enumerate(indices)}
-    return tuple(_moment_tensor(moments, position, order, k) for order in (2, 3))
+    return (
+        _moment_tensor(moments, position, 2, k),
+        _moment_tensor(moments, position, 3, k),
+    )
 
 
 def _moment_tensor(moments: Array, position: dict, order: int, k: int) -> Array:
@@ -556,5 +559,6 @@ def _moment_tensor(moments: Array, position: dict, order: int, k: int) -> Array:
     tensor = np.empty((moments.shape[1],) + (k,) * order)
     for entry in itertools.product(range(k), repeat=order):
         alpha = tuple(entry.count(j) for j in range(k))
-        tensor[(slice(None), *entry)] = moments[position[alpha]]
+        where: Any = (slice(None), *entry)
+        tensor[where] = moments[position[alpha]]
     return tensor

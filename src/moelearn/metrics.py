@@ -104,18 +104,18 @@ def _best_alignment(
         raise ValueError(
             f"estimated experts have shape {A_est.shape}, the truth {A.shape}"
         )
-    use_gate = not experts_only and G is not None and G_est is not None
-    if use_gate and gate_est != gate:
+    gates = None if experts_only or G is None or G_est is None else (G_est, G)
+    if gates is not None and gate_est != gate:
         raise ValueError(f"cannot compare a {gate_est} gate with a {gate} gate")
-    if use_gate and gate == "tree":
-        return _tree_alignment(A_est, G_est, A, G)
+    if gates is not None and gate == "tree":
+        return _tree_alignment(A_est, gates[0], A, gates[1])
     best, best_perm = np.inf, list(range(A.shape[0]))
     for perm in permutations(range(A.shape[0])):
         p = list(perm)
         err = np.linalg.norm(A_est[p] - A, axis=1).max()
-        if use_gate:
-            shifted_est = G_est[p] - G_est[p][-1]
-            shifted = G - G[-1]
+        if gates is not None:
+            shifted_est = gates[0][p] - gates[0][p][-1]
+            shifted = gates[1] - gates[1][-1]
             err = max(err, np.linalg.norm(shifted_est - shifted, axis=1).max())
         if err < best:
             best, best_perm = float(err), p
