@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import sys
 from dataclasses import replace
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 from sklearn.base import BaseEstimator, RegressorMixin
@@ -84,6 +84,8 @@ class MoEBase(RegressorMixin, BaseEstimator):
     #: Whether the method needs ``n_experts <= n_features`` (it whitens the inputs
     #: onto one direction per expert).
     _one_expert_per_feature: ClassVar[bool] = True
+    #: ``(s, t)``: the column and target scales the fit divided by (None: none).
+    _scales: tuple[Array, float] | None
     # Rules for the parameters every estimator has; subclasses add their own.
     _common_constraints: ClassVar[dict] = {
         "n_experts": v.integer(2),
@@ -159,9 +161,10 @@ class MoEBase(RegressorMixin, BaseEstimator):
         ``inverse``, parameters in the data's units, e.g. a warm start, in the
         rescaled fit's): slopes times ``t / s``, intercepts and ``sigma`` times
         ``t``, gate slopes over ``s``."""
-        if getattr(self, "_scales", None) is None:
+        scales = getattr(self, "_scales", None)
+        if scales is None:
             return params
-        s, t = self._scales
+        s, t = scales
         if inverse:
             s, t = 1.0 / s, 1.0 / t
         d = n_features
@@ -382,7 +385,7 @@ class MoEBase(RegressorMixin, BaseEstimator):
         weights = None if sample_weight is None else to_host(sample_weight)
         return float(np.average(ll, weights=weights))
 
-    def sample(self, X, random_state=None) -> tuple[Array, Array]:
+    def sample(self, X, random_state=None) -> tuple[Any, Any]:
         """Draw ``y ~ P(y | x)`` for each row of ``X``.
 
         Parameters

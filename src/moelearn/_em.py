@@ -913,7 +913,7 @@ class _Objective:
             groups = noise_groups(params, True)
             change = np.exp(groups.T @ step[start + t * D :])
             if clip_noise:
-                change = np.clip(change, np.exp(-1.0), np.e)
+                change = np.clip(change, np.exp(-1.0), np.exp(1.0))
             noise = np.asarray(params.noise_std) * (
                 change if np.ndim(noise) else change[0]
             )

@@ -220,8 +220,8 @@ def batched_em(
                 ev.gates[sub],
                 ev.weight[sub],
             )
-            new = batch.m_step(picked, G[step], shared, floor)
-            state.propose(step, *new, covariance, tol)
+            E_new, G_new, sigma_new = batch.m_step(picked, G[step], shared, floor)
+            state.propose(step, E_new, G_new, sigma_new, covariance, tol)
     return [
         EMResult(
             MoEParams(

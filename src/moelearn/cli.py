@@ -423,13 +423,13 @@ def _interrupted(args, written: list[str]) -> int:
 
 def _caused_by_interrupt(exc: BaseException) -> bool:
     """An interrupt that a compiled kernel (numba) re-raised as another error."""
-    seen = exc
+    seen = exc.__cause__ or exc.__context__
     for _ in range(10):
-        seen = seen.__cause__ or seen.__context__
         if seen is None:
             return False
         if isinstance(seen, KeyboardInterrupt):
             return True
+        seen = seen.__cause__ or seen.__context__
     return False
 
 

@@ -155,8 +155,11 @@ def _unit_rows(rng: np.random.Generator, rows: int, d: int) -> Array:
     return out / np.linalg.norm(out, axis=1, keepdims=True)
 
 
-def _gate_rows(rng: np.random.Generator, rows: int, d: int, norm_range) -> Array:
-    return _unit_rows(rng, rows, d) * rng.uniform(*norm_range, size=(rows, 1))
+def _gate_rows(
+    rng: np.random.Generator, rows: int, d: int, norm_range: tuple[float, float]
+) -> Array:
+    low, high = norm_range
+    return _unit_rows(rng, rows, d) * rng.uniform(low, high, size=(rows, 1))
 
 
 def _draw(
@@ -192,11 +195,11 @@ def mixture_inputs(
     weights = np.array(MIXTURE_WEIGHTS[components])
     means = 3.0 * _unit_rows(rng, components, d)
     means -= weights @ means
-    covariances = []
+    stacked = []
     for _ in range(components):
         axes = np.linalg.qr(rng.standard_normal((d, d)))[0]
-        covariances.append((axes * rng.uniform(0.3, 1.5, d)) @ axes.T)
-    covariances = np.array(covariances)
+        stacked.append((axes * rng.uniform(0.3, 1.5, d)) @ axes.T)
+    covariances = np.array(stacked)
     scale = np.sqrt(
         (np.einsum("c,cii->", weights, covariances) + weights @ (means**2).sum(1)) / d
     )

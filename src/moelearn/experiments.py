@@ -15,7 +15,9 @@ import csv
 import time
 import warnings
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -52,7 +54,7 @@ def _methods(init_gate_norm: float = 1.0) -> dict[str, Callable[[int], object]]:
     }
 
 
-def _fit(make: Callable[[int], object], seed: int, X: Array, y: Array, truth: dict):
+def _fit(make: Callable[[int], Any], seed: int, X: Array, y: Array, truth: dict):
     model = make(seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # convergence warnings are part of the result
@@ -60,6 +62,10 @@ def _fit(make: Callable[[int], object], seed: int, X: Array, y: Array, truth: di
         model.fit(X, y)
         elapsed = time.perf_counter() - start
     return parameter_error(model, truth), elapsed, model
+
+
+def _tensor_loss_model(seed: int, subspace: str) -> TensorLossMoE:
+    return TensorLossMoE(random_state=seed, subspace=subspace)
 
 
 def _truth_params(truth: dict) -> MoEParams:
@@ -257,11 +263,12 @@ def l4_curves(out: Path, quick: bool, log=print) -> list[dict]:
     ``R^d`` (the landscape of the papers' theorem)."""
     X, y, truth = make_moe(100_000, N_FEATURES, random_state=0)
     starts = range(5) if quick else range(20)
-    rows, curves = [], {"span": [], "full": []}
+    rows: list = []
+    curves: dict[str, list] = {"span": [], "full": []}
     for subspace in curves:
         for seed in starts:
             err, t, model = _fit(
-                lambda s, sub=subspace: TensorLossMoE(random_state=s, subspace=sub),
+                partial(_tensor_loss_model, subspace=subspace),
                 seed,
                 X,
                 y,

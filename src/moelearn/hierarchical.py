@@ -137,7 +137,7 @@ class HierarchicalMoE(SpectralMoE):
         self.verbose = verbose
 
     @property
-    def n_experts(self) -> int:
+    def n_experts(self) -> int:  # type: ignore[override]  # (from depth, not set)
         """``2^depth`` leaves."""
         return 2 ** int(self.depth)
 

@@ -520,7 +520,8 @@ def write_table(path: str | os.PathLike, columns: dict[str, Array]) -> None:
             )
         elif suffix == ".npz":
             with open(tmp, "wb") as fh:
-                np.savez(fh, **{k: data[:, i] for i, k in enumerate(names)})
+                arrays: dict[str, Any] = {k: data[:, i] for i, k in enumerate(names)}
+                np.savez(fh, **arrays)
         elif suffix == ".npy":
             with open(tmp, "wb") as fh:
                 np.save(fh, data)

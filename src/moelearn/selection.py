@@ -6,6 +6,7 @@ import warnings
 from dataclasses import dataclass, field
 from functools import partial
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 
@@ -13,7 +14,14 @@ from moelearn import _validation as v
 from moelearn._links import get_link
 from moelearn._model import MoEParams, gate_proba, log_likelihood_terms
 from moelearn._moments import input_whitening, row_sample
-from moelearn._passes import like, reduce_rows, take_rows, to_host, with_ones
+from moelearn._passes import (
+    RowSource,
+    like,
+    reduce_rows,
+    take_rows,
+    to_host,
+    with_ones,
+)
 from moelearn._scores import fit_mixture_density
 from moelearn._starts import split_expert
 from moelearn.estimators import SpectralMoE
@@ -134,7 +142,9 @@ def select_n_experts(
     intercept = bool(fit_params.get("fit_intercept", False))
     per_expert = fit_params.get("noise_type", "shared") == "per_expert"
     X_em = with_ones(X) if intercept else X
-    bic, loglik, models = {}, {}, {}
+    bic: dict[int, float] = {}
+    loglik: dict[int, float] = {}
+    models: dict[int, Any] = {}
     loglik[1], models[1] = _single_expert(X_em, y, link)
     transform = input_whitening(X).transform
     sample = take_rows(X_em, slice(None, None, max(1, n // 20_000)))
@@ -168,7 +178,7 @@ def select_n_experts(
     else:
         gap_k = 1
     scores = {"bic": bic, "aic": aic, "icl": icl}[criterion]
-    best = min(scores, key=scores.get)
+    best = min(scores, key=lambda k: scores[k])
     return ExpertSelection(
         best, bic, loglik, values, gap_k, models, aic, icl, criterion
     )
@@ -200,7 +210,7 @@ def _assignment_entropy(model, X, y) -> float:
     return -float(np.sum(resp * np.log(np.clip(resp, 1e-300, None))))
 
 
-def _single_expert(X: Array, y: Array, link: str) -> tuple[float, object]:
+def _single_expert(X: RowSource, y: Array, link: str) -> tuple[float, MoEParams]:
     """Log-likelihood of one expert ``y = g(a . x) + sigma eps`` at its MLE.
 
     Least squares from passes over the rows: the normal equations for a linear
