@@ -13,12 +13,14 @@ PACKAGE = Path(moelearn.__file__).parent
 
 #: The numerical kernels: functions of arrays, no estimator state.
 KERNELS = {
+    "_arrays",
     "_em",
     "_em_batch",
     "_em_fast",
     "_gradients",
     "_inference",
     "_links",
+    "_mmap",
     "_model",
     "_moments",
     "_optim",
@@ -74,6 +76,15 @@ def imports() -> dict[str, set[str]]:
 
 def test_every_module_has_a_layer():
     assert set(imports()) == KERNELS | ESTIMATORS | APPLICATIONS
+
+
+def test_the_array_layer_is_the_bottom():
+    """The array and memory-map layers import no other moelearn module, and a
+    kernel of arrays alone (the links) does not import the pass engine."""
+    found = imports()
+    assert found["_arrays"] == set()
+    assert found["_mmap"] == set()
+    assert "_passes" not in found["_links"]
 
 
 def test_kernels_import_only_kernels():

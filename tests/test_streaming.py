@@ -8,7 +8,8 @@ import pytest
 
 import moelearn.io as io_module
 from moelearn import SpectralMoE, make_moe
-from moelearn._passes import _WithOnes, release_pages, with_ones
+from moelearn._mmap import _WithOnes, release_pages
+from moelearn._passes import with_ones
 from moelearn.cli import main
 from moelearn.io import read_table, stream_table, write_table
 

@@ -12,6 +12,7 @@ from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from moelearn import _validation as v
+from moelearn._arrays import is_dask, is_torch, to_host
 from moelearn._links import LINKS
 from moelearn._model import (
     MoEParams,
@@ -21,7 +22,7 @@ from moelearn._model import (
     sample_outputs,
 )
 from moelearn._moments import SingularColumnsError
-from moelearn._passes import is_dask, is_torch, to_host, with_ones
+from moelearn._passes import with_ones
 
 Array = np.ndarray
 

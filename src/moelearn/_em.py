@@ -49,22 +49,24 @@ from scipy.optimize import brentq
 from threadpoolctl import ThreadpoolController
 
 from moelearn import _em_fast
+from moelearn._arrays import (
+    concat,
+    einsum,
+    is_torch,
+    like,
+    namespace,
+    projections,
+    to_host,
+)
 from moelearn._links import get_link, sigmoid
 from moelearn._model import MoEParams, log_gate_cols, tree_paths
 from moelearn._moments import input_whitening
 from moelearn._passes import (
     RowSource,
-    concat,
-    einsum,
-    is_torch,
-    like,
     map_rows,
-    namespace,
-    projections,
     reduce_rows,
     row_slices,
     take_rows,
-    to_host,
     with_ones,
 )
 

@@ -32,7 +32,7 @@ import numpy as np
 from numpy.polynomial.hermite_e import hermegauss, hermeval
 from scipy.special import expit
 
-from moelearn._passes import like, namespace, to_host
+from moelearn._arrays import like, namespace, to_host
 
 Array = np.ndarray
 

@@ -19,8 +19,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from moelearn._arrays import concat, like, namespace, projections
 from moelearn._links import get_link
-from moelearn._passes import RowSource, concat, like, map_rows, namespace, projections
+from moelearn._passes import RowSource, map_rows
 
 Array = np.ndarray
 _HALF_LOG_2PI = 0.5 * np.log(2.0 * np.pi)

@@ -23,18 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from moelearn._passes import (
-    RowSource,
-    chunk_rows,
-    empty,
-    like,
-    namespace,
-    projections,
-    reduce_rows,
-    release_pages,
-    row_slices,
-    take_rows,
-)
+from moelearn._arrays import empty, like, namespace, projections
+from moelearn._mmap import release_pages
+from moelearn._passes import RowSource, chunk_rows, reduce_rows, row_slices, take_rows
 
 Array = np.ndarray
 

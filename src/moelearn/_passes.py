@@ -34,11 +34,21 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import mmap
 from collections.abc import Callable, Iterator
-from typing import Any, Protocol, TypeGuard
+from typing import Any, Protocol
 
 import numpy as np
+
+from moelearn._arrays import (
+    _host,
+    _host_results,
+    _on_device,
+    add_results,
+    is_dask,
+    is_torch,
+    like,
+)
+from moelearn._mmap import _append_ones, _mapping, _WithOnes, release_pages
 
 Array = np.ndarray
 
@@ -97,161 +107,8 @@ def row_slices(
             release_pages(mapped, rows)
 
 
-def _mapping(X: Any) -> tuple[mmap.mmap, int] | None:
-    """The read-only file mapping behind ``X`` and the offset of ``X``'s first byte
-    in it, or ``None`` for arrays in memory."""
-    base = X
-    while base is not None and not isinstance(getattr(base, "_mmap", None), mmap.mmap):
-        base = getattr(base, "base", None)
-    if base is None or not X.flags.c_contiguous:
-        return None
-    mm = base._mmap
-    if mm.closed:
-        return None
-    start = np.frombuffer(mm, dtype=np.uint8).ctypes.data
-    return mm, X.ctypes.data - start
-
-
-def release_pages(X: Any, rows: slice | None = None) -> None:
-    """Drop a memory-mapped ``X``'s resident pages for ``rows`` (all rows if None).
-
-    The mapping is read-only and file-backed, so the data stay valid: a later read
-    faults the pages back in from the page cache or the file. A no-op for arrays in
-    memory and where ``madvise`` is not available.
-    """
-    if isinstance(X, _WithOnes):
-        X = X.X
-    found = _mapping(X) if hasattr(mmap, "MADV_DONTNEED") else None
-    if found is None:
-        return
-    mm, offset = found
-    row_bytes = X.strides[0] if X.ndim > 1 else X.itemsize
-    first, last = (0, X.shape[0]) if rows is None else (rows.start, rows.stop)
-    begin = offset + first * row_bytes
-    end = min(offset + last * row_bytes, len(mm))
-    begin -= begin % mmap.PAGESIZE
-    if end > begin:
-        mm.madvise(mmap.MADV_DONTNEED, begin, end - begin)
-
-
 #: Partial sums are added in groups of this many (the depth of the Dask tree).
 _TREE_WIDTH = 8
-
-
-def is_torch(X: Any) -> TypeGuard[Any]:
-    """Whether ``X`` is a PyTorch tensor (checked without importing torch)."""
-    return type(X).__module__.startswith("torch") and hasattr(X, "detach")
-
-
-def to_host(v: Any) -> Any:
-    """A PyTorch tensor or a Dask array as NumPy (copied to the host or computed);
-    anything else unchanged."""
-    if is_torch(v):
-        return v.detach().cpu().numpy()
-    return v.compute() if is_dask(v) else v
-
-
-def _host(chunk: Any) -> Array:
-    """A chunk as a float64 NumPy array (a PyTorch chunk is copied to the host)."""
-    return np.asarray(to_host(chunk), dtype=np.float64)
-
-
-def _host_results(result: Any) -> Any:
-    """A kernel's result (tensors, floats, None, tuples of them) with NumPy arrays
-    in place of tensors."""
-    if isinstance(result, tuple):
-        return tuple(_host_results(item) for item in result)
-    return to_host(result)
-
-
-def namespace(x: Any) -> Any:
-    """The array functions for ``x``: ``numpy`` for NumPy arrays, and for a PyTorch
-    tensor the array API namespace that wraps torch (``array_api_compat``, in the
-    ``torch`` extra). Kernels use only what both offer."""
-    if not is_torch(x):
-        return np
-    from array_api_compat import array_namespace
-
-    return array_namespace(x)
-
-
-def like(a: Any, x: Any) -> Any:
-    """A kernel's NumPy parameter ``a`` as an array of ``x``'s kind: unchanged when
-    ``x`` is a NumPy array, else a tensor on ``x``'s device (same dtype as ``a``)."""
-    if a is None or not is_torch(x):
-        return a
-    import torch
-
-    return torch.as_tensor(a, device=x.device)
-
-
-def projections(A: Any, xc: Any) -> Any:
-    """``A @ xc.T``: each row of ``A`` (a NumPy ``(m, d)`` array) against every row
-    of the chunk, ``(m, rows)`` (with contiguous rows for NumPy).
-
-    Computed as ``(xc @ A.T).T``: for few rows in ``A`` OpenBLAS takes two to three
-    times longer over ``A @ xc.T`` (2621 x 50 chunks of n = 1e6 rows: 70 ms against
-    24 ms for m = 2, 74 against 37 ms for m = 4).
-    """
-    product = xc @ like(A.T, xc)
-    if namespace(xc) is np:
-        return np.ascontiguousarray(product.T)
-    return product.T
-
-
-def empty(x: Any, shape: tuple[int, ...], dtype: Any) -> Any:
-    """An uninitialised array of ``x``'s kind (and device), of a dtype of
-    ``namespace(x)``."""
-    if not is_torch(x):
-        return np.empty(shape, dtype)
-    import torch
-
-    return torch.empty(shape, dtype=dtype, device=x.device)
-
-
-def concat(arrays: list, axis: int = 0) -> Any:
-    """Arrays of one kind joined along ``axis``."""
-    xp = namespace(arrays[0])
-    if xp is np:
-        return np.concatenate(arrays, axis=axis)
-    return xp.concat(arrays, axis=axis)
-
-
-def einsum(subscripts: str, *operands: Any) -> Any:
-    """``numpy.einsum`` or, for tensors, ``torch.einsum`` (not in the array API)."""
-    if not is_torch(operands[0]):
-        return np.einsum(subscripts, *operands)
-    import torch
-
-    return torch.einsum(subscripts, *operands)
-
-
-def _on_device(chunk: Any) -> Any:
-    """A tensor chunk in float64 where it lives, detached from autograd."""
-    import torch
-
-    return chunk.detach().to(dtype=torch.float64)
-
-
-def is_dask(X: Any) -> TypeGuard[Any]:
-    """Whether ``X`` is a Dask array (checked without importing Dask)."""
-    return type(X).__module__.startswith("dask.") and hasattr(X, "to_delayed")
-
-
-def add_results(*parts: Any) -> Any:
-    """Sum kernel results of the same structure (arrays, floats, tuples of them)."""
-    first = parts[0]
-    if isinstance(first, tuple):
-        return tuple(add_results(*items) for items in zip(*parts, strict=True))
-    if first is None:
-        return None
-    if is_torch(first):
-        total = first.clone()
-    else:
-        total = np.array(first, dtype=float, copy=True) if np.ndim(first) else first
-    for part in parts[1:]:
-        total = total + part
-    return total
 
 
 #: ``callback(pass_number, rows_done, rows_total)`` after every chunk of a pass
@@ -409,24 +266,6 @@ def take_rows(X: RowSource, rows: Any) -> Array:
     return out
 
 
-class _WithOnes:
-    """``[X, 1]`` for a memory-mapped ``X``, built a chunk at a time (the rows a
-    pass or :func:`take_rows` reads), so that a file is not copied into memory."""
-
-    dtype = np.dtype(np.float64)  # (its rows come out as float64)
-
-    def __init__(self, X: Any):
-        self.X = X
-        self.shape = (X.shape[0], X.shape[1] + 1)
-        self.ndim, self.dtype = 2, np.dtype(np.float64)
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def __getitem__(self, rows: slice) -> Array:
-        return _append_ones(self.X[rows])
-
-
 def with_ones(X: RowSource) -> RowSource:
     """``[X, 1]``: the design with a constant column (for intercepts); a Dask
     array stays one, chunked by rows; a memory map is not copied (its rows get the
@@ -443,8 +282,3 @@ def with_ones(X: RowSource) -> RowSource:
 
         return torch.cat([X, X.new_ones((X.shape[0], 1))], dim=1)
     return _append_ones(X)
-
-
-def _append_ones(X: Any) -> Array:
-    """``[X, 1]`` as a new in-memory float64 array."""
-    return np.column_stack([np.asarray(X, dtype=np.float64), np.ones(X.shape[0])])

@@ -36,7 +36,8 @@ from functools import cached_property, partial
 
 import numpy as np
 
-from moelearn._passes import reduce_rows, to_host
+from moelearn._arrays import to_host
+from moelearn._passes import reduce_rows
 
 Array = np.ndarray
 

@@ -8,7 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from moelearn._passes import is_dask, is_torch, namespace, reduce_rows, to_host
+from moelearn._arrays import is_dask, is_torch, namespace, to_host
+from moelearn._passes import reduce_rows
 
 Array = np.ndarray
 

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from moelearn._links import LINKS
-from moelearn._passes import release_pages
+from moelearn._mmap import release_pages
 
 Array = np.ndarray
 

@@ -11,17 +11,11 @@ from typing import Any
 import numpy as np
 
 from moelearn import _validation as v
+from moelearn._arrays import like, to_host
 from moelearn._links import get_link
 from moelearn._model import MoEParams, gate_proba, log_likelihood_terms
 from moelearn._moments import input_whitening, row_sample
-from moelearn._passes import (
-    RowSource,
-    like,
-    reduce_rows,
-    take_rows,
-    to_host,
-    with_ones,
-)
+from moelearn._passes import RowSource, reduce_rows, take_rows, with_ones
 from moelearn._scores import fit_mixture_density
 from moelearn._starts import split_expert
 from moelearn.estimators import SpectralMoE
