@@ -118,7 +118,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="show the traceback of an error instead of one line",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_simulate_command(sub)
+    _add_fit_command(sub)
+    _add_predict_command(sub)
+    _add_evaluate_command(sub)
+    _add_summary_command(sub)
+    _add_report_command(sub)
+    _add_demo_command(sub)
+    _add_reproduce_command(sub)
+    return parser
 
+
+def _add_simulate_command(sub) -> None:
+    """The ``simulate`` command's arguments."""
     sim = sub.add_parser("simulate", help="draw data from a random mixture of experts")
     sim.add_argument(
         "--samples",
@@ -170,6 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="where to write the true parameters (default: OUT with .truth.json)",
     )
 
+
+def _add_fit_command(sub) -> None:
+    """The ``fit`` command's arguments."""
     fit = sub.add_parser("fit", help="fit a model to a data file")
     fit.add_argument(
         "data", help="data file: .csv (with header), .npz, .npy or .parquet"
@@ -213,6 +228,12 @@ def build_parser() -> argparse.ArgumentParser:
         "size chosen by BIC, or one of N components (spectral, hme); for inputs "
         "with clusters or skewed columns",
     )
+    _add_fit_method_options(fit)
+    _add_fit_io_options(fit)
+
+
+def _add_fit_method_options(fit) -> None:
+    """``fit``'s choice of method and its settings (the number of experts searched, iterations, tolerance, seed)."""
     fit.add_argument(
         "--max-experts",
         type=_positive_int,
@@ -255,6 +276,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="seeds the random starts and subsamples (default 0): the same seed "
         "gives the same fit",
     )
+
+
+def _add_fit_io_options(fit) -> None:
+    """``fit``'s output, progress and input options: the model file, progress, streaming, the weight and feature columns."""
     fit.add_argument("--out", required=True, help="model file to write (.json)")
     fit.add_argument("--quiet", "-q", action="store_true", help="no progress output")
     fit.add_argument(
@@ -290,6 +315,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="columns that are not features (ids, other targets), comma-separated",
     )
 
+
+def _add_predict_command(sub) -> None:
+    """The ``predict`` command's arguments."""
     pred = sub.add_parser("predict", help="predict E[y|x] and gate probabilities")
     pred.add_argument("model", help="model .json written by 'moelearn fit'")
     pred.add_argument("data", help="data file with the model's feature columns")
@@ -297,6 +325,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", required=True, help="predictions file (.csv, .npz, .parquet)"
     )
 
+
+def _add_evaluate_command(sub) -> None:
+    """The ``evaluate`` command's arguments."""
     ev = sub.add_parser("evaluate", help="compare a model with the truth and/or data")
     ev.add_argument("model", help="model .json")
     ev.add_argument("--truth", help="true parameters (.truth.json from 'simulate')")
@@ -304,6 +335,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--target", default=None, help="target column of --data")
     ev.add_argument("--json", action="store_true", help="print the figures as JSON")
 
+
+def _add_summary_command(sub) -> None:
+    """The ``summary`` command's arguments."""
     summ = sub.add_parser(
         "summary",
         help="estimates, standard errors, z, p-values and confidence intervals",
@@ -330,6 +364,9 @@ def build_parser() -> argparse.ArgumentParser:
     summ.add_argument("--seed", type=int, default=0, help="bootstrap's seed")
     summ.add_argument("--out", default=None, help="also write the table (.csv)")
 
+
+def _add_report_command(sub) -> None:
+    """The ``report`` command's arguments."""
     rep_ = sub.add_parser(
         "report", help="one HTML page: parameters, standard errors, figures"
     )
@@ -344,6 +381,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rep_.add_argument("--out", required=True, help="the report (.html)")
 
+
+def _add_demo_command(sub) -> None:
+    """The ``demo`` command's arguments."""
     demo = sub.add_parser("demo", help="simulate, fit, report errors and write a plot")
     demo.add_argument(
         "--samples",
@@ -374,6 +414,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="folder for the plot and the simulated data (default demo_output)",
     )
 
+
+def _add_reproduce_command(sub) -> None:
+    """The ``reproduce`` command's arguments."""
     rep = sub.add_parser(
         "reproduce", help="re-run the papers' experiments: figures and CSV tables"
     )
@@ -384,7 +427,6 @@ def build_parser() -> argparse.ArgumentParser:
         default="results",
         help="folder for the experiments' CSV tables and PNG figures (default results)",
     )
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
