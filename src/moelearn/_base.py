@@ -690,6 +690,91 @@ class MoEBase(RegressorMixin, BaseEstimator):
         if self.verbose >= level:
             print(f"[moelearn] {message}", file=sys.stderr, flush=True)
 
+    # ------------------------------------------------------------ model files
+    def _to_json(self) -> dict:
+        """The fitted estimator as the fields of a model file (:func:`moelearn.io.
+        save_model` adds the format tag); :meth:`_from_json` reads them back."""
+        if not isinstance(self.link, str):
+            raise ValueError(
+                f"a model with a callable link "
+                f"({getattr(self.link, '__name__', self.link)!r}) cannot be saved as "
+                "JSON: code is not data. Keep the callable in your program and save "
+                "experts_, gating_ and noise_std_ yourself"
+            )
+        names = getattr(self, "feature_names_in_", None)
+        offsets = hasattr(self, "intercept_")
+        return {
+            "params": {k: v for k, v in self.get_params().items() if _jsonable(v)},
+            "link": self.link,
+            "n_features": int(self.n_features_in_),
+            "feature_names": None if names is None else [str(n) for n in names],
+            "experts": self.experts_.tolist(),
+            "gating": self.gating_.tolist(),
+            "noise_std": (
+                np.asarray(self.noise_std_).tolist()
+                if np.ndim(self.noise_std_)
+                else float(self.noise_std_)
+            ),
+            "intercept": self.intercept_.tolist() if offsets else None,
+            "gating_intercept": self.gating_intercept_.tolist() if offsets else None,
+            "spectral_experts": (
+                self.spectral_experts_.tolist()
+                if hasattr(self, "spectral_experts_")
+                else None
+            ),
+            "converged": bool(self.converged_),
+            "n_iter": int(self.n_iter_),
+        }
+
+    @classmethod
+    def _from_json(cls, obj: dict, path: Any) -> Any:
+        """The fitted estimator a model file's fields describe, every field's type
+        and shape checked (``ValueError`` naming ``path`` and the field)."""
+        experts, gating = (
+            _array_field(obj, "experts", path),
+            _array_field(obj, "gating", path),
+        )
+        has_spectral = obj.get("spectral_experts") is not None
+        spectral = (
+            _array_field(obj, "spectral_experts", path) if has_spectral else experts
+        )
+        d = obj.get("n_features")
+        if not isinstance(d, int) or experts.shape[1] != d:
+            raise ValueError(
+                f"{path}: experts have shape {experts.shape}, n_features is {d!r}"
+            )
+        model = cls()
+        tree = model._gate == "tree"
+        gate_shape = (experts.shape[0] - tree, d)
+        if gating.shape != gate_shape or spectral.shape != experts.shape:
+            raise ValueError(
+                f"{path}: experts, gating and spectral_experts shapes differ"
+            )
+        if not tree and np.any(gating[-1] != 0):
+            raise ValueError(f"{path}: the last gating row must be zero")
+        noise = _noise_field(obj.get("noise_std"), experts.shape[0], path)
+        names = _names_field(obj.get("feature_names"), d, path)
+        _configure(model, obj, experts.shape[0], tree, path)
+        model.experts_, model.gating_ = experts, gating
+        if has_spectral:
+            model.spectral_experts_ = spectral
+        if obj.get("intercept") is not None:
+            offsets = {
+                "intercept": experts.shape[0],
+                "gating_intercept": gating.shape[0],
+            }
+            for key, size in offsets.items():
+                setattr(model, key + "_", _array_field(obj, key, path, shape=(size,)))
+        model.noise_std_ = noise
+        model.n_experts_ = experts.shape[0]
+        model.n_features_in_ = d
+        if names is not None:
+            model.feature_names_in_ = np.asarray(names, dtype=object)
+        model.converged_ = bool(obj.get("converged", True))
+        model.n_iter_ = int(obj.get("n_iter", 0))
+        model.target_name_ = obj.get("target")
+        return model
+
     def _progress(self, stage: str, iteration: int, ll: float, change: float) -> None:
         self._log(
             2, f"{stage} iter {iteration:3d}: mean log-lik {ll:.6f}, step {change:.2e}"
@@ -699,3 +784,71 @@ class MoEBase(RegressorMixin, BaseEstimator):
         tags = super().__sklearn_tags__()
         tags.input_tags.allow_nan = False
         return tags
+
+
+def _jsonable(value: Any) -> bool:
+    return value is None or isinstance(value, (bool, int, float, str))
+
+
+def _array_field(obj: dict, key: str, path: Any, shape=None) -> Array:
+    """A finite numeric field: a 2-D array, or of the given ``shape``."""
+    try:
+        arr = np.asarray(obj[key], dtype=np.float64)
+    except (KeyError, TypeError, ValueError):
+        raise ValueError(f"{path}: field {key!r} is missing or not numeric") from None
+    if shape is not None and (arr.shape != shape or not np.isfinite(arr).all()):
+        raise ValueError(f"{path}: field {key!r} must hold {shape[0]} finite numbers")
+    if shape is None and (arr.ndim != 2 or not np.isfinite(arr).all()):
+        raise ValueError(f"{path}: field {key!r} must be a finite 2-D array")
+    return arr
+
+
+def _noise_field(noise, n_experts: int, path: Any) -> float | Array:
+    """``noise_std``: a positive number, or a list of one per expert."""
+    if isinstance(noise, list):  # one per expert
+        try:
+            values = np.asarray(noise, dtype=np.float64)
+        except (TypeError, ValueError):
+            values = np.zeros(0)
+        if values.shape != (n_experts,) or not np.all(
+            np.isfinite(values) & (values > 0)
+        ):
+            raise ValueError(
+                f"{path}: noise_std must be a positive number or one per expert"
+            )
+        return values
+    if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not noise > 0:
+        raise ValueError(f"{path}: noise_std must be a positive number")
+    return float(noise)
+
+
+def _names_field(names, d: int, path: Any) -> list | None:
+    """``feature_names``: absent, or ``d`` distinct names."""
+    if names is None:
+        return None
+    if not isinstance(names, list) or len(names) != d:
+        raise ValueError(f"{path}: feature_names must list {d} names")
+    v.check_unique_names(path, [str(n) for n in names])
+    return names
+
+
+def _configure(model, obj: dict, n_experts: int, tree: bool, path: Any) -> None:
+    """The estimator's settings from the file (its ``link`` and ``params``),
+    checked against the number of experts it holds."""
+    link = obj.get("link")
+    if link not in LINKS:
+        raise ValueError(f"{path}: unknown link {link!r}")
+    params = dict(obj.get("params") or {})
+    params.setdefault("n_experts", n_experts)
+    params["link"] = link
+    valid = set(model.get_params())
+    try:
+        model.set_params(**{k: v for k, v in params.items() if k in valid})
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{path}: invalid settings ({exc})") from None
+    # EM may have dropped experts: a fit can hold fewer than it was asked for.
+    if not 1 <= n_experts <= model.n_experts or (tree and model.n_experts != n_experts):
+        raise ValueError(
+            f"{path}: {n_experts} experts do not fit the settings "
+            f"({model.n_experts} expected)"
+        )

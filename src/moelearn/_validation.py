@@ -269,3 +269,17 @@ def _check_finite(arr: Array, name: str) -> None:
             f"{name} contains {count} non-finite value(s) (first: {kind} at {where}); "
             "remove or impute them before fitting"
         )
+
+
+def check_unique_names(path: Any, names: list[str]) -> None:
+    """``ValueError`` naming a column name that appears more than once (the
+    model finds its features by name: a repeated one would read the wrong
+    column)."""
+    seen: dict[str, int] = {}
+    for i, name in enumerate(names):
+        if name in seen:
+            raise ValueError(
+                f"{path}: column name {name!r} appears twice (columns {seen[name] + 1} "
+                f"and {i + 1}); give every column its own name"
+            )
+        seen[name] = i

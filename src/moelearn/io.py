@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from moelearn._links import LINKS
 from moelearn._mmap import release_pages
+from moelearn._validation import check_unique_names
 
 Array = np.ndarray
 
@@ -72,20 +72,6 @@ def check_finite(
             f"{path}: {kind} at data row {done + r + 1}, column {columns[c]!r}; "
             "remove or impute it before fitting"
         )
-
-
-def check_unique_names(path: str | os.PathLike, names: list[str]) -> None:
-    """``ValueError`` naming a column name that appears more than once (the
-    model finds its features by name: a repeated one would read the wrong
-    column)."""
-    seen: dict[str, int] = {}
-    for i, name in enumerate(names):
-        if name in seen:
-            raise ValueError(
-                f"{path}: column name {name!r} appears twice (columns {seen[name] + 1} "
-                f"and {i + 1}); give every column its own name"
-            )
-        seen[name] = i
 
 
 def column_index(columns: list[str], name: str, what: str) -> int:
@@ -543,52 +529,20 @@ def write_json(path: str | os.PathLike, obj: dict) -> None:
 
 # ----------------------------------------------------------------- models
 def save_model(model: Any, path: str | os.PathLike, **metadata: Any) -> None:
-    """Write a fitted estimator's parameters and settings as JSON (atomically)."""
+    """Write a fitted estimator's parameters and settings as JSON (atomically):
+    the format tag, the estimator's own fields (its ``_to_json``) and
+    ``metadata``."""
     from sklearn.utils.validation import check_is_fitted
 
     check_is_fitted(model)
-    if not isinstance(model.link, str):
-        raise ValueError(
-            f"a model with a callable link ({getattr(model.link, '__name__', model.link)!r}) "
-            "cannot be saved as JSON: code is not data. Keep the callable in your "
-            "program and save experts_, gating_ and noise_std_ yourself"
-        )
-    names = getattr(model, "feature_names_in_", None)
     obj = {
         "format": FORMAT,
         "version": FORMAT_VERSION,
         "estimator": type(model).__name__,
-        "params": {k: v for k, v in model.get_params().items() if _jsonable(v)},
-        "link": model.link,
-        "n_features": int(model.n_features_in_),
-        "feature_names": None if names is None else [str(n) for n in names],
-        "experts": model.experts_.tolist(),
-        "gating": model.gating_.tolist(),
-        "noise_std": (
-            np.asarray(model.noise_std_).tolist()
-            if np.ndim(model.noise_std_)
-            else float(model.noise_std_)
-        ),
-        "intercept": (
-            model.intercept_.tolist() if hasattr(model, "intercept_") else None
-        ),
-        "gating_intercept": (
-            model.gating_intercept_.tolist() if hasattr(model, "intercept_") else None
-        ),
-        "spectral_experts": (
-            model.spectral_experts_.tolist()
-            if hasattr(model, "spectral_experts_")
-            else None
-        ),
-        "converged": bool(model.converged_),
-        "n_iter": int(model.n_iter_),
+        **model._to_json(),
         **metadata,
     }
     write_json(path, obj)
-
-
-def _jsonable(value: Any) -> bool:
-    return value is None or isinstance(value, (bool, int, float, str))
 
 
 def load_model(path: str | os.PathLike):
@@ -617,7 +571,8 @@ def load_model(path: str | os.PathLike):
             f"{path}: not a moelearn model file (nested too deeply to read)"
         ) from None
     try:
-        return _model_from_json(obj, path, classes)
+        _check_header(obj, path, classes)
+        return classes[obj["estimator"]]._from_json(obj, path)
     except (TypeError, KeyError, AttributeError, IndexError) as exc:
         # a field of the wrong kind that the checks below did not foresee
         reason = " ".join(str(exc).split()) or type(exc).__name__
@@ -625,48 +580,6 @@ def load_model(path: str | os.PathLike):
             f"{path}: not a valid moelearn model file (a field has the wrong "
             f"type: {reason})"
         ) from None
-
-
-def _model_from_json(obj, path: Path, classes: dict):
-    """The estimator a parsed model file describes (see :func:`load_model`)."""
-    _check_header(obj, path, classes)
-    experts, gating = (
-        _array_field(obj, "experts", path),
-        _array_field(obj, "gating", path),
-    )
-    has_spectral = obj.get("spectral_experts") is not None
-    spectral = _array_field(obj, "spectral_experts", path) if has_spectral else experts
-    d = obj.get("n_features")
-    if not isinstance(d, int) or experts.shape[1] != d:
-        raise ValueError(
-            f"{path}: experts have shape {experts.shape}, n_features is {d!r}"
-        )
-    model = classes[obj["estimator"]]()
-    tree = model._gate == "tree"
-    gate_shape = (experts.shape[0] - tree, d)
-    if gating.shape != gate_shape or spectral.shape != experts.shape:
-        raise ValueError(f"{path}: experts, gating and spectral_experts shapes differ")
-    if not tree and np.any(gating[-1] != 0):
-        raise ValueError(f"{path}: the last gating row must be zero")
-    noise = _noise_field(obj.get("noise_std"), experts.shape[0], path)
-    names = _names_field(obj.get("feature_names"), d, path)
-    _configure(model, obj, experts.shape[0], tree, path)
-    model.experts_, model.gating_ = experts, gating
-    if has_spectral:
-        model.spectral_experts_ = spectral
-    if obj.get("intercept") is not None:
-        offsets = {"intercept": experts.shape[0], "gating_intercept": gating.shape[0]}
-        for key, size in offsets.items():
-            setattr(model, key + "_", _array_field(obj, key, path, shape=(size,)))
-    model.noise_std_ = noise
-    model.n_experts_ = experts.shape[0]
-    model.n_features_in_ = d
-    if names is not None:
-        model.feature_names_in_ = np.asarray(names, dtype=object)
-    model.converged_ = bool(obj.get("converged", True))
-    model.n_iter_ = int(obj.get("n_iter", 0))
-    model.target_name_ = obj.get("target")
-    return model
 
 
 def _check_header(obj, path: Path, classes: dict) -> None:
@@ -679,67 +592,3 @@ def _check_header(obj, path: Path, classes: dict) -> None:
         )
     if obj.get("estimator") not in classes:
         raise ValueError(f"{path}: unknown estimator {obj.get('estimator')!r}")
-
-
-def _array_field(obj: dict, key: str, path: Path, shape=None) -> Array:
-    """A finite numeric field: a 2-D array, or of the given ``shape``."""
-    try:
-        arr = np.asarray(obj[key], dtype=np.float64)
-    except (KeyError, TypeError, ValueError):
-        raise ValueError(f"{path}: field {key!r} is missing or not numeric") from None
-    if shape is not None and (arr.shape != shape or not np.isfinite(arr).all()):
-        raise ValueError(f"{path}: field {key!r} must hold {shape[0]} finite numbers")
-    if shape is None and (arr.ndim != 2 or not np.isfinite(arr).all()):
-        raise ValueError(f"{path}: field {key!r} must be a finite 2-D array")
-    return arr
-
-
-def _noise_field(noise, n_experts: int, path: Path) -> float | Array:
-    """``noise_std``: a positive number, or a list of one per expert."""
-    if isinstance(noise, list):  # one per expert
-        try:
-            values = np.asarray(noise, dtype=np.float64)
-        except (TypeError, ValueError):
-            values = np.zeros(0)
-        if values.shape != (n_experts,) or not np.all(
-            np.isfinite(values) & (values > 0)
-        ):
-            raise ValueError(
-                f"{path}: noise_std must be a positive number or one per expert"
-            )
-        return values
-    if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not noise > 0:
-        raise ValueError(f"{path}: noise_std must be a positive number")
-    return float(noise)
-
-
-def _names_field(names, d: int, path: Path) -> list | None:
-    """``feature_names``: absent, or ``d`` distinct names."""
-    if names is None:
-        return None
-    if not isinstance(names, list) or len(names) != d:
-        raise ValueError(f"{path}: feature_names must list {d} names")
-    check_unique_names(path, [str(n) for n in names])
-    return names
-
-
-def _configure(model, obj: dict, n_experts: int, tree: bool, path: Path) -> None:
-    """The estimator's settings from the file (its ``link`` and ``params``),
-    checked against the number of experts it holds."""
-    link = obj.get("link")
-    if link not in LINKS:
-        raise ValueError(f"{path}: unknown link {link!r}")
-    params = dict(obj.get("params") or {})
-    params.setdefault("n_experts", n_experts)
-    params["link"] = link
-    valid = set(model.get_params())
-    try:
-        model.set_params(**{k: v for k, v in params.items() if k in valid})
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{path}: invalid settings ({exc})") from None
-    # EM may have dropped experts: a fit can hold fewer than it was asked for.
-    if not 1 <= n_experts <= model.n_experts or (tree and model.n_experts != n_experts):
-        raise ValueError(
-            f"{path}: {n_experts} experts do not fit the settings "
-            f"({model.n_experts} expected)"
-        )
