@@ -136,7 +136,6 @@ def select_n_experts(
     intercept = bool(fit_params.get("fit_intercept", False))
     per_expert = fit_params.get("noise_type", "shared") == "per_expert"
     X_em = with_ones(X) if intercept else X
-    bic: dict[int, float] = {}
     loglik: dict[int, float] = {}
     models: dict[int, Any] = {}
     loglik[1], models[1] = _single_expert(X_em, y, link)
@@ -153,24 +152,8 @@ def select_n_experts(
         models[k] = model
         loglik[k] = float(model.score(X, y) * n)
         previous = model._params()
-    D = X_em.shape[1]
-    aic, icl = {}, {}
-    for k, ll in loglik.items():
-        n_params = (2 * k - 1) * D + (k if per_expert and k > 1 else 1)
-        bic[k] = -2.0 * ll + n_params * np.log(n)
-        aic[k] = -2.0 * ll + 2.0 * n_params
-        icl[k] = bic[k] + (2.0 * _assignment_entropy(models[k], X, y) if k > 1 else 0.0)
-    values = (
-        np.asarray(models[max_experts].diagnostics_["t2_eigenvalues"])
-        if max_experts > 1
-        else np.array([])
-    )
-    magnitudes = np.abs(values[: max_experts + 1])
-    if magnitudes.size >= 2:
-        ratios = magnitudes[:-1] / np.maximum(magnitudes[1:], 1e-300)
-        gap_k = int(np.argmax(ratios) + 1)
-    else:
-        gap_k = 1
+    bic, aic, icl = _criteria(loglik, models, X, y, n, X_em.shape[1], per_expert)
+    gap_k, values = _eigen_gap(models, max_experts)
     scores = {"bic": bic, "aic": aic, "icl": icl}[criterion]
     best = min(scores, key=lambda k: scores[k])
     return ExpertSelection(
@@ -202,6 +185,36 @@ def _assignment_entropy(model, X, y) -> float:
     """``-sum_ij r_ij log r_ij`` over the rows' posterior assignments."""
     resp = np.asarray(to_host(model.posterior_proba(X, y)))
     return -float(np.sum(resp * np.log(np.clip(resp, 1e-300, None))))
+
+
+def _criteria(loglik, models, X, y, n: int, D: int, per_expert: bool):
+    """BIC, AIC and ICL of each fit: ``-2 log L`` plus
+    ``p log n``, ``2 p`` or BIC plus twice the assignment entropy, with ``p =
+    (2k - 1) D`` regression and gate coefficients and the noise levels."""
+    bic: dict[int, float] = {}
+    aic: dict[int, float] = {}
+    icl: dict[int, float] = {}
+    for k, ll in loglik.items():
+        n_params = (2 * k - 1) * D + (k if per_expert and k > 1 else 1)
+        bic[k] = -2.0 * ll + n_params * np.log(n)
+        aic[k] = -2.0 * ll + 2.0 * n_params
+        icl[k] = bic[k] + (2.0 * _assignment_entropy(models[k], X, y) if k > 1 else 0.0)
+    return bic, aic, icl
+
+
+def _eigen_gap(models: dict, max_experts: int) -> tuple[int, Array]:
+    """The ``k`` at the largest ratio of consecutive ``|eigenvalues|`` of ``T2``
+    (from the largest fit's diagnostics), and the eigenvalues."""
+    values = (
+        np.asarray(models[max_experts].diagnostics_["t2_eigenvalues"])
+        if max_experts > 1
+        else np.array([])
+    )
+    magnitudes = np.abs(values[: max_experts + 1])
+    if magnitudes.size < 2:
+        return 1, values
+    ratios = magnitudes[:-1] / np.maximum(magnitudes[1:], 1e-300)
+    return int(np.argmax(ratios) + 1), values
 
 
 def _single_expert(X: RowSource, y: Array, link: str) -> tuple[float, MoEParams]:
