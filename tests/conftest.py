@@ -13,9 +13,10 @@ def global_random_seed():
 
 
 @pytest.fixture
-def small_chunks(monkeypatch):
-    """Force many row chunks so chunked accumulation is exercised."""
-    monkeypatch.setattr(passes, "_CHUNK_BYTES", 1)  # chunk_rows clips to 256 rows
+def small_chunks():
+    """Force many row chunks (100 rows each) so chunked accumulation is exercised."""
+    with passes.fixed_chunk_rows(100):
+        yield
 
 
 def correlated_inputs(n, d, rng, mean_scale=0.3):

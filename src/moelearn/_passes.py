@@ -35,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from typing import Any, Protocol
 
 import numpy as np
@@ -81,9 +82,27 @@ _CHUNK_BYTES = 1 << 20
 _MIN_CHUNK_ROWS = 1024
 
 
+#: Rows per chunk set by :func:`fixed_chunk_rows` (None: from the sizes above).
+_FIXED_ROWS: ContextVar[int | None] = ContextVar("moelearn_chunk_rows", default=None)
+
+
+@contextlib.contextmanager
+def fixed_chunk_rows(rows: int) -> Iterator[None]:
+    """Within the block, every pass in this thread reads ``rows`` rows a chunk
+    (tests use it to check that chunk sums add up; Dask's workers keep theirs)."""
+    token = _FIXED_ROWS.set(int(rows))
+    try:
+        yield
+    finally:
+        _FIXED_ROWS.reset(token)
+
+
 def chunk_rows(n_features: int, scale: int = 1) -> int:
     """Rows per chunk for ``n_features`` columns of float64 (about 1 MiB, at least
-    1024 rows; times ``scale``)."""
+    1024 rows; times ``scale``), unless :func:`fixed_chunk_rows` says otherwise."""
+    fixed = _FIXED_ROWS.get()
+    if fixed is not None:
+        return fixed
     rows = scale * _CHUNK_BYTES // (8 * max(n_features, 1))
     return int(np.clip(rows, scale * _MIN_CHUNK_ROWS, scale << 16))
 
@@ -111,32 +130,33 @@ def row_slices(
 _TREE_WIDTH = 8
 
 
-#: ``callback(pass_number, rows_done, rows_total)`` after every chunk of a pass
-#: run in this process (see :func:`report_passes`), or None.
-_progress: Callable[[int, int, int], None] | None = None
-_pass_count = 0
+#: ``(callback, [passes so far])`` of :func:`report_passes` in this thread, or None.
+_PROGRESS: ContextVar[tuple[Callable[[int, int, int], None], list[int]] | None] = (
+    ContextVar("moelearn_pass_progress", default=None)
+)
 
 
 @contextlib.contextmanager
 def report_passes(callback: Callable[[int, int, int], None]) -> Iterator[None]:
     """Within the block, ``callback(pass_number, rows_done, rows_total)`` is called
-    after every chunk of every pass over the rows made in this process."""
-    global _progress, _pass_count
-    previous, _progress, _pass_count = _progress, callback, 0
+    after every chunk of every pass over the rows made in this thread (a Dask
+    cluster's passes run elsewhere and are not reported)."""
+    token = _PROGRESS.set((callback, [0]))
     try:
         yield
     finally:
-        _progress = previous
+        _PROGRESS.reset(token)
 
 
 def _chunks(X: RowSource, scale: int = 1) -> Iterator[slice]:
     """Row chunks of a pass, reported to :func:`report_passes`' callback."""
-    global _pass_count
-    if _progress is None:
+    progress = _PROGRESS.get()
+    if progress is None:
         yield from row_slices(*X.shape, mapped=X, scale=scale)
         return
-    _pass_count += 1
-    number, callback = _pass_count, _progress
+    callback, count = progress
+    count[0] += 1
+    number = count[0]
     for rows in row_slices(*X.shape, mapped=X, scale=scale):
         yield rows
         callback(number, rows.stop, X.shape[0])
