@@ -292,20 +292,16 @@ class SpectralMoE(MoEBase):
         warm_starts = [
             self._raw_params(w, ctx.n_features, inverse=True) for w in warm_starts
         ]
-        self._stage_diagnostics = ctx.diagnostics  # what subclasses' hooks report
-        try:
-            race = False
-            if self.n_experts > ctx.n_features:
-                moments, fit = None, self._without_spectral(ctx)
-            else:
-                moments, spectral = self._spectral_stage(ctx)
-                race = self._refine_in_race(ctx)
-                fit = self._moment_path(ctx, moments, spectral, refine=not race)
-            fit = self._other_starts(ctx, fit, list(warm_starts), race)
-            self._check_fit(ctx, fit)
-            self._set_fitted(ctx, fit, moments)
-        finally:
-            del self._stage_diagnostics
+        race = False
+        if self.n_experts > ctx.n_features:
+            moments, fit = None, self._without_spectral(ctx)
+        else:
+            moments, spectral = self._spectral_stage(ctx)
+            race = self._refine_in_race(ctx)
+            fit = self._moment_path(ctx, moments, spectral, refine=not race)
+        fit = self._other_starts(ctx, fit, list(warm_starts), race)
+        self._check_fit(ctx, fit)
+        self._set_fitted(ctx, fit, moments)
         return self
 
     # ---------------------------------------------------------------- stages
@@ -457,9 +453,7 @@ class SpectralMoE(MoEBase):
                 )
             )
 
-        params = self._gating_stage(
-            ctx.X_em, ctx.y, fit.params, gating_em, ctx.common()
-        )
+        params = self._gating_stage(ctx, fit.params, gating_em)
         fit.mixing_weights, fit.tensor_values = spectral.weights, spectral.tensor_values
         if self.noise_std is None:
             # Re-solve at the estimated noise, keeping each expert in the place
@@ -488,7 +482,7 @@ class SpectralMoE(MoEBase):
         start, before = time.perf_counter(), fit.n_iter
         first = self._em(ctx, fit.params, fit_experts=True, stage="refine")
         fit.add(first)
-        second_start = self._second_start(ctx.X_em, ctx.y, fit.params, ctx.common())
+        second_start = self._second_start(ctx, fit.params)
         if second_start is not None:
             second = self._em(ctx, second_start, fit_experts=True, stage="refine")
             if second.final_log_likelihood > first.final_log_likelihood:
@@ -777,12 +771,12 @@ class SpectralMoE(MoEBase):
             density = density.affine(np.zeros(n_features), np.diag(1 / self._scales[0]))
         return density
 
-    def _gating_stage(self, X, y, params, gating_em, common) -> MoEParams:
+    def _gating_stage(self, ctx: _FitContext, params, gating_em) -> MoEParams:
         """Learn the gate with the spectral regressors fixed (a hook for subclasses
         whose gate depends on how the experts are arranged)."""
         return gating_em(params)
 
-    def _second_start(self, X, y, params, common) -> MoEParams | None:
+    def _second_start(self, ctx: _FitContext, params) -> MoEParams | None:
         """A second start for refinement that the refined fit ``params`` suggests,
         or ``None`` (a hook; the better of the two refined fits is kept)."""
         return None

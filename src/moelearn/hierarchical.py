@@ -141,31 +141,32 @@ class HierarchicalMoE(SpectralMoE):
         """``2^depth`` leaves."""
         return 2 ** int(self.depth)
 
-    def _gating_stage(self, X, y, params, gating_em, common) -> MoEParams:
+    def _gating_stage(self, ctx, params, gating_em) -> MoEParams:
         # Score each arrangement after the experts too have moved (with refine):
         # with the spectral start's bias, the gate alone can favour a wrong one.
-        scores, screened = self._screen(X, y, params, common, move_experts=self.refine)
+        scores, screened = self._screen(ctx, params, move_experts=self.refine)
         best = int(np.argmax(scores))
-        self._stage_diagnostics["arrangement_log_likelihoods"] = scores
+        ctx.diagnostics["arrangement_log_likelihoods"] = scores
         return gating_em(screened[best])
 
-    def _second_start(self, X, y, params, common) -> MoEParams | None:
+    def _second_start(self, ctx, params) -> MoEParams | None:
         # When the spectral start was poor (k = d, or a weak T2 eigenvalue), the
         # screen compared arrangements of wrong regressors; refinement usually
         # still finds the right ones. Screened again with those, a different
         # arrangement that fits better is refined too.
-        scores, screened = self._screen(X, y, params, common, move_experts=False)
+        scores, screened = self._screen(ctx, params, move_experts=False)
         best = int(np.argmax(scores))  # arrangement 0 keeps the refined order
-        self._stage_diagnostics["rescreened_log_likelihoods"] = scores
+        ctx.diagnostics["rescreened_log_likelihoods"] = scores
         return screened[best] if best != 0 else None
 
     def _screen(
-        self, X, y, params: MoEParams, common, *, move_experts: bool
+        self, ctx, params: MoEParams, *, move_experts: bool
     ) -> tuple[list[float], list[MoEParams]]:
         """Mean log-likelihood reached by every arrangement of ``params.experts`` on
         the leaves after a short EM from a zero gate on a subsample (gate only, then
         also the experts if ``move_experts``), and the parameters reached."""
         arrangements = leaf_arrangements(self.n_experts)
+        X, y = ctx.X_em, ctx.y
         n = X.shape[0]
         many = len(arrangements) > 3
         rows = min(n, _SCREEN_ROWS_MANY if many else _SCREEN_ROWS)
@@ -173,18 +174,18 @@ class HierarchicalMoE(SpectralMoE):
         subset = (
             slice(None)
             if rows == n
-            else np.sort(common["rng"].choice(n, size=rows, replace=False))
+            else np.sort(ctx.rng.choice(n, size=rows, replace=False))
         )
         Xs, ys = take_rows(X, subset), y[subset]
-        weights = common["sample_weight"]
+        weights = ctx.sample_weight
         settings = {
             "fit_noise": self.noise_std is None,
-            "covariance": common["covariance"],
-            "column_moments": common["column_moments"],
+            "covariance": ctx.covariance,
+            "column_moments": ctx.column_moments,
             "sample_weight": None if weights is None else weights[subset],
             "max_iter": max_iter,
             "tol": 1e-2,
-            "rng": common["rng"],
+            "rng": ctx.rng,
         }
         start = replace(params, gating=np.zeros_like(params.gating))
         scores, screened = [], []
