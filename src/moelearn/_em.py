@@ -295,17 +295,23 @@ def _estep(xc: Array, yc: Array, resc: Array | None, spec: _PassSpec):
     return (*_posterior(scores, res, params.noise_std), res, eta, logits)
 
 
-def _pass_sums(xc: Array, yc: Array, *extra: Array, spec: _PassSpec) -> tuple:
+def _pass_sums(
+    xc: Array,
+    yc: Array,
+    *,
+    spec: _PassSpec,
+    residuals: Array | None = None,
+    weights: Array | None = None,
+) -> tuple:
     """One chunk's ``(ll_sum, rss, weight, grad)`` (:class:`_Stats`) and, with
     ``spec.curvature``, the information sums of :func:`_curvature_sums`; a kernel
-    for :func:`moelearn._passes.reduce_rows`. ``extra`` holds the fixed experts'
-    residuals (gating stage) and then the sample weights (``spec.weighted``);
-    with weights every row's terms are multiplied by its weight."""
+    for :func:`moelearn._passes.reduce_rows`. ``residuals``: the fixed experts'
+    (gating stage); ``weights``: the sample weights, which multiply every row's
+    terms."""
     params = spec.params
     xp = namespace(xc)
-    resc = None if spec.fit_experts else extra[0]
-    sw = extra[-1] if spec.weighted else None
-    ll, resp, gates, res, eta, logits = _estep(xc, yc, resc, spec)
+    sw = weights
+    ll, resp, gates, res, eta, logits = _estep(xc, yc, residuals, spec)
     out: tuple = ()
     if spec.gradient:
         cols, _ = gate_terms(params.gate, logits, gates, resp, False)
@@ -535,16 +541,21 @@ class _Problem:
         self.total = X.shape[0] if sample_weight is None else float(sample_weight.sum())
         self._subset: tuple | None = None  # (indices, X, per-row arrays) in memory
 
-    def _per_row(self) -> tuple:
-        arrays = [self.y, self.residuals, self.sample_weight]
-        return tuple(a for a in arrays if a is not None)
+    def _per_row(self) -> dict:
+        """The per-row arrays a pass's kernel takes, by name."""
+        return {"residuals": self.residuals, "weights": self.sample_weight}
 
     def _subset_rows(self, subset: Array) -> tuple:
-        """The Newton subset's rows, read once per EM run."""
+        """The Newton subset's rows, read once per EM run: ``(X rows, y, named
+        per-row arrays)``."""
         if self._subset is None or self._subset[0] is not subset:
-            per_row = tuple(a[subset] for a in self._per_row())
-            self._subset = (subset, take_rows(self.X, subset), per_row)
-        return self._subset[1], self._subset[2]
+            named = {
+                name: None if a is None else a[subset]
+                for name, a in self._per_row().items()
+            }
+            rows = take_rows(self.X, subset)
+            self._subset = (subset, rows, self.y[subset], named)
+        return self._subset[1:]
 
     def uses_compiled_pass(self, params: MoEParams, subset: Array | None) -> bool:
         """Whether :meth:`run_pass` takes the gradient from the compiled (numba)
@@ -578,12 +589,14 @@ class _Problem:
         if self.uses_compiled_pass(params, subset):
             kernel = _em_fast.gradient_kernel(params, self.fit_experts, weighted)
             ll, rss, weight, grad = reduce_rows(
-                kernel, self.X, *self._per_row(), scale=_em_fast.CHUNK_SCALE
+                kernel, self.X, self.y, scale=_em_fast.CHUNK_SCALE, **self._per_row()
             )
             stats = _Stats(ll - n * _HALF_LOG_2PI, rss, weight, grad.T)
         else:
             spec = _PassSpec(params, self.fit_experts, True, fused, **settings)
-            sums = reduce_rows(partial(_pass_sums, spec=spec), self.X, *self._per_row())
+            sums = reduce_rows(
+                partial(_pass_sums, spec=spec), self.X, self.y, **self._per_row()
+            )
             stats = _Stats(*sums[:4])
             if fused:
                 stats.observed, stats.complete = _assemble(
@@ -592,9 +605,9 @@ class _Problem:
         if curvature and not fused:
             spec = _PassSpec(params, self.fit_experts, False, True, **settings)
             assert subset is not None  # (else the pass was fused)
-            Xs, per_row = self._subset_rows(subset)
-            sums = reduce_rows(partial(_pass_sums, spec=spec), Xs, *per_row)
-            scale = n / (float(per_row[-1].sum()) if weighted else len(subset))
+            Xs, ys, named = self._subset_rows(subset)
+            sums = reduce_rows(partial(_pass_sums, spec=spec), Xs, ys, **named)
+            scale = n / (float(named["weights"].sum()) if weighted else len(subset))
             observed, complete = _assemble(sums, structure, params, self.fit_experts)
             stats.observed, stats.complete = observed * scale, complete * scale
         stats.rss, stats.weight = np.asarray(stats.rss), np.asarray(stats.weight)
@@ -616,8 +629,7 @@ def information(
     spec = _PassSpec(
         params, True, False, True, weighted=sample_weight is not None, scores=True
     )
-    per_row = (y,) if sample_weight is None else (y, sample_weight)
-    sums = reduce_rows(partial(_pass_sums, spec=spec), X, *per_row)
+    sums = reduce_rows(partial(_pass_sums, spec=spec), X, y, weights=sample_weight)
     host = [np.asarray(to_host(part)) for part in sums]
     every, _ = curvature_pairs(params, True)
     return (

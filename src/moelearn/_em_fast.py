@@ -150,10 +150,11 @@ if AVAILABLE:
 
 
 def gradient_kernel(params, fit_experts: bool, weighted: bool = False):
-    """A :func:`moelearn._passes.reduce_rows` kernel ``(X, y[, residuals]) ->
-    (sum of log p(y|x) without the -log(2 pi)/2 term, rss (k,), weight (k,),
-    grad)`` with ``grad`` (n_cols, d), as :func:`moelearn._em._pass_sums`; with ``weighted`` the last per-row array holds
-    sample weights and every sum is weighted. Requires :data:`AVAILABLE`."""
+    """A :func:`moelearn._passes.reduce_rows` kernel ``(X, y, residuals=...,
+    weights=...) -> (sum of log p(y|x) without the -log(2 pi)/2 term, rss (k,),
+    weight (k,), grad)`` with ``grad`` (n_cols, d), as
+    :func:`moelearn._em._pass_sums`; with ``weighted`` every sum is weighted by
+    ``weights``. Requires :data:`AVAILABLE`."""
     k = params.n_experts
     gating = params.gating[: k - 1]  # the last row is zero: its logit is 0
     coef = np.vstack([params.experts, gating]) if fit_experts else gating
@@ -173,10 +174,21 @@ def gradient_kernel(params, fit_experts: bool, weighted: bool = False):
 
 
 def _gradient_sums(
-    xc, yc, *extra, coef, k, fit_experts, inv_sigma, log_sigma, link_code, weighted
+    xc,
+    yc,
+    *,
+    coef,
+    k,
+    fit_experts,
+    inv_sigma,
+    log_sigma,
+    link_code,
+    weighted,
+    residuals=None,
+    weights=None,
 ):
-    res = np.zeros((1, k)) if fit_experts else np.ascontiguousarray(extra[0])
-    weights = np.ascontiguousarray(extra[-1]) if weighted else np.zeros(1)
+    res = np.zeros((1, k)) if fit_experts else np.ascontiguousarray(residuals)
+    weights = np.ascontiguousarray(weights) if weighted else np.zeros(1)
     return _pass(
         np.ascontiguousarray(xc),
         np.ascontiguousarray(yc),

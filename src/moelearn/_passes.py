@@ -171,10 +171,20 @@ def _kernel_args(X: Any, rows: slice, per_row: tuple) -> tuple:
     return (_host(X[rows]), *(a[rows] for a in per_row))
 
 
-def _local_reduce(kernel: Kernel, X: RowSource, per_row: tuple, scale: int = 1) -> Any:
+def _call(kernel: Kernel, args: tuple, names: tuple[str, ...]) -> Any:
+    """``kernel`` on a chunk's arguments, the last ``len(names)`` by name."""
+    if not names:
+        return kernel(*args)
+    split = len(args) - len(names)
+    return kernel(*args[:split], **dict(zip(names, args[split:], strict=True)))
+
+
+def _local_reduce(
+    kernel: Kernel, X: RowSource, per_row: tuple, scale: int = 1, names: tuple = ()
+) -> Any:
     total = None
     for rows in _chunks(X, scale):
-        part = kernel(*_kernel_args(X, rows, per_row))
+        part = _call(kernel, _kernel_args(X, rows, per_row), names)
         total = add_results(part) if total is None else _add_into(total, part)
         del part  # (not held while the next chunk's is computed)
     return _host_results(total)
@@ -199,9 +209,12 @@ def _add_into(total: Any, part: Any) -> Any:
     return total + part
 
 
-def _local_map(kernel: Kernel, X: RowSource, per_row: tuple) -> Array:
+def _local_map(
+    kernel: Kernel, X: RowSource, per_row: tuple, names: tuple = ()
+) -> Array:
     parts = [
-        _host_results(kernel(*_kernel_args(X, rows, per_row))) for rows in _chunks(X)
+        _host_results(_call(kernel, _kernel_args(X, rows, per_row), names))
+        for rows in _chunks(X)
     ]
     return np.concatenate(parts, axis=0)
 
@@ -215,20 +228,25 @@ def _blocks(X) -> tuple[list, list[slice]]:
     return list(X.to_delayed().ravel()), slices
 
 
-def reduce_rows(kernel: Kernel, X, *per_row: Array, scale: int = 1) -> Any:
-    """``sum over row chunks c of kernel(X[c], *(a[c] for a in per_row))``.
+def reduce_rows(
+    kernel: Kernel, X, *per_row: Array, scale: int = 1, **named: Array | None
+) -> Any:
+    """``sum over row chunks c of kernel(X[c], *(a[c] for a in per_row),
+    **{name: a[c] for name, a in named})``.
 
-    ``per_row`` arrays have the rows first. Returns what the kernel returns, summed.
-    ``scale`` multiplies the chunk size (:func:`row_slices`).
+    ``per_row`` and ``named`` arrays have the rows first (a ``None`` named array
+    is left out). Returns what the kernel returns, summed. ``scale`` multiplies
+    the chunk size (:func:`row_slices`).
     """
+    per_row, names = _with_named(per_row, named)
     if not is_dask(X):
-        return _local_reduce(kernel, X, per_row, scale)
+        return _local_reduce(kernel, X, per_row, scale, names)
     import dask
 
     blocks, slices = _blocks(X)
     parts = [
         dask.delayed(_local_reduce, pure=True)(
-            kernel, block, tuple(a[s] for a in per_row), scale
+            kernel, block, tuple(a[s] for a in per_row), scale, names
         )
         for block, s in zip(blocks, slices, strict=True)
     ]
@@ -240,19 +258,29 @@ def reduce_rows(kernel: Kernel, X, *per_row: Array, scale: int = 1) -> Any:
     return dask.compute(parts[0])[0]
 
 
-def map_rows(kernel: Kernel, X: RowSource, *per_row: Array) -> Array:
-    """``kernel`` on every row chunk, results stacked along the first axis (in
-    memory, whatever ``X`` is)."""
+def map_rows(kernel: Kernel, X: RowSource, *per_row: Array, **named) -> Array:
+    """``kernel`` on every row chunk (per-row arrays as in :func:`reduce_rows`),
+    results stacked along the first axis (in memory, whatever ``X`` is)."""
+    per_row, names = _with_named(per_row, named)
     if not is_dask(X):
-        return _local_map(kernel, X, per_row)
+        return _local_map(kernel, X, per_row, names)
     import dask
 
     blocks, slices = _blocks(X)
     parts = [
-        dask.delayed(_local_map, pure=True)(kernel, block, tuple(a[s] for a in per_row))
+        dask.delayed(_local_map, pure=True)(
+            kernel, block, tuple(a[s] for a in per_row), names
+        )
         for block, s in zip(blocks, slices, strict=True)
     ]
     return np.concatenate(dask.compute(*parts), axis=0)
+
+
+def _with_named(per_row: tuple, named: dict) -> tuple[tuple, tuple[str, ...]]:
+    """The positional and the (present) named per-row arrays as one tuple, and
+    the names of its last entries."""
+    present = {name: a for name, a in named.items() if a is not None}
+    return (*per_row, *present.values()), tuple(present)
 
 
 def take_rows(X: RowSource, rows: Any) -> Array:

@@ -330,96 +330,109 @@ def _markdown(header: list[str], rows: list[list]) -> list[str]:
 def summarize(out: Path) -> Path:
     """Write ``summary.md``: the tables behind the figures in ``out``."""
     lines = ["# Reproduced experiments: summary tables", ""]
-    if (out / "sample_size.csv").exists():
-        rows = _read_csv(out / "sample_size.csv")
-        methods = list(dict.fromkeys(r["method"] for r in rows))
-        sizes = sorted({int(r["n"]) for r in rows})
-        table = []
-        for n in sizes:
-            for m in methods:
-                sel = [r for r in rows if int(r["n"]) == n and r["method"] == m]
-                err = np.array([float(r["error"]) for r in sel])
-                secs = np.array([float(r["seconds"]) for r in sel])
-                table.append(
-                    [
-                        n,
-                        m,
-                        len(sel),
-                        f"{np.median(err):.4f}",
-                        f"{err.max():.4f}",
-                        f"{np.mean(err < SUCCESS):.0%}",
-                        f"{np.median(secs):.2f}",
-                    ]
-                )
-        lines += ["## Error and time against n (d=10, k=2)", ""]
-        lines += _markdown(
-            ["n", "method", "seeds", "median error", "worst", "success", "median s"],
-            table,
-        )
-    if (out / "hard_cases.csv").exists():
-        rows = _read_csv(out / "hard_cases.csv")
-        methods = list(dict.fromkeys(r["method"] for r in rows))
-        table = []
-        for case in dict.fromkeys(r["case"] for r in rows):
-            for m in methods:
-                sel = [r for r in rows if r["case"] == case and r["method"] == m]
-                err = np.array([float(r["error"]) for r in sel])
-                secs = np.array([float(r["seconds"]) for r in sel])
-                found = np.array([float(r.get("found_mle") or "nan") for r in sel])
-                table.append(
-                    [
-                        case,
-                        m,
-                        f"{np.mean(err < SUCCESS):.0%} ({np.sum(err < SUCCESS)}/{len(err)})",
-                        "-" if np.isnan(found).all() else f"{np.nanmean(found):.0%}",
-                        f"{np.median(err):.4f}",
-                        f"{np.median(secs):.2f}",
-                    ]
-                )
-        lines += [
-            "## One random start per trial, n=1e5, d=10",
-            "",
-            (
-                "success: error < 0.1 from the truth; found the MLE: within 0.05 of the "
-                "optimum EM reaches from the true parameters."
-            ),
-            "",
-        ]
-        lines += _markdown(
-            ["case", "method", "success", "found the MLE", "median error", "median s"],
-            table,
-        )
-    if (out / "l4_curves.csv").exists():
-        rows = _read_csv(out / "l4_curves.csv")
-        table = []
-        for sub in dict.fromkeys(r["subspace"] for r in rows):
-            sel = [r for r in rows if r["subspace"] == sub]
-            err = np.array([float(r["error"]) for r in sel])
-            loss = np.array([float(r["final_loss"]) for r in sel])
-            table.append(
-                [
-                    sub,
-                    len(sel),
-                    f"{err.min():.4f}",
-                    f"{err.max():.4f}",
-                    f"{loss.min():.2f} .. {loss.max():.2f}",
-                ]
-            )
-        lines += ["## L4 from random starts (one data set, n=1e5, d=10)", ""]
-        lines += _markdown(
-            [
-                "columns in",
-                "starts",
-                "best error",
-                "worst error",
-                "final mean minibatch L4",
-            ],
-            table,
-        )
+    for name, section in (
+        ("sample_size.csv", _sample_size_table),
+        ("hard_cases.csv", _hard_cases_table),
+        ("l4_curves.csv", _l4_table),
+    ):
+        if (out / name).exists():
+            lines += section(_read_csv(out / name))
     path = out / "summary.md"
     with atomic_path(path) as tmp:
         tmp.write_text("\n".join(lines))
     return path
+
+
+def _sample_size_table(rows: list[dict]) -> list[str]:
+    """Error and time against ``n``, per method."""
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    sizes = sorted({int(r["n"]) for r in rows})
+    table = []
+    for n in sizes:
+        for m in methods:
+            sel = [r for r in rows if int(r["n"]) == n and r["method"] == m]
+            err = np.array([float(r["error"]) for r in sel])
+            secs = np.array([float(r["seconds"]) for r in sel])
+            table.append(
+                [
+                    n,
+                    m,
+                    len(sel),
+                    f"{np.median(err):.4f}",
+                    f"{err.max():.4f}",
+                    f"{np.mean(err < SUCCESS):.0%}",
+                    f"{np.median(secs):.2f}",
+                ]
+            )
+    lines = ["## Error and time against n (d=10, k=2)", ""]
+    return lines + _markdown(
+        ["n", "method", "seeds", "median error", "worst", "success", "median s"],
+        table,
+    )
+
+
+def _hard_cases_table(rows: list[dict]) -> list[str]:
+    """Success from one random start per trial, per case and method."""
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    table = []
+    for case in dict.fromkeys(r["case"] for r in rows):
+        for m in methods:
+            sel = [r for r in rows if r["case"] == case and r["method"] == m]
+            err = np.array([float(r["error"]) for r in sel])
+            secs = np.array([float(r["seconds"]) for r in sel])
+            found = np.array([float(r.get("found_mle") or "nan") for r in sel])
+            table.append(
+                [
+                    case,
+                    m,
+                    f"{np.mean(err < SUCCESS):.0%} ({np.sum(err < SUCCESS)}/{len(err)})",
+                    "-" if np.isnan(found).all() else f"{np.nanmean(found):.0%}",
+                    f"{np.median(err):.4f}",
+                    f"{np.median(secs):.2f}",
+                ]
+            )
+    lines = [
+        "## One random start per trial, n=1e5, d=10",
+        "",
+        (
+            "success: error < 0.1 from the truth; found the MLE: within 0.05 of the "
+            "optimum EM reaches from the true parameters."
+        ),
+        "",
+    ]
+    return lines + _markdown(
+        ["case", "method", "success", "found the MLE", "median error", "median s"],
+        table,
+    )
+
+
+def _l4_table(rows: list[dict]) -> list[str]:
+    """``L4`` from random starts, per subspace."""
+    table = []
+    for sub in dict.fromkeys(r["subspace"] for r in rows):
+        sel = [r for r in rows if r["subspace"] == sub]
+        err = np.array([float(r["error"]) for r in sel])
+        loss = np.array([float(r["final_loss"]) for r in sel])
+        table.append(
+            [
+                sub,
+                len(sel),
+                f"{err.min():.4f}",
+                f"{err.max():.4f}",
+                f"{loss.min():.2f} .. {loss.max():.2f}",
+            ]
+        )
+    lines = ["## L4 from random starts (one data set, n=1e5, d=10)", ""]
+    return lines + _markdown(
+        [
+            "columns in",
+            "starts",
+            "best error",
+            "worst error",
+            "final mean minibatch L4",
+        ],
+        table,
+    )
 
 
 def reproduce(name: str, out: Path, quick: bool, log=print) -> None:
