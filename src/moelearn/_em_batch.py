@@ -112,7 +112,7 @@ class _Batch:
         E = np.empty((S, k, D))
         for j in range(k):
             # [A | b] = sum_i w_i r_ij x_i [x_i, y_i]
-            grams = (weighted[:, j, None, :] * self.Xt) @ self.Xy
+            grams = _weighted_grams(weighted[:, j], self.Xt, self.Xy)
             E[:, j] = _solve(grams[..., :D], grams[..., D])
         res = self.y - E @ self.Xt
         rss = np.einsum("skn,skn->sk", weighted, res * res)
@@ -138,7 +138,7 @@ class _Batch:
                 h = -pi[:, a] * pi[:, b]
                 if a == b:
                     h = h + pi[:, a]
-                block = ((h * w)[:, None, :] * Xt) @ X  # (S, D, D)
+                block = _weighted_grams(h * w, Xt, X)  # (S, D, D)
                 if a == b:
                     block = block + lam * C
                 H[:, a, :, b, :] = block
@@ -374,6 +374,24 @@ class _State:
         self.G[s] = theta[:, k * D : 2 * k * D].reshape(-1, k, D)
         self.sigma[s] = np.exp(theta[:, 2 * k * D :])
         self.extrapolated[s] = True
+
+
+#: Bytes of the ``(starts, D, n)`` temporary of :func:`_weighted_grams`.
+_GRAM_BYTES = 8 << 20
+
+
+def _weighted_grams(weights: Array, Xt: Array, right: Array) -> Array:
+    """``sum_i weights[s, i] x_i right_i^T`` for each start ``s``: ``(S, D, m)``
+    from ``weights`` (S, n), ``Xt`` (D, n) and ``right`` (n, m), a block of
+    starts at a time so that the weighted copy of ``X`` stays within
+    :data:`_GRAM_BYTES` (at d = 400 on 5 000 rows one start's is 16 MB)."""
+    S, (D, n) = weights.shape[0], Xt.shape
+    step = max(1, _GRAM_BYTES // (8 * D * n))
+    out = np.empty((S, D, right.shape[1]))
+    for start in range(0, S, step):
+        block = slice(start, start + step)
+        out[block] = (weights[block, None, :] * Xt) @ right
+    return out
 
 
 def _solve(A: Array, b: Array) -> Array:
