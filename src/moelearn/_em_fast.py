@@ -25,63 +25,10 @@ CHUNK_SCALE = 16
 LINK_CODES = {"linear": 0, "sigmoid": 1, "tanh": 2, "relu": 3}
 
 if AVAILABLE:
-
-    @numba.njit(fastmath=True, cache=True)
-    def _residual(y, eta, link_code):
-        """``(y - g(eta), g'(eta))`` for the link with code ``link_code``."""
-        if link_code == 0:
-            return y - eta, 1.0
-        if link_code == 1:
-            g = 1.0 / (1.0 + np.exp(-eta))
-            return y - g, g * (1.0 - g)
-        if link_code == 2:
-            g = np.tanh(eta)
-            return y - g, 1.0 - g * g
-        return y - max(eta, 0.0), 1.0 if eta > 0.0 else 0.0
-
-    @numba.njit(fastmath=True, cache=True)
-    def _posterior(proj, offset, res, inv_sigma, log_sigma, logit, gate, resp):
-        """One row's gate logits, unnormalised gate probabilities ``gate`` and
-        posterior weights ``resp`` (in place), with their maxima and sums
-        ``(top, gate_norm, a_top, norm)``."""
-        k = res.shape[0]
-        for j in range(k - 1):
-            logit[j] = proj[offset + j]
-        logit[k - 1] = 0.0
-        top = logit[0]
-        for j in range(1, k):
-            top = max(top, logit[j])
-        gate_norm = 0.0
-        for j in range(k):
-            gate[j] = np.exp(logit[j] - top)
-            gate_norm += gate[j]
-        a_top = -np.inf
-        for j in range(k):
-            z = res[j] * inv_sigma[j]
-            resp[j] = logit[j] - 0.5 * z * z - log_sigma[j]
-            a_top = max(a_top, resp[j])
-        norm = 0.0
-        for j in range(k):
-            resp[j] = np.exp(resp[j] - a_top)
-            norm += resp[j]
-        return top, gate_norm, a_top, norm
-
-    @numba.njit(fastmath=True, cache=True)
-    def _score_columns(resp, res, deriv, gate, fit_experts, cols):
-        """One row's gradient weights (times ``x``): ``r_j res_j g'_j`` for the
-        experts (when fitted), then ``r_t - pi_t`` for the free gate rows."""
-        k = resp.shape[0]
-        c = 0
-        if fit_experts:
-            for j in range(k):
-                cols[c] = resp[j] * res[j] * deriv[j]
-                c += 1
-        for j in range(k - 1):
-            cols[c] = resp[j] - gate[j]
-            c += 1
-
+    # One loop, on purpose: split into njit helpers (_residual, _posterior, ...) it
+    # ran 30-40 % slower (n=1e6, d=51, two linear experts: 86 against 61 ms).
     @numba.njit(fastmath=True, parallel=True, cache=True)
-    def _pass(
+    def _pass(  # noqa: C901
         X,
         y,
         coef,
@@ -124,12 +71,42 @@ if AVAILABLE:
                     proj[r] = acc
                 for j in range(k):
                     if fit_experts:
-                        res[j], deriv[j] = _residual(y[i], proj[j], link_code)
+                        eta = proj[j]
+                        if link_code == 0:
+                            res[j] = y[i] - eta
+                            deriv[j] = 1.0
+                        elif link_code == 1:
+                            g = 1.0 / (1.0 + np.exp(-eta))
+                            res[j] = y[i] - g
+                            deriv[j] = g * (1.0 - g)
+                        elif link_code == 2:
+                            g = np.tanh(eta)
+                            res[j] = y[i] - g
+                            deriv[j] = 1.0 - g * g
+                        else:
+                            res[j] = y[i] - max(eta, 0.0)
+                            deriv[j] = 1.0 if eta > 0.0 else 0.0
                     else:
                         res[j] = residuals[i, j]
-                top, gate_norm, a_top, norm = _posterior(
-                    proj, offset, res, inv_sigma, log_sigma, logit, gate, resp
-                )
+                for j in range(k - 1):
+                    logit[j] = proj[offset + j]
+                logit[k - 1] = 0.0
+                top = logit[0]
+                for j in range(1, k):
+                    top = max(top, logit[j])
+                gate_norm = 0.0
+                for j in range(k):
+                    gate[j] = np.exp(logit[j] - top)
+                    gate_norm += gate[j]
+                a_top = -np.inf
+                for j in range(k):
+                    z = res[j] * inv_sigma[j]
+                    resp[j] = logit[j] - 0.5 * z * z - log_sigma[j]
+                    a_top = max(a_top, resp[j])
+                norm = 0.0
+                for j in range(k):
+                    resp[j] = np.exp(resp[j] - a_top)
+                    norm += resp[j]
                 wi = weights[i] if weighted else 1.0
                 ll += wi * (a_top - top + np.log(norm / gate_norm))
                 for j in range(k):
@@ -137,7 +114,14 @@ if AVAILABLE:
                     gate[j] /= gate_norm
                     rss[j] += wi * resp[j] * res[j] * res[j]
                     mass[j] += wi * resp[j]
-                _score_columns(resp, res, deriv, gate, fit_experts, cols)
+                c = 0
+                if fit_experts:
+                    for j in range(k):
+                        cols[c] = resp[j] * res[j] * deriv[j]
+                        c += 1
+                for j in range(k - 1):
+                    cols[c] = resp[j] - gate[j]
+                    c += 1
                 for c in range(n_cols):
                     w = wi * cols[c]
                     for col in range(d):
