@@ -29,6 +29,29 @@ def run_demo(n: int, d: int, link: str, seed: int, out_dir: Path) -> int:
     X_test, y_test = _resample(truth, n // 4, d, seed + 1)
 
     _compile_kernels(link)
+    fits = _fit_methods(X, y, link, seed)
+    final = fits["  + joint-EM refinement"]
+    method2 = fits.get("Method 2: L4 + L_log (SGD)")
+    perm = best_permutation(final.experts_, truth["experts"])
+    _print_parameters(final, method2, truth, perm)
+    _print_errors(fits, final, truth, X_test, y_test, n, d)
+
+    save_model(final, out_dir / "model.json", target="y")
+    plot_path = out_dir / "demo.png"
+    try:
+        _plot(plot_path, final, truth, X_test, y_test, perm, method2)
+        print(f"\nWrote {out_dir / 'model.json'} and the figure {plot_path}")
+    except ImportError:
+        print(
+            "\nWrote the model; the figure needs matplotlib: pip install 'moelearn[plot]'",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def _fit_methods(X, y, link: str, seed: int) -> dict:
+    """Method 1 without and with refinement, and Method 2 for linear experts;
+    each fit's wall time in ``elapsed_``."""
     fits = {}
     for name, refine in (
         ("  + gating EM", False),
@@ -37,15 +60,16 @@ def run_demo(n: int, d: int, link: str, seed: int, out_dir: Path) -> int:
         start = time.perf_counter()
         fits[name] = SpectralMoE(link=link, refine=refine, random_state=seed).fit(X, y)
         fits[name].elapsed_ = time.perf_counter() - start
-    final = fits["  + joint-EM refinement"]
-    perm = best_permutation(final.experts_, truth["experts"])
-    method2 = None
     if link == "linear":  # L4 is derived for linear experts
         start = time.perf_counter()
         method2 = TensorLossMoE(random_state=seed).fit(X, y)
         method2.elapsed_ = time.perf_counter() - start
         fits["Method 2: L4 + L_log (SGD)"] = method2
+    return fits
 
+
+def _print_parameters(final, method2, truth: dict, perm) -> None:
+    """The first coordinates of each regressor and of the gate, against the truth."""
     print("\nRegressors (first coordinates):")
     for j in range(2):
         print(f" expert {j + 1}")
@@ -67,6 +91,9 @@ def run_demo(n: int, d: int, link: str, seed: int, out_dir: Path) -> int:
     print(_row("truth", truth["gating"][0] - truth["gating"][1]))
     print(_row("refined", gate[0]))
 
+
+def _print_errors(fits: dict, final, truth: dict, X_test, y_test, n, d) -> None:
+    """Each method's and stage's parameter errors, held-out likelihood and time."""
     print("\nErrors (max over experts of the Euclidean row error, best permutation):")
     print(
         f"  {'method / stage':26s} {'regressors':>10s} {'all params':>10s} {'test loglik':>11s} {'time':>7s}"
@@ -83,18 +110,6 @@ def run_demo(n: int, d: int, link: str, seed: int, out_dir: Path) -> int:
         )
     print(f"  noise std: truth 0.1000, estimated {final.noise_std_:.4f}")
     print(f"  expected spectral error ~ 3*sqrt(d/n) = {3 * np.sqrt(d / n):.4f}")
-
-    save_model(final, out_dir / "model.json", target="y")
-    plot_path = out_dir / "demo.png"
-    try:
-        _plot(plot_path, final, truth, X_test, y_test, perm, method2)
-        print(f"\nWrote {out_dir / 'model.json'} and the figure {plot_path}")
-    except ImportError:
-        print(
-            "\nWrote the model; the figure needs matplotlib: pip install 'moelearn[plot]'",
-            file=sys.stderr,
-        )
-    return 0
 
 
 def _compile_kernels(link: str) -> None:
@@ -131,7 +146,20 @@ def _plot(path: Path, model, truth: dict, X, y, perm, method2=None) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.6))
-    ax = axes[0]
+    _plot_regressors(axes[0], model, truth, perm, method2)
+    _plot_gate(axes[1], model, truth, X, perm)
+    _plot_posterior(axes[2], model, truth, X, y, perm)
+    fig.suptitle(
+        f"moelearn demo: d={X.shape[1]}, parameter error {parameter_error(model, truth):.4f}"
+    )
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=90, format="png")
+    plt.close(fig)
+
+
+def _plot_regressors(ax, model, truth: dict, perm, method2) -> None:
+    """Estimated against true coordinates: spectral, refined, Method 2."""
     A = truth["experts"]
     colours = ["tab:blue", "tab:orange", "tab:green", "tab:red"]
     lim = 1.1 * max(np.abs(A).max(), np.abs(model.experts_).max())
@@ -174,7 +202,9 @@ def _plot(path: Path, model, truth: dict, X, y, perm, method2=None) -> None:
     )
     ax.legend(fontsize=8)
 
-    ax = axes[1]
+
+def _plot_gate(ax, model, truth: dict, X, perm) -> None:
+    """The learned gate against the true one, along the true gate logit."""
     w_true = truth["gating"][0] - truth["gating"][-1]
     t = X @ w_true
     order = np.argsort(t)
@@ -194,17 +224,13 @@ def _plot(path: Path, model, truth: dict, X, y, perm, method2=None) -> None:
     ax.set(xlabel="true gate logit  w^T x", ylabel="P(expert 1 | x)", title="Gate")
     ax.legend(fontsize=8)
 
-    ax = axes[2]
+
+def _plot_posterior(ax, model, truth: dict, X, y, perm) -> None:
+    """The test data coloured by the posterior of expert 1."""
+    A = truth["experts"]
     post = model.posterior_proba(X, y)[:, perm[0]]
     idx = np.arange(0, len(y), max(1, len(y) // 4000))
     ax.scatter(X[idx] @ A[0], y[idx], c=post[idx], cmap="coolwarm", s=4, alpha=0.7)
     ax.set(
         xlabel="a_1^T x", ylabel="y", title="Test data coloured by P(expert 1 | x, y)"
     )
-    fig.suptitle(
-        f"moelearn demo: d={X.shape[1]}, parameter error {parameter_error(model, truth):.4f}"
-    )
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=90, format="png")
-    plt.close(fig)
