@@ -9,6 +9,7 @@ from numpy.polynomial.hermite_e import hermeval
 from conftest import correlated_inputs
 from moelearn._moments import (
     SINGLE_PRECISION_ERROR,
+    RowInputs,
     hermite_indices,
     input_pass,
     projected_moments,
@@ -58,7 +59,7 @@ def test_input_pass_matches_explicit(small_chunks, global_random_seed, mean_scal
     X = correlated_inputs(3000, 5, rng, mean_scale=mean_scale)
     w = rng.standard_normal(3000) ** 2
     omega = rng.standard_normal((5, 3))
-    result = input_pass(X, w, omega)
+    result = input_pass(RowInputs(X), w, omega)
     Z, mean, cov = explicit_whitened(X)
     np.testing.assert_allclose(result.whitening.mean, mean, rtol=1e-10, atol=1e-10)
     np.testing.assert_allclose(result.whitening.covariance, cov, rtol=1e-8, atol=1e-10)
@@ -89,8 +90,8 @@ def test_single_precision_input_pass_matches_double(
     centre = single_precision_centre(X[::2], len(X))
     assert centre is not None
     assert np.any(centre != 0) == (mean_scale > 10)
-    single = input_pass(X, w, omega, sample=X[::2])
-    double = input_pass(X, w, omega)
+    single = input_pass(RowInputs(X, sample=X[::2]), w, omega)
+    double = input_pass(RowInputs(X), w, omega)
     L = double.whitening.transform
     error = L.T @ single.whitening.covariance @ L - np.eye(5)
     assert np.linalg.norm(error, 2) < SINGLE_PRECISION_ERROR
@@ -112,8 +113,8 @@ def test_collinear_inputs_are_summed_in_double_precision(global_random_seed):
     w = rng.standard_normal(20_000) ** 2
     omega = rng.standard_normal((5, 3))
     assert single_precision_centre(X[::2], len(X)) is None
-    got = input_pass(X, w, omega, sample=X[::2])
-    want = input_pass(X, w, omega)
+    got = input_pass(RowInputs(X, sample=X[::2]), w, omega)
+    want = input_pass(RowInputs(X), w, omega)
     np.testing.assert_array_equal(got.whitening.covariance, want.whitening.covariance)
     np.testing.assert_array_equal(got.t2_start, want.t2_start)
 
@@ -152,8 +153,8 @@ def test_far_off_means_are_summed_about_the_mean_in_single_precision():
     w = rng.standard_normal(20_000) ** 2
     centre = single_precision_centre(X[::2], len(X))
     assert centre is not None and np.all(centre > 1e15)
-    single = input_pass(X, w, rng.standard_normal((5, 3)), sample=X[::2])
-    double = input_pass(X, w, rng.standard_normal((5, 3)))
+    single = input_pass(RowInputs(X, sample=X[::2]), w, rng.standard_normal((5, 3)))
+    double = input_pass(RowInputs(X), w, rng.standard_normal((5, 3)))
     L = double.whitening.transform
     error = L.T @ single.whitening.covariance @ L - np.eye(5)
     assert np.linalg.norm(error, 2) < SINGLE_PRECISION_ERROR
@@ -161,7 +162,7 @@ def test_far_off_means_are_summed_about_the_mean_in_single_precision():
 
 def test_t2_product_matches_explicit(data, small_chunks):
     X, w, rng = data
-    white = input_pass(X, w, rng.standard_normal((5, 2))).whitening
+    white = input_pass(RowInputs(X), w, rng.standard_normal((5, 2))).whitening
     Z, _, _ = explicit_whitened(X)
     V = rng.standard_normal((5, 4))
     np.testing.assert_allclose(
@@ -176,12 +177,14 @@ def _orthonormal(rng, d, k):
 @pytest.mark.parametrize("weighted", [False, True])
 def test_projected_moments_plain_means_match_explicit(data, small_chunks, weighted):
     X, w, rng = data
-    white = input_pass(X, w, rng.standard_normal((5, 2))).whitening
+    white = input_pass(RowInputs(X), w, rng.standard_normal((5, 2))).whitening
     Z, _, _ = explicit_whitened(X)
     U = _orthonormal(rng, 5, 3)
     responses = np.column_stack([w, np.sin(w)])
     sw = rng.uniform(0.5, 2.0, len(w)) if weighted else np.ones(len(w))
-    t2, t3 = projected_moments(X, responses, white, U, None, sw if weighted else None)
+    t2, t3 = projected_moments(
+        RowInputs(X, sw if weighted else None), responses, white, U, None
+    )
     scale = len(w) / sw.sum()
     for j in range(2):
         r = responses[:, j] * sw * scale
@@ -211,11 +214,13 @@ def test_projected_moments_regression_matches_explicit_least_squares(
     data, small_chunks, weighted
 ):
     X, w, rng = data
-    white = input_pass(X, w, rng.standard_normal((5, 2))).whitening
+    white = input_pass(RowInputs(X), w, rng.standard_normal((5, 2))).whitening
     Z, _, _ = explicit_whitened(X)
     U = _orthonormal(rng, 5, 2)
     sw = rng.uniform(0.5, 2.0, len(w)) if weighted else np.ones(len(w))
-    t2, t3 = projected_moments(X, w[:, None], white, U, 4, sw if weighted else None)
+    t2, t3 = projected_moments(
+        RowInputs(X, sw if weighted else None), w[:, None], white, U, 4
+    )
     fit = _explicit_hermite_fit(Z @ U, w, 4, sw)
     for entry in np.ndindex(2, 2):
         alpha = tuple(entry.count(j) for j in range(2))
@@ -233,7 +238,7 @@ def test_projected_moments_regression_is_exact_for_polynomial_responses(
     sd / sqrt(n) ~ 0.5."""
     rng = np.random.default_rng(global_random_seed)
     X = correlated_inputs(400, 5, rng)
-    white = input_pass(X, np.zeros(400), np.zeros((5, 1))).whitening
+    white = input_pass(RowInputs(X), np.zeros(400), np.zeros((5, 1))).whitening
     U = _orthonormal(rng, 5, 2)
     z = (X - white.mean) @ white.transform @ U
     # 1 + z1 + 3 He3(z1) + 2 z1 z2 + He4(z2): E[P S2] = [[0, 2], [2, 0]] and
@@ -244,10 +249,10 @@ def test_projected_moments_regression_is_exact_for_polynomial_responses(
     want2 = np.array([[0.0, 2.0], [2.0, 0.0]])
     want3 = np.zeros((2, 2, 2))
     want3[0, 0, 0] = 18.0
-    t2, t3 = projected_moments(X, response[:, None], white, U, 4)
+    t2, t3 = projected_moments(RowInputs(X), response[:, None], white, U, 4)
     np.testing.assert_allclose(t2[0], want2, atol=1e-9)
     np.testing.assert_allclose(t3[0], want3, atol=1e-9)
-    _, plain3 = projected_moments(X, response[:, None], white, U, None)
+    _, plain3 = projected_moments(RowInputs(X), response[:, None], white, U, None)
     assert np.abs(plain3[0] - want3).max() > 0.1
 
 
@@ -263,15 +268,15 @@ def test_projected_moments_one_step_is_close_to_least_squares_on_all_rows(
 
     X, y, truth = make_moe(200_000, 4, random_state=global_random_seed)
     p3 = transform_coefficients(get_link("linear"), 0.0).p3(y)
-    white = input_pass(X, p3, np.eye(4)).whitening
+    white = input_pass(RowInputs(X), p3, np.eye(4)).whitening
     Z, _, _ = explicit_whitened(X)
     U = np.linalg.qr(truth["experts"].T)[0]
     fit = _explicit_hermite_fit(Z @ U, p3, 4, np.ones(len(p3)))
     least_squares = np.array(
         [fit[tuple(e.count(j) for j in range(2))] for e in np.ndindex(2, 2, 2)]
     )
-    one_step = projected_moments(X, p3[:, None], white, U, 4)[1][0].ravel()
-    plain = projected_moments(X, p3[:, None], white, U, None)[1][0].ravel()
+    one_step = projected_moments(RowInputs(X), p3[:, None], white, U, 4)[1][0].ravel()
+    plain = projected_moments(RowInputs(X), p3[:, None], white, U, None)[1][0].ravel()
     gap = np.abs(one_step - least_squares).max()
     assert gap < 0.5 * np.abs(plain - least_squares).max()
 
@@ -379,7 +384,7 @@ def test_t2_eigenspace_matches_the_exact_one_at_large_d(seed):
     X, y, _ = make_moe(20_000, 100, random_state=seed)
     p2 = transform_coefficients(get_link("linear"), 0.0).p2(y)
     rng = np.random.default_rng(seed)
-    inputs, pairs = second_moment_eigenpairs(X, p2, 2, rng, 1.0)
+    inputs, pairs = second_moment_eigenpairs(RowInputs(X), p2, 2, rng, 1.0)
     assert _distance_to_exact_eigenspace(X, p2, inputs, pairs) < 0.15
 
 
@@ -411,7 +416,7 @@ def test_t2_eigenspace_from_a_sample_start_in_one_pass(seed):
     passes = set()
     with report_passes(lambda number, done, total: passes.add(number)):
         inputs, pairs = second_moment_eigenpairs(
-            X, p2, 2, np.random.default_rng(seed), 1.0
+            RowInputs(X), p2, 2, np.random.default_rng(seed), 1.0
         )
     assert len(passes) == 1
     assert _distance_to_exact_eigenspace(X, p2, inputs, pairs) < 0.015
@@ -451,14 +456,14 @@ def _count_strided_gathers(monkeypatch, *modules) -> list:
 @pytest.mark.parametrize("d", [10, 40])
 def test_spectral_step_gathers_its_row_sample_once(monkeypatch, d):
     """The strided row sample (a gather that reads much of a memory map or a Dask
-    array) is taken once and serves both passes."""
+    array) is taken once (by RowInputs, in _moments) and serves both passes."""
     import moelearn._moments as moments_module
     import moelearn._spectral as spectral_module
     from moelearn import make_moe
     from moelearn._links import get_link
 
     X, y, _ = make_moe(200_000, d, random_state=0)
-    gathers = _count_strided_gathers(monkeypatch, moments_module, spectral_module)
+    gathers = _count_strided_gathers(monkeypatch, moments_module)
     spectral_module.spectral_moments(
         X, y, get_link("linear"), 2, np.random.default_rng(0)
     )
@@ -472,7 +477,7 @@ def test_input_whitening_reads_no_row_sample(monkeypatch, data):
     from moelearn._moments import input_whitening
 
     X, w, rng = data
-    want = input_pass(X, w, rng.standard_normal((5, 2))).whitening
+    want = input_pass(RowInputs(X), w, rng.standard_normal((5, 2))).whitening
     monkeypatch.setattr(moments_module, "row_sample", lambda n: slice(None, None, 2))
     strided = _count_strided_gathers(monkeypatch, moments_module)
     got = input_whitening(X)

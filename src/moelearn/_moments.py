@@ -64,12 +64,55 @@ class InputPass:
     few_values: Array  # per raw column: at most FEW_VALUES distinct values sampled
 
 
+@dataclass
+class RowInputs:
+    """The rows a spectral step reads, gathered once: ``X`` (any row source), its
+    sample weights (``None``: every row weighs 1) and the row sample
+    :func:`row_sample` picks, read into memory at most once (on a memory map or a
+    Dask array, gathering it reads much of the data). ``sample`` may be given:
+    those rows in memory (:func:`input_pass` takes any rows, for the marginal
+    shape; :func:`projected_moments` pairs them with :meth:`sample_rows`); else
+    :meth:`sampled` reads them."""
+
+    X: RowSource
+    sample_weight: Array | None = None
+    sample: Array | None = None
+
+    @classmethod
+    def of(cls, X: RowSource, sample_weight: Array | None = None) -> RowInputs:
+        """The inputs with their row sample read now."""
+        inputs = cls(X, sample_weight)
+        inputs.sampled()
+        return inputs
+
+    @property
+    def total(self) -> float:
+        """``sum_i w_i`` (the number of rows without weights)."""
+        w = self.sample_weight
+        return float(self.X.shape[0] if w is None else w.sum())
+
+    def weighted(self, values: Array) -> Array:
+        """``w_i values_i`` row by row (``values`` unchanged without weights)."""
+        w = self.sample_weight
+        if w is None:
+            return values
+        return values * (w if values.ndim == 1 else w[:, None])
+
+    def sample_rows(self):
+        """The row sample's rows in ``X`` (:func:`row_sample`)."""
+        return row_sample(self.X.shape[0])
+
+    def sampled(self) -> Array:
+        """The row sample, read the first time it is asked for."""
+        if self.sample is None:
+            self.sample = take_rows(self.X, self.sample_rows())
+        return self.sample
+
+
 def input_pass(
-    X: RowSource,
+    inputs: RowInputs,
     p2: Array,
     omega_raw: Array,
-    sample_weight: Array | None = None,
-    sample: Array | None = None,
     marginal_shape: bool = True,
 ) -> InputPass:
     """One pass: input mean/covariance, marginal shape, and a first ``T2`` block product.
@@ -78,18 +121,20 @@ def input_pass(
     against the raw block ``omega_raw`` about a provisional centre ``c`` and
     corrected afterwards; the whitened start block is ``omega_w = L^{-1} omega_raw``.
     Returns ``T2 @ omega_w`` exactly as a second pass with the final whitening
-    would. Skewness and kurtosis come from ``sample``, the rows :func:`row_sample`
-    picks (read here when not given), at most :data:`SHAPE_ROWS` of them,
+    would. Skewness and kurtosis come from the inputs' row sample
+    (:meth:`RowInputs.sampled`), at most :data:`SHAPE_ROWS` of its rows,
     unweighted; without ``marginal_shape`` they are NaN and no sample is read.
 
-    Given ``sample`` and no weights, the chunks' sums are accumulated in single
-    precision when the sample shows that rounding cannot matter
+    With a sample already read and no weights, the chunks' sums are accumulated
+    in single precision when the sample shows that rounding cannot matter
     (:func:`single_precision_centre`); else in double precision, about the first
     chunk's mean when the columns' means are large next to their spread (to avoid
-    cancellation), else about zero (no copy of the rows). With ``sample_weight``
-    every expectation is the weighted mean ``sum_i w_i f_i / sum_i w_i`` and ``p2``
-    holds ``w_i P2(y_i)`` (as for :func:`t2_product`).
+    cancellation), else about zero (no copy of the rows). With sample weights
+    every expectation is the weighted mean ``sum_i w_i f_i / sum_i w_i`` and
+    ``p2`` holds ``w_i P2(y_i)`` (:meth:`RowInputs.weighted`, as for
+    :func:`t2_product`).
     """
+    X, sample_weight, sample = inputs.X, inputs.sample_weight, inputs.sample
     n, d = X.shape
     centre = None
     if sample is not None and sample_weight is None:
@@ -112,7 +157,7 @@ def input_pass(
         kernel = partial(_input_sums, centre=centre, omega_raw=omega_raw)
         per_row = (p2,) if sample_weight is None else (p2, sample_weight)
         (s1, p2_x), s2, p2_xxo = reduce_rows(kernel, X, *per_row)
-    total = float(n if sample_weight is None else sample_weight.sum())
+    total = inputs.total
     p2_sum = float(p2.sum())
     delta = s1 / total  # mean - centre
     mean = centre + delta
@@ -122,8 +167,7 @@ def input_pass(
     skewness = kurtosis = np.full(d, np.nan)
     few_values = np.zeros(d, dtype=bool)
     if marginal_shape:
-        if sample is None:
-            sample = take_rows(X, row_sample(X.shape[0]))
+        sample = inputs.sampled()
         skewness, kurtosis = _marginal_shape(sample[:: -(-len(sample) // SHAPE_ROWS)])
         few_values = _few_values(sample)
         release_pages(X)  # a memory map's sample may be a view of it
@@ -229,7 +273,9 @@ def single_precision_centre(sample: Array, n_samples: int) -> Array | None:
 def input_whitening(X: RowSource) -> Whitening:
     """The input whitening alone (mean, covariance, ``Cov^{-1/2}``), in one pass."""
     n, d = X.shape
-    return input_pass(X, np.zeros(n), np.zeros((d, 1)), marginal_shape=False).whitening
+    return input_pass(
+        RowInputs(X), np.zeros(n), np.zeros((d, 1)), marginal_shape=False
+    ).whitening
 
 
 SAMPLE_ROWS = 50_000
@@ -469,13 +515,11 @@ def _residual_sums(
 
 
 def projected_moments(
-    X: RowSource,
+    inputs: RowInputs,
     responses: Array,
     whitening: Whitening,
     U: Array,
     degree: int | None,
-    sample_weight: Array | None = None,
-    sample: Array | None = None,
 ) -> tuple[Array, Array]:
     """``E[P_j(y) S2(z)]`` and ``E[P_j(y) S3(z)]`` of the projected whitened inputs
     ``z = U^T x`` (orthonormal ``U``, ``d x k``), for each column ``P_j(y)`` of
@@ -489,8 +533,8 @@ def projected_moments(
         ``E[P He_alpha] = alpha! beta_alpha + E[He_alpha (P - sum_gamma beta_gamma He_gamma)]``.
 
     With ``degree``, ``beta`` is the least-squares fit of ``P`` on every
-    ``He_gamma(z)`` with ``|gamma| <= degree`` on the rows :func:`row_sample`
-    picks (``sample``, when given, holds them), and the pass averages the second
+    ``He_gamma(z)`` with ``|gamma| <= degree`` on the inputs' row sample
+    (:meth:`RowInputs.sampled`), and the pass averages the second
     term over all rows: the fitted parts of ``P``, which carry much of its
     variance, no longer add sampling noise (a control variate; to first order the
     error is that of the least-squares fit on all rows, and it is that fit exactly
@@ -499,6 +543,7 @@ def projected_moments(
 
     Returns ``(q, k, k)`` and ``(q, k, k, k)`` arrays.
     """
+    X, sample_weight = inputs.X, inputs.sample_weight
     k = U.shape[1]
     responses = responses.reshape(X.shape[0], -1)
     indices = hermite_indices(k, degree or 3)
@@ -507,11 +552,11 @@ def projected_moments(
     factorials = np.array([math.prod(map(math.factorial, a)) for a in indices])
     coefficients: Array = np.zeros((len(indices), responses.shape[1]))
     if degree is not None:
-        rows = row_sample(X.shape[0])
+        rows = inputs.sample_rows()
         per_sample: tuple[Array, ...] = (responses[rows],)
         if sample_weight is not None:
             per_sample += (sample_weight[rows],)
-        sample = np.asarray(take_rows(X, rows) if sample is None else sample)
+        sample = np.asarray(inputs.sampled())
         gram, cross = 0.0, 0.0
         # In chunks, which stay in cache; not reduce_rows: this is no pass over X.
         for part in row_slices(*sample.shape, scale=HERMITE_CHUNK_SCALE):
@@ -535,8 +580,7 @@ def projected_moments(
     )
     per_row = (responses,) if sample_weight is None else (responses, sample_weight)
     sums = reduce_rows(kernel, X, *per_row, scale=HERMITE_CHUNK_SCALE)
-    total = X.shape[0] if sample_weight is None else float(sample_weight.sum())
-    moments = factorials[:, None] * coefficients + sums / total
+    moments = factorials[:, None] * coefficients + sums / inputs.total
     position = {alpha: i for i, alpha in enumerate(indices)}
     return (
         _moment_tensor(moments, position, 2, k),

@@ -31,15 +31,15 @@ from scipy.optimize import brentq
 from moelearn._links import Link, Transforms, tensor_constants, transform_coefficients
 from moelearn._moments import (
     InputPass,
+    RowInputs,
     column_means,
     input_pass,
     inverse_sqrt,
     projected_moments,
     regression_degree,
-    row_sample,
     t2_product,
 )
-from moelearn._passes import RowSource, take_rows
+from moelearn._passes import RowSource
 from moelearn._scores import MixtureDensity, ScoreFunction, fit_mixture_density
 from moelearn._tensor import (
     Eigenpairs,
@@ -135,22 +135,19 @@ def spectral_moments(
     transforms = transform_coefficients(link, 0.0)
     sign = float(np.sign(tensor_constants(transforms, link, 1.0)[0])) or 1.0
     p2 = transforms.p2(y)
-    # One row sample serves both passes (on a memory map or a Dask array, gathering
+    # One row sample serves every pass (on a memory map or a Dask array, gathering
     # it reads much of the data).
-    rows = row_sample(X.shape[0])
-    sample = take_rows(X, rows)
+    rows_in = RowInputs.of(X, sample_weight)
     density, described = _resolve_density(
         input_density,
-        sample,
+        rows_in.sampled(),
         rng,
-        None if sample_weight is None else sample_weight[rows],
+        None if sample_weight is None else sample_weight[rows_in.sample_rows()],
     )
     if density is None:
-        inputs, pairs = second_moment_eigenpairs(
-            X, p2, n_experts, rng, sign, sample_weight, sample
-        )
+        inputs, pairs = second_moment_eigenpairs(rows_in, p2, n_experts, rng, sign)
     else:
-        inputs, pairs = _density_eigenpairs(X, p2, density, sign, sample_weight, sample)
+        inputs, pairs = _density_eigenpairs(rows_in, p2, density, sign)
     sign_ok = bool(np.all(sign * pairs.values[:n_experts] > 0))
     if not sign_ok:  # fall back to the largest magnitudes; the caller warns
         order = np.argsort(-np.abs(pairs.values))
@@ -162,9 +159,7 @@ def spectral_moments(
     # error at d=10, n=1e6 grew from 0.014 to 0.021 (median of seeds 0-5).)
     U = pairs.vectors[:, :n_experts]
     responses = np.column_stack([transforms.p3(y), y])
-    t3_block = _t3_block(
-        X, responses, inputs, U, density, n_experts, sample_weight, sample
-    )
+    t3_block = _t3_block(rows_in, responses, inputs, U, density, n_experts)
     scale = U.T @ whitening_matrix(pairs, n_experts)  # diag(|lambda|^-1/2)
     t3 = np.einsum("qabc,ai,bj,ck->qijk", t3_block, scale, scale, scale)
     return SpectralMoments(
@@ -206,14 +201,12 @@ def _t2_noise(p2: Array, d: int, sample_weight: Array | None) -> float:
 
 
 def _t3_block(
-    X: RowSource,
+    rows_in: RowInputs,
     responses: Array,
-    inputs,
+    inputs: InputPass,
     U: Array,
     density,
     n_experts: int,
-    sample_weight: Array | None,
-    sample: Array,
 ) -> Array:
     """``T3`` (and ``E[y S3]``) within the span ``U`` of ``T2``'s leading
     eigenvectors, from the second pass: Hermite regressions for Gaussian scores,
@@ -226,20 +219,12 @@ def _t3_block(
     """
     if density is None:
         return projected_moments(
-            X,
-            responses,
-            inputs.whitening,
-            U,
-            regression_degree(n_experts),
-            sample_weight,
-            sample,
+            rows_in, responses, inputs.whitening, U, regression_degree(n_experts)
         )[1]
     # In raw coordinates grad_w = L^-1 grad, so T3_w(U, U, U) = T3(L^-1 U, ...).
-    total = X.shape[0] if sample_weight is None else float(sample_weight.sum())
-    if sample_weight is not None:
-        responses = responses * sample_weight[:, None]
     V = inputs.whitening.root @ U
-    return density.third_moment(X, responses, V) / total
+    weighted = rows_in.weighted(responses)
+    return density.third_moment(rows_in.X, weighted, V) / rows_in.total
 
 
 def _resolve_density(
@@ -267,36 +252,29 @@ def _resolve_density(
 
 
 def _density_eigenpairs(
-    X: RowSource,
+    rows_in: RowInputs,
     p2: Array,
     density: MixtureDensity | ScoreFunction,
     sign: float,
-    sample_weight: Array | None,
-    sample: Array,
 ) -> tuple[InputPass, Eigenpairs]:
     """The input pass, then ``T2 = E[P2(y) S2(x)]`` whole for the density's
     scores (one pass) and its eigenpairs in whitened coordinates,
     ``T2_w = L^-1 T2 L^-1`` (``L = Cov^{-1/2}``)."""
+    X = rows_in.X
     d = X.shape[1]
-    inputs = input_pass(
-        X, np.zeros(X.shape[0]), np.zeros((d, 1)), sample_weight, sample
-    )
-    q = p2 if sample_weight is None else p2 * sample_weight
+    inputs = input_pass(rows_in, np.zeros(X.shape[0]), np.zeros((d, 1)))
     root = inputs.whitening.root
-    moment = density.second_moment(X, q, root)
-    total = X.shape[0] if sample_weight is None else float(sample_weight.sum())
-    t2 = root @ (moment / total) @ root
+    moment = density.second_moment(X, rows_in.weighted(p2), root)
+    t2 = root @ (moment / rows_in.total) @ root
     return inputs, ritz_eigenpairs(None, t2, np.eye(d), sign=sign)
 
 
 def second_moment_eigenpairs(
-    X: RowSource,
+    rows_in: RowInputs,
     p2: Array,
     n_components: int,
     rng: np.random.Generator,
     sign: float,
-    sample_weight: Array | None = None,
-    sample: Array | None = None,
 ) -> tuple[InputPass, Eigenpairs]:
     """The input pass and the leading eigenpairs of ``E[P2(y) S2(x)]`` (1–3 passes).
 
@@ -306,19 +284,18 @@ def second_moment_eigenpairs(
     :func:`moelearn._tensor.krylov_eigenpairs` without another pass, when that
     pays (:func:`_sample_start_pays`); else it is random, with
     :data:`POWER_ITERATIONS` subspace iterations and one Rayleigh–Ritz pass.
-    ``sample`` holds the rows :func:`row_sample` picks (read when not given).
+    ``p2`` is ``P2(y)``; the sample weights, if any, are applied here.
     """
+    X = rows_in.X
     n, d = X.shape
     width = n_components + OVERSAMPLING
-    total = None
-    if sample_weight is not None:
-        p2, total = p2 * sample_weight, float(sample_weight.sum())
+    p2 = rows_in.weighted(p2)
+    total = rows_in.total
     if d <= 2 * width:
-        inputs = input_pass(X, p2, np.eye(d), sample_weight, sample)
+        inputs = input_pass(rows_in, p2, np.eye(d))
         return inputs, ritz_eigenpairs(None, inputs.t2_start, inputs.omega, sign=sign)
-    rows = row_sample(n)
-    if sample is None:
-        sample = take_rows(X, rows)  # a strided view of an in-memory X (no copy)
+    rows = rows_in.sample_rows()
+    sample = rows_in.sampled()  # a strided view of an in-memory X (no copy)
     # The start block's rows: an evenly strided part of the sample.
     every = max(1, len(sample) // max(START_ROWS_PER_FEATURE * d, 10_000))
     start_rows = sample[::every]
@@ -328,9 +305,9 @@ def second_moment_eigenpairs(
             start_rows, p2[rows][::every], n_components + SAMPLE_OVERSAMPLING
         )
     if omega is not None:
-        inputs = input_pass(X, p2, omega, sample_weight, sample)
+        inputs = input_pass(rows_in, p2, omega)
         return inputs, krylov_eigenpairs(inputs.t2_start, inputs.omega, sign)
-    inputs = input_pass(X, p2, rng.standard_normal((d, width)), sample_weight, sample)
+    inputs = input_pass(rows_in, p2, rng.standard_normal((d, width)))
     pairs = ritz_eigenpairs(
         lambda V: t2_product(X, p2, inputs.whitening, V, total),
         inputs.t2_start,

@@ -13,6 +13,7 @@ from moelearn import _validation as v
 from moelearn._base import MoEBase, names_singular_columns
 from moelearn._gradients import nll_gradient
 from moelearn._links import get_link
+from moelearn._moments import RowInputs
 from moelearn._optim import MinibatchMixin
 from moelearn._spectral import second_moment_eigenpairs
 from moelearn._tensor_loss import coupling_matrix, tensor_loss_terms
@@ -195,7 +196,9 @@ class TensorLossMoE(MinibatchMixin, MoEBase):
         times = {}
         start = time.perf_counter()
         m2 = float(np.mean(y * y))
-        inputs, pairs = second_moment_eigenpairs(X, y * y - m2, k, rng, sign=1.0)
+        inputs, pairs = second_moment_eigenpairs(
+            RowInputs(X), y * y - m2, k, rng, sign=1.0
+        )
         whitening = inputs.whitening
         values = pairs.values[:k]
         if not np.all(values > MIN_EIGENVALUE_RATIO * abs(pairs.values[0])):
