@@ -3,7 +3,7 @@ import pytest
 
 import moelearn._em as em_module
 from moelearn import make_hme, make_moe, parameter_error
-from moelearn._em import em
+from moelearn._em import ColumnMoments, em
 from moelearn._model import MoEParams, log_likelihood_terms
 
 
@@ -24,7 +24,7 @@ def test_em_never_lowers_the_likelihood(fit_experts, global_random_seed):
         y,
         start,
         fit_experts=fit_experts,
-        covariance=np.eye(5),
+        moments=ColumnMoments(np.eye(5)),
         max_iter=30,
         tol=1e-8,
         rng=rng,
@@ -45,7 +45,7 @@ def test_gating_em_with_true_experts_recovers_the_gate(global_random_seed):
         y,
         start,
         fit_experts=False,
-        covariance=np.eye(d),
+        moments=ColumnMoments(np.eye(d)),
         max_iter=200,
         tol=1e-7,
         rng=np.random.default_rng(0),
@@ -70,7 +70,7 @@ def test_newton_subsample_changes_speed_not_the_fixed_point(
             y,
             start,
             fit_experts=True,
-            covariance=np.eye(4),
+            moments=ColumnMoments(np.eye(4)),
             max_iter=200,
             tol=1e-9,
             rng=np.random.default_rng(1),
@@ -157,8 +157,7 @@ def test_structured_newton_changes_speed_not_the_fixed_point(monkeypatch, model)
             y,
             start,
             fit_experts=True,
-            covariance=cov,
-            column_moments=(np.full(d, 0.5), cov),
+            moments=ColumnMoments(cov, np.full(d, 0.5), cov),
             max_iter=300,
             step="em",  # the claim is about EM's rate; Newton's is in the note
             tol=1e-9,
@@ -207,7 +206,7 @@ def test_one_em_iteration_matches_the_textbook_step(small_chunks, global_random_
         y,
         start,
         fit_experts=True,
-        covariance=np.eye(3),
+        moments=ColumnMoments(np.eye(3)),
         max_iter=1,
         step="em",
         gate_penalty=0.0,  # the textbook step has no ridge on the gate

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from moelearn import make_moe
-from moelearn._em import em
+from moelearn._em import ColumnMoments, em
 from moelearn._em_batch import batched_em, supports
 from moelearn._model import MoEParams, log_likelihood_terms
 
@@ -92,7 +92,7 @@ def test_the_fixed_point_is_ems(global_random_seed):
         y,
         start,
         fit_experts=True,
-        covariance=cov,
+        moments=ColumnMoments(cov),
         max_iter=500,
         tol=1e-9,
         rng=np.random.default_rng(0),

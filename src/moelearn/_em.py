@@ -133,18 +133,35 @@ def curvature_rows(
     return np.sort(rng.choice(n_samples, size=m, replace=False))
 
 
-def em_columns(X, mean: Array, cov: Array, intercept: bool) -> tuple:
-    """EM's columns and what its steps measure them with, from the inputs'
-    ``mean`` and covariance ``cov``: ``(X_em, (column mean, column covariance),
-    step metric)``. With ``intercept`` the columns are ``[X, 1]``; the constant
-    column has mean 1 and variance 0, and in the step metric it counts as one
-    standard deviation."""
+@dataclass(frozen=True)
+class ColumnMoments:
+    """What :func:`em` measures its columns with: the step ``metric`` (its steps'
+    sizes and the gate ridge's metric: the columns' covariance, a constant
+    column counted as one standard deviation) and, when known, the columns'
+    ``mean`` and ``covariance`` (a constant column: mean 1, variance 0), from
+    which the Newton matrices above :data:`STRUCTURED_CURVATURE_FEATURES`
+    columns take their Gaussian structure."""
+
+    metric: Array
+    mean: Array | None = None
+    covariance: Array | None = None
+
+    def known(self) -> tuple[Array, Array]:
+        """``(mean, covariance)``; ``ValueError`` when only the metric is known."""
+        if self.mean is None or self.covariance is None:
+            raise ValueError("the columns' mean and covariance are not known")
+        return self.mean, self.covariance
+
+
+def em_columns(
+    X: RowSource, mean: Array, cov: Array, intercept: bool
+) -> tuple[RowSource, ColumnMoments]:
+    """EM's columns and their :class:`ColumnMoments`, from the inputs' ``mean``
+    and covariance ``cov``; with ``intercept`` the columns are ``[X, 1]``."""
     if not intercept:
-        return X, (mean, cov), cov
-    return (
-        with_ones(X),
-        (np.append(mean, 1.0), block_diag(cov, 0.0)),
-        block_diag(cov, 1.0),
+        return X, ColumnMoments(cov, mean, cov)
+    return with_ones(X), ColumnMoments(
+        block_diag(cov, 1.0), np.append(mean, 1.0), block_diag(cov, 0.0)
     )
 
 
@@ -966,11 +983,10 @@ def em(
     *,
     fit_experts: bool,
     fit_noise: bool = True,
-    covariance: Array,
+    moments: ColumnMoments,
     max_iter: int,
     tol: float,
     rng: np.random.Generator,
-    column_moments: tuple[Array, Array] | None = None,
     sample_weight: Array | None = None,
     min_noise_std: float = 0.0,
     gate_penalty: float = GATE_PENALTY,
@@ -1009,8 +1025,8 @@ def em(
     there (then the last step is kept only if one more pass shows it did not
     lower the objective) or no step could raise the objective.
 
-    ``column_moments`` is ``(mean, covariance)`` of ``X``'s columns (a constant
-    column has variance 0); given, and with more than
+    ``moments`` (:class:`ColumnMoments`) holds the step metric and, when known,
+    the columns' mean and covariance; with those and more than
     :data:`STRUCTURED_CURVATURE_FEATURES` columns, the Newton matrices come from
     their Gaussian structure (:class:`_StructuredCurvature`). ``sample_weight``
     makes every sum over rows a weighted one (the weighted log-likelihood).
@@ -1019,8 +1035,11 @@ def em(
         raise ValueError(f"step must be 'newton' or 'em'; got {step!r}")
     n, d = X.shape
     residuals = None if fit_experts else expert_residuals(X, y, params)
-    if d <= STRUCTURED_CURVATURE_FEATURES:
-        column_moments = None
+    column_moments = None
+    structured = d > STRUCTURED_CURVATURE_FEATURES
+    if structured and moments.mean is not None and moments.covariance is not None:
+        column_moments = (moments.mean, moments.covariance)
+    covariance = moments.metric
     problem = _Problem(
         X, y, fit_experts, residuals, column_moments, sample_weight, fit_noise
     )
@@ -1248,8 +1267,7 @@ def joint_em_from(
         y,
         params,
         fit_experts=True,
-        covariance=inputs.covariance,
-        column_moments=(inputs.mean, inputs.covariance),
+        moments=ColumnMoments(inputs.covariance, inputs.mean, inputs.covariance),
         max_iter=max_iter,
         tol=tol,
         rng=np.random.default_rng(0),

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-from moelearn._em import GATE_PENALTY, em, information
+from moelearn._em import GATE_PENALTY, ColumnMoments, em, information
 from moelearn._model import MoEParams
 
 Array = np.ndarray
@@ -180,7 +180,7 @@ def _bootstrap(
             y,
             params,
             fit_experts=True,
-            covariance=metric,
+            moments=ColumnMoments(metric),
             max_iter=max_iter,
             tol=tol,
             rng=rng,

@@ -155,7 +155,7 @@ class EMMoE(MoEBase):
         # One chunked pass for the input covariance (the step-size metric and the
         # whitened frame the random starts are drawn in).
         whitening = input_whitening(X)
-        X_em, moments, metric = em_columns(
+        X_em, moments = em_columns(
             X, whitening.mean, whitening.covariance, self.fit_intercept
         )
         noise = self.noise_std if self.noise_std is not None else float(np.std(y))
@@ -172,7 +172,7 @@ class EMMoE(MoEBase):
             params = _starts.random_start(
                 rng,
                 template,
-                moments[0],
+                moments.mean,
                 whitening.transform,
                 y_mean if self.fit_intercept else 0.0,
                 float(np.std(y)) if self.link == "linear" else 1.0,
@@ -184,8 +184,7 @@ class EMMoE(MoEBase):
                 params,
                 fit_experts=True,
                 fit_noise=self.noise_std is None,
-                covariance=metric,
-                column_moments=moments,
+                moments=moments,
                 sample_weight=sample_weight,
                 max_iter=self.max_iter,
                 tol=self.tol,

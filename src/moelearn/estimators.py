@@ -16,6 +16,7 @@ from moelearn import _validation as v
 from moelearn._base import MoEBase, names_singular_columns
 from moelearn._em import (
     MIN_EXPERT_WEIGHT,
+    ColumnMoments,
     EMResult,
     em,
     em_columns,
@@ -517,7 +518,7 @@ class SpectralMoE(MoEBase):
         spectral start ``fit`` (gated, not refined) is one of the short runs'
         starts."""
         lsq = _starts.least_squares(
-            ctx.X_em, ctx.y, *ctx.column_moments, ctx.sample_weight
+            ctx.X_em, ctx.y, *ctx.moments.known(), ctx.sample_weight
         )
         ctx.diagnostics["one_expert_log_likelihood"] = lsq.log_likelihood
         if not race:
@@ -579,7 +580,7 @@ class SpectralMoE(MoEBase):
     def _start_pool(self, ctx: _FitContext, lsq) -> list[tuple[str, MoEParams]]:
         """The cheap starts, shaped for the experts asked for: regression splits
         (the first is the one-expert model), random starts, residual bands."""
-        white, mean = ctx.whitening, ctx.column_moments[0]
+        white, mean = ctx.whitening, ctx.moments.known()[0]
         k, rows = self.n_experts, n_gate_rows(self.n_experts, self._gate)
         D = ctx.X_em.shape[1]
         noise = lsq.noise_std if self.noise_std is None else self.noise_std
@@ -637,7 +638,7 @@ class SpectralMoE(MoEBase):
                 take_rows(ctx.X_em, rows),
                 ctx.y[rows],
                 [params for _, params in pool],
-                covariance=ctx.covariance,
+                covariance=ctx.moments.metric,
                 max_iter=_BATCH_ITER,
                 tol=self.tol,
                 sample_weight=None if weights is None else weights[rows],
@@ -996,8 +997,7 @@ class _FitContext:
     # EM's columns, set by set_columns before any EM runs
     X_em: Any = field(init=False)
     whitening: Whitening = field(init=False)
-    covariance: Array = field(init=False)  # EM's step metric on its columns
-    column_moments: tuple[Array, Array] = field(init=False)  # on EM's columns
+    moments: ColumnMoments = field(init=False)  # of EM's columns
     times: dict = field(default_factory=dict)
     diagnostics: dict = field(default_factory=dict)
     flags: list[str] = field(default_factory=list)
@@ -1020,15 +1020,14 @@ class _FitContext:
     def set_columns(self, whitening: Whitening, intercept: bool) -> None:
         """EM's columns and their moments (:func:`moelearn._em.em_columns`)."""
         self.whitening = whitening
-        self.X_em, self.column_moments, self.covariance = em_columns(
+        self.X_em, self.moments = em_columns(
             self.X, whitening.mean, whitening.covariance, intercept
         )
 
     def common(self) -> dict:
         """The keyword arguments every EM run of this fit takes."""
         return {
-            "covariance": self.covariance,
-            "column_moments": self.column_moments,
+            "moments": self.moments,
             "rng": self.rng,
             "sample_weight": self.sample_weight,
             "callback": self.callback,

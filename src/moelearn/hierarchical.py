@@ -180,8 +180,7 @@ class HierarchicalMoE(SpectralMoE):
         weights = ctx.sample_weight
         settings = {
             "fit_noise": self.noise_std is None,
-            "covariance": ctx.covariance,
-            "column_moments": ctx.column_moments,
+            "moments": ctx.moments,
             "sample_weight": None if weights is None else weights[subset],
             "max_iter": max_iter,
             "tol": 1e-2,
