@@ -23,11 +23,16 @@ from moelearn.io import (
     check_finite,
     feature_columns,
     load_model,
+    model_data,
+    model_features,
     read_table,
+    read_truth,
     save_model,
     stream_table,
+    truth_to_json,
     write_json,
     write_table,
+    write_table_npz,
 )
 
 # The estimators (and scikit-learn) are imported when a command needs them, so
@@ -503,16 +508,6 @@ def _truth_path(out: str, truth: str | None) -> Path:
     return p.with_name(p.stem + ".truth.json")
 
 
-def truth_to_json(truth: dict) -> dict:
-    return {
-        "experts": np.asarray(truth["experts"]).tolist(),
-        "gating": np.asarray(truth["gating"]).tolist(),
-        "noise_std": float(truth["noise_std"]),
-        "link": truth["link"],
-        "gate": truth.get("gate", "softmax"),
-    }
-
-
 def cmd_simulate(args) -> int:
     _check_out_dir(args.out)
     if args.truth:
@@ -552,11 +547,6 @@ def cmd_simulate(args) -> int:
         f"wrote {out} ({args.samples} rows, {args.features} features) and {truth_path}"
     )
     return 0
-
-
-def write_table_npz(path: Path, X: np.ndarray, y: np.ndarray) -> None:
-    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        np.savez(fh, X=X, y=y)
 
 
 def _check_out_dir(out: str) -> None:
@@ -818,32 +808,10 @@ def _fit_auto(args, X, y, names, settings) -> int:
     return 0
 
 
-def _features_for(model, path: str, table=None) -> np.ndarray:
-    """The model's feature columns of the data file ``path`` (or of its
-    ``table``, already read and checked)."""
-    if table is None:
-        table = read_table(path)
-        check_finite(path, table.data, table.columns)
-    table = table.drop(getattr(model, "target_name_", None))
-    names = getattr(model, "feature_names_in_", None)
-    if names is not None:
-        missing = [n for n in names if n not in table.columns]
-        if missing:
-            raise CLIError(f"{path}: missing feature column(s) {missing[:5]}")
-        idx = [table.columns.index(n) for n in names]
-        return table.data[:, idx]
-    if table.data.shape[1] != model.n_features_in_:
-        raise CLIError(
-            f"{path}: {table.data.shape[1]} feature columns, the model expects "
-            f"{model.n_features_in_}"
-        )
-    return table.data
-
-
 def cmd_predict(args) -> int:
     _check_out_dir(args.out)
     model = load_model(args.model)
-    X = _features_for(model, args.data)
+    X = model_features(model, args.data)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="X does not have valid feature names")
         mean = model.predict(X)
@@ -856,66 +824,17 @@ def cmd_predict(args) -> int:
     return 0
 
 
-def _read_truth(path: str) -> dict:
-    try:
-        truth = json.loads(Path(path).read_text())
-        experts = np.asarray(truth["experts"], dtype=float)
-        gating = np.asarray(truth["gating"], dtype=float) if "gating" in truth else None
-    except FileNotFoundError:
-        raise CLIError(f"{path}: no such file") from None
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise CLIError(
-            f"{path}: not a truth file with 'experts' and 'gating' ({exc})"
-        ) from None
-    return {
-        "experts": experts,
-        "gating": gating,
-        "gate": truth.get("gate", "softmax"),
-        "noise_std": truth.get("noise_std"),
-    }
-
-
-def evaluate(model, truth: dict | None, X=None, y=None) -> dict:
-    from moelearn.metrics import parameter_error
-
-    out: dict = {}
-    if truth is not None:
-        if np.shape(truth["experts"]) != model.experts_.shape:
-            raise CLIError(
-                f"truth has {np.shape(truth['experts'])} experts, the model {model.experts_.shape}"
-            )
-        try:
-            out["parameter_error"] = parameter_error(model, truth)
-        except ValueError as exc:  # e.g. a tree-gated truth and a softmax model
-            raise CLIError(f"cannot compare the model with the truth: {exc}") from None
-        out["regressor_error"] = parameter_error(model, truth, experts_only=True)
-        if hasattr(model, "spectral_experts_"):  # Method 1 models only
-            out["spectral_regressor_error"] = parameter_error(
-                model.spectral_experts_, truth["experts"]
-            )
-        if truth.get("noise_std") is not None:
-            out["noise_std_error"] = float(
-                np.max(np.abs(model.noise_std_ - float(truth["noise_std"])))
-            )
-    if X is not None and y is not None:
-        with warnings.catch_warnings():
-            warnings.filterwarnings(
-                "ignore", message="X does not have valid feature names"
-            )
-            out["mean_log_likelihood"] = model.score(X, y)
-            out["rmse"] = float(np.sqrt(np.mean((model.predict(X) - y) ** 2)))
-    return out
-
-
 def cmd_evaluate(args) -> int:
     if args.truth is None and args.data is None:
         raise CLIError("give --truth, --data or both")
     model = load_model(args.model)
-    truth = _read_truth(args.truth) if args.truth else None
+    truth = read_truth(args.truth) if args.truth else None
     X = y = None
     if args.data:
-        X, y = _model_data(model, args.data, args.target)
-    figures = evaluate(model, truth, X, y)
+        X, y = model_data(model, args.data, args.target)
+    from moelearn.metrics import evaluate_model
+
+    figures = evaluate_model(model, truth, X, y)
     if args.json:
         print(json.dumps(figures, indent=2))
     else:
@@ -932,7 +851,7 @@ def cmd_summary(args) -> int:
     if not 0.0 < args.coverage < 1.0:
         raise CLIError(f"--coverage must be between 0 and 1; got {args.coverage}")
     model = load_model(args.model)
-    X, y = _model_data(model, args.data, args.target)
+    X, y = model_data(model, args.data, args.target)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="X does not have valid feature")
         try:
@@ -971,22 +890,12 @@ def cmd_report(args) -> int:
     from moelearn.report import write_report
 
     model = load_model(args.model)
-    X, y = _model_data(model, args.data, args.target)
+    X, y = model_data(model, args.data, args.target)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="X does not have valid feature")
         write_report(model, X, y, args.out, kind=args.kind)
     print(f"wrote {args.out}", file=sys.stderr)
     return 0
-
-
-def _model_data(model, path: str, target: str | None):
-    """The model's feature columns and the target of the data file ``path``."""
-    target = target or getattr(model, "target_name_", None) or "y"
-    table = read_table(path)
-    check_finite(path, table.data, table.columns)
-    if target not in table.columns:
-        raise CLIError(f"{path}: target column {target!r} not found (use --target)")
-    return _features_for(model, path, table), table.split(target)[1]
 
 
 def cmd_reproduce(args) -> int:

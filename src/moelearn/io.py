@@ -592,3 +592,74 @@ def _check_header(obj, path: Path, classes: dict) -> None:
         )
     if obj.get("estimator") not in classes:
         raise ValueError(f"{path}: unknown estimator {obj.get('estimator')!r}")
+
+
+def truth_to_json(truth: dict) -> dict:
+    """The true parameters of :func:`moelearn.make_moe` or ``make_hme`` as a
+    truth file's fields."""
+    return {
+        "experts": np.asarray(truth["experts"]).tolist(),
+        "gating": np.asarray(truth["gating"]).tolist(),
+        "noise_std": float(truth["noise_std"]),
+        "link": truth["link"],
+        "gate": truth.get("gate", "softmax"),
+    }
+
+
+def read_truth(path: str) -> dict:
+    """The true parameters of a truth file written by ``moelearn simulate``
+    (:func:`truth_to_json`); ``ValueError`` naming the file otherwise."""
+    try:
+        truth = json.loads(Path(path).read_text())
+        experts = np.asarray(truth["experts"], dtype=float)
+        gating = np.asarray(truth["gating"], dtype=float) if "gating" in truth else None
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such file") from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(
+            f"{path}: not a truth file with 'experts' and 'gating' ({exc})"
+        ) from None
+    return {
+        "experts": experts,
+        "gating": gating,
+        "gate": truth.get("gate", "softmax"),
+        "noise_std": truth.get("noise_std"),
+    }
+
+
+def write_table_npz(path: Path, X: np.ndarray, y: np.ndarray) -> None:
+    """``X`` and ``y`` as one ``.npz`` file (arrays ``X`` and ``y``), atomically."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, X=X, y=y)
+
+
+def model_features(model, path: str, table=None) -> np.ndarray:
+    """The model's feature columns of the data file ``path`` (or of its
+    ``table``, already read and checked)."""
+    if table is None:
+        table = read_table(path)
+        check_finite(path, table.data, table.columns)
+    table = table.drop(getattr(model, "target_name_", None))
+    names = getattr(model, "feature_names_in_", None)
+    if names is not None:
+        missing = [n for n in names if n not in table.columns]
+        if missing:
+            raise ValueError(f"{path}: missing feature column(s) {missing[:5]}")
+        idx = [table.columns.index(n) for n in names]
+        return table.data[:, idx]
+    if table.data.shape[1] != model.n_features_in_:
+        raise ValueError(
+            f"{path}: {table.data.shape[1]} feature columns, the model expects "
+            f"{model.n_features_in_}"
+        )
+    return table.data
+
+
+def model_data(model, path: str, target: str | None):
+    """The model's feature columns and the target of the data file ``path``."""
+    target = target or getattr(model, "target_name_", None) or "y"
+    table = read_table(path)
+    check_finite(path, table.data, table.columns)
+    if target not in table.columns:
+        raise ValueError(f"{path}: target column {target!r} not found (use --target)")
+    return model_features(model, path, table), table.split(target)[1]

@@ -3,6 +3,7 @@ distributions."""
 
 from __future__ import annotations
 
+import warnings
 from itertools import permutations
 from typing import Any
 
@@ -158,3 +159,39 @@ def _swap_subtrees(k: int, flips: int) -> tuple[list[int], list[int], Array]:
 
     walk(0, 0)
     return leaves, nodes, signs
+
+
+def evaluate_model(model, truth: dict | None, X=None, y=None) -> dict:
+    """A fitted model's figures: against the ``truth`` (parameter, regressor,
+    spectral-regressor and noise errors, :func:`parameter_error`) and on data
+    ``X, y`` (mean log-likelihood, RMSE); ``ValueError`` when the model and the
+    truth cannot be compared."""
+    out: dict = {}
+    if truth is not None:
+        if np.shape(truth["experts"]) != model.experts_.shape:
+            raise ValueError(
+                f"truth has {np.shape(truth['experts'])} experts, the model {model.experts_.shape}"
+            )
+        try:
+            out["parameter_error"] = parameter_error(model, truth)
+        except ValueError as exc:  # e.g. a tree-gated truth and a softmax model
+            raise ValueError(
+                f"cannot compare the model with the truth: {exc}"
+            ) from None
+        out["regressor_error"] = parameter_error(model, truth, experts_only=True)
+        if hasattr(model, "spectral_experts_"):  # Method 1 models only
+            out["spectral_regressor_error"] = parameter_error(
+                model.spectral_experts_, truth["experts"]
+            )
+        if truth.get("noise_std") is not None:
+            out["noise_std_error"] = float(
+                np.max(np.abs(model.noise_std_ - float(truth["noise_std"])))
+            )
+    if X is not None and y is not None:
+        with warnings.catch_warnings():
+            warnings.filterwarnings(
+                "ignore", message="X does not have valid feature names"
+            )
+            out["mean_log_likelihood"] = model.score(X, y)
+            out["rmse"] = float(np.sqrt(np.mean((model.predict(X) - y) ** 2)))
+    return out
