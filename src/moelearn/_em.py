@@ -59,7 +59,7 @@ from moelearn._arrays import (
     to_host,
 )
 from moelearn._links import get_link, sigmoid
-from moelearn._model import MoEParams, log_gate_cols, tree_paths
+from moelearn._model import HALF_LOG_2PI, MoEParams, log_gate_cols, tree_paths
 from moelearn._moments import input_whitening
 from moelearn._passes import (
     RowSource,
@@ -78,8 +78,7 @@ _MIN_CURVATURE_ROWS = 10_000
 _SMALL_PROBLEM_PARAMETERS = 400
 #: Up to this many columns the curvature sums use the rows' pairwise products.
 _PRODUCT_COLUMNS = 40
-_HALF_LOG_2PI = 0.5 * np.log(2.0 * np.pi)
-_MAX_HALVINGS = 30
+MAX_HALVINGS = 30
 #: Above this many columns the Newton matrices come from their Gaussian structure.
 STRUCTURED_CURVATURE_FEATURES = 600
 # Use the compiled full-data pass (numba, the ``fast`` extra) when it is installed.
@@ -194,11 +193,11 @@ def _posterior(logits: Array, res: Array, noise_std: float | Array):
         sigma = np.asarray(noise_std, float)[:, None]
         z = res * like(1.0 / sigma, res)
         a = logits - 0.5 * z * z - like(np.log(sigma), res)
-        constant = _HALF_LOG_2PI
+        constant = HALF_LOG_2PI
     else:
         z = res * (1.0 / noise_std)
         a = logits - 0.5 * z * z
-        constant = float(np.log(noise_std) + _HALF_LOG_2PI)
+        constant = float(np.log(noise_std) + HALF_LOG_2PI)
     a_top = xp.max(a, axis=0)
     resp = xp.exp(a - a_top)
     norm = xp.sum(resp, axis=0)
@@ -608,7 +607,7 @@ class _Problem:
             ll, rss, weight, grad = reduce_rows(
                 kernel, self.X, self.y, scale=_em_fast.CHUNK_SCALE, **self._per_row()
             )
-            stats = _Stats(ll - n * _HALF_LOG_2PI, rss, weight, grad.T)
+            stats = _Stats(ll - n * HALF_LOG_2PI, rss, weight, grad.T)
         else:
             spec = _PassSpec(params, self.fit_experts, True, fused, **settings)
             sums = reduce_rows(
@@ -1049,10 +1048,12 @@ def em(
     objective = _Objective(covariance, gate_penalty, fit_experts, fit_noise)
     # sigma -> 0 where an expert fits some rows exactly: a floor keeps the
     # likelihood finite
-    noise_floor = max(min_noise_std, 1e-6 * float(np.std(y)), 1e-12)
+    noise_floor = min_noise_level(y, min_noise_std)
     # experts are dropped from softmax gates only (a tree's shape is fixed)
     can_drop = fit_experts and params.gate == "softmax"
-    weight_floor = max(2.0 * d, min_expert_weight * total) if can_drop else -np.inf
+    weight_floor = (
+        expert_weight_floor(d, total, min_expert_weight) if can_drop else -np.inf
+    )
     with _blas_limit(problem.uses_compiled_pass(params, subset), n_params):
         state = _EMState(params, noise_floor)
         return state.run(
@@ -1066,6 +1067,18 @@ def em(
             stage=stage,
             callback=callback,
         )
+
+
+def min_noise_level(y: Array, min_noise_std: float = 0.0) -> float:
+    """The floor on ``sigma``: where an expert fits some rows exactly ``sigma ->
+    0``, and the floor keeps the likelihood finite (at least ``1e-6 std(y)``)."""
+    return max(min_noise_std, 1e-6 * float(np.std(y)), 1e-12)
+
+
+def expert_weight_floor(n_columns: int, total: float, share: float) -> float:
+    """The posterior weight below which an expert is dropped: two rows per
+    column, or ``share`` of the total weight."""
+    return max(2.0 * n_columns, share * total)
 
 
 def _blas_limit(compiled: bool, n_params: int):
@@ -1164,7 +1177,7 @@ class _EMState:
             self.took_newton = False
             return True
         self.halvings += 1
-        if self.halvings > _MAX_HALVINGS:
+        if self.halvings > MAX_HALVINGS:
             self.current = before
             return False
         self.current = _interpolate(before, self.current, 0.5)

@@ -33,22 +33,27 @@ experts falls below the weight floor stops there (``EMResult.converged`` False);
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from moelearn._em import GATE_PENALTY, MIN_EXPERT_WEIGHT, EMResult
-from moelearn._model import MoEParams
+from moelearn._em import (
+    GATE_PENALTY,
+    MAX_HALVINGS,
+    MIN_EXPERT_WEIGHT,
+    EMResult,
+    expert_weight_floor,
+    min_noise_level,
+)
+from moelearn._model import HALF_LOG_2PI, MoEParams
 
 Array = np.ndarray
 
-_HALF_LOG_2PI = 0.5 * np.log(2.0 * np.pi)
-_MAX_HALVINGS = 30
 
-
-def supports(params: MoEParams, fit_noise: bool) -> bool:
+def supports(link: Any, gate: str, fit_noise: bool) -> bool:
     """Whether :func:`batched_em` fits this model: linear experts, a softmax
     gate, the noise level(s) fitted."""
-    return params.link == "linear" and params.gate == "softmax" and fit_noise
+    return link == "linear" and gate == "softmax" and fit_noise
 
 
 @dataclass
@@ -86,7 +91,7 @@ class _Batch:
         gates /= total
         z = (self.y - means) / sigma[:, :, None]
         joint = logits - top - np.log(total) - 0.5 * z * z
-        joint -= np.log(sigma)[:, :, None] + _HALF_LOG_2PI
+        joint -= np.log(sigma)[:, :, None] + HALF_LOG_2PI
         top = joint.max(axis=1, keepdims=True)
         top[~np.isfinite(top)] = 0.0
         resp = np.exp(joint - top)
@@ -203,13 +208,13 @@ def batched_em(
     sigma = np.stack(
         [np.broadcast_to(np.asarray(p.noise_std, float), (k,)) for p in starts]
     )
-    floor = max(min_noise_std, 1e-6 * float(np.std(y)), 1e-12)
-    weight_floor = max(2.0 * X.shape[1], min_expert_weight * batch.total)
+    floor = min_noise_level(y, min_noise_std)
+    weight_floor = expert_weight_floor(X.shape[1], batch.total, min_expert_weight)
     S = len(starts)
-    state = _State(S, E, G, sigma)
+    state = _State(S, E, G, sigma)  # (which moves E, G and sigma in place)
     while state.active.any():
         idx = np.flatnonzero(state.active)
-        ev = batch.evaluate(E[idx], G[idx], sigma[idx])
+        ev = batch.evaluate(state.E[idx], state.G[idx], state.sigma[idx])
         step = state.judge(idx, ev, max_iter, tol, batch.total, weight_floor)
         if step.size:
             sub = np.searchsorted(idx, step)
@@ -220,7 +225,7 @@ def batched_em(
                 ev.gates[sub],
                 ev.weight[sub],
             )
-            E_new, G_new, sigma_new = batch.m_step(picked, G[step], shared, floor)
+            E_new, G_new, sigma_new = batch.m_step(picked, state.G[step], shared, floor)
             state.propose(step, E_new, G_new, sigma_new, covariance, tol)
     return [
         EMResult(
@@ -296,10 +301,10 @@ class _State:
         halve = retreat[~np.isin(retreat, fallback)]
         self.base_ok[halve] = False
         self.halvings[halve] += 1
-        give_up = halve[self.halvings[halve] > _MAX_HALVINGS]
+        give_up = halve[self.halvings[halve] > MAX_HALVINGS]
         self._set(give_up, self.prev)
         self.active[give_up] = False
-        halve = halve[self.halvings[halve] <= _MAX_HALVINGS]
+        halve = halve[self.halvings[halve] <= MAX_HALVINGS]
         for arr, old in zip((self.E, self.G, self.sigma), self.prev, strict=True):
             arr[halve] = 0.5 * (arr[halve] + old[halve])
         ok = ~worse & ~spent

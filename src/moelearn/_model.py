@@ -24,7 +24,7 @@ from moelearn._links import get_link
 from moelearn._passes import RowSource, map_rows
 
 Array = np.ndarray
-_HALF_LOG_2PI = 0.5 * np.log(2.0 * np.pi)
+HALF_LOG_2PI = 0.5 * np.log(2.0 * np.pi)
 
 
 @dataclass(frozen=True)
@@ -119,9 +119,9 @@ def log_joint(log_gates: Array, residuals: Array, noise_std: float | Array) -> A
     if np.ndim(noise_std):
         sigma = np.asarray(noise_std, float)
         z = residuals * like(1.0 / sigma, residuals)
-        return log_gates - 0.5 * z * z - like(np.log(sigma), residuals) - _HALF_LOG_2PI
+        return log_gates - 0.5 * z * z - like(np.log(sigma), residuals) - HALF_LOG_2PI
     z = residuals / noise_std
-    return log_gates - 0.5 * z * z - float(np.log(noise_std)) - _HALF_LOG_2PI
+    return log_gates - 0.5 * z * z - float(np.log(noise_std)) - HALF_LOG_2PI
 
 
 def gate_proba(X: RowSource, params: MoEParams) -> Array:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 import warnings
 from dataclasses import dataclass, field, replace
-from functools import partial
+from functools import cached_property, partial
 from typing import Any, ClassVar
 
 import numpy as np
@@ -381,15 +381,12 @@ class SpectralMoE(MoEBase):
         moments, or it is asked for) and its short runs go all at once
         (:func:`moelearn._em_batch.supports`), the spectral start joins them
         after gating EM, so that it costs a full refinement only if it leads."""
-        template = MoEParams(
-            np.zeros((1, 1)), np.zeros((1, 1)), 1.0, self.link, self._gate
-        )
         return (
             self.refine
             and self.max_iter > 0
             and (self.extra_starts == "always" or bool(ctx.flags))
             and self.extra_starts != "never"
-            and _em_batch.supports(template, self.noise_std is None)
+            and _em_batch.supports(self.link, self._gate, self.noise_std is None)
         )
 
     def _moment_path(
@@ -440,7 +437,7 @@ class SpectralMoE(MoEBase):
         )
         # in the race the spectral start is one of the short runs' starts: its
         # gate is learned on their rows
-        rows = None if refine else ctx.short_rows()
+        rows = None if refine else ctx.short_rows
 
         def gating_em(params: MoEParams) -> MoEParams:
             return fit.add(
@@ -630,8 +627,8 @@ class SpectralMoE(MoEBase):
         linear experts with a softmax gate all starts run at once
         (:func:`moelearn._em_batch.batched_em`, generalised EM steps); otherwise
         one after another (:func:`moelearn._em.em`)."""
-        n, subset = len(ctx.y), ctx.short_rows()
-        if _em_batch.supports(pool[0][1], self.noise_std is None):
+        n, subset = len(ctx.y), ctx.short_rows
+        if _em_batch.supports(self.link, self._gate, self.noise_std is None):
             rows = np.arange(n) if subset is None else subset
             weights = ctx.sample_weight
             results = _em_batch.batched_em(
@@ -1002,20 +999,16 @@ class _FitContext:
     diagnostics: dict = field(default_factory=dict)
     flags: list[str] = field(default_factory=list)
     starts: list[dict] = field(default_factory=list)
-    _short_rows: Any = False  # (not drawn yet)
 
+    @cached_property
     def short_rows(self) -> Array | None:
         """The rows the start race's short runs use: a random subset of
-        :data:`_SHORT_ROWS` (drawn once), or ``None`` for all when there are
-        no more."""
-        if self._short_rows is False:
-            n = len(self.y)
-            self._short_rows = (
-                np.sort(self.rng.choice(n, size=_SHORT_ROWS, replace=False))
-                if n > _SHORT_ROWS
-                else None
-            )
-        return self._short_rows
+        :data:`_SHORT_ROWS` (drawn when first asked for), or ``None`` for all
+        when there are no more."""
+        n = len(self.y)
+        if n <= _SHORT_ROWS:
+            return None
+        return np.sort(self.rng.choice(n, size=_SHORT_ROWS, replace=False))
 
     def set_columns(self, whitening: Whitening, intercept: bool) -> None:
         """EM's columns and their moments (:func:`moelearn._em.em_columns`)."""
