@@ -103,11 +103,6 @@ class TensorComponents:
     vectors: Array  # (k, k) rows v_i, unit norm
 
 
-def _apply(T: Array, u: Array) -> Array:
-    """``T(I, u, u)`` for a small explicit symmetric tensor."""
-    return np.einsum("abc,b,c->a", T, u, u)
-
-
 def robust_tensor_power(
     T: Array,
     n_components: int,
@@ -175,9 +170,10 @@ def _polar(Y: Array) -> Array:
 
 
 def _power_iterate_rows(T: Array, U: Array, n_iter: int, tol: float) -> Array:
-    """:func:`_power_iterate` from every row of ``U`` at once (the restarts of
-    :func:`robust_tensor_power`; one array expression a step instead of one per
-    start), each row stopping where it would alone."""
+    """``u <- T(I, u, u) / |T(I, u, u)|`` from every row of ``U`` at once (the
+    restarts of :func:`robust_tensor_power`: one array expression a step), each
+    row stopping on its own: when it moves less than ``tol``, or ``T(I, u, u)``
+    vanishes. The sign is kept from step to step (odd tensors can flip it)."""
     U = U.copy()
     active = np.ones(len(U), dtype=bool)
     for _ in range(n_iter):
@@ -197,15 +193,6 @@ def _power_iterate_rows(T: Array, U: Array, n_iter: int, tol: float) -> Array:
 
 
 def _power_iterate(T: Array, u: Array, n_iter: int, tol: float) -> Array:
-    for _ in range(n_iter):
-        v = _apply(T, u)
-        norm = np.linalg.norm(v)
-        if norm == 0.0:
-            return u
-        v = v / norm
-        if np.sign(v @ u) < 0:  # odd tensors can flip the sign each step
-            v = -v
-        if np.linalg.norm(v - u) < tol:
-            return v
-        u = v
-    return u
+    """``u <- T(I, u, u) / |T(I, u, u)|`` from one start, up to ``n_iter`` times
+    (:func:`_power_iterate_rows` with one row)."""
+    return _power_iterate_rows(T, u[None, :], n_iter, tol)[0]
