@@ -105,6 +105,58 @@ def test_the_fixed_point_is_ems(global_random_seed):
     )
 
 
+def test_gating_em_keeps_the_experts_and_reaches_ems_gate(global_random_seed):
+    """With ``fit_experts=False`` (Method 1's gating EM) the experts do not move
+    and the gate and noise levels stop where em()'s gating EM does (1e-4, as
+    above), even from an expert with almost no rows (fixed experts are never
+    dropped)."""
+    X, y, truth = _data(global_random_seed, n=5000)
+    zero = np.zeros((2, 1))
+    experts = np.hstack([truth["experts"] + 0.1, zero])
+    gating = np.zeros((2, X.shape[1]))
+    gating[0, -1] = -8.0  # the first expert starts with almost no weight
+    start = MoEParams(experts, gating, np.array([0.5, 0.5]), "linear")
+    cov = np.cov(X, rowvar=False)
+    (batch,) = batched_em(
+        X, y, [start], covariance=cov, max_iter=2000, tol=1e-9, fit_experts=False
+    )
+    newton = em(
+        X,
+        y,
+        start,
+        fit_experts=False,
+        moments=ColumnMoments(cov),
+        max_iter=500,
+        tol=1e-9,
+        rng=np.random.default_rng(0),
+    )
+    assert batch.converged and newton.converged
+    np.testing.assert_array_equal(batch.params.experts, experts)
+    np.testing.assert_allclose(batch.params.gating, newton.params.gating, atol=1e-4)
+    np.testing.assert_allclose(
+        batch.params.noise_std, newton.params.noise_std, atol=1e-4
+    )
+
+
+def test_gram_products_equal_the_blockwise_sums(monkeypatch, global_random_seed):
+    """The small-table shortcut (every Gram matrix from the rows' flattened
+    products) and the block-of-starts sums give the same runs."""
+    import moelearn._em_batch as batch_module
+
+    X, y, _ = _data(global_random_seed, n=600, k=3)
+    rng = np.random.default_rng(global_random_seed)
+    starts = _random_starts(rng, 3, X.shape[1], 5)
+    cov = np.cov(X, rowvar=False)
+    shortcut = batched_em(X, y, starts, covariance=cov, max_iter=10, tol=1e-8)
+    monkeypatch.setattr(batch_module, "_GRAM_BYTES", 1)
+    blockwise = batched_em(X, y, starts, covariance=cov, max_iter=10, tol=1e-8)
+    for a, b in zip(shortcut, blockwise, strict=True):
+        assert a.n_iter == b.n_iter
+        np.testing.assert_allclose(a.params.experts, b.params.experts, rtol=1e-8)
+        np.testing.assert_allclose(a.params.gating, b.params.gating, rtol=1e-8)
+        np.testing.assert_allclose(a.log_likelihood, b.log_likelihood, rtol=1e-12)
+
+
 def test_integer_weights_act_as_copies(global_random_seed):
     X, y, _ = _data(global_random_seed, n=400)
     rng = np.random.default_rng(global_random_seed)

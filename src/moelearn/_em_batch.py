@@ -79,6 +79,27 @@ class _Batch:
         self.w = np.ones(len(y)) if sample_weight is None else sample_weight
         self.total = float(self.w.sum())
         self.metric, self.penalty = covariance, penalty
+        n, D = X.shape
+        # the rows' products [x_i, y_i] x_i^T, flattened: every weighted Gram
+        # matrix of every start and expert is then one matrix product with them
+        # (kept only while small; else a block of starts at a time)
+        self.products = None
+        if 8 * n * (D + 1) * D <= _GRAM_BYTES:
+            self.products = (self.Xy[:, :, None] * X[:, None, :]).reshape(n, -1)
+
+    def grams(self, weights: Array, with_y: bool = True) -> Array:
+        """``sum_i weights[..., i] [x_i, y_i] x_i^T``: ``(..., D + 1, D)`` (the
+        last row ``sum_i weights_i y_i x_i``), or ``(..., D, D)`` without
+        ``with_y``."""
+        n, D = self.X.shape
+        rows = D + 1 if with_y else D
+        lead, flat = weights.shape[:-1], weights.reshape(-1, n)
+        if self.products is not None:
+            out = flat @ self.products[:, : rows * D]
+        else:
+            right = self.Xy if with_y else self.X
+            out = _weighted_grams(flat, self.Xt, right).transpose(0, 2, 1)
+        return out.reshape(*lead, rows, D)
 
     def evaluate(self, E: Array, G: Array, sigma: Array) -> _Evaluation:
         """The E-step and the penalised log-likelihood of each start."""
@@ -110,15 +131,23 @@ class _Batch:
             weight=resp @ self.w,
         )
 
-    def m_step(self, ev: _Evaluation, G: Array, shared: bool, floor: float):
-        """The generalised M-step for each start: ``(E, G, sigma)``."""
+    def m_step(
+        self,
+        ev: _Evaluation,
+        E: Array,
+        G: Array,
+        shared: bool,
+        floor: float,
+        fit_experts: bool = True,
+    ):
+        """The generalised M-step for each start: ``(E, G, sigma)`` (``E`` kept
+        unless ``fit_experts``)."""
         S, k, D = G.shape
         weighted = ev.resp * self.w  # (S, k, n)
-        E = np.empty((S, k, D))
-        for j in range(k):
-            # [A | b] = sum_i w_i r_ij x_i [x_i, y_i]
-            grams = _weighted_grams(weighted[:, j], self.Xt, self.Xy)
-            E[:, j] = _solve(grams[..., :D], grams[..., D])
+        if fit_experts:
+            # [A_j; b_j^T] = sum_i w_i r_ij [x_i, y_i] x_i^T, all starts and experts
+            grams = self.grams(weighted).reshape(S * k, D + 1, D)
+            E = _solve(grams[:, :D], grams[:, D]).reshape(S, k, D)
         res = self.y - E @ self.Xt
         rss = np.einsum("skn,skn->sk", weighted, res * res)
         if shared:
@@ -130,24 +159,21 @@ class _Batch:
 
     def _gate_step(self, ev: _Evaluation, G: Array) -> Array:
         """One penalised Newton step for the free gate rows (the last stays 0)."""
-        X, Xt, w, C, lam = self.X, self.Xt, self.w, self.metric, self.penalty
+        X, w, C, lam = self.X, self.w, self.metric, self.penalty
         S, k, D = G.shape
         t = k - 1
         free = G[:, :t]
         diff = (ev.resp - ev.gates)[:, :t] * w  # (S, t, n)
         grad = diff @ X - lam * free @ C  # (S, t, D)
         pi = ev.gates[:, :t]
+        pairs = [(a, b) for a in range(t) for b in range(a, t)]
+        h = np.stack([pi[:, a] * ((a == b) - pi[:, b]) for a, b in pairs], axis=1)
+        blocks = self.grams(h * w, with_y=False)  # (S, pairs, D, D)
         H = np.zeros((S, t, D, t, D))
-        for a in range(t):
-            for b in range(a, t):
-                h = -pi[:, a] * pi[:, b]
-                if a == b:
-                    h = h + pi[:, a]
-                block = _weighted_grams(h * w, Xt, X)  # (S, D, D)
-                if a == b:
-                    block = block + lam * C
-                H[:, a, :, b, :] = block
-                H[:, b, :, a, :] = block.transpose(0, 2, 1)
+        for p, (a, b) in enumerate(pairs):
+            block = blocks[:, p] + lam * C if a == b else blocks[:, p]
+            H[:, a, :, b, :] = block
+            H[:, b, :, a, :] = block.transpose(0, 2, 1)
         step = _solve(H.reshape(S, t * D, t * D), grad.reshape(S, t * D))
         new = G.copy()
         new[:, :t] += step.reshape(S, t, D)
@@ -166,8 +192,10 @@ def batched_em(
     min_noise_std: float = 0.0,
     gate_penalty: float = GATE_PENALTY,
     min_expert_weight: float = MIN_EXPERT_WEIGHT,
+    fit_experts: bool = True,
 ) -> list[EMResult]:
-    """At most ``max_iter`` generalised EM iterations from each of ``starts``.
+    """At most ``max_iter`` generalised EM iterations from each of ``starts``
+    (experts held fixed unless ``fit_experts``: Method 1's gating EM).
 
     Parameters
     ----------
@@ -192,7 +220,12 @@ def batched_em(
     gate_penalty : float
         The ridge ``lambda`` on the gate rows.
     min_expert_weight : float
-        Share of the total weight below which an expert stops its start.
+        Share of the total weight below which an expert stops its start (when
+        the experts are fitted: as in :func:`~moelearn._em.em`, fixed experts are
+        never dropped).
+    fit_experts : bool, default=True
+        Whether the experts' coefficients are fitted; the gate and the noise
+        levels always are.
 
     Returns
     -------
@@ -210,6 +243,8 @@ def batched_em(
     )
     floor = min_noise_level(y, min_noise_std)
     weight_floor = expert_weight_floor(X.shape[1], batch.total, min_expert_weight)
+    if not fit_experts:
+        weight_floor = 0.0
     S = len(starts)
     state = _State(S, E, G, sigma)  # (which moves E, G and sigma in place)
     while state.active.any():
@@ -225,7 +260,9 @@ def batched_em(
                 ev.gates[sub],
                 ev.weight[sub],
             )
-            E_new, G_new, sigma_new = batch.m_step(picked, state.G[step], shared, floor)
+            E_new, G_new, sigma_new = batch.m_step(
+                picked, state.E[step], state.G[step], shared, floor, fit_experts
+            )
             state.propose(step, E_new, G_new, sigma_new, covariance, tol)
     return [
         EMResult(
@@ -292,13 +329,13 @@ class _State:
         self.active[last] = False
         retreat = idx[worse & ~spent]
         # a failed extrapolation: the plain step instead
-        fallback = retreat[self.extrapolated[retreat]]
+        jumped = self.extrapolated[retreat]
+        fallback, halve = retreat[jumped], retreat[~jumped]
         self._set(fallback, self.plain)
         self.extrapolated[fallback] = False
         for base, prev in zip(self.base, self.prev, strict=True):
             base[fallback] = prev[fallback]  # the plain step F(prev) is current
         self.base_ok[fallback] = True
-        halve = retreat[~np.isin(retreat, fallback)]
         self.base_ok[halve] = False
         self.halvings[halve] += 1
         give_up = halve[self.halvings[halve] > MAX_HALVINGS]

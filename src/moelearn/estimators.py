@@ -435,20 +435,17 @@ class SpectralMoE(MoEBase):
         gating_tol = (
             max(self.tol, _GATING_TOL_BEFORE_REFINE) if self.refine else self.tol
         )
-        # in the race the spectral start is one of the short runs' starts: its
-        # gate is learned on their rows
-        rows = None if refine else ctx.short_rows
 
         def gating_em(params: MoEParams) -> MoEParams:
-            return fit.add(
-                self._em(
-                    ctx,
-                    params,
-                    fit_experts=False,
-                    stage="gating",
-                    tol=gating_tol,
-                    rows=rows,
+            if not refine:
+                # in the race the spectral start is one of the short runs'
+                # starts: its gate is learned on their rows, by their steps
+                batched = self._batched_em(
+                    ctx, [params], self.max_iter, gating_tol, fit_experts=False
                 )
+                return fit.add(batched[0])
+            return fit.add(
+                self._em(ctx, params, fit_experts=False, stage="gating", tol=gating_tol)
             )
 
         params = self._gating_stage(ctx, fit.params, gating_em)
@@ -472,6 +469,25 @@ class SpectralMoE(MoEBase):
         self._log(
             1,
             f"gating EM done in {ctx.times['gating']:.2f} s ({fit.n_iter} iterations)",
+        )
+
+    def _batched_em(
+        self, ctx: _FitContext, starts, max_iter: int, tol: float, fit_experts=True
+    ) -> list[EMResult]:
+        """:func:`moelearn._em_batch.batched_em` from ``starts`` on the start
+        race's rows."""
+        rows = ctx.short_rows
+        rows = np.arange(len(ctx.y)) if rows is None else rows
+        weights = ctx.sample_weight
+        return _em_batch.batched_em(
+            take_rows(ctx.X_em, rows),
+            ctx.y[rows],
+            starts,
+            covariance=ctx.moments.metric,
+            max_iter=max_iter,
+            tol=tol,
+            sample_weight=None if weights is None else weights[rows],
+            fit_experts=fit_experts,
         )
 
     def _refinement(self, ctx: _FitContext, fit: _Candidate) -> None:
@@ -627,19 +643,10 @@ class SpectralMoE(MoEBase):
         linear experts with a softmax gate all starts run at once
         (:func:`moelearn._em_batch.batched_em`, generalised EM steps); otherwise
         one after another (:func:`moelearn._em.em`)."""
-        n, subset = len(ctx.y), ctx.short_rows
+        subset = ctx.short_rows
         if _em_batch.supports(self.link, self._gate, self.noise_std is None):
-            rows = np.arange(n) if subset is None else subset
-            weights = ctx.sample_weight
-            results = _em_batch.batched_em(
-                take_rows(ctx.X_em, rows),
-                ctx.y[rows],
-                [params for _, params in pool],
-                covariance=ctx.moments.metric,
-                max_iter=_BATCH_ITER,
-                tol=self.tol,
-                sample_weight=None if weights is None else weights[rows],
-            )
+            starts = [params for _, params in pool]
+            results = self._batched_em(ctx, starts, _BATCH_ITER, self.tol)
         else:
             results = [
                 self._em(
