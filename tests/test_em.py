@@ -83,6 +83,66 @@ def test_newton_subsample_changes_speed_not_the_fixed_point(
     np.testing.assert_allclose(sub.gating, full.gating, atol=1e-6)
 
 
+def test_contracting_steps_stop_within_tol_of_the_fixed_point(
+    monkeypatch, global_random_seed
+):
+    """With Newton matrices from a subset the steps shrink linearly, and EM stops
+    once they predict the rest of the way below ``tol``: where the rule stops a
+    run (it fires from some of three starts; from others a step falls below
+    ``tol`` or the objective stalls first) the run ends within ``tol``
+    (whitened units) of the fixed point, and it saves passes over the data."""
+    d, tol = 10, 1e-4
+    X, y, truth = make_moe(60_000, d, random_state=global_random_seed)
+    rng = np.random.default_rng(global_random_seed)
+    passes = {True: 0, False: 0}
+    original_pass = em_module._Problem.run_pass
+    counting = [True]
+
+    def counted_pass(self, *args, **kwargs):
+        passes[counting[0]] += 1
+        return original_pass(self, *args, **kwargs)
+
+    monkeypatch.setattr(em_module._Problem, "run_pass", counted_pass)
+
+    def run(start, tol):
+        return em(
+            X,
+            y,
+            start,
+            fit_experts=True,
+            moments=ColumnMoments(np.eye(d)),
+            max_iter=200,
+            tol=tol,
+            rng=np.random.default_rng(1),
+        )
+
+    experts, gating = truth["experts"], truth["gating"]
+    for _ in range(3):
+        start = MoEParams(
+            experts + 0.1 * rng.standard_normal(experts.shape),
+            gating + 0.1 * rng.standard_normal(gating.shape),
+            0.2,
+            "linear",
+        )
+        fixed_point = run(start, 1e-10).params
+        before = dict(passes)
+        results = {}
+        for rule in (True, False):
+            counting[0] = rule
+            # (with _CONTRACTION 0 the rule never fires)
+            monkeypatch.setattr(em_module, "_CONTRACTION", 0.5 if rule else 0.0)
+            results[rule] = run(start, tol)
+            assert results[rule].converged
+        monkeypatch.setattr(em_module, "_CONTRACTION", 0.5)
+        if passes[True] - before[True] < passes[False] - before[False]:
+            got = results[True].params  # (stopped by the rule)
+            rows = np.vstack(
+                [got.experts - fixed_point.experts, got.gating - fixed_point.gating]
+            )
+            assert np.linalg.norm(rows, axis=1).max() < tol
+    assert passes[True] < passes[False]
+
+
 def _shifted_inputs(X, scale_seed=0):
     """Inputs ``M^T x + 0.5`` with a non-trivial mean and covariance, and ``M``:
     a row ``a`` acting on ``x`` acts on the new inputs as ``M^{-1} a`` (plus an

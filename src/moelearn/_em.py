@@ -79,6 +79,9 @@ _SMALL_PROBLEM_PARAMETERS = 400
 #: Up to this many columns the curvature sums use the rows' pairwise products.
 _PRODUCT_COLUMNS = 40
 MAX_HALVINGS = 30
+#: EM stops once its steps shrink at least this fast and predict the rest of the
+#: way below ``tol`` (:meth:`_EMState.contracted`).
+_CONTRACTION = 0.5
 #: Above this many columns the Newton matrices come from their Gaussian structure.
 STRUCTURED_CURVATURE_FEATURES = 600
 # Use the compiled full-data pass (numba, the ``fast`` extra) when it is installed.
@@ -1016,11 +1019,16 @@ def em(
 
     Stops when the largest change of a parameter row, measured in whitened units
     (``sqrt(delta^T Cov delta)``), and the relative change of ``sigma`` fall
-    below ``tol``, or when the mean objective per row rose by less than
-    ``tol^1.5`` (relative to ``max(1, |objective|)``; a rise of ``tol^2`` is what
-    a step of ``tol`` near the maximum gives) in two iterations running
-    (a ridge the likelihood barely rises along, e.g. a gate sharpening towards a
-    hard boundary); ``converged`` is False if ``max_iter`` iterations did not get
+    below ``tol``; or, when the Newton matrices are approximate (from a subset
+    or their structure: the steps converge linearly), when the steps shrink
+    geometrically (``r``, twice the larger of the last two ratios of step
+    sizes, at most 0.5) and the rest of the way they predict,
+    ``|step| r / (1 - r)``, is below ``tol``; or
+    when the mean objective per row rose by less than ``tol^1.5`` (relative to
+    ``max(1, |objective|)``; a rise of ``tol^2`` is what a step of ``tol`` near
+    the maximum gives) in two iterations running (a ridge the likelihood barely
+    rises along, e.g. a gate sharpening towards a hard boundary);
+    ``converged`` is False if ``max_iter`` iterations did not get
     there (then the last step is kept only if one more pass shows it did not
     lower the objective) or no step could raise the objective.
 
@@ -1103,6 +1111,7 @@ class _EMState:
         self.previous: tuple[MoEParams, float, _Stats] | None = None
         self.took_newton = False
         self.halvings = self.flat = 0
+        self.steps: list[float] = []  # sizes of the steps since the last setback
         self.noise_floor = noise_floor
         self.labels = np.arange(params.n_experts)  # the start's expert numbers
         self.dropped: list[int] = []
@@ -1122,6 +1131,9 @@ class _EMState:
     ) -> EMResult:
         """:func:`em`'s iterations from the current parameters."""
         n, history = problem.total, []  # (the weighted number of rows)
+        # Newton matrices from a subset or from their Gaussian structure are
+        # approximate: the steps then converge linearly (else quadratically)
+        linear = subset is not None or problem.column_moments is not None
         n_iter, converged = 0, False
         while n_iter < max_iter:
             stats = problem.run_pass(self.current, subset)
@@ -1149,7 +1161,7 @@ class _EMState:
                 callback(stage, n_iter, stats.ll_sum / n, change)
             self.previous = (self.current, value, stats)
             self.current = proposal
-            if change < tol:
+            if change < tol or (linear and self.contracted(change, tol)):
                 converged = True
                 break
         else:
@@ -1172,6 +1184,7 @@ class _EMState:
         halvings are used up (the last point is kept)."""
         assert self.previous is not None  # (a step was taken from it)
         before, _, stats = self.previous
+        self.steps = []
         if self.took_newton:
             self.current = objective.em_step(stats, before, self.noise_floor)
             self.took_newton = False
@@ -1194,7 +1207,7 @@ class _EMState:
         self.dropped += self.labels[gone].tolist()
         self.labels = np.delete(self.labels, gone)
         self.current = _drop_experts(self.current, gone)
-        self.previous, self.took_newton = None, False
+        self.previous, self.took_newton, self.steps = None, False, []
         return True
 
     def settle(self, problem: _Problem, objective: _Objective, subset) -> None:
@@ -1204,6 +1217,22 @@ class _EMState:
             stats = problem.run_pass(self.current, subset, curvature=False)
             if not objective.value(stats, self.current) >= self.previous[1]:
                 self.current = self.previous[0]
+
+    def contracted(self, change: float, tol: float) -> bool:
+        """Whether the steps shrink geometrically and the rest of the way they
+        predict, ``change r / (1 - r)``, is below ``tol``: the step just taken
+        ends within ``tol`` of the fixed point. ``r`` is twice the larger of the
+        last two ratios of step sizes (they vary by up to twice from one
+        iteration to the next as Newton's fast early steps give way to the
+        linear rate of approximate curvature, about 0.1-0.2), and must be at
+        most :data:`_CONTRACTION`. It saves the pass that would only confirm
+        convergence."""
+        self.steps.append(change)
+        if len(self.steps) < 3:
+            return False
+        a, b, c = self.steps[-3:]
+        rate = 2.0 * max(b / max(a, 1e-300), c / max(b, 1e-300))
+        return rate <= _CONTRACTION and change * rate / (1.0 - rate) < tol
 
     def stalled(self, value: float, n: float, tol: float) -> bool:
         """Whether the objective per row rose by less than ``tol^1.5`` twice
