@@ -29,6 +29,20 @@ def _data(seed, n=3000, d=3, k=2):
     return _with_ones(X), y, truth
 
 
+def _newton_em(X, y, start, cov, fit_experts):
+    """em() from ``start`` to tol 1e-9 (the reference fixed point)."""
+    return em(
+        X,
+        y,
+        start,
+        fit_experts=fit_experts,
+        moments=ColumnMoments(cov),
+        max_iter=500,
+        tol=1e-9,
+        rng=np.random.default_rng(0),
+    )
+
+
 def test_each_start_runs_as_it_would_alone(global_random_seed):
     """Stacking starts couples nothing: a start's result in a batch of six equals
     its result in a batch of one (to rounding)."""
@@ -87,16 +101,7 @@ def test_the_fixed_point_is_ems(global_random_seed):
     )
     cov = np.cov(X, rowvar=False)
     (batch,) = batched_em(X, y, [start], covariance=cov, max_iter=2000, tol=1e-9)
-    newton = em(
-        X,
-        y,
-        start,
-        fit_experts=True,
-        moments=ColumnMoments(cov),
-        max_iter=500,
-        tol=1e-9,
-        rng=np.random.default_rng(0),
-    )
+    newton = _newton_em(X, y, start, cov, fit_experts=True)
     assert batch.converged and newton.converged
     np.testing.assert_allclose(batch.params.experts, newton.params.experts, atol=1e-4)
     np.testing.assert_allclose(batch.params.gating, newton.params.gating, atol=1e-4)
@@ -120,16 +125,7 @@ def test_gating_em_keeps_the_experts_and_reaches_ems_gate(global_random_seed):
     (batch,) = batched_em(
         X, y, [start], covariance=cov, max_iter=2000, tol=1e-9, fit_experts=False
     )
-    newton = em(
-        X,
-        y,
-        start,
-        fit_experts=False,
-        moments=ColumnMoments(cov),
-        max_iter=500,
-        tol=1e-9,
-        rng=np.random.default_rng(0),
-    )
+    newton = _newton_em(X, y, start, cov, fit_experts=False)
     assert batch.converged and newton.converged
     np.testing.assert_array_equal(batch.params.experts, experts)
     np.testing.assert_allclose(batch.params.gating, newton.params.gating, atol=1e-4)
