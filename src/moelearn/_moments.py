@@ -134,29 +134,9 @@ def input_pass(
     ``p2`` holds ``w_i P2(y_i)`` (:meth:`RowInputs.weighted`, as for
     :func:`t2_product`).
     """
-    X, sample_weight, sample = inputs.X, inputs.sample_weight, inputs.sample
-    n, d = X.shape
-    centre = None
-    if sample is not None and sample_weight is None:
-        centre = single_precision_centre(sample, n)
-    if centre is not None:
-        gram = reduce_rows(
-            partial(_single_precision_sums, centre=centre, omega_raw=omega_raw), X, p2
-        )
-        s1, p2_x, s2, p2_xxo = (
-            gram[d, :d],
-            gram[d + 1, :d],
-            gram[:d, :d],
-            gram[d + 2 :, :d],
-        )
-    else:
-        first = take_rows(X, slice(0, chunk_rows(d)))
-        centre = first.mean(axis=0)
-        if np.all(np.abs(centre) <= 10.0 * (first.std(axis=0) + 1e-300)):
-            centre = np.zeros(d)  # cancellation costs at most two digits
-        kernel = partial(_input_sums, centre=centre, omega_raw=omega_raw)
-        per_row = (p2,) if sample_weight is None else (p2, sample_weight)
-        (s1, p2_x), s2, p2_xxo = reduce_rows(kernel, X, *per_row)
+    X = inputs.X
+    d = X.shape[1]
+    centre, (s1, p2_x, s2, p2_xxo) = _input_pass_sums(inputs, p2, omega_raw)
     total = inputs.total
     p2_sum = float(p2.sum())
     delta = s1 / total  # mean - centre
@@ -191,6 +171,31 @@ def input_pass(
         omega_w,
         few_values,
     )
+
+
+def _input_pass_sums(inputs: RowInputs, p2: Array, omega_raw: Array):
+    """The pass of :func:`input_pass`: its centre ``c`` and the sums about it,
+    ``sum (x - c)``, ``sum p2 (x - c)``, ``sum (x - c)(x - c)^T`` and
+    ``sum p2 (omega^T (x - c))(x - c)^T``; in single precision where the row
+    sample allows it, else in double precision."""
+    X, sample_weight, sample = inputs.X, inputs.sample_weight, inputs.sample
+    n, d = X.shape
+    centre = None
+    if sample is not None and sample_weight is None:
+        centre = single_precision_centre(sample, n)
+    if centre is not None:
+        gram = reduce_rows(
+            partial(_single_precision_sums, centre=centre, omega_raw=omega_raw), X, p2
+        )
+        return centre, (gram[d, :d], gram[d + 1, :d], gram[:d, :d], gram[d + 2 :, :d])
+    first = take_rows(X, slice(0, chunk_rows(d)))
+    centre = first.mean(axis=0)
+    if np.all(np.abs(centre) <= 10.0 * (first.std(axis=0) + 1e-300)):
+        centre = np.zeros(d)  # cancellation costs at most two digits
+    kernel = partial(_input_sums, centre=centre, omega_raw=omega_raw)
+    per_row = (p2,) if sample_weight is None else (p2, sample_weight)
+    (s1, p2_x), s2, p2_xxo = reduce_rows(kernel, X, *per_row)
+    return centre, (s1, p2_x, s2, p2_xxo)
 
 
 def _input_sums(xc: Array, w: Array, *sw: Array, centre: Array, omega_raw: Array):

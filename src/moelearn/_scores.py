@@ -33,6 +33,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property, partial
+from typing import Any
 
 import numpy as np
 
@@ -347,20 +348,8 @@ def fit_mixture_density(
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.mixture import GaussianMixture
 
-    m, d = sample.shape
-    size = min(m, max(MIXTURE_ROWS, 100 * d))
-    if sample_weight is not None:
-        p = sample_weight / sample_weight.sum()
-        rows = np.sort(rng.choice(m, size=size, replace=True, p=p))
-    else:
-        rows = np.arange(0, m, max(1, m // size))[:size]
-    rows_x = np.asarray(sample[rows], float)
-    mean = rows_x.mean(axis=0)
-    centred = rows_x - mean
-    evals, evecs = np.linalg.eigh(centred.T @ centred / len(rows_x))
-    evals = np.maximum(evals, 1e-12 * max(evals[-1], 1e-300))
-    root = (evecs * np.sqrt(evals)) @ evecs.T  # Cov^{1/2}
-    standard = centred @ np.linalg.inv(root)
+    standard, mean, root = _standardised_rows(sample, rng, sample_weight)
+    d = standard.shape[1]
     seed = int(rng.integers(2**31 - 1))
 
     def mixture(c: int, rows: Array, **options) -> GaussianMixture:
@@ -378,17 +367,9 @@ def fit_mixture_density(
     bics: list[float] = []
     start = {}
     if n_components is None:
-        few = standard[:: max(1, len(standard) // SELECTION_ROWS)]
-        fits = []
-        for c in range(1, MAX_COMPONENTS + 1):
-            try:
-                fits.append(mixture(c, few))
-            except ValueError:
-                break  # more parameters than rows
-            bics.append(float(fits[-1].bic(few)))
-            if len(bics) >= 3 and bics[-1] > bics[-2] > bics[-3]:
-                break  # the BIC rose twice in a row
-        chosen = fits[int(np.argmin(bics))]
+        chosen, bics = _bic_choice(
+            mixture, standard[:: max(1, len(standard) // SELECTION_ROWS)]
+        )
         n_components = chosen.n_components
         start = {
             "weights_init": chosen.weights_,
@@ -400,6 +381,45 @@ def fit_mixture_density(
         best.weights_, best.means_, best.covariances_, converged=best.converged_
     )
     return density.affine(mean, root), bics
+
+
+def _standardised_rows(
+    sample: Array, rng: np.random.Generator, sample_weight: Array | None
+) -> tuple[Array, Array, Array]:
+    """Up to ``max(MIXTURE_ROWS, 100 d)`` rows of ``sample`` (drawn with
+    probabilities proportional to ``sample_weight`` when given, else evenly
+    spaced), standardised: ``(rows - mean) Cov^{-1/2}``, with ``mean`` and
+    ``Cov^{1/2}``."""
+    m, d = sample.shape
+    size = min(m, max(MIXTURE_ROWS, 100 * d))
+    if sample_weight is not None:
+        p = sample_weight / sample_weight.sum()
+        rows = np.sort(rng.choice(m, size=size, replace=True, p=p))
+    else:
+        rows = np.arange(0, m, max(1, m // size))[:size]
+    rows_x = np.asarray(sample[rows], float)
+    mean = rows_x.mean(axis=0)
+    centred = rows_x - mean
+    evals, evecs = np.linalg.eigh(centred.T @ centred / len(rows_x))
+    evals = np.maximum(evals, 1e-12 * max(evals[-1], 1e-300))
+    root = (evecs * np.sqrt(evals)) @ evecs.T  # Cov^{1/2}
+    return centred @ np.linalg.inv(root), mean, root
+
+
+def _bic_choice(mixture, rows: Array) -> tuple[Any, list[float]]:
+    """Mixtures of 1 to :data:`MAX_COMPONENTS` components fitted to ``rows`` by
+    ``mixture(c, rows)``, until there are more parameters than rows or the BIC
+    has risen twice in a row; the one of least BIC, and every BIC."""
+    fits, bics = [], []
+    for c in range(1, MAX_COMPONENTS + 1):
+        try:
+            fits.append(mixture(c, rows))
+        except ValueError:
+            break  # more parameters than rows
+        bics.append(float(fits[-1].bic(rows)))
+        if len(bics) >= 3 and bics[-1] > bics[-2] > bics[-3]:
+            break  # the BIC rose twice in a row
+    return fits[int(np.argmin(bics))], bics
 
 
 def density_from_estimator(estimator, n_features: int) -> MixtureDensity:

@@ -168,6 +168,29 @@ def _numeric(arr: Any, path: Path) -> Array:
 
 
 def _read_csv(path: Path) -> Table:
+    names = _csv_header(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings(
+                "ignore", message="loadtxt: input contained no data"
+            )
+            data = np.loadtxt(
+                path, delimiter=",", skiprows=1, ndmin=2, dtype=np.float64
+            )
+    except ValueError as exc:
+        raise ValueError(_csv_value_error(path, names, str(exc))) from None
+    if data.shape[0] == 0:
+        raise ValueError(f"{path}: no data rows after the header")
+    if data.shape[1] != len(names):
+        raise ValueError(
+            f"{path}: {len(names)} column names but {data.shape[1]} values per row"
+        )
+    return Table(data, names)
+
+
+def _csv_header(path: Path) -> list[str]:
+    """The column names of a CSV file's first line; a clear error when there are
+    none, they repeat, the line is numbers, or the file is not comma-separated."""
     with open(path, newline="") as fh:
         header = next(csv.reader(fh), None)
     if not header:
@@ -183,50 +206,31 @@ def _read_csv(path: Path) -> Table:
     check_unique_names(path, names)
     try:
         float(names[0])
-        raise ValueError(
-            f"{path}: the first line must name the columns (found a number)"
+    except ValueError:
+        return names
+    raise ValueError(f"{path}: the first line must name the columns (found a number)")
+
+
+def _csv_value_error(path: Path, names: list[str], message: str) -> str:
+    """numpy.loadtxt's ``message`` said as where in the file, and what."""
+    ragged = re.search(
+        r"number of columns changed from (\d+) to (\d+) at row (\d+)", message
+    )
+    if ragged:
+        want, got, row = (int(g) for g in ragged.groups())
+        return (
+            f"{path}: data row {row} (line {row + 1}) has {got} values, the "
+            f"header names {want} columns; every line needs one value per column"
         )
-    except ValueError as exc:
-        if "first line" in str(exc):
-            raise
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings(
-                "ignore", message="loadtxt: input contained no data"
-            )
-            data = np.loadtxt(
-                path, delimiter=",", skiprows=1, ndmin=2, dtype=np.float64
-            )
-    except ValueError as exc:
-        ragged = re.search(
-            r"number of columns changed from (\d+) to (\d+) at row (\d+)", str(exc)
-        )
-        if ragged:
-            want, got, row = (int(g) for g in ragged.groups())
-            raise ValueError(
-                f"{path}: data row {row} (line {row + 1}) has {got} values, the "
-                f"header names {want} columns; every line needs one value per column"
-            ) from None
-        found = re.search(
-            r"string '(.*)' to float64 at row (\d+), column (\d+)", str(exc)
-        )
-        if found:
-            text, row, col = found.group(1), int(found.group(2)), int(found.group(3))
-            what = "an empty value" if text == "" else f"non-numeric value {text!r}"
-            where = f"data row {row + 1} (line {row + 2})"
-            raise ValueError(
-                f"{path}: {what} at {where}, column {names[col - 1]!r}"
-                if 0 < col <= len(names)
-                else f"{path}: {what} at {where}"
-            ) from None
-        raise ValueError(f"{path}: non-numeric or missing value ({exc})") from None
-    if data.shape[0] == 0:
-        raise ValueError(f"{path}: no data rows after the header")
-    if data.shape[1] != len(names):
-        raise ValueError(
-            f"{path}: {len(names)} column names but {data.shape[1]} values per row"
-        )
-    return Table(data, names)
+    found = re.search(r"string '(.*)' to float64 at row (\d+), column (\d+)", message)
+    if found:
+        text, row, col = found.group(1), int(found.group(2)), int(found.group(3))
+        what = "an empty value" if text == "" else f"non-numeric value {text!r}"
+        where = f"data row {row + 1} (line {row + 2})"
+        if 0 < col <= len(names):
+            return f"{path}: {what} at {where}, column {names[col - 1]!r}"
+        return f"{path}: {what} at {where}"
+    return f"{path}: non-numeric or missing value ({message})"
 
 
 def _read_npz(path: Path) -> Table:
