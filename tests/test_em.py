@@ -143,6 +143,50 @@ def test_contracting_steps_stop_within_tol_of_the_fixed_point(
     assert passes[True] < passes[False]
 
 
+def test_kept_newton_matrices_save_curvature_sums_not_accuracy(
+    monkeypatch, global_random_seed
+):
+    """After small steps EM keeps the subset's Newton matrices: it sums them
+    fewer times and still ends at the same fixed point (tol 1e-9, as above)."""
+    X, y, truth = make_moe(60_000, 10, random_state=global_random_seed)
+    rng = np.random.default_rng(global_random_seed)
+    start = MoEParams(
+        truth["experts"] + 0.1 * rng.standard_normal(truth["experts"].shape),
+        truth["gating"] + 0.1 * rng.standard_normal(truth["gating"].shape),
+        0.2,
+        "linear",
+    )
+    sums = [0]
+    original = em_module._Problem._subset_rows
+
+    def counted(self, subset):
+        sums[0] += 1
+        return original(self, subset)
+
+    monkeypatch.setattr(em_module._Problem, "_subset_rows", counted)
+
+    def run():
+        sums[0] = 0
+        result = em(
+            X,
+            y,
+            start,
+            fit_experts=True,
+            moments=ColumnMoments(np.eye(10)),
+            max_iter=200,
+            tol=1e-9,
+            rng=np.random.default_rng(1),
+        )
+        return result.params, sums[0]
+
+    kept, kept_sums = run()
+    monkeypatch.setattr(em_module, "_KEEP_CURVATURE_STEP", 0.0)
+    fresh, fresh_sums = run()
+    assert kept_sums < fresh_sums
+    np.testing.assert_allclose(kept.experts, fresh.experts, atol=1e-6)
+    np.testing.assert_allclose(kept.gating, fresh.gating, atol=1e-6)
+
+
 def _shifted_inputs(X, scale_seed=0):
     """Inputs ``M^T x + 0.5`` with a non-trivial mean and covariance, and ``M``:
     a row ``a`` acting on ``x`` acts on the new inputs as ``M^{-1} a`` (plus an
