@@ -88,18 +88,18 @@ class _Batch:
             self.products = (self.Xy[:, :, None] * X[:, None, :]).reshape(n, -1)
 
     def grams(self, weights: Array, with_y: bool = True) -> Array:
-        """``sum_i weights[..., i] [x_i, y_i] x_i^T``: ``(..., D + 1, D)`` (the
-        last row ``sum_i weights_i y_i x_i``), or ``(..., D, D)`` without
-        ``with_y``."""
+        """``sum_i weights[..., i] x_i [x_i, y_i]``: ``(..., D, D + 1)`` (the last
+        column ``sum_i weights_i y_i x_i``), or ``(..., D, D)`` without
+        ``with_y``. From the rows' products when kept (one matrix product for
+        any leading shape); else in blocks of starts, for ``weights`` of shape
+        ``(S, n)`` only (callers go an expert at a time: memory ``O(S D^2)``)."""
         n, D = self.X.shape
-        rows = D + 1 if with_y else D
-        lead, flat = weights.shape[:-1], weights.reshape(-1, n)
+        cols = D + 1 if with_y else D
         if self.products is not None:
-            out = flat @ self.products[:, : rows * D]
-        else:
-            right = self.Xy if with_y else self.X
-            out = _weighted_grams(flat, self.Xt, right).transpose(0, 2, 1)
-        return out.reshape(*lead, rows, D)
+            out = weights.reshape(-1, n) @ self.products[:, : cols * D]
+            # (the products' layout is [x, y] x^T: transposed, a view)
+            return out.reshape(*weights.shape[:-1], cols, D).swapaxes(-1, -2)
+        return _weighted_grams(weights, self.Xt, self.Xy if with_y else self.X)
 
     def evaluate(self, E: Array, G: Array, sigma: Array) -> _Evaluation:
         """The E-step and the penalised log-likelihood of each start."""
@@ -145,9 +145,15 @@ class _Batch:
         S, k, D = G.shape
         weighted = ev.resp * self.w  # (S, k, n)
         if fit_experts:
-            # [A_j; b_j^T] = sum_i w_i r_ij [x_i, y_i] x_i^T, all starts and experts
-            grams = self.grams(weighted).reshape(S * k, D + 1, D)
-            E = _solve(grams[:, :D], grams[:, D]).reshape(S, k, D)
+            # [A_j | b_j] = sum_i w_i r_ij x_i [x_i, y_i]
+            if self.products is not None:  # all starts and experts at once
+                grams = self.grams(weighted)
+                E = _solve(grams[..., :D], grams[..., D])
+            else:
+                E = np.empty((S, k, D))
+                for j in range(k):
+                    grams = self.grams(weighted[:, j])
+                    E[:, j] = _solve(grams[..., :D], grams[..., D])
         res = self.y - E @ self.Xt
         rss = np.einsum("skn,skn->sk", weighted, res * res)
         if shared:
@@ -168,12 +174,18 @@ class _Batch:
         pi = ev.gates[:, :t]
         pairs = [(a, b) for a in range(t) for b in range(a, t)]
         h = np.stack([pi[:, a] * ((a == b) - pi[:, b]) for a, b in pairs], axis=1)
-        blocks = self.grams(h * w, with_y=False)  # (S, pairs, D, D)
         H = np.zeros((S, t, D, t, D))
+        if self.products is not None:
+            blocks = self.grams(h * w, with_y=False)  # (S, pairs, D, D)
         for p, (a, b) in enumerate(pairs):
-            block = blocks[:, p] + lam * C if a == b else blocks[:, p]
-            H[:, a, :, b, :] = block
-            H[:, b, :, a, :] = block.transpose(0, 2, 1)
+            if self.products is not None:
+                H[:, a, :, b, :] = blocks[:, p]
+            else:
+                H[:, a, :, b, :] = self.grams(h[:, p] * w, with_y=False)
+            if a == b:
+                H[:, a, :, a, :] += lam * C
+            else:
+                H[:, b, :, a, :] = H[:, a, :, b, :].transpose(0, 2, 1)
         step = _solve(H.reshape(S, t * D, t * D), grad.reshape(S, t * D))
         new = G.copy()
         new[:, :t] += step.reshape(S, t, D)
@@ -437,17 +449,21 @@ def _weighted_grams(weights: Array, Xt: Array, right: Array) -> Array:
 
 
 def _solve(A: Array, b: Array) -> Array:
-    """``A^{-1} b`` for a stack of symmetric positive semi-definite ``A``, with a
+    """``A^{-1} b`` for stacks of symmetric positive semi-definite ``A``, with a
     ridge of ``1e-10`` of the mean diagonal (more where a matrix is singular)."""
     scale = np.maximum(np.trace(A, axis1=-2, axis2=-1) / A.shape[-1], 1e-300)
     eye = np.eye(A.shape[-1])
     for ridge in (1e-10, 1e-6, 1e-2):
         try:
             return np.linalg.solve(
-                A + ridge * scale[:, None, None] * eye, b[..., None]
+                A + ridge * scale[..., None, None] * eye, b[..., None]
             )[..., 0]
         except np.linalg.LinAlgError:
             continue
+    flat_A, flat_b = A.reshape(-1, *A.shape[-2:]), b.reshape(-1, b.shape[-1])
     return np.stack(
-        [np.linalg.lstsq(a, v, rcond=None)[0] for a, v in zip(A, b, strict=True)]
-    )
+        [
+            np.linalg.lstsq(a, v, rcond=None)[0]
+            for a, v in zip(flat_A, flat_b, strict=True)
+        ]
+    ).reshape(b.shape)
