@@ -83,6 +83,31 @@ def test_newton_subsample_changes_speed_not_the_fixed_point(
     np.testing.assert_allclose(sub.gating, full.gating, atol=1e-6)
 
 
+def _near_truth(truth, rng):
+    """The true experts and gate, each entry moved by 0.1 N(0, 1); noise 0.2."""
+    experts, gating = truth["experts"], truth["gating"]
+    return MoEParams(
+        experts + 0.1 * rng.standard_normal(experts.shape),
+        gating + 0.1 * rng.standard_normal(gating.shape),
+        0.2,
+        "linear",
+    )
+
+
+def _joint_em(X, y, start, tol):
+    """Joint EM from ``start`` in the identity metric (seeded subset)."""
+    return em(
+        X,
+        y,
+        start,
+        fit_experts=True,
+        moments=ColumnMoments(np.eye(X.shape[1])),
+        max_iter=200,
+        tol=tol,
+        rng=np.random.default_rng(1),
+    )
+
+
 def test_contracting_steps_stop_within_tol_of_the_fixed_point(
     monkeypatch, global_random_seed
 ):
@@ -105,25 +130,10 @@ def test_contracting_steps_stop_within_tol_of_the_fixed_point(
     monkeypatch.setattr(em_module._Problem, "run_pass", counted_pass)
 
     def run(start, tol):
-        return em(
-            X,
-            y,
-            start,
-            fit_experts=True,
-            moments=ColumnMoments(np.eye(d)),
-            max_iter=200,
-            tol=tol,
-            rng=np.random.default_rng(1),
-        )
+        return _joint_em(X, y, start, tol)
 
-    experts, gating = truth["experts"], truth["gating"]
     for _ in range(3):
-        start = MoEParams(
-            experts + 0.1 * rng.standard_normal(experts.shape),
-            gating + 0.1 * rng.standard_normal(gating.shape),
-            0.2,
-            "linear",
-        )
+        start = _near_truth(truth, rng)
         fixed_point = run(start, 1e-10).params
         before = dict(passes)
         results = {}
@@ -149,13 +159,7 @@ def test_kept_newton_matrices_save_curvature_sums_not_accuracy(
     """After small steps EM keeps the subset's Newton matrices: it sums them
     fewer times and still ends at the same fixed point (tol 1e-9, as above)."""
     X, y, truth = make_moe(60_000, 10, random_state=global_random_seed)
-    rng = np.random.default_rng(global_random_seed)
-    start = MoEParams(
-        truth["experts"] + 0.1 * rng.standard_normal(truth["experts"].shape),
-        truth["gating"] + 0.1 * rng.standard_normal(truth["gating"].shape),
-        0.2,
-        "linear",
-    )
+    start = _near_truth(truth, np.random.default_rng(global_random_seed))
     sums = [0]
     original = em_module._Problem._subset_rows
 
@@ -167,17 +171,7 @@ def test_kept_newton_matrices_save_curvature_sums_not_accuracy(
 
     def run():
         sums[0] = 0
-        result = em(
-            X,
-            y,
-            start,
-            fit_experts=True,
-            moments=ColumnMoments(np.eye(10)),
-            max_iter=200,
-            tol=1e-9,
-            rng=np.random.default_rng(1),
-        )
-        return result.params, sums[0]
+        return _joint_em(X, y, start, 1e-9).params, sums[0]
 
     kept, kept_sums = run()
     monkeypatch.setattr(em_module, "_KEEP_CURVATURE_STEP", 0.0)
