@@ -175,13 +175,13 @@ class _Batch:
         pairs = [(a, b) for a in range(t) for b in range(a, t)]
         h = np.stack([pi[:, a] * ((a == b) - pi[:, b]) for a, b in pairs], axis=1)
         H = np.zeros((S, t, D, t, D))
-        if self.products is not None:
-            blocks = self.grams(h * w, with_y=False)  # (S, pairs, D, D)
+        # every pair in one product from the rows' products, else a pair at a time
+        blocks = None if self.products is None else self.grams(h * w, with_y=False)
         for p, (a, b) in enumerate(pairs):
-            if self.products is not None:
-                H[:, a, :, b, :] = blocks[:, p]
-            else:
+            if blocks is None:
                 H[:, a, :, b, :] = self.grams(h[:, p] * w, with_y=False)
+            else:
+                H[:, a, :, b, :] = blocks[:, p]
             if a == b:
                 H[:, a, :, a, :] += lam * C
             else:

@@ -448,7 +448,6 @@ class SpectralMoE(MoEBase):
                     ctx, [params], self.max_iter, gating_tol, fit_experts=False
                 )
                 return fit.add(batched[0])
-            # (a start for refinement, which reads every row: on a subset)
             rows = ctx.gating_rows(params.gating.size) if self.refine else None
             return fit.add(
                 self._em(
@@ -489,17 +488,15 @@ class SpectralMoE(MoEBase):
     ) -> list[EMResult]:
         """:func:`moelearn._em_batch.batched_em` from ``starts`` on the start
         race's rows."""
-        rows = ctx.short_rows
-        rows = np.arange(len(ctx.y)) if rows is None else rows
-        weights = ctx.sample_weight
+        X, y, weights = ctx.short_table
         return _em_batch.batched_em(
-            take_rows(ctx.X_em, rows),
-            ctx.y[rows],
+            X,
+            y,
             starts,
             covariance=ctx.moments.metric,
             max_iter=max_iter,
             tol=tol,
-            sample_weight=None if weights is None else weights[rows],
+            sample_weight=weights,
             fit_experts=fit_experts,
         )
 
@@ -590,7 +587,7 @@ class SpectralMoE(MoEBase):
             short.n_iter += earlier.get(short.name, 0)
         reference = best.log_likelihood  # the leader, on the short runs' rows
         if subset is not None and np.isfinite(reference):
-            reference = _mean_log_likelihood(ctx, best.params, subset)
+            reference = _short_rows_log_likelihood(ctx, best.params)
         # small tables (short runs on all rows): continuing is cheap, so more do
         continued = _CONTINUED if subset is not None else 2 * _CONTINUED
         for rank, short in enumerate(shorts):
@@ -1030,6 +1027,16 @@ class _FitContext:
             return None
         return np.sort(self.rng.choice(n, size=_SHORT_ROWS, replace=False))
 
+    @cached_property
+    def short_table(self) -> tuple[Array, Array, Array | None]:
+        """EM's columns, targets and weights on :attr:`short_rows` (all rows when
+        ``None``), in memory, gathered once for the race's batched runs and its
+        reference likelihood."""
+        rows = self.short_rows
+        rows = np.arange(len(self.y)) if rows is None else rows
+        weights = None if self.sample_weight is None else self.sample_weight[rows]
+        return take_rows(self.X_em, rows), self.y[rows], weights
+
     def gating_rows(self, n_gate_parameters: int) -> Array | None:
         """The rows gating EM learns a start's gate on before refinement: a
         random subset of :data:`_GATING_ROWS_PER_PARAMETER` rows per gate
@@ -1104,11 +1111,10 @@ class _Candidate:
         }
 
 
-def _mean_log_likelihood(ctx: _FitContext, params: MoEParams, rows: Array) -> float:
-    """The mean log-likelihood of ``params`` on the fit's ``rows``."""
-    terms = log_likelihood_terms(take_rows(ctx.X_em, rows), ctx.y[rows], params)[0]
-    weights = None if ctx.sample_weight is None else ctx.sample_weight[rows]
-    return float(np.average(terms, weights=weights))
+def _short_rows_log_likelihood(ctx: _FitContext, params: MoEParams) -> float:
+    """The mean log-likelihood of ``params`` on the start race's rows."""
+    X, y, weights = ctx.short_table
+    return float(np.average(log_likelihood_terms(X, y, params)[0], weights=weights))
 
 
 def _rescaled_score(score, s: Array, x: Array) -> Array:
