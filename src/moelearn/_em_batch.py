@@ -296,6 +296,10 @@ def batched_em(
 class _State:
     """Where each start is, its last accepted point, and :func:`em`'s counters.
 
+    Each start's parameters are one row of ``theta``, ``[a, G, sigma]``
+    flattened; ``E``, ``G`` and ``sigma`` are views of it, and the points the
+    steps come back to (``prev``, ``base``, ``plain``) are arrays of its shape.
+
     Every other step is extrapolated (SQUAREM, Varadhan and Roland 2008, their
     scheme S3): from an accepted plain step ``theta_1 = F(theta_0)`` and the
     next plain proposal ``theta_2 = F(theta_1)``, with ``r = theta_1 - theta_0``
@@ -307,10 +311,14 @@ class _State:
     """
 
     def __init__(self, S: int, E: Array, G: Array, sigma: Array):
-        self.E, self.G, self.sigma = E, G, sigma
-        self.prev: tuple[Array, Array, Array] = (E.copy(), G.copy(), sigma.copy())
-        self.base: tuple[Array, Array, Array] = (E.copy(), G.copy(), sigma.copy())
-        self.plain: tuple[Array, Array, Array] = (E.copy(), G.copy(), sigma.copy())
+        _, k, D = E.shape
+        self.theta = np.concatenate([E.reshape(S, -1), G.reshape(S, -1), sigma], axis=1)
+        self.E = self.theta[:, : k * D].reshape(S, k, D)
+        self.G = self.theta[:, k * D : 2 * k * D].reshape(S, k, D)
+        self.sigma = self.theta[:, 2 * k * D :]
+        self.prev = self.theta.copy()
+        self.base = self.theta.copy()
+        self.plain = self.theta.copy()
         self.base_ok = np.zeros(S, bool)  # current = F(base) by a plain step
         self.extrapolated = np.zeros(S, bool)  # current is an extrapolated point
         self.prev_value = np.full(S, -np.inf)
@@ -321,9 +329,6 @@ class _State:
         self.halvings = np.zeros(S, int)
         self.flat = np.zeros(S, int)
         self.history: list[list[float]] = [[] for _ in range(S)]
-
-    def _set(self, s: Array, source: tuple[Array, Array, Array]) -> None:
-        self.E[s], self.G[s], self.sigma[s] = (p[s] for p in source)
 
     def judge(self, idx, ev: _Evaluation, max_iter, tol, total, weight_floor):
         """Accept, halve or stop each evaluated start; the starts to step."""
@@ -337,25 +342,24 @@ class _State:
         # out of iterations: the last proposal is kept only if it did not lower
         # the objective
         last = idx[spent]
-        self._set(last[worse[spent]], self.prev)
+        back = last[worse[spent]]
+        self.theta[back] = self.prev[back]
         self.active[last] = False
         retreat = idx[worse & ~spent]
         # a failed extrapolation: the plain step instead
         jumped = self.extrapolated[retreat]
         fallback, halve = retreat[jumped], retreat[~jumped]
-        self._set(fallback, self.plain)
+        self.theta[fallback] = self.plain[fallback]
         self.extrapolated[fallback] = False
-        for base, prev in zip(self.base, self.prev, strict=True):
-            base[fallback] = prev[fallback]  # the plain step F(prev) is current
+        self.base[fallback] = self.prev[fallback]  # the plain step F(prev) is current
         self.base_ok[fallback] = True
         self.base_ok[halve] = False
         self.halvings[halve] += 1
         give_up = halve[self.halvings[halve] > MAX_HALVINGS]
-        self._set(give_up, self.prev)
+        self.theta[give_up] = self.prev[give_up]
         self.active[give_up] = False
         halve = halve[self.halvings[halve] <= MAX_HALVINGS]
-        for arr, old in zip((self.E, self.G, self.sigma), self.prev, strict=True):
-            arr[halve] = 0.5 * (arr[halve] + old[halve])
+        self.theta[halve] = 0.5 * (self.theta[halve] + self.prev[halve])
         ok = ~worse & ~spent
         lost = ok & (~np.isfinite(value) | thin)
         self.active[idx[lost]] = False  # em() drops the expert (or reports)
@@ -368,15 +372,14 @@ class _State:
         done = s[self.flat[s] >= 2]
         self.converged[done] = True
         self.active[done] = False
-        step = s[self.flat[s] < 2]
-        for i, mean in zip(idx[ok], ev.ll_mean[ok], strict=True):
-            if self.flat[i] < 2:
-                self.history[i].append(float(mean))
+        going = self.flat[s] < 2
+        step = s[going]
+        for i, mean in zip(step.tolist(), ev.ll_mean[ok][going].tolist(), strict=True):
+            self.history[i].append(mean)
         self.n_iter[step] += 1
-        self.prev_value[step] = value[ok][self.flat[s] < 2]
+        self.prev_value[step] = value[ok][going]
         self.has_prev[step] = True
-        for arr, old in zip((self.E, self.G, self.sigma), self.prev, strict=True):
-            old[step] = arr[step]
+        self.prev[step] = self.theta[step]
         return step
 
     def propose(self, s: Array, E: Array, G: Array, sigma: Array, metric, tol):
@@ -389,44 +392,35 @@ class _State:
         jump = s[self.base_ok[s]]
         plain = s[~self.base_ok[s]]
         # the plain proposals: the next extrapolation's base is the current point
-        for arr, base in zip((self.E, self.G, self.sigma), self.base, strict=True):
-            base[plain] = arr[plain]
-        for store, new in zip(self.plain, (E, G, sigma), strict=True):
-            store[s] = new
+        self.base[plain] = self.theta[plain]
+        self.plain[s] = np.concatenate(
+            [E.reshape(len(s), -1), G.reshape(len(s), -1), sigma], axis=1
+        )
         self.base_ok[plain] = True
         self.base_ok[jump] = False
-        self._set(s, self.plain)
+        done = change < tol
+        jump = jump[~done[np.searchsorted(s, jump)]]
+        self.theta[s] = self.plain[s]
         self.extrapolated[s] = False
         if jump.size:
             self._extrapolate(jump)
-        done = s[change < tol]
-        self._set(done, self.plain)
-        self.extrapolated[done] = False
-        self.converged[done] = True
-        self.active[done] = False
+        self.converged[s[done]] = True
+        self.active[s[done]] = False
 
     def _extrapolate(self, s: Array) -> None:
         """The SQUAREM proposal for the starts ``s`` (see the class docstring)."""
-
-        def flat(E, G, sigma):
-            return np.concatenate(
-                [E[s].reshape(len(s), -1), G[s].reshape(len(s), -1), np.log(sigma[s])],
-                axis=1,
-            )
-
-        theta0 = flat(*self.base)
-        theta1 = flat(*self.prev)
-        theta2 = flat(*self.plain)
+        noise = slice(self.theta.shape[1] - self.sigma.shape[1], None)
+        theta0, theta1, theta2 = self.base[s], self.prev[s], self.plain[s]
+        for theta in (theta0, theta1, theta2):  # (copies: fancy indexing)
+            theta[:, noise] = np.log(theta[:, noise])
         r = theta1 - theta0
         v = theta2 - 2.0 * theta1 + theta0
         norm_v = np.linalg.norm(v, axis=1)
         alpha = -np.linalg.norm(r, axis=1) / np.maximum(norm_v, 1e-300)
         alpha = np.minimum(alpha, -1.0)[:, None]
         theta = theta0 - 2.0 * alpha * r + alpha**2 * v
-        k, D = self.E.shape[1:]
-        self.E[s] = theta[:, : k * D].reshape(-1, k, D)
-        self.G[s] = theta[:, k * D : 2 * k * D].reshape(-1, k, D)
-        self.sigma[s] = np.exp(theta[:, 2 * k * D :])
+        theta[:, noise] = np.exp(theta[:, noise])
+        self.theta[s] = theta
         self.extrapolated[s] = True
 
 
@@ -451,13 +445,12 @@ def _weighted_grams(weights: Array, Xt: Array, right: Array) -> Array:
 def _solve(A: Array, b: Array) -> Array:
     """``A^{-1} b`` for stacks of symmetric positive semi-definite ``A``, with a
     ridge of ``1e-10`` of the mean diagonal (more where a matrix is singular)."""
-    scale = np.maximum(np.trace(A, axis1=-2, axis2=-1) / A.shape[-1], 1e-300)
-    eye = np.eye(A.shape[-1])
+    scale = np.maximum(np.einsum("...ii->...", A) / A.shape[-1], 1e-300)
     for ridge in (1e-10, 1e-6, 1e-2):
+        ridged = A.copy()
+        np.einsum("...ii->...i", ridged)[...] += ridge * scale[..., None]
         try:
-            return np.linalg.solve(
-                A + ridge * scale[..., None, None] * eye, b[..., None]
-            )[..., 0]
+            return np.linalg.solve(ridged, b[..., None])[..., 0]
         except np.linalg.LinAlgError:
             continue
     flat_A, flat_b = A.reshape(-1, *A.shape[-2:]), b.reshape(-1, b.shape[-1])

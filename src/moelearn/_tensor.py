@@ -175,19 +175,23 @@ def _power_iterate_rows(T: Array, U: Array, n_iter: int, tol: float) -> Array:
     row stopping on its own: when it moves less than ``tol``, or ``T(I, u, u)``
     vanishes. The sign is kept from step to step (odd tensors can flip it)."""
     U = U.copy()
+    k = T.shape[0]
+    unfolded = T.reshape(k, k * k).T  # T(I, u, u) = (u (x) u) @ unfolded
     active = np.ones(len(U), dtype=bool)
     for _ in range(n_iter):
         rows = np.flatnonzero(active)
         if rows.size == 0:
             break
         u = U[rows]
-        v = np.einsum("abc,rb,rc->ra", T, u, u)
-        norms = np.linalg.norm(v, axis=1)
+        v = (u[:, :, None] * u[:, None, :]).reshape(len(rows), k * k) @ unfolded
+        norms = np.sqrt(np.einsum("ra,ra->r", v, v))
         moving = norms != 0.0
-        v[moving] /= norms[moving, None]
+        v /= np.where(moving, norms, 1.0)[:, None]
         v *= np.where(np.einsum("ra,ra->r", v, u) < 0, -1.0, 1.0)[:, None]
-        done = moving & (np.linalg.norm(v - u, axis=1) < tol)
-        U[rows[moving]] = v[moving]
+        v = np.where(moving[:, None], v, u)
+        moved = v - u
+        done = np.sqrt(np.einsum("ra,ra->r", moved, moved)) < tol
+        U[rows] = v
         active[rows[~moving | done]] = False
     return U
 
