@@ -264,14 +264,16 @@ def batched_em(
         ev = batch.evaluate(state.E[idx], state.G[idx], state.sigma[idx])
         step = state.judge(idx, ev, max_iter, tol, batch.total, weight_floor)
         if step.size:
-            sub = np.searchsorted(idx, step)
-            picked = _Evaluation(
-                ev.value[sub],
-                ev.ll_mean[sub],
-                ev.resp[sub],
-                ev.gates[sub],
-                ev.weight[sub],
-            )
+            picked = ev  # (step is a subset of idx: when as long, the same)
+            if step.size < idx.size:
+                sub = np.searchsorted(idx, step)
+                picked = _Evaluation(
+                    ev.value[sub],
+                    ev.ll_mean[sub],
+                    ev.resp[sub],
+                    ev.gates[sub],
+                    ev.weight[sub],
+                )
             E_new, G_new, sigma_new = batch.m_step(
                 picked, state.E[step], state.G[step], shared, floor, fit_experts
             )
