@@ -79,3 +79,32 @@ def test_docstring_follows_numpydoc(name):
     assert not errors, "\n".join(
         f"{name}: {code} {message}" for code, message in errors
     )
+
+
+def test_shared_entries_expand_with_their_indentation_and_section():
+    """A ``{name}`` line becomes the shared entry, indented as the placeholder;
+    ``{Section:name}`` adds the section's header and underline."""
+    from moelearn._docstrings import ENTRIES, fill
+
+    doc = "Summary.\n\n    {Parameters:X_y}\n    extra : int\n        More.\n"
+    filled = fill(doc)
+    lines = filled.splitlines()
+    assert lines[2:4] == ["    Parameters", "    ----------"]
+    expected = ["    " + line for line in ENTRIES["X_y"].splitlines()]
+    assert lines[4 : 4 + len(expected)] == expected
+    assert lines[-2:] == ["    extra : int", "        More."]
+    # braces inside a line (a set of choices) are not placeholders
+    assert fill("link : {'linear', 'sigmoid'}") == "link : {'linear', 'sigmoid'}"
+
+
+def test_an_unknown_shared_entry_fails_loudly():
+    from moelearn._docstrings import shared_entries
+
+    def documented():
+        """Summary.
+
+        {no_such_entry}
+        """
+
+    with pytest.raises(KeyError, match="no_such_entry"):
+        shared_entries(documented)

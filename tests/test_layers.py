@@ -32,6 +32,7 @@ KERNELS = {
     "_tensor",
     "_tensor_loss",
     "_validation",
+    "_docstrings",
     "exceptions",
 }
 #: The user-facing library: estimators and what they are measured with.

@@ -13,6 +13,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from moelearn import _validation as v
 from moelearn._arrays import is_dask, is_torch, to_host
+from moelearn._docstrings import shared_entries
 from moelearn._links import LINKS
 from moelearn._model import (
     MoEParams,
@@ -69,6 +70,7 @@ def names_singular_columns(fit):
     return named_fit
 
 
+@shared_entries
 class MoEBase(RegressorMixin, BaseEstimator):
     """Base of the mixture-of-experts estimators.
 
@@ -300,10 +302,7 @@ class MoEBase(RegressorMixin, BaseEstimator):
     def predict(self, X) -> Array:
         """Conditional mean ``E[y | x] = sum_j pi_j(x) g(a_j . x)``.
 
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-            Inputs with the columns the model was fitted on.
+        {Parameters:X}
 
         Returns
         -------
@@ -315,10 +314,7 @@ class MoEBase(RegressorMixin, BaseEstimator):
     def predict_proba(self, X) -> Array:
         """Gate probabilities ``pi(x)``.
 
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-            Inputs with the columns the model was fitted on.
+        {Parameters:X}
 
         Returns
         -------
@@ -330,12 +326,7 @@ class MoEBase(RegressorMixin, BaseEstimator):
     def posterior_proba(self, X, y) -> Array:
         """The posterior responsibilities ``P(expert j | x, y)``.
 
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-            Inputs with the columns the model was fitted on.
-        y : array-like of shape (n_samples,)
-            Targets.
+        {Parameters:X_y}
 
         Returns
         -------
@@ -349,12 +340,7 @@ class MoEBase(RegressorMixin, BaseEstimator):
     def log_likelihood(self, X, y) -> Array:
         """Log-likelihood ``log p(y_i | x_i)`` of each row.
 
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-            Inputs with the columns the model was fitted on.
-        y : array-like of shape (n_samples,)
-            Targets.
+        {Parameters:X_y}
 
         Returns
         -------
@@ -368,12 +354,7 @@ class MoEBase(RegressorMixin, BaseEstimator):
     def score(self, X, y, sample_weight=None) -> float:
         """Mean log-likelihood ``(1/n) sum_i log p(y_i | x_i)`` (higher is better).
 
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-            Inputs with the columns the model was fitted on.
-        y : array-like of shape (n_samples,)
-            Targets.
+        {Parameters:X_y}
         sample_weight : array-like of shape (n_samples,), optional
             Weights of the mean.
 
@@ -389,10 +370,7 @@ class MoEBase(RegressorMixin, BaseEstimator):
     def sample(self, X, random_state=None) -> tuple[Any, Any]:
         """Draw ``y ~ P(y | x)`` for each row of ``X``.
 
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-            Inputs with the columns the model was fitted on.
+        {Parameters:X}
         random_state : int, Generator or None
             Seeds the draws.
 
@@ -424,10 +402,7 @@ class MoEBase(RegressorMixin, BaseEstimator):
         ``y | x`` is the Gaussian mixture ``sum_j pi_j(x) N(mu_j(x), sigma_j^2)``;
         its quantiles solve ``sum_j pi_j Phi((y - mu_j) / sigma_j) = q``.
 
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-            Inputs with the columns the model was fitted on.
+        {Parameters:X}
         q : float or array-like of shape (m,)
             Levels in (0, 1).
 
@@ -452,10 +427,7 @@ class MoEBase(RegressorMixin, BaseEstimator):
         distribution has several modes and this interval, with equal tails, can
         span the gap between them.
 
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-            Inputs with the columns the model was fitted on.
+        {Parameters:X}
         coverage : float, default=0.9
             The interval's probability, in (0, 1).
 
@@ -472,12 +444,7 @@ class MoEBase(RegressorMixin, BaseEstimator):
     def predict_density(self, X, y) -> Array:
         """The predictive density ``p(y_i | x_i)`` of each row.
 
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-            Inputs with the columns the model was fitted on.
-        y : array-like of shape (n_samples,)
-            Targets.
+        {Parameters:X_y}
 
         Returns
         -------
@@ -504,12 +471,7 @@ class MoEBase(RegressorMixin, BaseEstimator):
     def aic(self, X, y) -> float:
         """The Akaike information criterion ``-2 log L + 2 p`` (lower is better).
 
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-            Inputs with the columns the model was fitted on.
-        y : array-like of shape (n_samples,)
-            Targets.
+        {Parameters:X_y}
 
         Returns
         -------
@@ -521,12 +483,7 @@ class MoEBase(RegressorMixin, BaseEstimator):
     def bic(self, X, y) -> float:
         """The Bayesian information criterion ``-2 log L + p log n``.
 
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-            Inputs with the columns the model was fitted on.
-        y : array-like of shape (n_samples,)
-            Targets.
+        {Parameters:X_y}
 
         Returns
         -------
@@ -543,12 +500,7 @@ class MoEBase(RegressorMixin, BaseEstimator):
         BIC plus twice the entropy ``-sum_ij r_ij log r_ij`` of the posterior
         assignments, which penalises experts that overlap.
 
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-            Inputs with the columns the model was fitted on.
-        y : array-like of shape (n_samples,)
-            Targets.
+        {Parameters:X_y}
 
         Returns
         -------
@@ -572,24 +524,14 @@ class MoEBase(RegressorMixin, BaseEstimator):
     ):
         """The covariance of the fitted parameters, measured on the training data.
 
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-            The rows the model was fitted on.
-        y : array-like of shape (n_samples,)
-            Their targets.
+        {Parameters:X_y_fitted}
         kind : {'observed', 'sandwich', 'bootstrap'}, default='observed'
             ``I^{-1}`` from the observed information of the log-likelihood
             (Louis' formula, one pass over the rows); the sandwich
             ``I^{-1} (sum_i s_i s_i^T) I^{-1}``, robust to a misspecified noise
             model; or ``n_bootstrap`` EM refits on resampled rows, each started
             from the fit, so no replicate swaps the experts' labels.
-        sample_weight : array-like of shape (n,), optional
-            The weights the model was fitted with.
-        n_bootstrap : int, default=200
-            Resamples, for ``kind='bootstrap'``.
-        random_state : int, Generator or None
-            For the bootstrap's resamples.
+        {bootstrap_options}
 
         Returns
         -------
@@ -641,22 +583,12 @@ class MoEBase(RegressorMixin, BaseEstimator):
         gate's last row is the zero reference and has no row. See
         :meth:`parameter_covariance` for ``kind``.
 
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-            The rows the model was fitted on.
-        y : array-like of shape (n_samples,)
-            Their targets.
+        {Parameters:X_y_fitted}
         kind : {'observed', 'sandwich', 'bootstrap'}, default='observed'
             How the covariance is estimated (:meth:`parameter_covariance`).
         coverage : float, default=0.95
             The intervals' probability.
-        sample_weight : array-like of shape (n_samples,), optional
-            The weights the model was fitted with.
-        n_bootstrap : int, default=200
-            Resamples, for ``kind='bootstrap'``.
-        random_state : int, Generator or None
-            For the bootstrap's resamples.
+        {bootstrap_options}
 
         Returns
         -------

@@ -14,6 +14,7 @@ from scipy.optimize import minimize_scalar
 from moelearn import _starts
 from moelearn import _validation as v
 from moelearn._base import MoEBase, names_singular_columns
+from moelearn._docstrings import shared_entries
 from moelearn._em import em, em_columns
 from moelearn._gradients import nll_gradient, squared_error_gradient
 from moelearn._links import get_link
@@ -28,6 +29,15 @@ Array = np.ndarray
 __all__ = ["EMMoE", "GradientMoE"]
 
 
+#: The settings both baselines add to the common ones.
+_RANDOM_START_CONSTRAINTS = {
+    "init_gate_norm": v.real(0.0),
+    "fit_intercept": v.boolean,
+    "noise_type": v.one_of("shared", "per_expert"),
+}
+
+
+@shared_entries
 class EMMoE(MoEBase):
     r"""Mixture of experts learned by joint EM from random starts (Jordan & Jacobs).
 
@@ -53,24 +63,18 @@ class EMMoE(MoEBase):
         Maximum EM iterations per start.
     tol : float, default=1e-4
         EM stops when no parameter row moves more than ``tol`` (whitened units).
-    n_init : int, default=5
-        Random starts; the best by log-likelihood is kept.
-    init_gate_norm : float, default=1.0
-        Norm of the random starting gate rows (whitened units).
+    {random_starts}
     fit_intercept : bool, default=False
         Also learn expert intercepts and gate biases (``intercept_``,
         ``gating_intercept_``), as :class:`moelearn.SpectralMoE` does.
     noise_type : {'shared', 'per_expert'}, default='shared'
         One noise level for all experts, or one per expert (``noise_std_`` then
         has shape (n_experts,)).
-    random_state : int, Generator or None, default=None
-        Seeds the random starts.
-    verbose : int, default=0
-        ``1`` prints each start's result to stderr.
+    {seeded_starts}
 
     Attributes
     ----------
-    experts_, gating_, noise_std_ : as in :class:`moelearn.SpectralMoE`
+    {fitted_like_spectral}
     intercept_, gating_intercept_ : ndarray of shape (n_experts,)
         Only with ``fit_intercept=True``.
     n_experts_ : int
@@ -84,8 +88,7 @@ class EMMoE(MoEBase):
         Mean log-likelihood per iteration of the kept start.
     init_log_likelihoods_ : ndarray of shape (n_init,)
         Final mean log-likelihood of every start.
-    fit_times_ : dict
-    n_features_in_ : int
+    {fit_record}
 
     References
     ----------
@@ -97,9 +100,7 @@ class EMMoE(MoEBase):
 
     _parameter_constraints: ClassVar[dict] = {
         **MoEBase._common_constraints,
-        "init_gate_norm": v.real(0.0),
-        "fit_intercept": v.boolean,
-        "noise_type": v.one_of("shared", "per_expert"),
+        **_RANDOM_START_CONSTRAINTS,
     }
 
     def __init__(
@@ -133,19 +134,11 @@ class EMMoE(MoEBase):
     def fit(self, X, y, sample_weight=None):
         """Run EM from ``n_init`` random starts and keep the best.
 
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-            Inputs.
-        y : array-like of shape (n_samples,)
-            Targets.
+        {Parameters:X_y_fit}
         sample_weight : array-like of shape (n_samples,), optional
             Non-negative weights: EM maximises ``sum_i w_i log p(y_i | x_i)``.
 
-        Returns
-        -------
-        EMMoE
-            The fitted estimator (``self``).
+        {Returns:fitted}
         """
         rng, X, y = self._begin_fit(X, y)
         sample_weight = v.check_sample_weight(sample_weight, X.shape[0])
@@ -221,6 +214,7 @@ class EMMoE(MoEBase):
         self.init_log_likelihoods_ = self._in_raw_units(np.array(finals))
 
 
+@shared_entries
 class GradientMoE(MinibatchMixin, MoEBase):
     r"""Mixture of experts learned by (stochastic) gradient descent from random starts.
 
@@ -255,28 +249,21 @@ class GradientMoE(MinibatchMixin, MoEBase):
         Maximum epochs per start.
     tol : float, default=1e-3
         Stop when consecutive tail-averaged iterates differ by less than ``tol``.
-    n_init : int, default=5
-        Random starts; the best by log-likelihood is kept.
-    init_gate_norm : float, default=1.0
-        Norm of the random starting gate rows (whitened units).
+    {random_starts}
     noise_std : float or None, default=None
         Known noise level (held fixed); ``None`` learns it.
-    random_state : int, Generator or None, default=None
-        Seeds the random starts.
-    verbose : int, default=0
-        ``1`` prints each start's result to stderr.
+    {seeded_starts}
 
     Attributes
     ----------
-    experts_, gating_, noise_std_ : as in :class:`moelearn.SpectralMoE`
+    {fitted_like_spectral}
     loss_curve_ : list of float
         Mean minibatch loss per epoch of the kept start.
     converged_ : bool
     n_iter_ : int
         Epochs of the kept start.
     init_log_likelihoods_ : ndarray of shape (n_init,)
-    fit_times_ : dict
-    n_features_in_ : int
+    {fit_record}
     """
 
     _accepts_dask = False
@@ -289,9 +276,7 @@ class GradientMoE(MinibatchMixin, MoEBase):
         "optimizer": v.one_of("adam", "sgd"),
         "batch_size": v.integer(1),
         "learning_rate": v.real(0.0, open_low=True),
-        "init_gate_norm": v.real(0.0),
-        "fit_intercept": v.boolean,
-        "noise_type": v.one_of("shared", "per_expert"),
+        **_RANDOM_START_CONSTRAINTS,
     }
 
     def __init__(
@@ -333,17 +318,9 @@ class GradientMoE(MinibatchMixin, MoEBase):
     def fit(self, X, y):
         """Run minibatch gradient descent from ``n_init`` random starts.
 
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-            Inputs.
-        y : array-like of shape (n_samples,)
-            Targets.
+        {Parameters:X_y_fit}
 
-        Returns
-        -------
-        GradientMoE
-            The fitted estimator (``self``).
+        {Returns:fitted}
         """
         rng, X, y = self._begin_fit(X, y)
         for name in ("intercept_", "gating_intercept_"):  # from an earlier fit

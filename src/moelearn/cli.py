@@ -134,24 +134,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_simulate_command(sub) -> None:
-    """The ``simulate`` command's arguments."""
-    sim = sub.add_parser("simulate", help="draw data from a random mixture of experts")
-    sim.add_argument(
+def _add_size_arguments(parser, samples: int, rows: str, columns: str) -> None:
+    """``--samples`` (``-n``, default ``samples``) and ``--features`` (``-d``,
+    default 10) of a simulated table, described as ``rows`` and ``columns``."""
+    parser.add_argument(
         "--samples",
         "--n-samples",
         "-n",
         type=_positive_int,
-        default=100_000,
-        help="rows to draw (default 100000)",
+        default=samples,
+        help=f"{rows} (default {samples})",
     )
-    sim.add_argument(
+    parser.add_argument(
         "--features",
         "--n-features",
         "-d",
         type=_positive_int,
         default=10,
-        help="input columns, standard Gaussian (default 10)",
+        help=f"{columns} (default 10)",
+    )
+
+
+def _add_simulate_command(sub) -> None:
+    """The ``simulate`` command's arguments."""
+    sim = sub.add_parser("simulate", help="draw data from a random mixture of experts")
+    _add_size_arguments(
+        sim, 100_000, "rows to draw", "input columns, standard Gaussian"
     )
     sim.add_argument(
         "--experts",
@@ -341,21 +349,30 @@ def _add_evaluate_command(sub) -> None:
     ev.add_argument("--json", action="store_true", help="print the figures as JSON")
 
 
+def _add_fitted_model_arguments(parser, kind_help: str) -> None:
+    """A fitted model, the data it was fitted on, its target column and the kind
+    of standard errors (``--kind``, described by ``kind_help``)."""
+    parser.add_argument("model", help="model .json written by 'moelearn fit'")
+    parser.add_argument("data", help="the data file the model was fitted on")
+    parser.add_argument("--target", default=None, help="target column (default: y)")
+    parser.add_argument(
+        "--kind",
+        choices=["observed", "sandwich", "bootstrap"],
+        default="observed",
+        help=kind_help,
+    )
+
+
 def _add_summary_command(sub) -> None:
     """The ``summary`` command's arguments."""
     summ = sub.add_parser(
         "summary",
         help="estimates, standard errors, z, p-values and confidence intervals",
     )
-    summ.add_argument("model", help="model .json written by 'moelearn fit'")
-    summ.add_argument("data", help="the data file the model was fitted on")
-    summ.add_argument("--target", default=None, help="target column (default: y)")
-    summ.add_argument(
-        "--kind",
-        choices=["observed", "sandwich", "bootstrap"],
-        default="observed",
-        help="standard errors from the observed information (default), the "
-        "sandwich (robust), or a bootstrap of EM refits",
+    _add_fitted_model_arguments(
+        summ,
+        "standard errors from the observed information (default), the sandwich "
+        "(robust), or a bootstrap of EM refits",
     )
     summ.add_argument(
         "--coverage", type=float, default=0.95, help="interval coverage (0.95)"
@@ -375,37 +392,14 @@ def _add_report_command(sub) -> None:
     rep_ = sub.add_parser(
         "report", help="one HTML page: parameters, standard errors, figures"
     )
-    rep_.add_argument("model", help="model .json written by 'moelearn fit'")
-    rep_.add_argument("data", help="the data file the model was fitted on")
-    rep_.add_argument("--target", default=None, help="target column (default: y)")
-    rep_.add_argument(
-        "--kind",
-        choices=["observed", "sandwich", "bootstrap"],
-        default="observed",
-        help="standard errors of the table (default observed)",
-    )
+    _add_fitted_model_arguments(rep_, "standard errors of the table (default observed)")
     rep_.add_argument("--out", required=True, help="the report (.html)")
 
 
 def _add_demo_command(sub) -> None:
     """The ``demo`` command's arguments."""
     demo = sub.add_parser("demo", help="simulate, fit, report errors and write a plot")
-    demo.add_argument(
-        "--samples",
-        "--n-samples",
-        "-n",
-        type=_positive_int,
-        default=200_000,
-        help="rows to simulate (default 200000)",
-    )
-    demo.add_argument(
-        "--features",
-        "--n-features",
-        "-d",
-        type=_positive_int,
-        default=10,
-        help="input columns (default 10)",
-    )
+    _add_size_arguments(demo, 200_000, "rows to simulate", "input columns")
     demo.add_argument(
         "--link",
         choices=sorted(LINKS),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from moelearn._docstrings import shared_entries
 from moelearn._links import get_link
 from moelearn._model import MoEParams, sample_outputs
 from moelearn._validation import check_random_state
@@ -13,6 +14,7 @@ Array = np.ndarray
 __all__ = ["make_hme", "make_moe"]
 
 
+@shared_entries
 def make_moe(
     n_samples: int,
     n_features: int,
@@ -31,16 +33,10 @@ def make_moe(
     ``gating_norm``; the last gate row is zero. Then ``z | x ~ softmax(G x)`` and
     ``y = g(a_z . x) + noise_std * eps``.
 
-    Parameters
-    ----------
-    n_samples, n_features : int
-        Rows and input columns.
+    {Parameters:simulated_rows}
     n_experts : int, default=2
         Experts ``k``, with a softmax gate.
-    link : {'linear', 'sigmoid'}, default='linear'
-        The experts' link ``g``.
-    noise_std : float, default=0.1
-        Standard deviation of the Gaussian noise on ``y``.
+    {simulated_experts}
     gating_norm : (low, high), default=(1, 2)
         Range of the gate rows' Euclidean norms.
     random_state : int, Generator or None
@@ -56,10 +52,7 @@ def make_moe(
 
     Returns
     -------
-    X : ndarray of shape (n_samples, n_features)
-        The inputs.
-    y : ndarray of shape (n_samples,)
-        The targets.
+    {simulated_table}
     params : dict
         ``experts`` (k, d), ``gating`` (k, d), ``noise_std``, ``link``, and, for
         ``inputs='mixture'``, ``input_mixture``: the inputs' ``weights``,
@@ -82,6 +75,7 @@ def make_moe(
     return X, y, {**_truth(params), **described}
 
 
+@shared_entries
 def make_hme(
     n_samples: int,
     n_features: int,
@@ -98,16 +92,10 @@ def make_hme(
     ``sigmoid(v_t . x)``. Regressors are uniform on the unit sphere; each ``v_t`` has
     a uniform direction and a norm uniform in ``gating_norm``.
 
-    Parameters
-    ----------
-    n_samples, n_features : int
-        Rows and input columns.
+    {Parameters:simulated_rows}
     depth : int, default=2
         Levels of gates, from 1 to 6.
-    link : {'linear', 'sigmoid'}, default='linear'
-        The experts' link ``g``.
-    noise_std : float, default=0.1
-        Standard deviation of the Gaussian noise on ``y``.
+    {simulated_experts}
     gating_norm : (low, high), default=(1, 2)
         Range of the node vectors' Euclidean norms.
     random_state : int, Generator or None
@@ -115,10 +103,7 @@ def make_hme(
 
     Returns
     -------
-    X : ndarray of shape (n_samples, n_features)
-        The inputs.
-    y : ndarray of shape (n_samples,)
-        The targets.
+    {simulated_table}
     params : dict
         ``experts`` (2^depth, d), ``gating`` (2^depth - 1, d) node vectors,
         ``gate='tree'``, ``depth``, ``noise_std``, ``link``.

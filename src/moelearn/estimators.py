@@ -14,6 +14,7 @@ from scipy.optimize import linear_sum_assignment
 from moelearn import _em_batch, _starts
 from moelearn import _validation as v
 from moelearn._base import MoEBase, names_singular_columns
+from moelearn._docstrings import shared_entries
 from moelearn._em import (
     MIN_EXPERT_WEIGHT,
     ColumnMoments,
@@ -77,6 +78,7 @@ _MIN_SHARE = MIN_EXPERT_WEIGHT
 _TIE = 1e-12
 
 
+@shared_entries
 class SpectralMoE(MoEBase):
     r"""Mixture of experts learned by spectral moments, then EM (Method 1).
 
@@ -281,10 +283,7 @@ class SpectralMoE(MoEBase):
             maximises ``sum_i w_i log p(y_i | x_i)`` (an integer weight acts as
             that many copies of the row).
 
-        Returns
-        -------
-        SpectralMoE
-            The fitted estimator (``self``).
+        {Returns:fitted}
         """
         return self._fit(X, y, sample_weight)
 

@@ -12,6 +12,7 @@ import numpy as np
 
 from moelearn import _validation as v
 from moelearn._arrays import like, to_host
+from moelearn._docstrings import shared_entries
 from moelearn._links import get_link
 from moelearn._model import MoEParams, gate_proba, log_likelihood_terms
 from moelearn._moments import input_whitening, row_sample
@@ -67,6 +68,7 @@ class ExpertSelection:
     criterion: str = "bic"
 
 
+@shared_entries
 def select_n_experts(
     X,
     y,
@@ -91,12 +93,7 @@ def select_n_experts(
     Gauss-Newton.
     The eigen-gap of ``T2`` is reported alongside as a check that needs no fit.
 
-    Parameters
-    ----------
-    X : array-like of shape (n_samples, n_features)
-        Inputs.
-    y : array-like of shape (n_samples,)
-        Targets.
+    {Parameters:X_y_fit}
     max_experts : int, default=5
         Largest ``k`` tried; at most ``d``.
     link : str, default='linear'

@@ -11,6 +11,7 @@ from sklearn.exceptions import ConvergenceWarning
 
 from moelearn import _validation as v
 from moelearn._base import MoEBase, names_singular_columns
+from moelearn._docstrings import shared_entries
 from moelearn._gradients import nll_gradient
 from moelearn._links import get_link
 from moelearn._moments import RowInputs
@@ -37,6 +38,7 @@ EXHAUSTIVE_SIGNS = 8
 MIN_EIGENVALUE_RATIO = 1e-3
 
 
+@shared_entries
 class TensorLossMoE(MinibatchMixin, MoEBase):
     r"""Mixture of experts learned by minimising designed losses with SGD (Method 2).
 
@@ -98,7 +100,7 @@ class TensorLossMoE(MinibatchMixin, MoEBase):
 
     Attributes
     ----------
-    experts_, gating_, noise_std_ : as in :class:`moelearn.SpectralMoE`
+    {fitted_like_spectral}
     loss_curve_ : list of float
         Mean minibatch ``L4`` per epoch.
     gating_loss_curve_ : list of float
@@ -110,8 +112,7 @@ class TensorLossMoE(MinibatchMixin, MoEBase):
     diagnostics_ : dict
         ``m2_eigenvalues``: the leading eigenvalues of ``M2`` (the smallest of the
         first ``k`` against the next tells whether the whitening can be trusted).
-    fit_times_ : dict
-    n_features_in_ : int
+    {fit_record}
 
     References
     ----------
@@ -179,17 +180,9 @@ class TensorLossMoE(MinibatchMixin, MoEBase):
     def fit(self, X, y):
         """Minimise ``L4`` for the regressors, then ``L_log`` for the gate.
 
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-            Inputs.
-        y : array-like of shape (n_samples,)
-            Targets.
+        {Parameters:X_y_fit}
 
-        Returns
-        -------
-        TensorLossMoE
-            The fitted estimator (``self``).
+        {Returns:fitted}
         """
         rng, X, y = self._begin_fit(X, y)
         k = self.n_experts
