@@ -286,6 +286,9 @@ class _PassSpec:
     weighted: bool = False  # the last per-row array holds sample weights
     fit_noise: bool = True
     scores: bool = False  # also the sums of the rows' score outer products
+    # the x x^T blocks of the curvature in single precision (Newton matrices from
+    # a row subset, whose sampling error is far larger)
+    single: bool = False
 
 
 def noise_groups(params: MoEParams, fit_noise: bool) -> Array:
@@ -421,7 +424,7 @@ def _curvature_sums(xc, resp, gates, res, eta, logits, sw, spec: _PassSpec) -> t
     out: tuple = ()
     for weights, pairs in matrices:
         out += (
-            _weighted_grams(f, weights[:n_vec, :n_vec], pairs),
+            _weighted_grams(f, weights[:n_vec, :n_vec], pairs, spec.single),
             einsum("cdm,mi->cdi", weights[:n_vec, n_vec:], f),
             xp.sum(weights[n_vec:, n_vec:], axis=2),
         )
@@ -470,16 +473,22 @@ def curvature_pairs(
     return every, [(j, j) for j in range(g0)] + gate_pairs
 
 
-def _weighted_grams(f: Array, weights: Array, pairs: list[tuple[int, int]]) -> Array:
+def _weighted_grams(
+    f: Array, weights: Array, pairs: list[tuple[int, int]], single: bool = False
+) -> Array:
     """``out[i] = sum_m weights[c, d, m] f_m f_m^T`` for each of the upper
     ``pairs[i] = (c, d)``, ``c <= d``, of symmetric ``weights`` (P, P, m).
 
     Narrow ``f`` (NumPy, at most :data:`_PRODUCT_COLUMNS` columns): one matrix
     product of the rows' distinct products ``f_ia f_ib`` (``a <= b``) with all
     the pairs' weights. Otherwise one product per ``c``:
-    ``f^T [w_cd1 * f, w_cd2 * f, ...]``."""
+    ``f^T [w_cd1 * f, w_cd2 * f, ...]``. With ``single`` (NumPy) the products run
+    in single precision (relative rounding about ``1e-7``; the sums are returned
+    in double)."""
     P, (m, D) = weights.shape[0], f.shape
     out = like(np.zeros((len(pairs), D, D)), f)
+    if single and isinstance(f, np.ndarray):
+        f, weights = f.astype(np.float32), weights.astype(np.float32)
     if isinstance(f, np.ndarray) and D <= _PRODUCT_COLUMNS and pairs:
         upper_a, upper_b = np.triu_indices(D)
         products = f[:, upper_a] * f[:, upper_b]  # (m, D (D + 1) / 2)
@@ -626,7 +635,9 @@ class _Problem:
                     sums[4:], structure, params, self.fit_experts
                 )
         if curvature and not fused:
-            spec = _PassSpec(params, self.fit_experts, False, True, **settings)
+            spec = _PassSpec(
+                params, self.fit_experts, False, True, single=True, **settings
+            )
             assert subset is not None  # (else the pass was fused)
             Xs, ys, named = self._subset_rows(subset)
             sums = reduce_rows(partial(_pass_sums, spec=spec), Xs, ys, **named)
