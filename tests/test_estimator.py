@@ -9,6 +9,7 @@ from sklearn.exceptions import ConvergenceWarning
 
 from moelearn import (
     EMMoE,
+    HierarchicalMoE,
     NonGaussianInputWarning,
     SpectralMoE,
     SpectralReliabilityWarning,
@@ -197,6 +198,33 @@ def test_unreliable_spectral_step_is_reported(d, make_y, match):
 def test_bad_input_is_a_clear_error(X, y, match):
     with pytest.raises(ValueError, match=match):
         SpectralMoE().fit(X, y)
+
+
+@pytest.mark.parametrize("estimator", ["spectral", "intercept", "hme"])
+@pytest.mark.parametrize(
+    "n, row, value",
+    [(500, 0, np.nan), (2_000, 1_999, -np.inf), (300_000, 123_457, np.inf)],
+)
+def test_a_non_finite_value_is_named_by_the_first_pass(estimator, n, row, value):
+    """SpectralMoE leaves the finite check to the spectral step's first pass
+    (which reads every value anyway): one ValueError naming the row and column,
+    no warnings first, whether the value is in the row sample or not (at 300 000
+    rows the pass sums in single precision)."""
+    import warnings
+
+    make = {
+        "spectral": lambda: SpectralMoE(2, random_state=0),
+        "intercept": lambda: SpectralMoE(2, fit_intercept=True, random_state=0),
+        "hme": lambda: HierarchicalMoE(1, random_state=0),
+    }[estimator]
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((n, 3)), rng.standard_normal(n)
+    X[row, 2] = value
+    kind = "NaN" if np.isnan(value) else "infinite value"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError, match=f"first: {kind} at row {row}, column 2"):
+            make().fit(X, y)
 
 
 @pytest.mark.parametrize(

@@ -209,6 +209,7 @@ class MoEBase(RegressorMixin, BaseEstimator):
         self.n_experts_ = params.n_experts
 
     def _validate_training_data(self, X, y) -> tuple[Array, Array]:
+        deferred = False  # X's values left to the fit's first pass
         if _read_by_passes(X) or _read_by_passes(y):
             X, y = self._validate_dask(X, y, reset=True)
         else:
@@ -222,29 +223,42 @@ class MoEBase(RegressorMixin, BaseEstimator):
                 order="C",
                 ensure_min_features=1,
             )
-            X = v.check_finite_2d(X)
+            deferred = self._first_pass_checks_finite(X)
+            X = v.check_finite_2d(X, values=not deferred)
             y = v.check_target(y, X.shape[0])
             names = getattr(self, "feature_names_in_", None)
             v.check_scale(X, "X", None if names is None else list(names))
             v.check_scale(y, "y")
+
+        def refuse(message: str):
+            if deferred:  # X's values first, as when they are checked here
+                v.check_finite_2d(X)
+            raise ValueError(message)
+
         n, d = X.shape
         k = self.n_experts
         if k > d and self._one_expert_per_feature:
-            raise ValueError(
+            refuse(
                 f"n_experts={k} exceeds n_features={d}: {type(self).__name__} finds "
                 "at most one expert per input column (it whitens the inputs onto k "
                 "directions); SpectralMoE, EMMoE and GradientMoE fit more"
             )
         n_params = 2 * k * d + 1
         if n < n_params:
-            raise ValueError(
+            refuse(
                 f"n_samples={n} is too small for n_features={d} and n_experts={k}: "
                 f"the model has {n_params} parameters; the spectral step's error is "
                 "about 3 * sqrt(d / n), so use many more samples than parameters"
             )
         if np.ptp(y) == 0:
-            raise ValueError("y is constant: there is nothing to learn")
+            refuse("y is constant: there is nothing to learn")
         return X, y
+
+    def _first_pass_checks_finite(self, X) -> bool:
+        """Whether the fit's first pass over the in-memory ``X`` (validated,
+        float64) checks that its values are finite, so that validation need not
+        read them: no, unless an estimator says so."""
+        return False
 
     def _validate_dask(self, X, y, *, reset: bool):
         """Dask or PyTorch inputs: ``X`` stays where it is (a Dask array becomes

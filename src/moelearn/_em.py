@@ -146,11 +146,13 @@ class ColumnMoments:
     column counted as one standard deviation) and, when known, the columns'
     ``mean`` and ``covariance`` (a constant column: mean 1, variance 0), from
     which the Newton matrices above :data:`STRUCTURED_CURVATURE_FEATURES`
-    columns take their Gaussian structure."""
+    columns take their Gaussian structure; and ``E[x y]`` of the columns when a
+    pass has summed it (least squares then needs no pass of its own)."""
 
     metric: Array
     mean: Array | None = None
     covariance: Array | None = None
+    target_cross: Array | None = None
 
     def known(self) -> tuple[Array, Array]:
         """``(mean, covariance)``; ``ValueError`` when only the metric is known."""
@@ -160,14 +162,23 @@ class ColumnMoments:
 
 
 def em_columns(
-    X: RowSource, mean: Array, cov: Array, intercept: bool
+    X: RowSource,
+    mean: Array,
+    cov: Array,
+    intercept: bool,
+    target_cross: tuple[Array, float] | None = None,
 ) -> tuple[RowSource, ColumnMoments]:
     """EM's columns and their :class:`ColumnMoments`, from the inputs' ``mean``
-    and covariance ``cov``; with ``intercept`` the columns are ``[X, 1]``."""
+    and covariance ``cov`` (and, when known, ``(E[x y], E[y])``); with
+    ``intercept`` the columns are ``[X, 1]``."""
+    cross = None
+    if target_cross is not None:
+        x_y, y_mean = target_cross
+        cross = np.append(x_y, y_mean) if intercept else x_y
     if not intercept:
-        return X, ColumnMoments(cov, mean, cov)
+        return X, ColumnMoments(cov, mean, cov, cross)
     return with_ones(X), ColumnMoments(
-        block_diag(cov, 1.0), np.append(mean, 1.0), block_diag(cov, 0.0)
+        block_diag(cov, 1.0), np.append(mean, 1.0), block_diag(cov, 0.0), cross
     )
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import warnings
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -26,6 +27,7 @@ import numpy as np
 from moelearn._arrays import empty, like, namespace, projections
 from moelearn._mmap import release_pages
 from moelearn._passes import RowSource, chunk_rows, reduce_rows, row_slices, take_rows
+from moelearn._validation import check_finite_2d
 
 Array = np.ndarray
 
@@ -136,7 +138,17 @@ def input_pass(
     """
     X = inputs.X
     d = X.shape[1]
-    centre, (s1, p2_x, s2, p2_xxo) = _input_pass_sums(inputs, p2, omega_raw)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        centre, (s1, p2_x, s2, p2_xxo) = _input_pass_sums(inputs, p2, omega_raw)
+    if not (np.all(np.isfinite(s1)) and np.all(np.isfinite(s2))):
+        # a NaN or infinite value in X (validation may leave the check to this
+        # pass): the error that names it, not the warnings its sums raised
+        check_finite_2d(X)
+    for warning in caught:
+        warnings.warn_explicit(
+            warning.message, warning.category, warning.filename, warning.lineno
+        )
     total = inputs.total
     p2_sum = float(p2.sum())
     delta = s1 / total  # mean - centre
@@ -511,12 +523,18 @@ def _residual_sums(
     offset: Array,
     indices: list[tuple[int, ...]],
     coefficients: Array,
+    last_cross: bool = False,
 ):
     """``sum_i s_i He(z_i) (P(y_i) - beta^T He(z_i))^T`` (p, q), ``z = U^T x -
-    offset``, over a chunk (``s_i`` the sample weights, 1 without)."""
+    offset``, over a chunk (``s_i`` the sample weights, 1 without); with
+    ``last_cross`` also ``sum_i s_i P_q(y_i) x_i`` (d,) for the last response column."""
     features = _projected_features(xc, U, offset, indices)
     residuals = responses - features.T @ like(coefficients, xc)
-    return (features * sw[0] if sw else features) @ residuals
+    sums = (features * sw[0] if sw else features) @ residuals
+    if not last_cross:
+        return sums
+    last = responses[:, -1] * sw[0] if sw else responses[:, -1]
+    return sums, last @ xc
 
 
 def projected_moments(
@@ -525,10 +543,12 @@ def projected_moments(
     whitening: Whitening,
     U: Array,
     degree: int | None,
-) -> tuple[Array, Array]:
+    last_cross: bool = False,
+) -> tuple[Array, ...]:
     """``E[P_j(y) S2(z)]`` and ``E[P_j(y) S3(z)]`` of the projected whitened inputs
     ``z = U^T x`` (orthonormal ``U``, ``d x k``), for each column ``P_j(y)`` of
-    ``responses``, in one chunked pass.
+    ``responses``, in one chunked pass; with ``last_cross``, also ``E[P_q(y) x]`` of
+    the last column (the same pass: least squares' ``E[x y]`` when it is ``y``).
 
     ``z`` is standard normal, so the score tensors are Hermite polynomials,
     ``S_m(z)_{i_1..i_m} = He_alpha(z)`` with ``alpha`` the counts of the indices,
@@ -546,7 +566,7 @@ def projected_moments(
     when the sample is all rows). With ``degree=None``, ``beta = 0``: the plain
     weighted means of ``P S_m(z)``.
 
-    Returns ``(q, k, k)`` and ``(q, k, k, k)`` arrays.
+    Returns ``(q, k, k)`` and ``(q, k, k, k)`` arrays (and the ``(d,)`` mean).
     """
     X, sample_weight = inputs.X, inputs.sample_weight
     k = U.shape[1]
@@ -582,15 +602,18 @@ def projected_moments(
         offset=offset,
         indices=indices,
         coefficients=coefficients,
+        last_cross=last_cross,
     )
     per_row = (responses,) if sample_weight is None else (responses, sample_weight)
     sums = reduce_rows(kernel, X, *per_row, scale=HERMITE_CHUNK_SCALE)
+    sums, last_x = sums if last_cross else (sums, None)
     moments = factorials[:, None] * coefficients + sums / inputs.total
     position = {alpha: i for i, alpha in enumerate(indices)}
-    return (
+    tensors = (
         _moment_tensor(moments, position, 2, k),
         _moment_tensor(moments, position, 3, k),
     )
+    return tensors if last_x is None else (*tensors, last_x / inputs.total)
 
 
 def _moment_tensor(moments: Array, position: dict, order: int, k: int) -> Array:

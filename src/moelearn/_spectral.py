@@ -89,6 +89,8 @@ class SpectralMoments:
     sign_ok: bool  # T2 has n_experts eigenvalues of the sign c2 predicts
     t2_noise: float  # about the operator norm of T2's sampling error
     density: dict  # the input density whose scores were used (name, components)
+    # E[x y] (weighted), from the second pass; None when that pass did not sum it
+    target_cross: Array | None = None
 
     @property
     def n_experts(self) -> int:
@@ -159,7 +161,9 @@ def spectral_moments(
     # error at d=10, n=1e6 grew from 0.014 to 0.021 (median of seeds 0-5).)
     U = pairs.vectors[:, :n_experts]
     responses = np.column_stack([transforms.p3(y), y])
-    t3_block = _t3_block(rows_in, responses, inputs, U, density, n_experts)
+    t3_block, target_cross = _t3_block(
+        rows_in, responses, inputs, U, density, n_experts
+    )
     scale = U.T @ whitening_matrix(pairs, n_experts)  # diag(|lambda|^-1/2)
     t3 = np.einsum("qabc,ai,bj,ck->qijk", t3_block, scale, scale, scale)
     return SpectralMoments(
@@ -174,6 +178,7 @@ def spectral_moments(
         sign_ok,
         t2_noise,
         described,
+        target_cross,
     )
 
 
@@ -207,10 +212,12 @@ def _t3_block(
     U: Array,
     density,
     n_experts: int,
-) -> Array:
+) -> tuple[Array, Array | None]:
     """``T3`` (and ``E[y S3]``) within the span ``U`` of ``T2``'s leading
-    eigenvectors, from the second pass: Hermite regressions for Gaussian scores,
-    or the density's own third-moment contraction.
+    eigenvectors, from the second pass: Hermite regressions for Gaussian scores
+    (with ``E[x y]`` from the same pass, for least squares: ``y`` is the last
+    response), or the density's own third-moment contraction (``E[x y]``
+    ``None``).
 
     (``T2``'s block is re-estimated in the Hermite pass too, but is not used: for
     tanh experts the common norm hangs on ``T2``'s eigenvalues, and with the
@@ -218,13 +225,19 @@ def _t3_block(
     median of seeds 0-5.)
     """
     if density is None:
-        return projected_moments(
-            rows_in, responses, inputs.whitening, U, regression_degree(n_experts)
-        )[1]
+        _, t3, target_cross = projected_moments(
+            rows_in,
+            responses,
+            inputs.whitening,
+            U,
+            regression_degree(n_experts),
+            last_cross=True,
+        )
+        return t3, target_cross
     # In raw coordinates grad_w = L^-1 grad, so T3_w(U, U, U) = T3(L^-1 U, ...).
     V = inputs.whitening.root @ U
     weighted = rows_in.weighted(responses)
-    return density.third_moment(rows_in.X, weighted, V) / rows_in.total
+    return density.third_moment(rows_in.X, weighted, V) / rows_in.total, None
 
 
 def _resolve_density(

@@ -42,18 +42,26 @@ class LeastSquares:
 
 
 def least_squares(
-    X, y: Array, mean: Array, covariance: Array, sample_weight: Array | None = None
+    X,
+    y: Array,
+    mean: Array,
+    covariance: Array,
+    sample_weight: Array | None = None,
+    target_cross: Array | None = None,
 ) -> LeastSquares:
     """Weighted least squares on the columns of ``X`` from their ``mean`` and
-    ``covariance`` (the Gram matrix ``E[x x^T] = Cov + mean mean^T``) and one pass
-    for ``E[x y]``. A constant column (variance 0, mean 1) is an intercept.
+    ``covariance`` (the Gram matrix ``E[x x^T] = Cov + mean mean^T``) and
+    ``E[x y]`` (``target_cross``, or one pass). A constant column (variance 0,
+    mean 1) is an intercept.
 
     ``sigma^2 = E[y^2] - b^T E[x y]`` and the mean log-likelihood
     ``-log(2 pi sigma^2) / 2 - 1/2``.
     """
     w = np.ones(len(y)) if sample_weight is None else sample_weight
     total = float(w.sum())
-    xy = reduce_rows(_cross_products, X, y * w) / total
+    xy = target_cross
+    if xy is None:
+        xy = reduce_rows(_cross_products, X, y * w) / total
     gram = covariance + np.outer(mean, mean)
     coef = np.linalg.lstsq(gram, xy, rcond=None)[0]
     rss = float(np.average(y * y, weights=w) - coef @ xy)

@@ -117,10 +117,11 @@ def validate_params(estimator: Any, constraints: dict[str, Callable[[Any], bool]
             )
 
 
-def check_finite_2d(X: Any, name: str = "X") -> Array:
+def check_finite_2d(X: Any, name: str = "X", values: bool = True) -> Array:
     """A C-contiguous float64 2-D array with only finite values (a Dask array
     stays one: float64, chunked by rows only; a PyTorch tensor stays as it is;
-    both checked in one pass)."""
+    both checked in one pass). Without ``values`` a NumPy array's values are not
+    read (the caller's first pass checks them)."""
     if is_dask(X) or is_torch(X):
         return _check_rows_source(X, name)
     try:
@@ -132,7 +133,8 @@ def check_finite_2d(X: Any, name: str = "X") -> Array:
             f"{name} must be a 2-D array (n_samples, n_features); got shape {arr.shape}"
             + (". Reshape 1-D data with X.reshape(-1, 1)" if arr.ndim == 1 else "")
         )
-    _check_finite(arr, name)
+    if values:
+        _check_finite(arr, name)
     return np.ascontiguousarray(arr)
 
 
@@ -164,7 +166,8 @@ def root_mean_square(arr: Array) -> Array:
     computed without overflow or underflow at any finite scale."""
     step = -(-arr.shape[0] // SCALE_ROWS)
     arr = arr[::step]
-    with np.errstate(over="ignore", under="ignore"):
+    # (invalid: an infinite value, which the finite check names, gives NaN)
+    with np.errstate(over="ignore", under="ignore", invalid="ignore"):
         peak = np.max(np.abs(arr), axis=0)
         safe = np.where(peak > 0, peak, 1.0)
         return peak * np.sqrt(np.mean((arr / safe) ** 2, axis=0))

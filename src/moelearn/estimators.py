@@ -346,10 +346,23 @@ class SpectralMoE(MoEBase):
         ctx.flags += self._warn_about_moments(moments)
         noise = self.noise_std if self.noise_std is not None else 0.0
         spectral = spectral_solve(moments, noise, ctx.rng, self.n_init)
-        ctx.set_columns(moments.inputs.whitening, self.fit_intercept)
+        ctx.set_columns(
+            moments.inputs.whitening, self.fit_intercept, moments.target_cross
+        )
         ctx.times["spectral"] = time.perf_counter() - start
         self._log(1, f"spectral step done in {ctx.times['spectral']:.2f} s")
         return moments, spectral
+
+    def _first_pass_checks_finite(self, X) -> bool:
+        """With Gaussian scores and at most one expert per column, the spectral
+        step's first pass (:func:`moelearn._moments.input_pass`) sums every
+        value of ``X`` and names a NaN or infinite one; validation skips its own
+        pass. (A mixture density is fitted to a row sample before that pass.)"""
+        return (
+            self.n_experts <= X.shape[1]
+            and isinstance(self.input_density, str)
+            and self.input_density == "gaussian"
+        )
 
     def _without_spectral(self, ctx: _FitContext) -> _Candidate:
         """More experts than input columns: the tensor step, which finds one
@@ -540,7 +553,11 @@ class SpectralMoE(MoEBase):
         spectral start ``fit`` (gated, not refined) is one of the short runs'
         starts."""
         lsq = _starts.least_squares(
-            ctx.X_em, ctx.y, *ctx.moments.known(), ctx.sample_weight
+            ctx.X_em,
+            ctx.y,
+            *ctx.moments.known(),
+            ctx.sample_weight,
+            ctx.moments.target_cross,
         )
         ctx.diagnostics["one_expert_log_likelihood"] = lsq.log_likelihood
         if not race:
@@ -1049,11 +1066,17 @@ class _FitContext:
             return None
         return np.sort(self.rng.choice(n, size=size, replace=False))
 
-    def set_columns(self, whitening: Whitening, intercept: bool) -> None:
-        """EM's columns and their moments (:func:`moelearn._em.em_columns`)."""
+    def set_columns(
+        self, whitening: Whitening, intercept: bool, x_y: Array | None = None
+    ) -> None:
+        """EM's columns and their moments (:func:`moelearn._em.em_columns`);
+        ``x_y``: ``E[x y]`` when a pass has summed it."""
         self.whitening = whitening
+        cross = None
+        if x_y is not None:
+            cross = x_y, float(np.average(self.y, weights=self.sample_weight))
         self.X_em, self.moments = em_columns(
-            self.X, whitening.mean, whitening.covariance, intercept
+            self.X, whitening.mean, whitening.covariance, intercept, cross
         )
 
     def common(self) -> dict:
