@@ -710,9 +710,12 @@ class SpectralMoE(MoEBase):
     def _race(self, ctx: _FitContext, chain: _Candidate, leader: float) -> None:
         """Continue ``chain`` on all rows, :data:`_SHORT_ITER` iterations at a
         time, until it converges, runs out of ``max_iter``, or its extrapolated
-        log-likelihood (:func:`_extrapolated`) falls below the ``leader``'s."""
+        log-likelihood (:func:`_extrapolated`) falls below the ``leader``'s
+        (judged first from the record it brings: a short run on all rows)."""
         used = 0
         while used < self.max_iter:
+            if _extrapolated(chain.history) < leader - self.tol**2:
+                return  # (left unconverged: it cannot win)
             budget = min(_SHORT_ITER, self.max_iter - used)
             result = self._em(
                 ctx, chain.params, fit_experts=True, stage=chain.name, max_iter=budget
@@ -721,8 +724,6 @@ class SpectralMoE(MoEBase):
             used += result.n_iter
             if chain.converged or result.n_iter < budget:
                 return
-            if _extrapolated(chain.history) < leader - self.tol**2:
-                return  # (left unconverged: it cannot win)
 
     def _check_fit(self, ctx: _FitContext, fit: _Candidate) -> None:
         """Refuse non-finite results; warn about dropped experts, no convergence
