@@ -26,7 +26,7 @@ def fitted():
     return SpectralMoE(random_state=0).fit(X, y), X, y, truth
 
 
-# Expected (median) errors, SPEC.md: spectral ~ 3 sqrt(d/n); MLE regressors
+# Expected (median) errors (docs/method.md, section 3): spectral ~ 3 sqrt(d/n); MLE regressors
 # ~ 1.6 sigma sqrt(d/n); MLE gate ~ 2 sqrt(d/n). A single seed is allowed 3x its
 # expected error (over 20 seeds at d=10 the worst spectral error was 1.85x).
 SLACK = 3.0
@@ -147,7 +147,8 @@ def test_warns_once_about_non_gaussian_inputs(make_x, reason):
     assert reason in str(ours[0].message)
 
 
-# Sigmoid experts need ~10x the samples of linear ones (SPEC.md, notes).
+# Sigmoid experts need ~10x the samples of linear ones (their moments' constants
+# are smaller: docs/method.md, section 3).
 @pytest.mark.parametrize("link, n", [("linear", 100_000), ("sigmoid", 400_000)])
 def test_gaussian_inputs_do_not_warn(link, n):
     X, y, _ = make_moe(n, 5, link=link, random_state=2)

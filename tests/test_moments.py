@@ -324,7 +324,8 @@ def assert_moment_identities(X, y, A, link_name, sigma):
 
 @pytest.mark.parametrize("link", ["linear", "sigmoid", "tanh"])
 def test_moments_have_no_gate_cross_terms(link, global_random_seed):
-    """Population identities (SPEC.md), whatever the gate direction."""
+    """Population identities (docs/method.md, section 3), whatever the gate
+    direction."""
     from moelearn import make_moe
 
     sigma = 0.1
@@ -337,7 +338,7 @@ def test_moments_have_no_gate_cross_terms(link, global_random_seed):
 def test_relu_moments_are_exact_when_the_gate_is_orthogonal(global_random_seed):
     """ReLU has no parity: the transforms cancel He2/He4 (T3) and He1/He3 (T2), and
     the He6+ remainders couple gate and regressors unless w is orthogonal to them
-    (SPEC.md). With w orthogonal the identities hold."""
+    (docs/method.md, section 3). With w orthogonal the identities hold."""
     from moelearn._model import MoEParams, sample_outputs
 
     rng = np.random.default_rng(global_random_seed)

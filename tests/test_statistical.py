@@ -1,7 +1,7 @@
 """Acceptance-scale statistical checks (marked slow; `make test-slow`).
 
-Fixed seeds; thresholds are the issue's acceptance figures, each above SPEC.md's
-expected (median) error: full error after gating EM 0.035 at d=10, n=1e5 (limit 0.06);
+Fixed seeds; thresholds are the issue's acceptance figures, each above the
+expected (median) error (docs/method.md, section 3): full error after gating EM 0.035 at d=10, n=1e5 (limit 0.06);
 0.019 at d=50, n=1e6 (limit 0.03). The spectral step alone is held to 3x its
 expected error 3 sqrt(d/n) here; the full 20-seed sweep against the issue's 0.05 is
 `make accuracy`.
@@ -54,7 +54,7 @@ def test_d50_n1e6_linear(seed):
 def test_d10_n1e6_other_links(link, seed):
     """Measured on seeds 0-2: refined 0.005-0.013 for every link; spectral step
     0.006-0.017 for sigmoid and tanh (exact transforms) but 0.04-0.35 for ReLU (the
-    He6+ cross terms its transforms leave, SPEC.md). Bounds: issue 2's 0.03 after
+    He6+ cross terms its transforms leave, docs/method.md section 3). Bounds: issue 2's 0.03 after
     refinement, 0.05 for the exact spectral steps."""
     X, y, truth = make_moe(1_000_000, 10, link=link, random_state=seed)
     model = SpectralMoE(link=link, random_state=seed).fit(X, y)
@@ -97,7 +97,7 @@ def _hard_case(seed, kind):
 @pytest.mark.parametrize("kind", ["sharp gate |w| = 10", "correlated experts"])
 @pytest.mark.parametrize("seed", range(3))
 def test_hard_cases_reach_the_mle(kind, seed):
-    """SPEC.md's hard cases for EM/GD from random starts: from the spectral start we
+    """The hard cases for EM/GD from random starts (docs/results.md, section 2): from the spectral start we
     reach the optimum EM finds from the truth (same parameters to 1e-3)."""
     X, y, params = _hard_case(seed, kind)
     model = SpectralMoE(random_state=seed).fit(X, y)
