@@ -58,14 +58,13 @@ def least_squares(
     ``-log(2 pi sigma^2) / 2 - 1/2``.
     """
     w = np.ones(len(y)) if sample_weight is None else sample_weight
-    total = float(w.sum())
     xy = target_cross
     if xy is None:
-        xy = reduce_rows(_cross_products, X, y * w) / total
+        xy = reduce_rows(_cross_products, X, y * w) / float(w.sum())
     gram = covariance + np.outer(mean, mean)
     coef = np.linalg.lstsq(gram, xy, rcond=None)[0]
-    rss = float(np.average(y * y, weights=w) - coef @ xy)
-    var = max(rss, 1e-12 * float(np.average(y * y, weights=w)), 1e-300)
+    y2 = float(np.average(y * y, weights=w))  # E[y^2]
+    var = max(y2 - float(coef @ xy), 1e-12 * y2, 1e-300)
     ll = -0.5 * np.log(2.0 * np.pi * var) - 0.5
     return LeastSquares(coef, float(np.sqrt(var)), float(ll))
 
