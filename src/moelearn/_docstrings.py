@@ -16,12 +16,12 @@ from typing import Any, TypeVar
 
 _X = "X : array-like of shape (n_samples, n_features)"
 _Y = "y : array-like of shape (n_samples,)"
+_X_FITTED = f"{_X}\n    Inputs with the columns the model was fitted on."
 
 ENTRIES = {
     # the fitted model's methods
-    "X": f"{_X}\n    Inputs with the columns the model was fitted on.",
-    "X_y": f"{_X}\n    Inputs with the columns the model was fitted on.\n{_Y}\n"
-    "    Targets.",
+    "X": _X_FITTED,
+    "X_y": f"{_X_FITTED}\n{_Y}\n    Targets.",
     # fitting
     "X_y_fit": f"{_X}\n    Inputs.\n{_Y}\n    Targets.",
     # uncertainty: the fitted rows again
@@ -95,10 +95,8 @@ def shared_entries(obj: T) -> T:
         for value in vars(obj).values():
             if isinstance(value, classmethod | staticmethod):
                 targets.append(value.__func__)
-            elif isinstance(value, property):
-                targets.append(value)  # (its own copy of the getter's docstring)
-            elif callable(value):
-                targets.append(value)
+            elif isinstance(value, property) or callable(value):
+                targets.append(value)  # (a property has its own docstring copy)
     for target in targets:
         doc = getattr(target, "__doc__", None)
         if doc and "{" in doc:
