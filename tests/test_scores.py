@@ -95,6 +95,22 @@ def test_score_moments_match_explicit_tensors(small_chunks):
     expected3 = np.einsum("iq,iabc,ak,bl,cm->qklm", q, S3, V, V, V)
     np.testing.assert_allclose(moment3, expected3, atol=1e-3 * np.abs(expected3).max())
 
+    # The T2 pass keeps the rows' responsibilities (single precision) for the T3
+    # pass, which then skips the Mahalanobis distances: the same sums to rounding.
+    kept = density.row_memory(x)
+    np.testing.assert_array_equal(
+        second_score_moment(x, q[:, 0], density, kept)[0], moment2
+    )
+    np.testing.assert_allclose(
+        kept.T, density.responsibilities(x)[0], rtol=0, atol=1e-7
+    )
+    np.testing.assert_allclose(
+        third_score_moment(x, q, density, V, kept),
+        moment3,
+        rtol=0,
+        atol=1e-6 * np.abs(moment3).max(),
+    )
+
 
 def test_score_function_differences_match_the_mixture(small_chunks):
     """A score callable (here the mixture's own ``grad log p``), differenced for

@@ -22,8 +22,11 @@ scikit-learn's ``precisions_cholesky_``) and ``v_c = R_c^T (x - mu_c)``:
   B_c^T v_c``, ``B_c = R_c^T V`` and ``M_c = B_c^T B_c = V^T Lambda_c V``: ``k``
   numbers a row per component.
 
-A row costs ``O(C d^2)`` (each component's Mahalanobis distance); nothing larger
-than ``C`` matrices of ``d x d`` is formed.
+A row costs ``O(C d^2)`` in the ``T2`` pass (each component's Mahalanobis
+distance); that pass keeps the rows' responsibilities (``n x C``, single
+precision, :meth:`MixtureDensity.row_memory`), so that the ``T3`` pass costs
+``O(C d k)`` a row, ``z = (R_c B_c)^T x - B_c^T R_c^T mu_c`` in one product for all
+components. Nothing larger than ``C`` matrices of ``d x d`` is formed.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from moelearn._arrays import to_host
+from moelearn._arrays import is_dask, is_torch, to_host
 from moelearn._passes import reduce_rows
 
 Array = np.ndarray
@@ -137,14 +140,30 @@ class MixtureDensity:
         r /= r.sum(axis=0)
         return r, projected
 
-    def second_moment(self, X, q: Array, directions: Array | None = None) -> Array:
+    def row_memory(self, X) -> Array | None:
+        """An ``(n, C)`` single-precision array for :meth:`second_moment` to keep the
+        rows' responsibilities in, for :meth:`third_moment`; ``None`` where a pass
+        hands its kernels copies of the rows' arrays (Dask, tensors)."""
+        if is_dask(X) or is_torch(X):
+            return None
+        return np.empty((X.shape[0], self.n_components), dtype=np.float32)
+
+    def second_moment(
+        self,
+        X,
+        q: Array,
+        directions: Array | None = None,
+        keep: Array | None = None,
+    ) -> Array:
         """``sum_i q_i S2(x_i)`` (``d x d``), in one pass (:func:`second_score_moment`;
         ``directions`` is for :class:`ScoreFunction`'s interface)."""
-        return second_score_moment(X, q, self)[0]
+        return second_score_moment(X, q, self, keep)[0]
 
-    def third_moment(self, X, responses: Array, V: Array) -> Array:
+    def third_moment(
+        self, X, responses: Array, V: Array, kept: Array | None = None
+    ) -> Array:
         """:func:`third_score_moment`."""
-        return third_score_moment(X, responses, self, V)
+        return third_score_moment(X, responses, self, V, kept)
 
     def score_s1(self, x: Array) -> Array:
         """``S1(x) = -grad log p(x) = sum_c r_c Lambda_c (x - mu_c)``, ``(rows, d)``
@@ -155,10 +174,17 @@ class MixtureDensity:
         )
 
 
-def second_score_moment(X, q: Array, density: MixtureDensity) -> tuple[Array, float]:
-    """``sum_i q_i S2(x_i)`` (``d x d``) and ``sum_i q_i``, in one pass."""
+def second_score_moment(
+    X, q: Array, density: MixtureDensity, keep: Array | None = None
+) -> tuple[Array, float]:
+    """``sum_i q_i S2(x_i)`` (``d x d``) and ``sum_i q_i``, in one pass; each row's
+    responsibilities ``r_c(x_i)`` are written to ``keep`` (``(n, C)``), if given."""
     grams, totals = reduce_rows(
-        partial(_second_sums, density=density), X, q, scale=CHUNK_SCALE
+        partial(_second_sums, density=density),
+        X,
+        q,
+        scale=CHUNK_SCALE,
+        keep=keep,
     )
     moment = sum(
         R @ (G - s * np.eye(len(R))) @ R.T
@@ -167,9 +193,12 @@ def second_score_moment(X, q: Array, density: MixtureDensity) -> tuple[Array, fl
     return 0.5 * (moment + moment.T), float(q.sum())
 
 
-def _second_sums(xc, q: Array, density: MixtureDensity):
-    """Per component ``sum q r_c v_c v_c^T`` and ``sum q r_c`` over a chunk."""
+def _second_sums(xc, q: Array, density: MixtureDensity, keep: Array | None = None):
+    """Per component ``sum q r_c v_c v_c^T`` and ``sum q r_c`` over a chunk (and
+    ``r_c`` into the chunk's rows of ``keep``)."""
     r, projected = density.responsibilities(to_host(xc))
+    if keep is not None:
+        keep[:] = r.T
     weights = r * q
     grams = np.array(
         [(v * w[:, None]).T @ v for v, w in zip(projected, weights, strict=True)]
@@ -177,15 +206,33 @@ def _second_sums(xc, q: Array, density: MixtureDensity):
     return grams, weights.sum(axis=1)
 
 
-def third_score_moment(X, responses: Array, density: MixtureDensity, V: Array) -> Array:
+def third_score_moment(
+    X,
+    responses: Array,
+    density: MixtureDensity,
+    V: Array,
+    kept: Array | None = None,
+) -> Array:
     """``sum_i q_ij S3(x_i)(V, V, V)`` for each column ``q_j`` of ``responses``
-    (``(n, p)``), ``V`` of shape ``(d, k)``, in one pass; shape ``(p, k, k, k)``."""
+    (``(n, p)``), ``V`` of shape ``(d, k)``, in one pass; shape ``(p, k, k, k)``.
+    ``kept`` holds the rows' responsibilities (:func:`second_score_moment`'s
+    ``keep``); without it they are computed again."""
     blocks = np.einsum("cji,jk->cik", density.factors, V)  # B_c = R_c^T V
+    # z_c = B_c^T R_c^T (x - mu_c) = (R_c B_c)^T x - (R_c B_c)^T mu_c, all c at once
+    RB = np.einsum("cij,cjk->cik", density.factors, blocks)
+    projections = RB.transpose(0, 2, 1).reshape(-1, V.shape[0])  # (C k, d)
+    offsets = np.einsum("ci,cik->ck", density.means, RB).ravel()
     cubes, firsts = reduce_rows(
-        partial(_third_sums, density=density, blocks=blocks),
+        partial(
+            _third_sums,
+            density=density,
+            projections=projections,
+            offsets=offsets,
+        ),
         X,
         responses,
         scale=CHUNK_SCALE,
+        kept=kept,
     )
     moment = cubes
     for c, B in enumerate(blocks):
@@ -199,19 +246,31 @@ def third_score_moment(X, responses: Array, density: MixtureDensity, V: Array) -
     return moment
 
 
-def _third_sums(xc, responses: Array, density: MixtureDensity, blocks: Array):
+def _third_sums(
+    xc,
+    responses: Array,
+    density: MixtureDensity,
+    projections: Array,
+    offsets: Array,
+    kept: Array | None = None,
+):
     """``sum q r_c z (x) z (x) z`` (over components) and per component ``sum q r_c
-    z`` over a chunk, ``z = B_c^T v_c``."""
-    r, projected = density.responsibilities(to_host(xc))
-    k = blocks.shape[2]
+    z`` over a chunk, ``z = B_c^T v_c``: the rows ``c k .. (c + 1) k`` of
+    ``projections x^T - offsets``. ``kept`` is the chunk's ``r_c``, if known."""
+    x = to_host(xc)
+    r = density.responsibilities(x)[0] if kept is None else kept.T
+    C, k = density.n_components, len(offsets) // density.n_components
     p = responses.shape[1]
     pairs = [(a, b) for a in range(k) for b in range(a, k)]
     cubes = np.zeros((p, k, len(pairs)))
-    firsts = np.empty((len(blocks), p, k))
-    for c, (v, B) in enumerate(zip(projected, blocks, strict=True)):
-        # Rows as columns: (k, rows) arrays, whose row products are contiguous.
-        z = B.T @ v.T
-        weights = responses.T * r[c]  # (p, rows)
+    firsts = np.empty((C, p, k))
+    # Rows as columns, (C k, rows) and (p, rows): contiguous row products.
+    projected = projections @ x.T
+    projected -= offsets[:, None]
+    columns = np.ascontiguousarray(responses.T)
+    for c in range(C):
+        z = projected[c * k : (c + 1) * k]
+        weights = columns * r[c]
         squares = np.array([z[a] * z[b] for a, b in pairs])
         weighted = (weights[:, None, :] * z[None, :, :]).reshape(p * k, -1)
         cubes += (weighted @ squares.T).reshape(p, k, len(pairs))
@@ -265,7 +324,11 @@ class ScoreFunction:
             )
         return s
 
-    def second_moment(self, X, q: Array, directions: Array) -> Array:
+    def row_memory(self, X) -> None:
+        """Nothing is kept between passes (:meth:`MixtureDensity.row_memory`)."""
+        return None
+
+    def second_moment(self, X, q: Array, directions: Array, keep: None = None) -> Array:
         """``sum_i q_i S2(x_i)`` in one pass; the columns of ``directions`` (an
         invertible ``d x d``, of unit whitened length) carry the differences."""
         sums = reduce_rows(
@@ -274,7 +337,7 @@ class ScoreFunction:
         moment = sums @ np.linalg.inv(directions)  # sum q (s s^T + H)
         return 0.5 * (moment + moment.T)
 
-    def third_moment(self, X, responses: Array, V: Array) -> Array:
+    def third_moment(self, X, responses: Array, V: Array, kept: None = None) -> Array:
         """``sum_i q_ij S3(x_i)(V, V, V)`` for each column of ``responses``."""
         return reduce_rows(
             partial(_difference_third_sums, score=self, V=V), X, responses

@@ -146,10 +146,11 @@ def spectral_moments(
         rng,
         None if sample_weight is None else sample_weight[rows_in.sample_rows()],
     )
+    kept = None  # the density's per-row values from the T2 pass, for T3's
     if density is None:
         inputs, pairs = second_moment_eigenpairs(rows_in, p2, n_experts, rng, sign)
     else:
-        inputs, pairs = _density_eigenpairs(rows_in, p2, density, sign)
+        inputs, pairs, kept = _density_eigenpairs(rows_in, p2, density, sign)
     sign_ok = bool(np.all(sign * pairs.values[:n_experts] > 0))
     if not sign_ok:  # fall back to the largest magnitudes; the caller warns
         order = np.argsort(-np.abs(pairs.values))
@@ -162,7 +163,7 @@ def spectral_moments(
     U = pairs.vectors[:, :n_experts]
     responses = np.column_stack([transforms.p3(y), y])
     t3_block, target_cross = _t3_block(
-        rows_in, responses, inputs, U, density, n_experts
+        rows_in, responses, inputs, U, density, n_experts, kept
     )
     scale = U.T @ whitening_matrix(pairs, n_experts)  # diag(|lambda|^-1/2)
     t3 = np.einsum("qabc,ai,bj,ck->qijk", t3_block, scale, scale, scale)
@@ -212,12 +213,13 @@ def _t3_block(
     U: Array,
     density,
     n_experts: int,
+    kept: Array | None = None,
 ) -> tuple[Array, Array | None]:
     """``T3`` (and ``E[y S3]``) within the span ``U`` of ``T2``'s leading
     eigenvectors, from the second pass: Hermite regressions for Gaussian scores
     (with ``E[x y]`` from the same pass, for least squares: ``y`` is the last
     response), or the density's own third-moment contraction (``E[x y]``
-    ``None``).
+    ``None``; ``kept``: what the density's ``T2`` pass kept of the rows).
 
     (``T2``'s block is re-estimated in the Hermite pass too, but is not used: for
     tanh experts the common norm hangs on ``T2``'s eigenvalues, and with the
@@ -237,7 +239,8 @@ def _t3_block(
     # In raw coordinates grad_w = L^-1 grad, so T3_w(U, U, U) = T3(L^-1 U, ...).
     V = inputs.whitening.root @ U
     weighted = rows_in.weighted(responses)
-    return density.third_moment(rows_in.X, weighted, V) / rows_in.total, None
+    moment = density.third_moment(rows_in.X, weighted, V, kept)
+    return moment / rows_in.total, None
 
 
 def _resolve_density(
@@ -269,17 +272,19 @@ def _density_eigenpairs(
     p2: Array,
     density: MixtureDensity | ScoreFunction,
     sign: float,
-) -> tuple[InputPass, Eigenpairs]:
+) -> tuple[InputPass, Eigenpairs, Array | None]:
     """The input pass, then ``T2 = E[P2(y) S2(x)]`` whole for the density's
     scores (one pass) and its eigenpairs in whitened coordinates,
-    ``T2_w = L^-1 T2 L^-1`` (``L = Cov^{-1/2}``)."""
+    ``T2_w = L^-1 T2 L^-1`` (``L = Cov^{-1/2}``); and what that pass kept of the
+    rows for the ``T3`` pass (a mixture's responsibilities, or ``None``)."""
     X = rows_in.X
     d = X.shape[1]
     inputs = input_pass(rows_in, np.zeros(X.shape[0]), np.zeros((d, 1)))
     root = inputs.whitening.root
-    moment = density.second_moment(X, rows_in.weighted(p2), root)
+    kept = density.row_memory(X)
+    moment = density.second_moment(X, rows_in.weighted(p2), root, kept)
     t2 = root @ (moment / rows_in.total) @ root
-    return inputs, ritz_eigenpairs(None, t2, np.eye(d), sign=sign)
+    return inputs, ritz_eigenpairs(None, t2, np.eye(d), sign=sign), kept
 
 
 def second_moment_eigenpairs(
