@@ -110,7 +110,7 @@ class MixtureDensity:
 
     @cached_property
     def _stacked_factors(self) -> Array:
-        return np.concatenate(list(self.factors), axis=1)  # (d, C d)
+        return np.concatenate([R.T for R in self.factors])  # (C d, d)
 
     @cached_property
     def _stacked_offsets(self) -> Array:
@@ -120,15 +120,15 @@ class MixtureDensity:
 
     def log_components(self, x: Array) -> tuple[Array, list[Array]]:
         """``log(w_c N(x_i | mu_c, Sigma_c))`` (``(C, rows)``) and each component's
-        ``v_c = R_c^T (x - mu_c)`` (``(rows, d)``)."""
+        ``v_c = R_c^T (x - mu_c)``, rows as columns (``(d, rows)``, contiguous)."""
         C, d = self.means.shape
-        # One product for all components: x [R_1 .. R_C] - [mu_1 R_1 .. mu_C R_C].
-        stacked = x @ self._stacked_factors
-        stacked -= self._stacked_offsets
-        projected = [stacked[:, c * d : (c + 1) * d] for c in range(C)]
+        # One product for all components: [R_1 .. R_C]^T x - [R_1^T mu_1 ..].
+        stacked = self._stacked_factors @ x.T
+        stacked -= self._stacked_offsets[:, None]
+        projected = [stacked[c * d : (c + 1) * d] for c in range(C)]
         logs = np.empty((C, len(x)))
         for c, v in enumerate(projected):
-            logs[c] = self._log_norms[c] - 0.5 * np.einsum("ij,ij->i", v, v)
+            logs[c] = self._log_norms[c] - 0.5 * np.einsum("ij,ij->j", v, v)
         return logs, projected
 
     def responsibilities(self, x: Array) -> tuple[Array, list[Array]]:
@@ -169,9 +169,7 @@ class MixtureDensity:
         """``S1(x) = -grad log p(x) = sum_c r_c Lambda_c (x - mu_c)``, ``(rows, d)``
         (for tests and callers that check Stein's identity)."""
         r, projected = self.responsibilities(x)
-        return sum(
-            r[c][:, None] * (v @ self.factors[c].T) for c, v in enumerate(projected)
-        )
+        return sum((self.factors[c] @ (v * r[c])).T for c, v in enumerate(projected))
 
 
 def second_score_moment(
@@ -200,9 +198,7 @@ def _second_sums(xc, q: Array, density: MixtureDensity, keep: Array | None = Non
     if keep is not None:
         keep[:] = r.T
     weights = r * q
-    grams = np.array(
-        [(v * w[:, None]).T @ v for v, w in zip(projected, weights, strict=True)]
-    )
+    grams = np.array([(v * w) @ v.T for v, w in zip(projected, weights, strict=True)])
     return grams, weights.sum(axis=1)
 
 
