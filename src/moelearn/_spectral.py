@@ -130,8 +130,9 @@ def spectral_moments(
     ``'mixture'`` / a number of components, for a Gaussian mixture fitted to the
     row sample (:func:`~moelearn._scores.fit_mixture_density`; one component
     means the Gaussian scores). With a mixture or a score function: 3 passes
-    (the input pass, ``T2`` whole, ``T3`` on its leading directions), each row
-    costing ``O(C d^2)`` for a mixture of ``C`` components.
+    (the input pass, ``T2`` whole, ``T3`` on its leading directions); for a
+    mixture of ``C`` components the ``T2`` pass costs ``O(C d^2)`` a row and
+    keeps the rows' responsibilities, so that the ``T3`` pass costs ``O(C d k)``.
     """
     d = X.shape[1]
     transforms = transform_coefficients(link, 0.0)
