@@ -18,7 +18,8 @@ C. the real tables of ``bench_real.py`` (k = 2, ``fit_intercept=True``): the
    spectral start's training log-likelihood per row before refinement (after
    the gating EM), the refined one from that start alone, its iterations;
 D. the cost: the spectral step's parts in seconds and in passes (``X.T @ (X @
-   v)``, measured alongside), and the passes they read, at n = 3e5 and 3e6.
+   v)``, measured alongside), and the passes they read, at n = 3e5 and 3e6
+   (d = 10), and at n = 1e6 with d = 30 and 50 (the moments only).
 
 Usage: ``python benchmarks/bench_scores.py [--seeds 10] [--quick] [--out FILE]``.
 """
@@ -48,6 +49,7 @@ from moelearn.datasets import mixture_inputs
 DENSITIES = ("gaussian", "mixture")
 N, D = 300_000, 10
 GAUSSIAN = "Gaussian scores: the spectral moments"
+MIXTURE_MOMENTS = "mixture scores: the spectral moments, density given"
 #: Rounds of the cost's timings (each part once a round).
 ROUNDS = 5
 
@@ -194,10 +196,11 @@ def one_pass(X, v) -> float:
     return time.perf_counter() - start
 
 
-def cost(n: int, seed: int = 0) -> dict:
-    """Seconds and passes (time / one pass) of the spectral step's parts."""
-    X, y, _ = make_moe(n, D, inputs="mixture", random_state=seed)
-    v = np.ones(D)
+def cost(n: int, d: int = D, seed: int = 0, fits: bool = True) -> dict:
+    """Seconds and passes (time / one pass) of the spectral step's parts; without
+    ``fits`` the mixture's fit is not timed (its size is then given as 3)."""
+    X, y, _ = make_moe(n, d, inputs="mixture", random_state=seed)
+    v = np.ones(d)
     link = get_link("linear")
     sample = X[row_sample(n)]
 
@@ -206,7 +209,9 @@ def cost(n: int, seed: int = 0) -> dict:
             X, y, link, 2, np.random.default_rng(0), input_density=density
         )
 
-    fitted = fit_mixture_density(sample, None, np.random.default_rng(0))[0]
+    fitted = fit_mixture_density(sample, None if fits else 3, np.random.default_rng(0))[
+        0
+    ]
     parts = {
         GAUSSIAN: lambda: moments("gaussian"),
         "mixture: choosing its size by BIC and fitting it": lambda: fit_mixture_density(
@@ -215,8 +220,10 @@ def cost(n: int, seed: int = 0) -> dict:
         "mixture: fitting 3 components (size given)": lambda: fit_mixture_density(
             sample, 3, np.random.default_rng(0)
         ),
-        "mixture scores: the spectral moments, density given": lambda: moments(fitted),
+        MIXTURE_MOMENTS: lambda: moments(fitted),
     }
+    if not fits:
+        parts = {label: parts[label] for label in (GAUSSIAN, MIXTURE_MOMENTS)}
     # Round robin (the parts alternate, each beside its own reference passes), so
     # that the machine's drift falls on all parts alike.
     times: dict[str, list[float]] = {label: [] for label in parts}
@@ -340,7 +347,7 @@ def main() -> None:
                 )
     lines += [
         "",
-        "## D. Cost of the spectral step (3-component mixture inputs, seed 0)",
+        "## D. Cost of the spectral step (3-component mixture inputs, seed 0; at d = 30 and 50 the mixture's size is given)",
         "",
         (
             "Passes are the time over one pass `X.T @ (X @ v)` measured alongside; "
@@ -352,16 +359,21 @@ def main() -> None:
         ),
         "",
         (
-            "| n | part | seconds | passes (time / one pass) | passes read | "
+            "| n | d | part | seconds | passes (time / one pass) | passes read | "
             "Gaussian step's passes |"
         ),
-        "|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|",
     ]
-    for n in (N, 10 * N):
-        for label, c in cost(n).items():
+    for n, d, fits in (
+        (N, D, True),
+        (10 * N, D, True),
+        (1e6, 30, False),
+        (1e6, 50, False),
+    ):
+        for label, c in cost(int(n), d, fits=fits).items():
             lines.append(
-                f"| {n:.0e} | {label} | {c['seconds']:.3f} | {c['passes']:.1f} | "
-                f"{c['reads']} | {c['gaussian']:.1f} |"
+                f"| {n:.0e} | {d} | {label} | {c['seconds']:.3f} | {c['passes']:.1f} "
+                f"| {c['reads']} | {c['gaussian']:.1f} |"
             )
     lines += ["", f"Total time {time.perf_counter() - started:.0f} s."]
     emit("\n".join(lines) + "\n", args.out)
