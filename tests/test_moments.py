@@ -182,7 +182,7 @@ def test_projected_moments_plain_means_match_explicit(data, small_chunks, weight
     U = _orthonormal(rng, 5, 3)
     responses = np.column_stack([w, np.sin(w)])
     sw = rng.uniform(0.5, 2.0, len(w)) if weighted else np.ones(len(w))
-    t2, t3 = projected_moments(
+    t2, t3, _ = projected_moments(
         RowInputs(X, sw if weighted else None), responses, white, U, None
     )
     scale = len(w) / sw.sum()
@@ -218,7 +218,7 @@ def test_projected_moments_regression_matches_explicit_least_squares(
     Z, _, _ = explicit_whitened(X)
     U = _orthonormal(rng, 5, 2)
     sw = rng.uniform(0.5, 2.0, len(w)) if weighted else np.ones(len(w))
-    t2, t3 = projected_moments(
+    t2, t3, _ = projected_moments(
         RowInputs(X, sw if weighted else None), w[:, None], white, U, 4
     )
     fit = _explicit_hermite_fit(Z @ U, w, 4, sw)
@@ -249,10 +249,10 @@ def test_projected_moments_regression_is_exact_for_polynomial_responses(
     want2 = np.array([[0.0, 2.0], [2.0, 0.0]])
     want3 = np.zeros((2, 2, 2))
     want3[0, 0, 0] = 18.0
-    t2, t3 = projected_moments(RowInputs(X), response[:, None], white, U, 4)
+    t2, t3, _ = projected_moments(RowInputs(X), response[:, None], white, U, 4)
     np.testing.assert_allclose(t2[0], want2, atol=1e-9)
     np.testing.assert_allclose(t3[0], want3, atol=1e-9)
-    _, plain3 = projected_moments(RowInputs(X), response[:, None], white, U, None)
+    _, plain3, _ = projected_moments(RowInputs(X), response[:, None], white, U, None)
     assert np.abs(plain3[0] - want3).max() > 0.1
 
 

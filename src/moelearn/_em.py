@@ -152,7 +152,7 @@ class ColumnMoments:
     metric: Array
     mean: Array | None = None
     covariance: Array | None = None
-    target_cross: Array | None = None
+    x_y: Array | None = None
 
     def known(self) -> tuple[Array, Array]:
         """``(mean, covariance)``; ``ValueError`` when only the metric is known."""
@@ -166,14 +166,15 @@ def em_columns(
     mean: Array,
     cov: Array,
     intercept: bool,
-    target_cross: tuple[Array, float] | None = None,
+    x_y: Array | None = None,
+    y_mean: float = 0.0,
 ) -> tuple[RowSource, ColumnMoments]:
     """EM's columns and their :class:`ColumnMoments`, from the inputs' ``mean``
-    and covariance ``cov`` (and, when known, ``(E[x y], E[y])``); with
+    and covariance ``cov`` (and, when a pass has summed it, ``x_y = E[x y]``;
+    with ``intercept`` also ``y_mean = E[y]``, the constant column's); with
     ``intercept`` the columns are ``[X, 1]``."""
     cross = None
-    if target_cross is not None:
-        x_y, y_mean = target_cross
+    if x_y is not None:
         cross = np.append(x_y, y_mean) if intercept else x_y
     if not intercept:
         return X, ColumnMoments(cov, mean, cov, cross)

@@ -523,16 +523,13 @@ def _residual_sums(
     offset: Array,
     indices: list[tuple[int, ...]],
     coefficients: Array,
-    last_cross: bool = False,
 ):
     """``sum_i s_i He(z_i) (P(y_i) - beta^T He(z_i))^T`` (p, q), ``z = U^T x -
-    offset``, over a chunk (``s_i`` the sample weights, 1 without); with
-    ``last_cross`` also ``sum_i s_i P_q(y_i) x_i`` (d,) for the last response column."""
+    offset``, over a chunk (``s_i`` the sample weights, 1 without), and ``sum_i
+    s_i P_q(y_i) x_i`` (d,) for the last response column."""
     features = _projected_features(xc, U, offset, indices)
     residuals = responses - features.T @ like(coefficients, xc)
     sums = (features * sw[0] if sw else features) @ residuals
-    if not last_cross:
-        return sums
     last = responses[:, -1] * sw[0] if sw else responses[:, -1]
     return sums, last @ xc
 
@@ -543,12 +540,11 @@ def projected_moments(
     whitening: Whitening,
     U: Array,
     degree: int | None,
-    last_cross: bool = False,
-) -> tuple[Array, ...]:
+) -> tuple[Array, Array, Array]:
     """``E[P_j(y) S2(z)]`` and ``E[P_j(y) S3(z)]`` of the projected whitened inputs
     ``z = U^T x`` (orthonormal ``U``, ``d x k``), for each column ``P_j(y)`` of
-    ``responses``, in one chunked pass; with ``last_cross``, also ``E[P_q(y) x]`` of
-    the last column (the same pass: least squares' ``E[x y]`` when it is ``y``).
+    ``responses``, in one chunked pass, and ``E[P_q(y) x]`` of the last column
+    (least squares' ``E[x y]`` when it is ``y``).
 
     ``z`` is standard normal, so the score tensors are Hermite polynomials,
     ``S_m(z)_{i_1..i_m} = He_alpha(z)`` with ``alpha`` the counts of the indices,
@@ -566,7 +562,7 @@ def projected_moments(
     when the sample is all rows). With ``degree=None``, ``beta = 0``: the plain
     weighted means of ``P S_m(z)``.
 
-    Returns ``(q, k, k)`` and ``(q, k, k, k)`` arrays (and the ``(d,)`` mean).
+    Returns ``(q, k, k)`` and ``(q, k, k, k)`` arrays and the ``(d,)`` mean.
     """
     X, sample_weight = inputs.X, inputs.sample_weight
     k = U.shape[1]
@@ -602,18 +598,16 @@ def projected_moments(
         offset=offset,
         indices=indices,
         coefficients=coefficients,
-        last_cross=last_cross,
     )
     per_row = (responses,) if sample_weight is None else (responses, sample_weight)
-    sums = reduce_rows(kernel, X, *per_row, scale=HERMITE_CHUNK_SCALE)
-    sums, last_x = sums if last_cross else (sums, None)
+    sums, last_x = reduce_rows(kernel, X, *per_row, scale=HERMITE_CHUNK_SCALE)
     moments = factorials[:, None] * coefficients + sums / inputs.total
     position = {alpha: i for i, alpha in enumerate(indices)}
-    tensors = (
+    return (
         _moment_tensor(moments, position, 2, k),
         _moment_tensor(moments, position, 3, k),
+        last_x / inputs.total,
     )
-    return tensors if last_x is None else (*tensors, last_x / inputs.total)
 
 
 def _moment_tensor(moments: Array, position: dict, order: int, k: int) -> Array:

@@ -90,7 +90,7 @@ class SpectralMoments:
     t2_noise: float  # about the operator norm of T2's sampling error
     density: dict  # the input density whose scores were used (name, components)
     # E[x y] (weighted), from the second pass; None when that pass did not sum it
-    target_cross: Array | None = None
+    x_y: Array | None = None
 
     @property
     def n_experts(self) -> int:
@@ -163,9 +163,7 @@ def spectral_moments(
     # error at d=10, n=1e6 grew from 0.014 to 0.021 (median of seeds 0-5).)
     U = pairs.vectors[:, :n_experts]
     responses = np.column_stack([transforms.p3(y), y])
-    t3_block, target_cross = _t3_block(
-        rows_in, responses, inputs, U, density, n_experts, kept
-    )
+    t3_block, x_y = _t3_block(rows_in, responses, inputs, U, density, n_experts, kept)
     scale = U.T @ whitening_matrix(pairs, n_experts)  # diag(|lambda|^-1/2)
     t3 = np.einsum("qabc,ai,bj,ck->qijk", t3_block, scale, scale, scale)
     return SpectralMoments(
@@ -180,7 +178,7 @@ def spectral_moments(
         sign_ok,
         t2_noise,
         described,
-        target_cross,
+        x_y,
     )
 
 
@@ -228,15 +226,10 @@ def _t3_block(
     median of seeds 0-5.)
     """
     if density is None:
-        _, t3, target_cross = projected_moments(
-            rows_in,
-            responses,
-            inputs.whitening,
-            U,
-            regression_degree(n_experts),
-            last_cross=True,
+        _, t3, x_y = projected_moments(
+            rows_in, responses, inputs.whitening, U, regression_degree(n_experts)
         )
-        return t3, target_cross
+        return t3, x_y
     # In raw coordinates grad_w = L^-1 grad, so T3_w(U, U, U) = T3(L^-1 U, ...).
     V = inputs.whitening.root @ U
     weighted = rows_in.weighted(responses)

@@ -47,18 +47,18 @@ def least_squares(
     mean: Array,
     covariance: Array,
     sample_weight: Array | None = None,
-    target_cross: Array | None = None,
+    x_y: Array | None = None,
 ) -> LeastSquares:
     """Weighted least squares on the columns of ``X`` from their ``mean`` and
     ``covariance`` (the Gram matrix ``E[x x^T] = Cov + mean mean^T``) and
-    ``E[x y]`` (``target_cross``, or one pass). A constant column (variance 0,
+    ``E[x y]`` (``x_y``, or one pass). A constant column (variance 0,
     mean 1) is an intercept.
 
     ``sigma^2 = E[y^2] - b^T E[x y]`` and the mean log-likelihood
     ``-log(2 pi sigma^2) / 2 - 1/2``.
     """
     w = np.ones(len(y)) if sample_weight is None else sample_weight
-    xy = target_cross
+    xy = x_y
     if xy is None:
         xy = reduce_rows(_cross_products, X, y * w) / float(w.sum())
     gram = covariance + np.outer(mean, mean)

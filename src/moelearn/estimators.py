@@ -347,9 +347,7 @@ class SpectralMoE(MoEBase):
         ctx.flags += self._warn_about_moments(moments)
         noise = self.noise_std if self.noise_std is not None else 0.0
         spectral = spectral_solve(moments, noise, ctx.rng, self.n_init)
-        ctx.set_columns(
-            moments.inputs.whitening, self.fit_intercept, moments.target_cross
-        )
+        ctx.set_columns(moments.inputs.whitening, self.fit_intercept, moments.x_y)
         ctx.times["spectral"] = time.perf_counter() - start
         self._log(1, f"spectral step done in {ctx.times['spectral']:.2f} s")
         return moments, spectral
@@ -558,7 +556,7 @@ class SpectralMoE(MoEBase):
             ctx.y,
             *ctx.moments.known(),
             ctx.sample_weight,
-            ctx.moments.target_cross,
+            ctx.moments.x_y,
         )
         ctx.diagnostics["one_expert_log_likelihood"] = lsq.log_likelihood
         if not race:
@@ -1074,11 +1072,11 @@ class _FitContext:
         """EM's columns and their moments (:func:`moelearn._em.em_columns`);
         ``x_y``: ``E[x y]`` when a pass has summed it."""
         self.whitening = whitening
-        cross = None
-        if x_y is not None:
-            cross = x_y, float(np.average(self.y, weights=self.sample_weight))
+        y_mean = 0.0
+        if x_y is not None and intercept:
+            y_mean = float(np.average(self.y, weights=self.sample_weight))
         self.X_em, self.moments = em_columns(
-            self.X, whitening.mean, whitening.covariance, intercept, cross
+            self.X, whitening.mean, whitening.covariance, intercept, x_y, y_mean
         )
 
     def common(self) -> dict:
