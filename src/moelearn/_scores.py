@@ -324,16 +324,21 @@ class ScoreFunction:
         """Nothing is kept between passes (:meth:`MixtureDensity.row_memory`)."""
         return None
 
-    def second_moment(self, X, q: Array, directions: Array, keep: None = None) -> Array:
+    def second_moment(
+        self, X, q: Array, directions: Array, keep: Array | None = None
+    ) -> Array:
         """``sum_i q_i S2(x_i)`` in one pass; the columns of ``directions`` (an
-        invertible ``d x d``, of unit whitened length) carry the differences."""
+        invertible ``d x d``, of unit whitened length) carry the differences
+        (``keep`` is left alone: :meth:`row_memory` gives ``None``)."""
         sums = reduce_rows(
             partial(_difference_second_sums, score=self, D=directions), X, q
         )
         moment = sums @ np.linalg.inv(directions)  # sum q (s s^T + H)
         return 0.5 * (moment + moment.T)
 
-    def third_moment(self, X, responses: Array, V: Array, kept: None = None) -> Array:
+    def third_moment(
+        self, X, responses: Array, V: Array, kept: Array | None = None
+    ) -> Array:
         """``sum_i q_ij S3(x_i)(V, V, V)`` for each column of ``responses``."""
         return reduce_rows(
             partial(_difference_third_sums, score=self, V=V), X, responses
