@@ -18,6 +18,7 @@ from moelearn import (
     make_moe,
     select_n_experts,
 )
+from moelearn._scores import fit_mixture_density
 
 torch = pytest.importorskip("torch")
 
@@ -69,6 +70,27 @@ def test_tensor_fit_equals_the_numpy_fit(make_model, kernels_on_tensors):
     np.testing.assert_allclose(on_tensors.experts_, on_arrays.experts_, rtol=1e-10)
     np.testing.assert_allclose(on_tensors.gating_, on_arrays.gating_, rtol=1e-10)
     assert "torch" in kernels_on_tensors
+
+
+@pytest.mark.parametrize("density", ["mixture", "score"])
+def test_input_density_scores_on_tensors(density):
+    """The mixture's and a score callable's passes take tensor chunks (their
+    kernels compute on the host): the fit equals the NumPy fit. (On arrays the
+    mixture's T3 pass reuses single-precision responsibilities, so to 1e-6.)"""
+    X, y, _ = make_moe(20_000, 4, inputs="mixture", random_state=1)
+    option: object = "mixture"
+    if density == "score":  # grad log p = -S1 of a mixture fitted to X
+        mixture = fit_mixture_density(X, 3, np.random.default_rng(0))[0]
+        option = lambda x: -mixture.score_s1(x)  # noqa: E731
+
+    def make():
+        return SpectralMoE(input_density=option, random_state=0)
+
+    on_tensors = _fit(make(), torch.from_numpy(X), torch.from_numpy(y))
+    on_arrays = _fit(make(), X, y)
+    assert on_arrays.diagnostics_["input_density"]["name"] != "gaussian"
+    np.testing.assert_allclose(on_tensors.experts_, on_arrays.experts_, rtol=1e-6)
+    np.testing.assert_allclose(on_tensors.gating_, on_arrays.gating_, rtol=1e-6)
 
 
 @pytest.mark.parametrize("link", ["sigmoid", "relu", "tanh", np.sinh])

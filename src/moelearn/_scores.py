@@ -197,7 +197,7 @@ def _second_sums(xc, q: Array, density: MixtureDensity, keep: Array | None = Non
     r, projected = density.responsibilities(to_host(xc))
     if keep is not None:
         keep[:] = r.T
-    weights = r * q
+    weights = r * to_host(q)
     grams = np.array([(v * w) @ v.T for v, w in zip(projected, weights, strict=True)])
     return grams, weights.sum(axis=1)
 
@@ -263,7 +263,7 @@ def _third_sums(
     # Rows as columns, (C k, rows) and (p, rows): contiguous row products.
     projected = projections @ x.T
     projected -= offsets[:, None]
-    columns = np.ascontiguousarray(responses.T)
+    columns = np.ascontiguousarray(to_host(responses).T)
     for c in range(C):
         z = projected[c * k : (c + 1) * k]
         weights = columns * r[c]
@@ -347,7 +347,7 @@ class ScoreFunction:
 
 def _difference_second_sums(xc, q: Array, score: ScoreFunction, D: Array) -> Array:
     """``sum q (s s^T D + H D)`` over a chunk."""
-    x = to_host(xc)
+    x, q = to_host(xc), to_host(q)
     s = score(x)
     h = STEP
     total = (s * q[:, None]).T @ (s @ D)
@@ -360,7 +360,7 @@ def _difference_second_sums(xc, q: Array, score: ScoreFunction, D: Array) -> Arr
 
 def _difference_third_sums(xc, responses: Array, score: ScoreFunction, V: Array):
     """``sum q S3(V, V, V)`` over a chunk, from the score and its differences."""
-    x = to_host(xc)
+    x, responses = to_host(xc), to_host(responses)
     h, k = STEP, V.shape[1]
     t = score(x) @ V  # (rows, k)
     hv = np.empty((len(x), k, k))  # V^T H V per row
