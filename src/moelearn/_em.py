@@ -40,13 +40,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
-from functools import cache, partial
+from functools import partial
 from typing import Any
 
 import numpy as np
 from scipy.linalg import LinAlgError, block_diag, cho_factor, cho_solve, eigh
 from scipy.optimize import brentq
-from threadpoolctl import ThreadpoolController
 
 from moelearn import _em_fast
 from moelearn._arrays import (
@@ -55,6 +54,7 @@ from moelearn._arrays import (
     is_torch,
     like,
     namespace,
+    one_blas_thread,
     projections,
     to_host,
 )
@@ -997,14 +997,6 @@ def _drop_experts(params: MoEParams, drop: Array) -> MoEParams:
     return replace(params, experts=params.experts[keep], gating=gating, noise_std=noise)
 
 
-@cache
-def _blas_controller() -> ThreadpoolController:
-    """The loaded BLAS libraries, found once: finding them walks every loaded
-    library (4 ms a call measured with SciPy, scikit-learn and Numba loaded:
-    0.13 s of a 1.8 s fit on Boston, which calls EM 33 times)."""
-    return ThreadpoolController()
-
-
 def em(
     X: RowSource,
     y: Array,
@@ -1127,7 +1119,7 @@ def _blas_limit(compiled: bool, n_params: int):
     are too small to share out (Boston, 78 parameters: the step's eigh took 5 ms
     with two threads, 0.9 ms with one)."""
     if compiled or n_params <= _SMALL_PROBLEM_PARAMETERS:
-        return _blas_controller().limit(limits=1, user_api="blas")
+        return one_blas_thread()
     return nullcontext()
 
 

@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from moelearn._arrays import is_dask, is_torch, to_host
+from moelearn._arrays import is_dask, is_torch, one_blas_thread, to_host
 from moelearn._passes import reduce_rows
 
 Array = np.ndarray
@@ -408,6 +408,11 @@ def fit_mixture_density(
     benchmark's 3-component inputs (d = 10, n = 3e5) the spectral error with
     10 000 rows was twice that with 50 000. With ``sample_weight``, rows are
     drawn with probabilities proportional to their weights (EM here takes none).
+
+    The fits run with one BLAS thread: their products (``rows x d`` by ``d x d``,
+    a component at a time) are too small to share out, and on two cores they
+    took 2.2-2.8 times as long with two threads (flights, 5 components: 7.2-7.4
+    against 3.1-3.2 s; the same mixture to 5e-16).
     """
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.mixture import GaussianMixture
@@ -422,8 +427,8 @@ def fit_mixture_density(
                 f"too few rows ({len(rows)}) to fit a {c}-component Gaussian "
                 f"mixture to {d} input columns"
             )
-        with warnings.catch_warnings():  # (convergence is reported, not warned)
-            warnings.simplefilter("ignore", ConvergenceWarning)
+        with warnings.catch_warnings(), one_blas_thread():
+            warnings.simplefilter("ignore", ConvergenceWarning)  # (it is reported)
             return GaussianMixture(
                 c, covariance_type="full", reg_covar=1e-4, random_state=seed, **options
             ).fit(rows)
