@@ -147,9 +147,10 @@ class SpectralMoE(MoEBase):
         ``S_m = sum_c r_c(x) S_m^(c)(x)`` (``r_c`` the components'
         responsibilities): 3 passes, the ``T2`` pass ``O(C d^2)`` a row, the
         ``T3`` pass ``O(C d k)`` (it reuses the responsibilities kept by the
-        first, ``n x C`` single-precision numbers). A callable ``score(X)`` returning ``grad log p`` for rows ``X``
-        (same shape, the columns' units) is differenced for the higher scores
-        (``2 d + 1`` calls a row for ``T2``, ``1 + 2k + 2k^2`` for ``T3``). The
+        first, ``n x C`` single-precision numbers). A callable ``score(X)``
+        returning ``grad log p`` for rows ``X`` (same shape, the columns' units)
+        is differenced for the higher scores (``2 d + 1`` calls a row for
+        ``T2``, ``1 + 2k + 2k^2`` for ``T3``). The
         right scores remove the bias the inputs' shape gives the moments; what
         an asymmetric density leaves of the gate's cross terms stays (refinement
         corrects it). The gain is largest on inputs with clusters or skewed,
