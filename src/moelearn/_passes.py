@@ -162,6 +162,14 @@ def _chunks(X: RowSource, scale: int = 1) -> Iterator[slice]:
         callback(number, rows.stop, X.shape[0])
 
 
+def kernels_write_per_row(X: Any) -> bool:
+    """Whether the kernels of a pass over ``X`` get views of the per-row arrays
+    (:func:`_kernel_args`), so that what they write into them stays: not for a
+    tensor ``X`` (the arrays are copied to its device) or a Dask array (its tasks
+    get their own)."""
+    return not (is_torch(X) or is_dask(X))
+
+
 def _kernel_args(X: Any, rows: slice, per_row: tuple) -> tuple:
     """A chunk of ``X`` and of the per-row arrays, as the kernel takes them: NumPy
     float64, or for a tensor ``X`` tensors on its device."""

@@ -40,8 +40,8 @@ from typing import Any
 
 import numpy as np
 
-from moelearn._arrays import is_dask, is_torch, one_blas_thread, to_host
-from moelearn._passes import reduce_rows
+from moelearn._arrays import one_blas_thread, to_host
+from moelearn._passes import kernels_write_per_row, reduce_rows
 
 Array = np.ndarray
 
@@ -143,8 +143,8 @@ class MixtureDensity:
     def row_memory(self, X) -> Array | None:
         """An ``(n, C)`` single-precision array for :meth:`second_moment` to keep the
         rows' responsibilities in, for :meth:`third_moment`; ``None`` where a pass
-        hands its kernels copies of the rows' arrays (Dask, tensors)."""
-        if is_dask(X) or is_torch(X):
+        hands its kernels copies of the rows' arrays (:func:`kernels_write_per_row`)."""
+        if not kernels_write_per_row(X):
             return None
         return np.empty((X.shape[0], self.n_components), dtype=np.float32)
 
