@@ -7,6 +7,7 @@ import itertools
 import subprocess
 import sys
 import warnings
+from dataclasses import replace
 from types import SimpleNamespace
 
 import numpy as np
@@ -16,6 +17,7 @@ from sklearn.mixture import GaussianMixture
 
 from moelearn import HierarchicalMoE, SpectralMoE, make_moe, parameter_error
 from moelearn._scores import (
+    LOG_ROUNDING,
     MixtureDensity,
     ScoreFunction,
     density_from_estimator,
@@ -86,10 +88,19 @@ def test_score_moments_match_explicit_tensors(small_chunks):
     S2, S3 = explicit_scores(density, x)
 
     moment2, total = second_score_moment(x, q[:, 0], density)
-    np.testing.assert_array_equal(density.second_moment(x, q[:, 0]), moment2)
+    np.testing.assert_array_equal(density.second_moment(x, q[:, 0], np.eye(3)), moment2)
     expected2 = np.einsum("i,iab->ab", q[:, 0], S2)
     assert total == pytest.approx(q[:, 0].sum())
     np.testing.assert_allclose(moment2, expected2, atol=1e-3 * np.abs(expected2).max())
+    # Times a block of one column (less than half of d): per-component sums of
+    # ``v_c (B_c^T v_c)^T`` instead of the Gram matrices, the same to rounding.
+    block = V[:, :1]
+    np.testing.assert_allclose(
+        density.second_moment(x, q[:, 0], block),
+        moment2 @ block,
+        rtol=0,
+        atol=1e-6 * np.abs(moment2 @ block).max(),
+    )
 
     moment3 = third_score_moment(x, q, density, V)
     expected3 = np.einsum("iq,iabc,ak,bl,cm->qklm", q, S3, V, V, V)
@@ -99,10 +110,10 @@ def test_score_moments_match_explicit_tensors(small_chunks):
     # pass, which then skips the Mahalanobis distances: the same sums to rounding.
     kept = density.row_memory(x)
     np.testing.assert_array_equal(
-        second_score_moment(x, q[:, 0], density, kept)[0], moment2
+        second_score_moment(x, q[:, 0], density, keep=kept)[0], moment2
     )
     np.testing.assert_allclose(
-        kept.T, density.responsibilities(x)[0], rtol=0, atol=1e-7
+        kept.T, density.responsibilities(x, density.row_dtype)[0], rtol=0, atol=1e-7
     )
     np.testing.assert_allclose(
         third_score_moment(x, q, density, V, kept),
@@ -110,6 +121,31 @@ def test_score_moments_match_explicit_tensors(small_chunks):
         rtol=0,
         atol=1e-6 * np.abs(moment3).max(),
     )
+
+
+def test_single_precision_second_moment():
+    """The ``T2`` pass runs in single precision when rounding moves the rows'
+    log-responsibilities by less than LOG_ROUNDING (measured here: the moment
+    equals the double-precision one to 1e-5 of its largest entry, d = 20, 5 000
+    rows), and in double precision for a component far narrower than the data."""
+    rng = np.random.default_rng(1)
+    density = random_mixture(20, 3, rng)
+    assert density.row_dtype is np.float32
+    x = density.means[rng.integers(3, size=5000)] + rng.standard_normal((5000, 20))
+    q = rng.standard_normal(5000)
+    single = second_score_moment(x, q, density)[0]
+    double = replace(density)
+    double.__dict__["row_dtype"] = np.float64
+    exact = second_score_moment(x, q, double)[0]
+    assert not np.array_equal(single, exact)
+    np.testing.assert_allclose(single, exact, rtol=0, atol=1e-5 * np.abs(exact).max())
+    logs = density.log_components(x[:500], np.float32)[0]
+    assert np.abs(logs - density.log_components(x[:500])[0]).max() < LOG_ROUNDING
+
+    narrow = MixtureDensity.from_covariances(
+        [0.5, 0.5], np.zeros((2, 20)), [np.eye(20), 1e-8 * np.eye(20)]
+    )
+    assert narrow.row_dtype is np.float64
 
 
 def test_score_function_differences_match_the_mixture(small_chunks):
@@ -124,10 +160,13 @@ def test_score_function_differences_match_the_mixture(small_chunks):
     V = np.linalg.qr(rng.standard_normal((4, 2)))[0]
     score = ScoreFunction(lambda rows: -density.score_s1(rows))
     D = np.linalg.cholesky(np.cov(x.T))  # any invertible directions
-    expected = density.second_moment(x, q[:, 0])
-    np.testing.assert_allclose(
-        score.second_moment(x, q[:, 0], D), expected, atol=1e-3 * np.abs(expected).max()
-    )
+    for block in (D, D[:, :1]):  # T2 whole (times D), and times one column
+        expected = density.second_moment(x, q[:, 0], block)
+        np.testing.assert_allclose(
+            score.second_moment(x, q[:, 0], block),
+            expected,
+            atol=1e-3 * np.abs(expected).max(),
+        )
     expected = density.third_moment(x, q, V)
     np.testing.assert_allclose(
         score.third_moment(x, q, V), expected, atol=1e-3 * np.abs(expected).max()

@@ -17,16 +17,20 @@ Writing ``Lambda_c = R_c R_c^T`` (``R_c`` the precision's Cholesky factor, as
 scikit-learn's ``precisions_cholesky_``) and ``v_c = R_c^T (x - mu_c)``:
 
 * ``E[q S2] = sum_c R_c (E[q r_c v_c v_c^T] - E[q r_c] I) R_c^T``: one weighted
-  Gram matrix per component;
+  Gram matrix per component; or only ``E[q S2] Omega`` for a ``d x w`` block,
+  ``sum_c R_c (E[q r_c v_c (B_c^T v_c)^T] - E[q r_c] B_c)`` with ``B_c = R_c^T
+  Omega``;
 * ``E[q S3](V, V, V) = sum_c E[q r_c (z (x) z (x) z - sym(z (x) M_c))]`` with ``z =
   B_c^T v_c``, ``B_c = R_c^T V`` and ``M_c = B_c^T B_c = V^T Lambda_c V``: ``k``
   numbers a row per component.
 
 A row costs ``O(C d^2)`` in the ``T2`` pass (each component's Mahalanobis
-distance); that pass keeps the rows' responsibilities (``n x C``, single
-precision, :meth:`MixtureDensity.row_memory`), so that the ``T3`` pass costs
-``O(C d k)`` a row, ``z = (R_c B_c)^T x - B_c^T R_c^T mu_c`` in one product for all
-components. Nothing larger than ``C`` matrices of ``d x d`` is formed.
+distance, in single precision where rounding cannot matter,
+:attr:`MixtureDensity.row_dtype`; and the Gram matrices, unless only ``T2
+Omega`` is wanted); that pass keeps the rows' responsibilities (``n x C``,
+single precision, :meth:`MixtureDensity.row_memory`), so that the ``T3`` pass
+costs ``O(C d k)`` a row, ``z = (R_c B_c)^T x - B_c^T R_c^T mu_c`` in one product
+for all components. Nothing larger than ``C`` matrices of ``d x d`` is formed.
 """
 
 from __future__ import annotations
@@ -54,6 +58,13 @@ MIXTURE_ROWS = 50_000
 CHUNK_SCALE = 1
 #: Rows on which :func:`fit_mixture_density` chooses the number of components.
 SELECTION_ROWS = 10_000
+#: Most a row's Mahalanobis distance (so its log-responsibilities) may move by
+#: rounding in the ``T2`` pass (:attr:`MixtureDensity.row_dtype`). Were every
+#: row's error of one sign, ``T2`` would move by 1e-3 of ``E[|q| |S2|]``, the size
+#: of its sampling error at n = 1e6; they vary in sign from row to row (measured
+#: on the benchmark's 3-component inputs at d = 50: bound 1e-4, at most 3.6e-5 a
+#: row, 4e-6 rms; ``T2`` moved by 2e-7 of its largest entry).
+LOG_ROUNDING = 1e-3
 
 
 @dataclass(frozen=True)
@@ -109,32 +120,70 @@ class MixtureDensity:
         return MixtureDensity(self.weights, means, factors, self.converged)
 
     @cached_property
-    def _stacked_factors(self) -> Array:
-        return np.concatenate([R.T for R in self.factors])  # (C d, d)
-
-    @cached_property
-    def _stacked_offsets(self) -> Array:
+    def _offsets(self) -> Array:
+        """``[R_1^T mu_1 .. R_C^T mu_C]`` (``(C d,)``)."""
         return np.concatenate(
-            [m @ R for m, R in zip(self.means, self.factors, strict=False)]
+            [m @ R for m, R in zip(self.means, self.factors, strict=True)]
         )
 
-    def log_components(self, x: Array) -> tuple[Array, list[Array]]:
+    @cached_property
+    def _augmented(self) -> Array:
+        """``[[R_1 .. R_C]^T, -offsets]`` (``(C d, d + 1)``)."""
+        factors = np.concatenate([R.T for R in self.factors])
+        return np.column_stack([factors, -self._offsets])
+
+    @cached_property
+    def row_dtype(self) -> type:
+        """The precision of the ``T2`` pass's products: single, unless rounding
+        could move a typical row's Mahalanobis distance by more than
+        :data:`LOG_ROUNDING`.
+
+        In single precision (``u = 2^-24``) each entry of ``v_c = R_c^T x - R_c^T
+        mu_c`` is off by about ``u sqrt(d) (||R_c|| sqrt(E|x|^2) + |R_c^T mu_c|)``
+        (rounding ``x`` and the product), and ``|v_c|^2`` by ``2 sqrt(d)`` times
+        that, for a row with ``|v_c| ~ sqrt(d)``. Columns whose means are far
+        from zero next to their spread, or components far narrower than the data,
+        make it large; the pass is then in double precision.
+        """
+        offsets = self._offsets
+        d = self.means.shape[1]
+        second = sum(
+            w * (np.trace(np.linalg.inv(R @ R.T)) + m @ m)
+            for w, m, R in zip(self.weights, self.means, self.factors, strict=True)
+        )  # E|x|^2
+        sizes = [
+            np.linalg.norm(R, 2) * np.sqrt(second)
+            + np.linalg.norm(offsets[c * d : (c + 1) * d])
+            for c, R in enumerate(self.factors)
+        ]
+        bound = 2.0 * d * 2.0**-24 * max(sizes)
+        return np.float32 if bound <= LOG_ROUNDING else np.float64
+
+    def log_components(
+        self, x: Array, dtype: type = np.float64
+    ) -> tuple[Array, list[Array]]:
         """``log(w_c N(x_i | mu_c, Sigma_c))`` (``(C, rows)``) and each component's
-        ``v_c = R_c^T (x - mu_c)``, rows as columns (``(d, rows)``, contiguous)."""
+        ``v_c = R_c^T (x - mu_c)``, rows as columns (``(d, rows)``, contiguous), the
+        latter computed in ``dtype``."""
         C, d = self.means.shape
-        # One product for all components: [R_1 .. R_C]^T x - [R_1^T mu_1 ..].
-        stacked = self._stacked_factors @ x.T
-        stacked -= self._stacked_offsets[:, None]
+        # One product for all components: [R_1 .. R_C]^T x - [R_1^T mu_1 ..], as
+        # [[R_1 .. R_C]^T, -offsets] [x, 1]^T (the rows are copied in ``dtype``).
+        rows = np.empty((len(x), d + 1), dtype)
+        rows[:, :d] = x
+        rows[:, d] = 1.0
+        stacked: Array = self._augmented.astype(dtype, copy=False) @ rows.T
         projected = [stacked[c * d : (c + 1) * d] for c in range(C)]
         logs = np.empty((C, len(x)))
         for c, v in enumerate(projected):
             logs[c] = self._log_norms[c] - 0.5 * np.einsum("ij,ij->j", v, v)
         return logs, projected
 
-    def responsibilities(self, x: Array) -> tuple[Array, list[Array]]:
+    def responsibilities(
+        self, x: Array, dtype: type = np.float64
+    ) -> tuple[Array, list[Array]]:
         """Posterior ``r_c(x_i)`` (``(C, rows)``) and the ``v_c`` of
         :meth:`log_components`."""
-        r, projected = self.log_components(x)
+        r, projected = self.log_components(x, dtype)
         r -= r.max(axis=0)
         np.exp(r, out=r)
         r /= r.sum(axis=0)
@@ -149,15 +198,11 @@ class MixtureDensity:
         return np.empty((X.shape[0], self.n_components), dtype=np.float32)
 
     def second_moment(
-        self,
-        X,
-        q: Array,
-        directions: Array | None = None,
-        keep: Array | None = None,
+        self, X, q: Array, block: Array, keep: Array | None = None
     ) -> Array:
-        """``sum_i q_i S2(x_i)`` (``d x d``), in one pass (:func:`second_score_moment`;
-        ``directions`` is for :class:`ScoreFunction`'s interface)."""
-        return second_score_moment(X, q, self, keep)[0]
+        """``sum_i q_i S2(x_i) @ block`` (``d x w``), in one pass
+        (:func:`second_score_moment`)."""
+        return second_score_moment(X, q, self, block, keep)[0]
 
     def third_moment(
         self, X, responses: Array, V: Array, kept: Array | None = None
@@ -173,33 +218,71 @@ class MixtureDensity:
 
 
 def second_score_moment(
-    X, q: Array, density: MixtureDensity, keep: Array | None = None
+    X,
+    q: Array,
+    density: MixtureDensity,
+    block: Array | None = None,
+    keep: Array | None = None,
 ) -> tuple[Array, float]:
-    """``sum_i q_i S2(x_i)`` (``d x d``) and ``sum_i q_i``, in one pass; each row's
-    responsibilities ``r_c(x_i)`` are written to ``keep`` (``(n, C)``), if given."""
-    grams, totals = reduce_rows(
-        partial(_second_sums, density=density),
+    """``T = sum_i q_i S2(x_i)`` (``d x d``), or ``T @ block`` for a ``d x w``
+    ``block``, and ``sum_i q_i``, in one pass; each row's responsibilities
+    ``r_c(x_i)`` are written to ``keep`` (``(n, C)``), if given.
+
+    For a block less than half as wide as it is tall, each component's sum is
+    ``sum q r_c v_c (B_c^T v_c)^T`` with ``B_c = R_c^T block``: ``4 C d w`` a row
+    instead of the Gram matrices' ``2 C d^2``; ``T block = sum_c R_c (that -
+    (sum q r_c) B_c)``.
+    """
+    blocks = None
+    if block is not None and 2 * block.shape[1] < block.shape[0]:
+        blocks = [(R.T @ block).astype(density.row_dtype) for R in density.factors]
+    sums, totals = reduce_rows(
+        partial(_second_sums, density=density, blocks=blocks),
         X,
         q,
         scale=CHUNK_SCALE,
         keep=keep,
     )
-    moment = sum(
+    factors = density.factors
+    if blocks is not None:
+        products = [
+            R @ (S - s * B.astype(float))
+            for R, S, s, B in zip(factors, sums, totals, blocks, strict=True)
+        ]
+        return np.sum(products, axis=0), float(q.sum())
+    parts = [
         R @ (G - s * np.eye(len(R))) @ R.T
-        for R, G, s in zip(density.factors, grams, totals, strict=True)
-    )
-    return 0.5 * (moment + moment.T), float(q.sum())
+        for R, G, s in zip(factors, sums, totals, strict=True)
+    ]
+    moment = np.sum(parts, axis=0)
+    moment = 0.5 * (moment + moment.T)
+    return (moment if block is None else moment @ block), float(q.sum())
 
 
-def _second_sums(xc, q: Array, density: MixtureDensity, keep: Array | None = None):
-    """Per component ``sum q r_c v_c v_c^T`` and ``sum q r_c`` over a chunk (and
-    ``r_c`` into the chunk's rows of ``keep``)."""
-    r, projected = density.responsibilities(to_host(xc))
+def _second_sums(
+    xc,
+    q: Array,
+    density: MixtureDensity,
+    blocks: list[Array] | None,
+    keep: Array | None = None,
+):
+    """Per component ``sum q r_c v_c v_c^T`` (``blocks`` ``None``) or ``sum q r_c
+    v_c (B_c^T v_c)^T``, and ``sum q r_c``, over a chunk (and ``r_c`` into the
+    chunk's rows of ``keep``); the products in :attr:`MixtureDensity.row_dtype`."""
+    dtype = density.row_dtype
+    r, projected = density.responsibilities(to_host(xc), dtype)
     if keep is not None:
         keep[:] = r.T
     weights = r * to_host(q)
-    grams = np.array([(v * w) @ v.T for v, w in zip(projected, weights, strict=True)])
-    return grams, weights.sum(axis=1)
+    single = weights.astype(dtype)
+    if blocks is None:
+        sums = [(v * w) @ v.T for v, w in zip(projected, single, strict=True)]
+    else:
+        sums = [
+            v @ ((B.T @ v) * w).T
+            for v, w, B in zip(projected, single, blocks, strict=True)
+        ]
+    return np.array(sums, dtype=np.float64), weights.sum(axis=1)
 
 
 def third_score_moment(
@@ -254,7 +337,7 @@ def _third_sums(
     z`` over a chunk, ``z = B_c^T v_c``: the rows ``c k .. (c + 1) k`` of
     ``projections x^T - offsets``. ``kept`` is the chunk's ``r_c``, if known."""
     x = to_host(xc)
-    r = density.responsibilities(x)[0] if kept is None else kept.T
+    r = density.responsibilities(x, density.row_dtype)[0] if kept is None else kept.T
     C, k = density.n_components, len(offsets) // density.n_components
     p = responses.shape[1]
     pairs = [(a, b) for a in range(k) for b in range(a, k)]
@@ -299,7 +382,8 @@ class ScoreFunction:
     directions asked for, with step :data:`STEP` in whitened units: ``H v =
     (s(x + h v) - s(x - h v)) / 2h`` and ``grad H(u, v, w) = u . (s(x + h v + h w)
     - s(x + h v - h w) - s(x - h v + h w) + s(x - h v - h w)) / 4h^2``. ``T2``
-    takes ``2 d + 1`` calls a row, ``T3`` ``1 + 2 k + 2 k^2``.
+    times a ``w``-column block takes ``2 w + 1`` calls a row (``w = d`` when ``T2``
+    is wanted whole), ``T3`` ``1 + 2 k + 2 k^2``.
     """
 
     function: Callable[[Array], Array]
@@ -325,16 +409,12 @@ class ScoreFunction:
         return None
 
     def second_moment(
-        self, X, q: Array, directions: Array, keep: Array | None = None
+        self, X, q: Array, block: Array, keep: Array | None = None
     ) -> Array:
-        """``sum_i q_i S2(x_i)`` in one pass; the columns of ``directions`` (an
-        invertible ``d x d``, of unit whitened length) carry the differences
-        (``keep`` is left alone: :meth:`row_memory` gives ``None``)."""
-        sums = reduce_rows(
-            partial(_difference_second_sums, score=self, D=directions), X, q
-        )
-        moment = sums @ np.linalg.inv(directions)  # sum q (s s^T + H)
-        return 0.5 * (moment + moment.T)
+        """``sum_i q_i S2(x_i) @ block`` in one pass; the block's columns (of about
+        unit whitened length) carry the differences (``keep`` is left alone:
+        :meth:`row_memory` gives ``None``)."""
+        return reduce_rows(partial(_difference_second_sums, score=self, D=block), X, q)
 
     def third_moment(
         self, X, responses: Array, V: Array, kept: Array | None = None
@@ -346,7 +426,7 @@ class ScoreFunction:
 
 
 def _difference_second_sums(xc, q: Array, score: ScoreFunction, D: Array) -> Array:
-    """``sum q (s s^T D + H D)`` over a chunk."""
+    """``sum q (s s^T + H) D`` over a chunk."""
     x, q = to_host(xc), to_host(q)
     s = score(x)
     h = STEP

@@ -130,9 +130,10 @@ def spectral_moments(
     ``'mixture'`` / a number of components, for a Gaussian mixture fitted to the
     row sample (:func:`~moelearn._scores.fit_mixture_density`; one component
     means the Gaussian scores). With a mixture or a score function: 3 passes
-    (the input pass, ``T2`` whole, ``T3`` on its leading directions); for a
-    mixture of ``C`` components the ``T2`` pass costs ``O(C d^2)`` a row and
-    keeps the rows' responsibilities, so that the ``T3`` pass costs ``O(C d k)``.
+    (the input pass, ``T2`` whole or on a start block from the row sample, ``T3``
+    on its leading directions); for a mixture of ``C`` components the ``T2`` pass
+    costs ``O(C d^2)`` a row and keeps the rows' responsibilities, so that the
+    ``T3`` pass costs ``O(C d k)``.
     """
     d = X.shape[1]
     transforms = transform_coefficients(link, 0.0)
@@ -151,7 +152,7 @@ def spectral_moments(
     if density is None:
         inputs, pairs = second_moment_eigenpairs(rows_in, p2, n_experts, rng, sign)
     else:
-        inputs, pairs, kept = _density_eigenpairs(rows_in, p2, density, sign)
+        inputs, pairs, kept = _density_eigenpairs(rows_in, p2, density, n_experts, sign)
     sign_ok = bool(np.all(sign * pairs.values[:n_experts] > 0))
     if not sign_ok:  # fall back to the largest magnitudes; the caller warns
         order = np.argsort(-np.abs(pairs.values))
@@ -265,20 +266,42 @@ def _density_eigenpairs(
     rows_in: RowInputs,
     p2: Array,
     density: MixtureDensity | ScoreFunction,
+    n_components: int,
     sign: float,
 ) -> tuple[InputPass, Eigenpairs, Array | None]:
-    """The input pass, then ``T2 = E[P2(y) S2(x)]`` whole for the density's
-    scores (one pass) and its eigenpairs in whitened coordinates,
-    ``T2_w = L^-1 T2 L^-1`` (``L = Cov^{-1/2}``); and what that pass kept of the
-    rows for the ``T3`` pass (a mixture's responsibilities, or ``None``)."""
+    """The input pass, then ``T2 = E[P2(y) S2(x)]`` for the density's scores (one
+    pass) and its eigenpairs in whitened coordinates, ``T2_w = L^-1 T2 L^-1``
+    (``L = Cov^{-1/2}``); and what that pass kept of the rows for the ``T3`` pass
+    (a mixture's responsibilities, or ``None``).
+
+    ``T2`` is taken whole when ``d <= 2 (n_components + 6)``; else only its
+    product with a start block from the row sample (:func:`sample_start_block`
+    with the density), corrected by :func:`~moelearn._tensor.krylov_eigenpairs`,
+    as for Gaussian scores: in raw coordinates ``T2_w Omega_w = L^-1 (T2
+    Omega)`` for ``Omega_w = L Omega``.
+    """
     X = rows_in.X
     d = X.shape[1]
     inputs = input_pass(rows_in, np.zeros(X.shape[0]), np.zeros((d, 1)))
     root = inputs.whitening.root
     kept = density.row_memory(X)
-    moment = density.second_moment(X, rows_in.weighted(p2), root, kept)
-    t2 = root @ (moment / rows_in.total) @ root
-    return inputs, ritz_eigenpairs(None, t2, np.eye(d), sign=sign), kept
+    q = rows_in.weighted(p2)
+    block = None
+    if d > 2 * (n_components + OVERSAMPLING):
+        sample = rows_in.sampled()
+        every = max(1, len(sample) // max(START_ROWS_PER_FEATURE * d, 10_000))
+        block = sample_start_block(
+            sample[::every],
+            q[rows_in.sample_rows()][::every],
+            n_components + SAMPLE_OVERSAMPLING,
+            density,
+        )
+    if block is None:
+        t2 = root @ density.second_moment(X, q, root, kept) / rows_in.total
+        return inputs, ritz_eigenpairs(None, t2, np.eye(d), sign=sign), kept
+    product = root @ density.second_moment(X, q, block, kept) / rows_in.total
+    omega = np.linalg.solve(root, block)
+    return inputs, krylov_eigenpairs(product, omega, sign), kept
 
 
 def second_moment_eigenpairs(
@@ -338,7 +361,12 @@ def _sample_start_pays(n_samples: int, n_sample: int, d: int, width: int) -> boo
     return 1.5 * n_sample * d + 3.0 * d * d < 4.0 * n_samples * width
 
 
-def sample_start_block(sample: Array, p2: Array, width: int) -> Array | None:
+def sample_start_block(
+    sample: Array,
+    p2: Array,
+    width: int,
+    density: MixtureDensity | ScoreFunction | None = None,
+) -> Array | None:
     """A raw-coordinate start block spanning ``T2``'s leading eigenvectors as a row
     sample estimates them.
 
@@ -347,7 +375,9 @@ def sample_start_block(sample: Array, p2: Array, width: int) -> Array | None:
     ``V`` of largest magnitude (either sign, so that a model whose ``T2`` has the
     unexpected sign is still covered) give ``Omega = L_s V``, which the input
     pass maps to ``L^{-1} L_s V``, close to ``V`` in the whole data's whitened
-    coordinates. ``None`` when the sample's covariance is singular.
+    coordinates. With a ``density``, ``T2_s = L_s^-1 mean(P2 S2(x)) L_s^-1`` from its
+    scores, and ``Omega = L_s^-1 V`` (``T2``'s products take raw directions
+    ``L^-1 v``). ``None`` when the sample's covariance is singular.
     """
     m, d = sample.shape
     sample = np.ascontiguousarray(sample)  # a strided view: each pass over it is slow
@@ -356,10 +386,15 @@ def sample_start_block(sample: Array, p2: Array, width: int) -> Array | None:
         transform = inverse_sqrt(centred.T @ centred / m)
     except ValueError:
         return None
-    weighted = (centred * p2[:, None]).T @ centred / m  # mean(P2 x x^T), centred
-    t2 = transform.T @ weighted @ transform - float(np.mean(p2)) * np.eye(d)
+    if density is not None:
+        root = np.linalg.inv(transform)
+        t2 = root @ density.second_moment(sample, p2, root) / m
+    else:
+        weighted = (centred * p2[:, None]).T @ centred / m  # mean(P2 x x^T), centred
+        t2 = transform.T @ weighted @ transform - float(np.mean(p2)) * np.eye(d)
     values, vectors = np.linalg.eigh(0.5 * (t2 + t2.T))
-    return transform @ vectors[:, np.argsort(-np.abs(values))[:width]]
+    V = vectors[:, np.argsort(-np.abs(values))[:width]]
+    return transform @ V if density is None else root @ V
 
 
 def spectral_solve(
