@@ -111,6 +111,8 @@ def validate_params(estimator: Any, constraints: dict[str, Callable[[Any], bool]
         if not rule(value):
             rule_text = " ".join((rule.__doc__ or "").split())  # one line
             value_text = " ".join(repr(value).split())
+            if len(value_text) > 80:  # an object's whole repr (arrays and all)
+                value_text = f"a {type(value).__name__}"
             raise ValueError(
                 f"{type(estimator).__name__}: {name} must be {rule_text}; "
                 f"got {value_text}"
