@@ -148,6 +148,17 @@ def report_passes(callback: Callable[[int, int, int], None]) -> Iterator[None]:
         _PROGRESS.reset(token)
 
 
+@contextlib.contextmanager
+def unreported() -> Iterator[None]:
+    """Passes within the block are not reported to :func:`report_passes`: they
+    run over a row sample in memory, not over the data."""
+    token = _PROGRESS.set(None)
+    try:
+        yield
+    finally:
+        _PROGRESS.reset(token)
+
+
 def _chunks(X: RowSource, scale: int = 1) -> Iterator[slice]:
     """Row chunks of a pass, reported to :func:`report_passes`' callback."""
     progress = _PROGRESS.get()

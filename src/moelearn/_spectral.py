@@ -39,7 +39,7 @@ from moelearn._moments import (
     regression_degree,
     t2_product,
 )
-from moelearn._passes import RowSource
+from moelearn._passes import RowSource, unreported
 from moelearn._scores import MixtureDensity, ScoreFunction, fit_mixture_density
 from moelearn._tensor import (
     Eigenpairs,
@@ -388,7 +388,8 @@ def sample_start_block(
         return None
     if density is not None:
         root = np.linalg.inv(transform)
-        t2 = root @ density.second_moment(sample, p2, root) / m
+        with unreported():  # (the sample is in memory: no pass over the data)
+            t2 = root @ density.second_moment(sample, p2, root) / m
     else:
         weighted = (centred * p2[:, None]).T @ centred / m  # mean(P2 x x^T), centred
         t2 = transform.T @ weighted @ transform - float(np.mean(p2)) * np.eye(d)
