@@ -341,31 +341,23 @@ class _State:
         )
         worse |= self.extrapolated[idx] & thin  # (a jump that empties an expert)
         spent = self.n_iter[idx] >= max_iter
-        # out of iterations: the last proposal is kept only if it did not lower
-        # the objective
-        last = idx[spent]
-        back = last[worse[spent]]
-        self.theta[back] = self.prev[back]
-        self.active[last] = False
-        retreat = idx[worse & ~spent]
-        # a failed extrapolation: the plain step instead
-        jumped = self.extrapolated[retreat]
-        fallback, halve = retreat[jumped], retreat[~jumped]
-        self.theta[fallback] = self.plain[fallback]
-        self.extrapolated[fallback] = False
-        self.base[fallback] = self.prev[fallback]  # the plain step F(prev) is current
-        self.base_ok[fallback] = True
-        self.base_ok[halve] = False
-        self.halvings[halve] += 1
-        give_up = halve[self.halvings[halve] > MAX_HALVINGS]
-        self.theta[give_up] = self.prev[give_up]
-        self.active[give_up] = False
-        halve = halve[self.halvings[halve] <= MAX_HALVINGS]
-        self.theta[halve] = 0.5 * (self.theta[halve] + self.prev[halve])
+        # (each case's bookkeeping only when it occurs: on a small table the
+        # index operations on empty sets are a visible part of an iteration)
+        if spent.any():
+            # out of iterations: the last proposal is kept only if it did not
+            # lower the objective
+            last = idx[spent]
+            back = last[worse[spent]]
+            self.theta[back] = self.prev[back]
+            self.active[last] = False
+        retreating = worse & ~spent
+        if retreating.any():
+            self._retreat(idx[retreating])
         ok = ~worse & ~spent
         lost = ok & (~np.isfinite(value) | thin)
-        self.active[idx[lost]] = False  # em() drops the expert (or reports)
-        ok &= ~lost
+        if lost.any():
+            self.active[idx[lost]] = False  # em() drops the expert (or reports)
+            ok &= ~lost
         s = idx[ok]
         self.halvings[s] = 0
         gain = (value[ok] - self.prev_value[s]) / total
@@ -383,6 +375,24 @@ class _State:
         self.has_prev[step] = True
         self.prev[step] = self.theta[step]
         return step
+
+    def _retreat(self, retreat: Array) -> None:
+        """The starts ``retreat`` lowered the objective: a failed extrapolation
+        falls back to the plain step; a plain step is halved (up to
+        ``MAX_HALVINGS`` times, then the start stops at its last point)."""
+        jumped = self.extrapolated[retreat]
+        fallback, halve = retreat[jumped], retreat[~jumped]
+        self.theta[fallback] = self.plain[fallback]
+        self.extrapolated[fallback] = False
+        self.base[fallback] = self.prev[fallback]  # the plain step F(prev) is current
+        self.base_ok[fallback] = True
+        self.base_ok[halve] = False
+        self.halvings[halve] += 1
+        give_up = halve[self.halvings[halve] > MAX_HALVINGS]
+        self.theta[give_up] = self.prev[give_up]
+        self.active[give_up] = False
+        halve = halve[self.halvings[halve] <= MAX_HALVINGS]
+        self.theta[halve] = 0.5 * (self.theta[halve] + self.prev[halve])
 
     def propose(self, s: Array, E: Array, G: Array, sigma: Array, metric, tol):
         """Move the starts ``s`` to their M-step (or its extrapolation); stop
