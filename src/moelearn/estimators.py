@@ -150,7 +150,8 @@ class SpectralMoE(MoEBase):
         first, ``n x C`` single-precision numbers). A callable ``score(X)``
         returning ``grad log p`` for rows ``X`` (same shape, the columns' units)
         is differenced for the higher scores (``2 d + 1`` calls a row for
-        ``T2``, ``1 + 2k + 2k^2`` for ``T3``). The
+        ``T2``, ``2 (k + 2) + 1`` when ``d > 2 (k + 6)``, ``1 + 2k + 2k^2`` for
+        ``T3``). The
         right scores remove the bias the inputs' shape gives the moments; what
         an asymmetric density leaves of the gate's cross terms stays (refinement
         corrects it). The gain is largest on inputs with clusters or skewed,
