@@ -1,6 +1,7 @@
 """Chunked contractions against explicit tensors (test-only oracles, d <= 6)."""
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -485,3 +486,24 @@ def test_input_whitening_reads_no_row_sample(monkeypatch, data):
     assert strided == []
     np.testing.assert_allclose(got.transform, want.transform, rtol=1e-12)
     np.testing.assert_allclose(got.mean, want.mean, rtol=1e-12)
+
+
+def test_warnings_from_the_input_pass_show_once_per_place(monkeypatch):
+    """A warning raised while the input pass sums the rows reaches the filters
+    as raised: under the "default" filter it shows once per place (captured and
+    re-emitted after the pass, it showed on every fit)."""
+    from moelearn import _moments
+
+    summed = _moments._input_pass_sums
+
+    def noisy(*args):
+        warnings.warn("a warning from the sums", UserWarning, stacklevel=1)
+        return summed(*args)
+
+    monkeypatch.setattr(_moments, "_input_pass_sums", noisy)
+    X = np.random.default_rng(0).standard_normal((500, 3))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        for _ in range(3):
+            _moments.input_whitening(X)
+    assert [str(w.message) for w in caught] == ["a warning from the sums"]

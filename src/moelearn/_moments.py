@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import warnings
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -138,16 +137,16 @@ def input_pass(
     """
     X = inputs.X
     d = X.shape[1]
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    # A NaN or infinite value in X (validation may leave the check to this pass)
+    # makes the sums' arithmetic warn: the error below names it instead. (Other
+    # warnings pass through as raised, so that the filters treat them as usual.)
+    with np.errstate(invalid="ignore", over="ignore"):
         centre, (s1, p2_x, s2, p2_xxo) = _input_pass_sums(inputs, p2, omega_raw)
     if not (np.all(np.isfinite(s1)) and np.all(np.isfinite(s2))):
-        # a NaN or infinite value in X (validation may leave the check to this
-        # pass): the error that names it, not the warnings its sums raised
         check_finite_2d(X)
-    for warning in caught:
-        warnings.warn_explicit(
-            warning.message, warning.category, warning.filename, warning.lineno
+        raise ValueError(
+            "the inputs' sums overflowed: rescale the columns of X (e.g. "
+            "standardise them)"
         )
     total = inputs.total
     p2_sum = float(p2.sum())
