@@ -209,9 +209,9 @@ def cost(n: int, d: int = D, seed: int = 0, fits: bool = True) -> dict:
             X, y, link, 2, np.random.default_rng(0), input_density=density
         )
 
-    fitted = fit_mixture_density(sample, None if fits else 3, np.random.default_rng(0))[
-        0
-    ]
+    fitted, _ = fit_mixture_density(
+        sample, None if fits else 3, np.random.default_rng(0)
+    )
     parts = {
         GAUSSIAN: lambda: moments("gaussian"),
         "mixture: choosing its size by BIC and fitting it": lambda: fit_mixture_density(

@@ -288,13 +288,8 @@ def _density_eigenpairs(
     q = rows_in.weighted(p2)
     block = None
     if d > 2 * (n_components + OVERSAMPLING):
-        sample = rows_in.sampled()
-        every = max(1, len(sample) // max(START_ROWS_PER_FEATURE * d, 10_000))
         block = sample_start_block(
-            sample[::every],
-            q[rows_in.sample_rows()][::every],
-            n_components + SAMPLE_OVERSAMPLING,
-            density,
+            *_start_rows(rows_in, q), n_components + SAMPLE_OVERSAMPLING, density
         )
     if block is None:
         t2 = root @ density.second_moment(X, q, root, kept) / rows_in.total
@@ -329,15 +324,11 @@ def second_moment_eigenpairs(
     if d <= 2 * width:
         inputs = input_pass(rows_in, p2, np.eye(d))
         return inputs, ritz_eigenpairs(None, inputs.t2_start, inputs.omega, sign=sign)
-    rows = rows_in.sample_rows()
-    sample = rows_in.sampled()  # a strided view of an in-memory X (no copy)
-    # The start block's rows: an evenly strided part of the sample.
-    every = max(1, len(sample) // max(START_ROWS_PER_FEATURE * d, 10_000))
-    start_rows = sample[::every]
+    start_rows, start_p2 = _start_rows(rows_in, p2)
     omega = None
     if _sample_start_pays(n, len(start_rows), d, width):
         omega = sample_start_block(
-            start_rows, p2[rows][::every], n_components + SAMPLE_OVERSAMPLING
+            start_rows, start_p2, n_components + SAMPLE_OVERSAMPLING
         )
     if omega is not None:
         inputs = input_pass(rows_in, p2, omega)
@@ -351,6 +342,16 @@ def second_moment_eigenpairs(
         sign=sign,
     )
     return inputs, pairs
+
+
+def _start_rows(rows_in: RowInputs, p2: Array) -> tuple[Array, Array]:
+    """The start block's rows, an evenly strided part of the row sample (about
+    ``max(START_ROWS_PER_FEATURE d, 10 000)`` of them, or all), and their ``p2``
+    (``p2`` has a value per row of X)."""
+    sample = rows_in.sampled()  # a strided view of an in-memory X (no copy)
+    d = sample.shape[1]
+    every = max(1, len(sample) // max(START_ROWS_PER_FEATURE * d, 10_000))
+    return sample[::every], p2[rows_in.sample_rows()][::every]
 
 
 def _sample_start_pays(n_samples: int, n_sample: int, d: int, width: int) -> bool:
