@@ -1,13 +1,27 @@
 """EM from many starts at once (moelearn._em_batch): each start runs as it would
-alone, the objective never falls, and the fixed point is EM's."""
+alone, the objective never falls, and the fixed point is EM's; on the NumPy
+path and on the compiled one (numba), which agree."""
 
 import numpy as np
 import pytest
 
-from moelearn import make_moe
+import moelearn._em_batch as batch_module
+from moelearn import _em_fast, make_moe
 from moelearn._em import ColumnMoments, em
 from moelearn._em_batch import batched_em, supports
 from moelearn._model import MoEParams, log_likelihood_terms
+
+
+@pytest.fixture(params=["numpy", "compiled"])
+def path(request, monkeypatch):
+    """Run the test's batched EM on the NumPy path or the compiled one."""
+    if request.param == "compiled":
+        if not _em_fast.AVAILABLE:
+            pytest.skip("numba (the 'fast' extra) is not installed")
+        monkeypatch.setattr(batch_module, "COMPILED_WORK", float("inf"))
+    else:
+        monkeypatch.setattr(batch_module, "COMPILED_WORK", -1)
+    return request.param
 
 
 def _with_ones(X):
@@ -43,7 +57,7 @@ def _newton_em(X, y, start, cov, fit_experts):
     )
 
 
-def test_each_start_runs_as_it_would_alone(global_random_seed):
+def test_each_start_runs_as_it_would_alone(path, global_random_seed):
     """Stacking starts couples nothing: a start's result in a batch of six equals
     its result in a batch of one (to rounding)."""
     X, y, _ = _data(global_random_seed)
@@ -61,7 +75,7 @@ def test_each_start_runs_as_it_would_alone(global_random_seed):
 
 
 @pytest.mark.parametrize("per_expert", [True, False])
-def test_the_likelihood_never_falls(per_expert, global_random_seed):
+def test_the_likelihood_never_falls(path, per_expert, global_random_seed):
     """Without the gate ridge the objective is the log-likelihood: every
     recorded value (extrapolated steps included) is at least the one before (to
     the acceptance rule's rounding allowance, as for em()),
@@ -87,7 +101,7 @@ def test_the_likelihood_never_falls(per_expert, global_random_seed):
         assert np.ndim(result.params.noise_std) == (1 if per_expert else 0)
 
 
-def test_the_fixed_point_is_ems(global_random_seed):
+def test_the_fixed_point_is_ems(path, global_random_seed):
     """From near the truth, batched EM and the Newton-accelerated em() stop at
     the same maximum: parameters within 1e-4 (both at tol 1e-9; the stopping
     rule leaves a distance of about tol / (1 - rate) with EM's rate below 0.9)."""
@@ -110,7 +124,7 @@ def test_the_fixed_point_is_ems(global_random_seed):
     )
 
 
-def test_gating_em_keeps_the_experts_and_reaches_ems_gate(global_random_seed):
+def test_gating_em_keeps_the_experts_and_reaches_ems_gate(path, global_random_seed):
     """With ``fit_experts=False`` (Method 1's gating EM) the experts do not move
     and the gate and noise levels stop where em()'s gating EM does (1e-4, as
     above), even from an expert with almost no rows (fixed experts are never
@@ -137,8 +151,7 @@ def test_gating_em_keeps_the_experts_and_reaches_ems_gate(global_random_seed):
 def test_gram_products_equal_the_blockwise_sums(monkeypatch, global_random_seed):
     """The small-table shortcut (every Gram matrix from the rows' flattened
     products) and the block-of-starts sums give the same runs."""
-    import moelearn._em_batch as batch_module
-
+    monkeypatch.setattr(batch_module, "COMPILED_WORK", -1)
     X, y, _ = _data(global_random_seed, n=600, k=3)
     rng = np.random.default_rng(global_random_seed)
     starts = _random_starts(rng, 3, X.shape[1], 5)
@@ -153,7 +166,7 @@ def test_gram_products_equal_the_blockwise_sums(monkeypatch, global_random_seed)
         np.testing.assert_allclose(a.log_likelihood, b.log_likelihood, rtol=1e-12)
 
 
-def test_integer_weights_act_as_copies(global_random_seed):
+def test_integer_weights_act_as_copies(path, global_random_seed):
     X, y, _ = _data(global_random_seed, n=400)
     rng = np.random.default_rng(global_random_seed)
     weights = rng.integers(0, 4, len(y)).astype(float)
@@ -171,7 +184,7 @@ def test_integer_weights_act_as_copies(global_random_seed):
         np.testing.assert_allclose(a.log_likelihood, b.log_likelihood, rtol=1e-9)
 
 
-def test_an_expert_that_loses_its_rows_stops_its_start():
+def test_an_expert_that_loses_its_rows_stops_its_start(path):
     """A start whose second expert has no rows (its gate logit at -30) stops at
     once, unconverged, for em() to drop the expert; the others go on."""
     X, y, _ = _data(0, n=500)
@@ -197,3 +210,50 @@ def test_supports_linear_experts_with_a_softmax_gate_only():
     assert not supports("linear", "softmax", fit_noise=False)
     assert not supports("tanh", "softmax", True)
     assert not supports("linear", "tree", True)
+
+
+@pytest.mark.skipif(not _em_fast.AVAILABLE, reason="numba is not installed")
+@pytest.mark.parametrize(
+    "per_expert, fit_experts, weighted",
+    [(True, True, False), (False, True, True), (True, False, True)],
+)
+def test_the_compiled_runs_are_the_numpy_runs(
+    monkeypatch, per_expert, fit_experts, weighted, global_random_seed
+):
+    """The compiled path takes the NumPy path's steps: the same iterations and
+    stops, the parameters and the recorded log-likelihoods equal to rounding
+    (1e-9; the sums are taken in another order), with shared or per-expert
+    noise, fixed experts and row weights."""
+    X, y, _ = _data(global_random_seed, n=300, k=3)
+    rng = np.random.default_rng(global_random_seed)
+    starts = _random_starts(rng, 3, X.shape[1], 6, per_expert)
+    weights = rng.uniform(0.2, 2.0, len(y)) if weighted else None
+    runs = {}
+    for work in (-1, float("inf")):
+        monkeypatch.setattr(batch_module, "COMPILED_WORK", work)
+        runs[work] = batched_em(
+            X,
+            y,
+            starts,
+            covariance=np.cov(X, rowvar=False),
+            max_iter=40,
+            tol=1e-7,
+            sample_weight=weights,
+            fit_experts=fit_experts,
+        )
+    for a, b in zip(runs[-1], runs[float("inf")], strict=True):
+        assert (a.n_iter, a.converged) == (b.n_iter, b.converged)
+        np.testing.assert_allclose(a.log_likelihood, b.log_likelihood, rtol=1e-9)
+        for name in ("experts", "gating", "noise_std"):
+            np.testing.assert_allclose(
+                getattr(a.params, name), getattr(b.params, name), atol=1e-9
+            )
+        assert np.ndim(a.params.noise_std) == np.ndim(b.params.noise_std)
+
+
+def test_small_tables_take_the_compiled_path_when_it_pays():
+    """The dispatch's measure of an iteration's work: NPreg's start race (24
+    starts, 160 rows, 3 columns, 2 experts) is under the threshold, 5 000
+    rows of 10 columns are not."""
+    assert batch_module._iteration_work((160, 3), 24, 2) <= batch_module.COMPILED_WORK
+    assert batch_module._iteration_work((5000, 10), 24, 2) > batch_module.COMPILED_WORK

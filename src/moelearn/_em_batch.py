@@ -28,6 +28,10 @@ that raise the objective by less than ``tol^1.5`` per row). A start one of whose
 experts falls below the weight floor stops there (``EMResult.converged`` False);
 :func:`~moelearn._em.em`, continuing it, drops the expert. Memory is
 ``O(S n k + S k D^2)``.
+
+With numba (the ``fast`` extra), a race small enough that NumPy's fixed cost
+of calls dominates (:data:`COMPILED_WORK`) runs compiled instead: the same steps,
+each start to its end in one loop (:func:`moelearn._em_fast.batched_runs`).
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from moelearn import _em_fast
 from moelearn._em import (
     GATE_PENALTY,
     MAX_HALVINGS,
@@ -48,6 +53,11 @@ from moelearn._em import (
 from moelearn._model import HALF_LOG_2PI, MoEParams
 
 Array = np.ndarray
+
+#: Below this many multiply-adds an iteration (:func:`_iteration_work`) the
+#: starts run compiled (:func:`moelearn._em_fast.batched_runs`, with numba):
+#: there the NumPy steps' fixed cost of calls dominates.
+COMPILED_WORK = 1_000_000
 
 
 def supports(link: Any, gate: str, fit_noise: bool) -> bool:
@@ -258,6 +268,27 @@ def batched_em(
     if not fit_experts:
         weight_floor = 0.0
     S = len(starts)
+    if _em_fast.AVAILABLE and _iteration_work(X.shape, S, k) <= COMPILED_WORK:
+        E, G, sigma, n_iter, converged, history = _em_fast.batched_runs(
+            X,
+            y,
+            batch.w,
+            covariance,
+            E,
+            G,
+            sigma,
+            shared=shared,
+            fit_experts=fit_experts,
+            max_iter=max_iter,
+            tol=tol,
+            floor=floor,
+            weight_floor=weight_floor,
+            penalty=gate_penalty,
+            max_halvings=MAX_HALVINGS,
+            half_log_2pi=HALF_LOG_2PI,
+        )
+        histories = [history[s, : n_iter[s]].tolist() for s in range(S)]
+        return _results(E, G, sigma, n_iter, converged, histories, shared)
     state = _State(S, E, G, sigma)  # (which moves E, G and sigma in place)
     while state.active.any():
         idx = np.flatnonzero(state.active)
@@ -278,20 +309,40 @@ def batched_em(
                 picked, state.E[step], state.G[step], shared, floor, fit_experts
             )
             state.propose(step, E_new, G_new, sigma_new, covariance, tol)
+    return _results(
+        state.E,
+        state.G,
+        state.sigma,
+        state.n_iter,
+        state.converged,
+        state.history,
+        shared,
+    )
+
+
+def _iteration_work(shape: tuple[int, int], n_starts: int, k: int) -> int:
+    """Multiply-adds of one iteration from every start: the experts' and the
+    gate's weighted Gram matrices, ``S n D^2 (k + t (t + 1) / 2)``, ``t = k - 1``."""
+    n, D = shape
+    return n_starts * n * D * D * (k + (k - 1) * k // 2)
+
+
+def _results(E, G, sigma, n_iter, converged, histories, shared) -> list[EMResult]:
+    """One :class:`EMResult` per start from the stacked final parameters."""
     return [
         EMResult(
             MoEParams(
-                state.E[s].copy(),
-                state.G[s].copy(),
-                state.sigma[s].copy() if not shared else float(state.sigma[s, 0]),
+                E[s].copy(),
+                G[s].copy(),
+                sigma[s].copy() if not shared else float(sigma[s, 0]),
                 "linear",
                 "softmax",
             ),
-            int(state.n_iter[s]),
-            bool(state.converged[s]),
-            state.history[s],
+            int(n_iter[s]),
+            bool(converged[s]),
+            list(histories[s]),
         )
-        for s in range(S)
+        for s in range(len(E))
     ]
 
 
