@@ -283,6 +283,7 @@ def transform_coefficients(link: Link, noise_std: float = 0.0) -> Transforms:
     return Transforms(alpha, beta0, gamma0, float(noise_std), delta)
 
 
+@lru_cache(maxsize=1024)  # (a fit asks for the same few several times)
 def tensor_constants(
     transforms: Transforms, link: Link, norm: float
 ) -> tuple[float, float]:
