@@ -78,18 +78,19 @@ def random_rows(
     n_rows: int,
     mean: Array,
     transform: Array,
-    spread: float = GATE_SPREAD,
-    level: float = 0.0,
+    spread: float | Array = GATE_SPREAD,
+    level: float | Array = 0.0,
 ) -> Array:
     """``n_rows`` random rows on the columns of ``X`` (``mean``, whitening
     ``transform`` of the non-constant ones): uniform directions whose values
     ``x . row`` have standard deviation ``spread`` over the inputs. A last
     constant column (``mean`` one longer than ``transform``) gets the offset that
-    makes each row's mean value ``level``."""
+    makes each row's mean value ``level``. ``spread`` and ``level`` may be given
+    per row."""
     d = transform.shape[0]
     directions = rng.standard_normal((n_rows, d))
     directions /= np.linalg.norm(directions, axis=1, keepdims=True)
-    slopes = spread * directions @ transform.T
+    slopes = np.reshape(spread, (-1, 1)) * directions @ transform.T
     if mean.shape[0] == d:
         return slopes
     return np.column_stack([slopes, level - slopes @ mean[:d]])
@@ -103,24 +104,32 @@ def random_gate(
     return random_rows(rng, n_rows, mean, transform)
 
 
-def random_start(
+def random_starts(
     rng: np.random.Generator,
+    n_starts: int,
     template: MoEParams,
     mean: Array,
     transform: Array,
     y_mean: float,
     y_std: float,
     gate_spread: float = GATE_SPREAD,
-) -> MoEParams:
+) -> list[MoEParams]:
     """Experts in random directions whose predictions have spread ``y_std`` and,
     with intercepts, mean ``y_mean``; random gate rows whose logits have spread
     ``gate_spread``, centred; ``template``'s noise. :class:`moelearn.EMMoE`'s
-    start."""
+    start (one), and the start race's random starts: ``n_starts`` drawn at once,
+    the same values as one at a time."""
     k = template.n_experts
-    experts = random_rows(rng, k, mean, transform, y_std, y_mean)
-    gating = np.zeros_like(template.gating)
-    gating[: k - 1] = random_rows(rng, k - 1, mean, transform, gate_spread)
-    return replace(template, experts=experts, gating=gating)
+    # each start's k expert rows, then its k - 1 gate rows
+    spread = np.tile(np.r_[np.full(k, y_std), np.full(k - 1, gate_spread)], n_starts)
+    level = np.tile(np.r_[np.full(k, y_mean), np.zeros(k - 1)], n_starts)
+    rows = random_rows(rng, n_starts * (2 * k - 1), mean, transform, spread, level)
+    starts = []
+    for own in np.split(rows, n_starts):
+        gating = np.zeros_like(template.gating)
+        gating[: k - 1] = own[k:]
+        starts.append(replace(template, experts=own[:k], gating=gating))
+    return starts
 
 
 def regression_split(

@@ -162,8 +162,9 @@ class EMMoE(MoEBase):
         y_mean = float(np.average(y, weights=sample_weight))
         best, best_ll, finals = None, -np.inf, []
         for init in range(self.n_init):
-            params = _starts.random_start(
+            (params,) = _starts.random_starts(
                 rng,
+                1,
                 template,
                 moments.mean,
                 whitening.transform,

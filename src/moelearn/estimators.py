@@ -651,16 +651,16 @@ class SpectralMoE(MoEBase):
                 _MAX_RANDOM_STARTS,
             )
         )
-        for i in range(n_random):
-            params = _starts.random_start(
-                ctx.rng,
-                template,
-                mean,
-                white.transform,
-                y_mean if self.fit_intercept else 0.0,
-                y_std if self.link == "linear" else 1.0,
-            )
-            pool.append((f"random {i + 1}", params))
+        randoms = _starts.random_starts(
+            ctx.rng,
+            n_random,
+            template,
+            mean,
+            white.transform,
+            y_mean if self.fit_intercept else 0.0,
+            y_std if self.link == "linear" else 1.0,
+        )
+        pool += [(f"random {i + 1}", params) for i, params in enumerate(randoms)]
         bands = _starts.residual_bands(ctx.X_em, ctx.y, lsq, template, ctx.rng)
         return [*pool, ("residual bands", bands)]
 
