@@ -18,9 +18,9 @@ def path(request, monkeypatch):
     if request.param == "compiled":
         if not _em_fast.AVAILABLE:
             pytest.skip("numba (the 'fast' extra) is not installed")
-        monkeypatch.setattr(batch_module, "COMPILED_WORK", float("inf"))
+        monkeypatch.setattr(batch_module, "COMPILED_ROWS", 10**9)
     else:
-        monkeypatch.setattr(batch_module, "COMPILED_WORK", -1)
+        monkeypatch.setattr(batch_module, "COMPILED_ROWS", 0)
     return request.param
 
 
@@ -151,7 +151,7 @@ def test_gating_em_keeps_the_experts_and_reaches_ems_gate(path, global_random_se
 def test_gram_products_equal_the_blockwise_sums(monkeypatch, global_random_seed):
     """The small-table shortcut (every Gram matrix from the rows' flattened
     products) and the block-of-starts sums give the same runs."""
-    monkeypatch.setattr(batch_module, "COMPILED_WORK", -1)
+    monkeypatch.setattr(batch_module, "COMPILED_ROWS", 0)
     X, y, _ = _data(global_random_seed, n=600, k=3)
     rng = np.random.default_rng(global_random_seed)
     starts = _random_starts(rng, 3, X.shape[1], 5)
@@ -229,9 +229,9 @@ def test_the_compiled_runs_are_the_numpy_runs(
     starts = _random_starts(rng, 3, X.shape[1], 6, per_expert)
     weights = rng.uniform(0.2, 2.0, len(y)) if weighted else None
     runs = {}
-    for work in (-1, float("inf")):
-        monkeypatch.setattr(batch_module, "COMPILED_WORK", work)
-        runs[work] = batched_em(
+    for rows in (0, 10**9):
+        monkeypatch.setattr(batch_module, "COMPILED_ROWS", rows)
+        runs[rows] = batched_em(
             X,
             y,
             starts,
@@ -241,7 +241,7 @@ def test_the_compiled_runs_are_the_numpy_runs(
             sample_weight=weights,
             fit_experts=fit_experts,
         )
-    for a, b in zip(runs[-1], runs[float("inf")], strict=True):
+    for a, b in zip(runs[0], runs[10**9], strict=True):
         assert (a.n_iter, a.converged) == (b.n_iter, b.converged)
         np.testing.assert_allclose(a.log_likelihood, b.log_likelihood, rtol=1e-9)
         for name in ("experts", "gating", "noise_std"):
@@ -252,8 +252,9 @@ def test_the_compiled_runs_are_the_numpy_runs(
 
 
 def test_small_tables_take_the_compiled_path_when_it_pays():
-    """The dispatch's measure of an iteration's work: NPreg's start race (24
-    starts, 160 rows, 3 columns, 2 experts) is under the threshold, 5 000
-    rows of 10 columns are not."""
-    assert batch_module._iteration_work((160, 3), 24, 2) <= batch_module.COMPILED_WORK
-    assert batch_module._iteration_work((5000, 10), 24, 2) > batch_module.COMPILED_WORK
+    """NPreg's start race (160 rows, 3 columns) runs compiled; the race's 5 000
+    rows, or 40 columns, do not."""
+    pays = batch_module._compiled_pays((160, 3))
+    assert pays == _em_fast.AVAILABLE
+    assert not batch_module._compiled_pays((5000, 10))
+    assert not batch_module._compiled_pays((500, 40))

@@ -292,37 +292,48 @@ if AVAILABLE:
                 return x
         return np.linalg.lstsq(A, b)[0]
 
+    # The kernels below take the table transposed, ``Xt`` (D, n): their inner
+    # loops run along the rows, where the compiler vectorises them (the sums
+    # with ``reassoc``: their order is free, as NumPy's products' is).
+    _summing = partial(_compiled, fastmath={"reassoc", "contract"})
+
+    @_summing
+    def _project_rows(Xt, theta, first, n_rows, out):
+        """``out[r] = theta_row(first + r) . x_i`` for every row ``i``."""
+        D, n = Xt.shape
+        out[:] = 0.0
+        for r in range(n_rows):
+            for c in range(D):
+                coef = theta[(first + r) * D + c]
+                for i in range(n):
+                    out[r, i] += coef * Xt[c, i]
+
     @_compiled
     def _evaluate(
-        X, y, w, metric, theta, k, penalty, half_log_2pi, resp, gates, weight
+        Xt, y, w, metric, theta, k, penalty, half_log_2pi, proj, resp, gates, weight
     ):
         """The E-step into ``resp``, ``gates`` (k, n) and ``weight`` (k,);
-        returns the penalised log-likelihood and the mean log-likelihood."""
-        n, D = X.shape
-        kD, noise = k * X.shape[1], 2 * k * X.shape[1]
-        means, logits = np.empty(k), np.empty(k)
+        returns the penalised log-likelihood and the log-likelihood's sum."""
+        D, n = Xt.shape
+        kD, noise = k * D, 2 * k * D
+        _project_rows(Xt, theta, 0, 2 * k, proj)  # means, then logits
         log_sigma = np.log(theta[noise:])
         weight[:] = 0.0
         ll_sum = 0.0
         for i in range(n):
             top = -np.inf
             for j in range(k):
-                m, g = 0.0, 0.0
-                for c in range(D):
-                    m += theta[j * D + c] * X[i, c]
-                    g += theta[kD + j * D + c] * X[i, c]
-                means[j], logits[j] = m, g
-                top = _nan_max(top, g)
+                top = _nan_max(top, proj[k + j, i])
             total = 0.0
             for j in range(k):
-                gates[j, i] = np.exp(logits[j] - top)
+                gates[j, i] = np.exp(proj[k + j, i] - top)
                 total += gates[j, i]
             log_total = np.log(total)
             joint_top = -np.inf
             for j in range(k):
                 gates[j, i] /= total
-                z = (y[i] - means[j]) / theta[noise + j]
-                joint = logits[j] - top - log_total - 0.5 * z * z
+                z = (y[i] - proj[j, i]) / theta[noise + j]
+                joint = proj[k + j, i] - top - log_total - 0.5 * z * z
                 joint -= log_sigma[j] + half_log_2pi
                 resp[j, i] = joint
                 joint_top = _nan_max(joint_top, joint)
@@ -343,7 +354,7 @@ if AVAILABLE:
 
     @_compiled
     def _m_step(
-        X,
+        Xt,
         y,
         w,
         total,
@@ -354,6 +365,7 @@ if AVAILABLE:
         floor,
         shared,
         fit_experts,
+        proj,
         resp,
         gates,
         weight,
@@ -364,67 +376,80 @@ if AVAILABLE:
         experts, one penalised Newton step for the free gate rows."""
         new[:] = theta
         if fit_experts:
-            _expert_step(X, y, w, resp, k, new)
-        _noise_step(X, y, w, total, resp, weight, k, floor, shared, new)
+            _expert_step(Xt, y, w, resp, k, new)
+        _noise_step(Xt, y, w, total, resp, weight, k, floor, shared, proj, new)
         if k > 1:
-            _gate_step(X, w, metric, theta, k, penalty, resp, gates, new)
+            _gate_step(Xt, w, metric, theta, k, penalty, resp, gates, new)
 
-    @_compiled
-    def _expert_step(X, y, w, resp, k, new):
-        """``a_j = (sum_i w_i r_ij x_i x_i^T)^{-1} sum_i w_i r_ij y_i x_i``."""
-        n, D = X.shape
-        A, b = np.empty((D, D)), np.empty(D)
-        for j in range(k):
-            A[:] = 0.0
-            b[:] = 0.0
+    @_summing
+    def _weighted_gram(Xt, weights, out):
+        """``out = sum_i weights_i x_i x_i^T``."""
+        D, n = Xt.shape
+        scaled = np.empty(n)
+        for a in range(D):
             for i in range(n):
-                r = resp[j, i] * w[i]
-                for a in range(D):
-                    ra = r * X[i, a]
-                    b[a] += ra * y[i]
-                    for c in range(a, D):
-                        A[a, c] += ra * X[i, c]
+                scaled[i] = weights[i] * Xt[a, i]
+            for c in range(a, D):
+                acc = 0.0
+                for i in range(n):
+                    acc += scaled[i] * Xt[c, i]
+                out[a, c] = acc
+                out[c, a] = acc
+
+    @_summing
+    def _expert_step(Xt, y, w, resp, k, new):
+        """``a_j = (sum_i w_i r_ij x_i x_i^T)^{-1} sum_i w_i r_ij y_i x_i``."""
+        D, n = Xt.shape
+        A, b, weights = np.empty((D, D)), np.empty(D), np.empty(n)
+        for j in range(k):
+            for i in range(n):
+                weights[i] = resp[j, i] * w[i]
+            _weighted_gram(Xt, weights, A)
             for a in range(D):
-                for c in range(a):
-                    A[a, c] = A[c, a]
+                acc = 0.0
+                for i in range(n):
+                    acc += weights[i] * Xt[a, i] * y[i]
+                b[a] = acc
             new[j * D : (j + 1) * D] = _ridged_solve(A, b)
 
-    @_compiled
-    def _noise_step(X, y, w, total, resp, weight, k, floor, shared, new):
+    @_summing
+    def _noise_step(Xt, y, w, total, resp, weight, k, floor, shared, proj, new):
         """``sigma_j^2 = sum_i w_i r_ij (y_i - a_j . x_i)^2 / sum_i w_i r_ij``
         (per expert) or pooled over ``j`` (shared), with the new ``a_j``."""
-        n, D = X.shape
+        D, n = Xt.shape
+        _project_rows(Xt, new, 0, k, proj)
         rss = np.zeros(k)
-        for i in range(n):
-            for j in range(k):
-                res = y[i]
-                for c in range(D):
-                    res -= new[j * D + c] * X[i, c]
-                rss[j] += resp[j, i] * w[i] * res * res
+        for j in range(k):
+            acc = 0.0
+            for i in range(n):
+                res = y[i] - proj[j, i]
+                acc += resp[j, i] * w[i] * res * res
+            rss[j] = acc
         for j in range(k):
             var = rss.sum() / total if shared else rss[j] / max(weight[j], 1e-300)
             new[2 * k * D + j] = max(np.sqrt(var), floor)
 
-    @_compiled
-    def _gate_step(X, w, metric, theta, k, penalty, resp, gates, new):
+    @_summing
+    def _gate_step(Xt, w, metric, theta, k, penalty, resp, gates, new):
         """One penalised Newton step for the free gate rows ``t < k - 1``:
         gradient ``sum_i w_i (r_it - pi_it) x_i - lambda C G_t``, Hessian
         ``sum_i w_i pi_ia (delta_ab - pi_ib) x_i x_i^T + lambda C delta_ab``."""
-        n, D = X.shape
+        D, n = Xt.shape
         kD, t = k * D, k - 1
         grad, H = np.zeros(t * D), np.zeros((t * D, t * D))
-        for i in range(n):
-            for a in range(t):
-                diff = (resp[a, i] - gates[a, i]) * w[i]
-                for c in range(D):
-                    grad[a * D + c] += diff * X[i, c]
-                for bb in range(a, t):
-                    same = 1.0 if a == bb else 0.0
-                    h = gates[a, i] * (same - gates[bb, i]) * w[i]
-                    for c in range(D):
-                        hc = h * X[i, c]
-                        for e in range(D):
-                            H[a * D + c, bb * D + e] += hc * X[i, e]
+        block, weights = np.empty((D, D)), np.empty(n)
+        for a in range(t):
+            for c in range(D):
+                acc = 0.0
+                for i in range(n):
+                    acc += (resp[a, i] - gates[a, i]) * w[i] * Xt[c, i]
+                grad[a * D + c] = acc
+            for bb in range(a, t):
+                same = 1.0 if a == bb else 0.0
+                for i in range(n):
+                    weights[i] = gates[a, i] * (same - gates[bb, i]) * w[i]
+                _weighted_gram(Xt, weights, block)
+                H[a * D : (a + 1) * D, bb * D : (bb + 1) * D] = block
         for a in range(t):
             for c in range(D):
                 for e in range(D):
@@ -468,7 +493,7 @@ if AVAILABLE:
 
     @_compiled
     def _run_start(
-        X,
+        Xt,
         y,
         w,
         total,
@@ -488,15 +513,27 @@ if AVAILABLE:
     ):
         """One start's run (moves ``theta``); its iterations and whether it
         converged."""
-        n, D = X.shape
+        D, n = Xt.shape
         noise = 2 * k * D
         prev, base, plain, new = theta.copy(), theta.copy(), theta.copy(), theta.copy()
         base_ok, extrapolated, has_prev = False, False, False
         prev_value, n_iter, halvings, flat = -np.inf, 0, 0, 0
         resp, gates, weight = np.empty((k, n)), np.empty((k, n)), np.empty(k)
+        proj = np.empty((2 * k, n))
         while True:
             value, ll_sum = _evaluate(
-                X, y, w, metric, theta, k, penalty, half_log_2pi, resp, gates, weight
+                Xt,
+                y,
+                w,
+                metric,
+                theta,
+                k,
+                penalty,
+                half_log_2pi,
+                proj,
+                resp,
+                gates,
+                weight,
             )
             thin = weight.min() < weight_floor
             worse = has_prev and not (
@@ -534,7 +571,7 @@ if AVAILABLE:
             prev_value, has_prev = value, True
             prev[:] = theta
             _m_step(
-                X,
+                Xt,
                 y,
                 w,
                 total,
@@ -545,6 +582,7 @@ if AVAILABLE:
                 floor,
                 shared,
                 fit_experts,
+                proj,
                 resp,
                 gates,
                 weight,
@@ -566,7 +604,7 @@ if AVAILABLE:
 
     @_compiled(parallel=True)
     def _runs(
-        X,
+        Xt,
         y,
         w,
         total,
@@ -589,7 +627,7 @@ if AVAILABLE:
         """Every start's run (the rows of ``thetas``), one per thread."""
         for s in numba.prange(thetas.shape[0]):
             n_iter[s], converged[s] = _run_start(
-                X,
+                Xt,
                 y,
                 w,
                 total,
@@ -637,7 +675,8 @@ def batched_runs(
     thetas = np.concatenate([E.reshape(S, -1), G.reshape(S, -1), sigma], axis=1)
     n_iter, converged = np.zeros(S, np.int64), np.zeros(S, np.bool_)
     history = np.zeros((S, max(max_iter, 1)))
-    X, y = np.ascontiguousarray(X, dtype=float), np.ascontiguousarray(y, dtype=float)
+    Xt = np.ascontiguousarray(X.T, dtype=float)  # (the kernels run along rows)
+    y = np.ascontiguousarray(y, dtype=float)
     weights = np.ascontiguousarray(weights, dtype=float)
     metric = np.ascontiguousarray(covariance, dtype=float)
     settings = (
@@ -657,11 +696,11 @@ def batched_runs(
         # threads spin for a while, and the BLAS calls that follow (the NumPy
         # path's, on larger tables) ran 10-20 % slower (Boston, k = 2 and 3)
         n_iter[0], converged[0] = _run_start(
-            X, y, weights, total, metric, thetas[0], k, *settings, history[0]
+            Xt, y, weights, total, metric, thetas[0], k, *settings, history[0]
         )
     else:
         _runs(
-            X,
+            Xt,
             y,
             weights,
             total,
