@@ -309,11 +309,12 @@ if AVAILABLE:
                     out[r, i] += coef * Xt[c, i]
 
     @_compiled
-    def _evaluate(
-        Xt, y, w, metric, theta, k, penalty, half_log_2pi, proj, resp, gates, weight
-    ):
-        """The E-step into ``resp``, ``gates`` (k, n) and ``weight`` (k,);
-        returns the penalised log-likelihood and the log-likelihood's sum."""
+    def _evaluate(data, theta, k, penalty, half_log_2pi, work):
+        """The E-step into ``work``'s ``resp``, ``gates`` (k, n) and ``weight``
+        (k,); returns the penalised log-likelihood and the log-likelihood's
+        sum."""
+        Xt, y, w, _, metric = data
+        proj, resp, gates, weight = work
         D, n = Xt.shape
         kD, noise = k * D, 2 * k * D
         _project_rows(Xt, theta, 0, 2 * k, proj)  # means, then logits
@@ -353,27 +354,12 @@ if AVAILABLE:
         return ll_sum - 0.5 * penalty * ridge, ll_sum
 
     @_compiled
-    def _m_step(
-        Xt,
-        y,
-        w,
-        total,
-        metric,
-        theta,
-        k,
-        penalty,
-        floor,
-        shared,
-        fit_experts,
-        proj,
-        resp,
-        gates,
-        weight,
-        new,
-    ):
+    def _m_step(data, theta, k, penalty, floor, shared, fit_experts, work, new):
         """The generalised M-step from ``theta`` into ``new``: weighted least
         squares for the experts (when fitted), the noise levels at the new
         experts, one penalised Newton step for the free gate rows."""
+        Xt, y, w, total, metric = data
+        proj, resp, gates, weight = work
         new[:] = theta
         if fit_experts:
             _expert_step(Xt, y, w, resp, k, new)
@@ -492,49 +478,31 @@ if AVAILABLE:
             theta[p] = np.exp(theta[p])
 
     @_compiled
-    def _run_start(
-        Xt,
-        y,
-        w,
-        total,
-        metric,
-        theta,
-        k,
-        shared,
-        fit_experts,
-        max_iter,
-        tol,
-        floor,
-        weight_floor,
-        penalty,
-        max_halvings,
-        half_log_2pi,
-        history,
-    ):
+    def _run_start(data, theta, k, settings, history):
         """One start's run (moves ``theta``); its iterations and whether it
-        converged."""
+        converged. ``data`` is ``(Xt, y, w, total, metric)``, ``settings``
+        :func:`batched_runs`' keywords in the order of :data:`SETTINGS`."""
+        (
+            shared,
+            fit_experts,
+            max_iter,
+            tol,
+            floor,
+            weight_floor,
+            penalty,
+            max_halvings,
+            half_log_2pi,
+        ) = settings
+        Xt, total, metric = data[0], data[3], data[4]
         D, n = Xt.shape
         noise = 2 * k * D
         prev, base, plain, new = theta.copy(), theta.copy(), theta.copy(), theta.copy()
         base_ok, extrapolated, has_prev = False, False, False
         prev_value, n_iter, halvings, flat = -np.inf, 0, 0, 0
-        resp, gates, weight = np.empty((k, n)), np.empty((k, n)), np.empty(k)
-        proj = np.empty((2 * k, n))
+        work = (np.empty((2 * k, n)), np.empty((k, n)), np.empty((k, n)), np.empty(k))
+        weight = work[3]
         while True:
-            value, ll_sum = _evaluate(
-                Xt,
-                y,
-                w,
-                metric,
-                theta,
-                k,
-                penalty,
-                half_log_2pi,
-                proj,
-                resp,
-                gates,
-                weight,
-            )
+            value, ll_sum = _evaluate(data, theta, k, penalty, half_log_2pi, work)
             thin = weight.min() < weight_floor
             worse = has_prev and not (
                 value >= prev_value - 1e-10 * (1.0 + abs(prev_value))
@@ -570,24 +538,7 @@ if AVAILABLE:
             n_iter += 1
             prev_value, has_prev = value, True
             prev[:] = theta
-            _m_step(
-                Xt,
-                y,
-                w,
-                total,
-                metric,
-                theta,
-                k,
-                penalty,
-                floor,
-                shared,
-                fit_experts,
-                proj,
-                resp,
-                gates,
-                weight,
-                new,
-            )
+            _m_step(data, theta, k, penalty, floor, shared, fit_experts, work, new)
             change = _change(theta, new, metric, k, D)
             jump = base_ok
             if not jump:
@@ -603,115 +554,51 @@ if AVAILABLE:
                 extrapolated = True
 
     @_compiled(parallel=True)
-    def _runs(
-        Xt,
-        y,
-        w,
-        total,
-        metric,
-        thetas,
-        k,
-        shared,
-        fit_experts,
-        max_iter,
-        tol,
-        floor,
-        weight_floor,
-        penalty,
-        max_halvings,
-        half_log_2pi,
-        n_iter,
-        converged,
-        history,
-    ):
+    def _runs(data, thetas, k, settings, n_iter, converged, history):
         """Every start's run (the rows of ``thetas``), one per thread."""
         for s in numba.prange(thetas.shape[0]):
             n_iter[s], converged[s] = _run_start(
-                Xt,
-                y,
-                w,
-                total,
-                metric,
-                thetas[s],
-                k,
-                shared,
-                fit_experts,
-                max_iter,
-                tol,
-                floor,
-                weight_floor,
-                penalty,
-                max_halvings,
-                half_log_2pi,
-                history[s],
+                data, thetas[s], k, settings, history[s]
             )
 
 
-def batched_runs(
-    X,
-    y,
-    weights,
-    covariance,
-    E,
-    G,
-    sigma,
-    *,
-    shared,
-    fit_experts,
-    max_iter,
-    tol,
-    floor,
-    weight_floor,
-    penalty,
-    max_halvings,
-    half_log_2pi,
-):
+#: :func:`batched_runs`' keywords, in the order :func:`_run_start` unpacks them.
+SETTINGS = (
+    "shared",
+    "fit_experts",
+    "max_iter",
+    "tol",
+    "floor",
+    "weight_floor",
+    "penalty",
+    "max_halvings",
+    "half_log_2pi",
+)
+
+
+def batched_runs(X, y, weights, covariance, E, G, sigma, **settings):
     """:func:`moelearn._em_batch.batched_em`'s runs from the starts ``(E, G,
     sigma)`` (stacked over starts, ``G``'s last rows zero), compiled: the
     final ``(E, G, sigma)``, each start's iterations, whether it converged and
-    its mean log-likelihoods (``n_iter[s]`` of row ``s``). Requires
-    :data:`AVAILABLE`."""
+    its mean log-likelihoods (``n_iter[s]`` of row ``s``). ``settings``: the
+    keywords of :data:`SETTINGS`, batched_em's. Requires :data:`AVAILABLE`."""
     S, k, D = E.shape
     thetas = np.concatenate([E.reshape(S, -1), G.reshape(S, -1), sigma], axis=1)
     n_iter, converged = np.zeros(S, np.int64), np.zeros(S, np.bool_)
-    history = np.zeros((S, max(max_iter, 1)))
+    history = np.zeros((S, max(settings["max_iter"], 1)))
     Xt = np.ascontiguousarray(X.T, dtype=float)  # (the kernels run along rows)
     y = np.ascontiguousarray(y, dtype=float)
     weights = np.ascontiguousarray(weights, dtype=float)
     metric = np.ascontiguousarray(covariance, dtype=float)
-    settings = (
-        shared,
-        fit_experts,
-        max_iter,
-        tol,
-        floor,
-        weight_floor,
-        penalty,
-        max_halvings,
-        half_log_2pi,
-    )
-    total = float(weights.sum())
+    ordered = tuple(settings[name] for name in SETTINGS)  # (KeyError if one is missing)
+    data = (Xt, y, weights, float(weights.sum()), metric)
     if S == 1:
         # one start runs without the threads: after a parallel region OpenMP's
         # threads spin for a while, and the BLAS calls that follow (the NumPy
         # path's, on larger tables) ran 10-20 % slower (Boston, k = 2 and 3)
-        n_iter[0], converged[0] = _run_start(
-            Xt, y, weights, total, metric, thetas[0], k, *settings, history[0]
-        )
+        n_iter[0], converged[0] = _run_start(data, thetas[0], k, ordered, history[0])
     else:
-        _runs(
-            Xt,
-            y,
-            weights,
-            total,
-            metric,
-            thetas,
-            k,
-            *settings,
-            n_iter,
-            converged,
-            history,
-        )
+        _runs(data, thetas, k, ordered, n_iter, converged, history)
     E = thetas[:, : k * D].reshape(S, k, D)
     G = thetas[:, k * D : 2 * k * D].reshape(S, k, D)
     return E, G, thetas[:, 2 * k * D :], n_iter, converged, history
