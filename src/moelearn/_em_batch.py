@@ -256,7 +256,6 @@ def batched_em(
         One per start, in their order: where it ended, its iterations, whether
         it converged and its mean log-likelihood per iteration.
     """
-    batch = _Batch(X, y, sample_weight, covariance, gate_penalty)
     shared = np.ndim(starts[0].noise_std) == 0
     k = starts[0].n_experts
     E = np.stack([p.experts for p in starts]).astype(float)
@@ -265,7 +264,8 @@ def batched_em(
         [np.broadcast_to(np.asarray(p.noise_std, float), (k,)) for p in starts]
     )
     floor = min_noise_level(y, min_noise_std)
-    weight_floor = expert_weight_floor(X.shape[1], batch.total, min_expert_weight)
+    w = np.ones(len(y)) if sample_weight is None else sample_weight
+    weight_floor = expert_weight_floor(X.shape[1], float(w.sum()), min_expert_weight)
     if not fit_experts:
         weight_floor = 0.0
     S = len(starts)
@@ -273,7 +273,7 @@ def batched_em(
         E, G, sigma, n_iter, converged, history = _em_fast.batched_runs(
             X,
             y,
-            batch.w,
+            w,
             covariance,
             E,
             G,
@@ -290,6 +290,7 @@ def batched_em(
         )
         histories = [history[s, : n_iter[s]].tolist() for s in range(S)]
         return _results(E, G, sigma, n_iter, converged, histories, shared)
+    batch = _Batch(X, y, w, covariance, gate_penalty)
     state = _State(S, E, G, sigma)  # (which moves E, G and sigma in place)
     while state.active.any():
         idx = np.flatnonzero(state.active)
