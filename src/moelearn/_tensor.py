@@ -119,30 +119,20 @@ def robust_tensor_power(
     ``T <- T - lambda u^{x3}``. Signs are fixed so that every ``lambda >= 0``.
     ``T`` is the whitened tensor (``k`` = number of experts), never a
     ``d``-dimensional one.
-
-    The ``k``-th of ``k`` components is not iterated: in whitened coordinates
-    the components are orthonormal, so it is the unit vector orthogonal to the
-    others (on noisy moments the deflated tensor is far from rank one and the
-    iteration ran all ``n_iter`` steps; :func:`orthogonal_polish` refines the
-    frame as a whole either way).
     """
     T = np.array(T, dtype=float)
     k = T.shape[0]
     values = np.zeros(n_components)
     vectors = np.zeros((n_components, k))
     for i in range(n_components):
-        if i == k - 1:
-            # the last column of a complete QR of the others: orthogonal to them
-            u = np.linalg.qr(vectors[:i].T, mode="complete")[0][:, -1]
-        else:
-            starts = rng.standard_normal((n_restarts, k))
-            U = _power_iterate_rows(
-                T, starts / np.linalg.norm(starts, axis=1)[:, None], n_iter, tol
-            )
-            vals = np.einsum("abc,ra,rb,rc->r", T, U, U, U)
-            # T(-u, -u, -u) = -T(u, u, u): keep lambda >= 0
-            U, vals = U * np.where(vals < 0, -1.0, 1.0)[:, None], np.abs(vals)
-            u = _power_iterate(T, U[int(np.argmax(vals))], n_iter, tol)
+        starts = rng.standard_normal((n_restarts, k))
+        U = _power_iterate_rows(
+            T, starts / np.linalg.norm(starts, axis=1)[:, None], n_iter, tol
+        )
+        vals = np.einsum("abc,ra,rb,rc->r", T, U, U, U)
+        # T(-u, -u, -u) = -T(u, u, u): keep lambda >= 0
+        U, vals = U * np.where(vals < 0, -1.0, 1.0)[:, None], np.abs(vals)
+        u = _power_iterate(T, U[int(np.argmax(vals))], n_iter, tol)
         lam = float(np.einsum("abc,a,b,c->", T, u, u, u))
         if lam < 0:
             u, lam = -u, -lam
