@@ -298,13 +298,13 @@ if AVAILABLE:
     _summing = partial(_compiled, fastmath={"reassoc", "contract"})
 
     @_summing
-    def _project_rows(Xt, theta, first, n_rows, out):
-        """``out[r] = theta_row(first + r) . x_i`` for every row ``i``."""
+    def _project_rows(Xt, theta, n_rows, out):
+        """``out[r] = theta_row(r) . x_i`` for every row ``i`` and ``r < n_rows``."""
         D, n = Xt.shape
         out[:] = 0.0
         for r in range(n_rows):
             for c in range(D):
-                coef = theta[(first + r) * D + c]
+                coef = theta[r * D + c]
                 for i in range(n):
                     out[r, i] += coef * Xt[c, i]
 
@@ -317,7 +317,7 @@ if AVAILABLE:
         proj, resp, gates, weight = work
         D, n = Xt.shape
         kD, noise = k * D, 2 * k * D
-        _project_rows(Xt, theta, 0, 2 * k, proj)  # means, then logits
+        _project_rows(Xt, theta, 2 * k, proj)  # means, then logits
         log_sigma = np.log(theta[noise:])
         weight[:] = 0.0
         ll_sum = 0.0
@@ -403,7 +403,7 @@ if AVAILABLE:
         """``sigma_j^2 = sum_i w_i r_ij (y_i - a_j . x_i)^2 / sum_i w_i r_ij``
         (per expert) or pooled over ``j`` (shared), with the new ``a_j``."""
         D, n = Xt.shape
-        _project_rows(Xt, new, 0, k, proj)
+        _project_rows(Xt, new, k, proj)
         rss = np.zeros(k)
         for j in range(k):
             acc = 0.0
