@@ -29,6 +29,12 @@ AVAILABLE = numba is not None
 #: The compiled pass takes chunks this many times the usual size (about 16 MiB):
 #: each call starts the threads anew.
 CHUNK_SCALE = 16
+#: The compiled pass takes its rows in blocks of this many: the projections of
+#: a block, then its E-step, then its gradient sums, so that the rows' E-steps
+#: (their exponentials) overlap instead of waiting on each row's projections.
+#: Measured at n = 1e6, d = 50, two linear experts, against one pass ``X.T @ (X
+#: @ v)`` (median of 8 alternations): 1.24 passes against 1.38 row by row.
+BLOCK_ROWS = 256
 LINK_CODES = {"linear": 0, "sigmoid": 1, "tanh": 2, "relu": 3}
 
 if AVAILABLE:
@@ -38,13 +44,24 @@ if AVAILABLE:
     _inline = partial(numba.njit, inline="always", fastmath=True)
 
     @_inline
-    def _project(X, i, coef, proj):
-        """``proj_r = coef_r . x_i`` for every coefficient row ``r``."""
-        for r in range(coef.shape[0]):
-            acc = 0.0
-            for c in range(X.shape[1]):
-                acc += coef[r, c] * X[i, c]
-            proj[r] = acc
+    def _project(X, first, rows, coef, proj):
+        """``proj[b, r] = coef_r . x_i``, ``i = first + b``, for ``rows`` rows and
+        every coefficient row ``r``."""
+        for b in range(rows):
+            for r in range(coef.shape[0]):
+                acc = 0.0
+                for c in range(X.shape[1]):
+                    acc += coef[r, c] * X[first + b, c]
+                proj[b, r] = acc
+
+    @_inline
+    def _accumulate(X, first, rows, cols, local):
+        """``local[c] += cols[b, c] x_i``, ``i = first + b``, over ``rows`` rows."""
+        for b in range(rows):
+            for c in range(cols.shape[1]):
+                w = cols[b, c]
+                for col in range(X.shape[1]):
+                    local[c, col] += w * X[first + b, col]
 
     @_inline
     def _residuals(proj, y_i, k, link_code, res, deriv):
@@ -71,23 +88,26 @@ if AVAILABLE:
     def _posterior(logit, res, inv_sigma, log_sigma, gate, resp):
         """Gate probabilities ``gate`` and responsibilities ``resp`` from the
         logits and residuals; returns ``log p(y_i | x_i)`` without the
-        ``-log(2 pi) / 2`` term."""
+        ``-log(2 pi) / 2`` term. The largest term of each softmax is
+        ``exp(0) = 1`` and is not computed (exactly the same values)."""
         k = logit.shape[0]
-        top = logit[0]
+        top, first = logit[0], 0
         for j in range(1, k):
-            top = max(top, logit[j])
+            if logit[j] > top:
+                top, first = logit[j], j
         gate_norm = 0.0
         for j in range(k):
-            gate[j] = np.exp(logit[j] - top)
+            gate[j] = 1.0 if j == first else np.exp(logit[j] - top)
             gate_norm += gate[j]
-        a_top = -np.inf
+        a_top, a_first = -np.inf, 0
         for j in range(k):
             z = res[j] * inv_sigma[j]
             resp[j] = logit[j] - 0.5 * z * z - log_sigma[j]
-            a_top = max(a_top, resp[j])
+            if resp[j] > a_top:
+                a_top, a_first = resp[j], j
         norm = 0.0
         for j in range(k):
-            resp[j] = np.exp(resp[j] - a_top)
+            resp[j] = 1.0 if j == a_first else np.exp(resp[j] - a_top)
             norm += resp[j]
         for j in range(k):
             resp[j] /= norm
@@ -132,30 +152,34 @@ if AVAILABLE:
         masses = np.zeros((n_threads, k))
         step = (n + n_threads - 1) // n_threads
         for tid in numba.prange(n_threads):
-            proj = np.empty(coef.shape[0])
+            proj = np.empty((BLOCK_ROWS, coef.shape[0]))
+            cols = np.empty((BLOCK_ROWS, n_cols))
+            row = np.empty(n_cols)
             res, deriv = np.empty(k), np.ones(k)
             gate, resp, logit = np.empty(k), np.empty(k), np.zeros(k)
-            cols = np.empty(n_cols)
             local = np.zeros((n_cols, d))  # thread-local: no 3-D indexing in the loop
             ll = 0.0
             rss, mass = np.zeros(k), np.zeros(k)
-            for i in range(tid * step, min(n, (tid + 1) * step)):
-                _project(X, i, coef, proj)
-                if fit_experts:
-                    _residuals(proj, y[i], k, link_code, res, deriv)
-                else:
-                    res[:] = residuals[i]
-                logit[: k - 1] = proj[offset : offset + k - 1]  # (the last is 0)
-                wi = weights[i] if weighted else 1.0
-                ll += wi * _posterior(logit, res, inv_sigma, log_sigma, gate, resp)
-                for j in range(k):
-                    rss[j] += wi * resp[j] * res[j] * res[j]
-                    mass[j] += wi * resp[j]
-                _gradient_columns(resp, gate, res, deriv, fit_experts, cols)
-                for c in range(n_cols):
-                    w = wi * cols[c]
-                    for col in range(d):
-                        local[c, col] += w * X[i, col]
+            stop = min(n, (tid + 1) * step)
+            for first in range(tid * step, stop, BLOCK_ROWS):
+                rows = min(BLOCK_ROWS, stop - first)
+                _project(X, first, rows, coef, proj)
+                for b in range(rows):
+                    i = first + b
+                    if fit_experts:
+                        _residuals(proj[b], y[i], k, link_code, res, deriv)
+                    else:
+                        res[:] = residuals[i]
+                    logit[: k - 1] = proj[b, offset : offset + k - 1]  # (last: 0)
+                    wi = weights[i] if weighted else 1.0
+                    ll += wi * _posterior(logit, res, inv_sigma, log_sigma, gate, resp)
+                    for j in range(k):
+                        rss[j] += wi * resp[j] * res[j] * res[j]
+                        mass[j] += wi * resp[j]
+                    _gradient_columns(resp, gate, res, deriv, fit_experts, row)
+                    for c in range(n_cols):
+                        cols[b, c] = wi * row[c]
+                _accumulate(X, first, rows, cols, local)
             grads[tid] = local
             lls[tid] = ll
             rsss[tid] = rss
