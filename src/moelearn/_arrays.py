@@ -143,6 +143,12 @@ def _blas_controller() -> ThreadpoolController:
     return ThreadpoolController()
 
 
+def blas_threads() -> int:
+    """The most threads the loaded BLAS libraries may use now (1 without BLAS)."""
+    found = _blas_controller().select(user_api="blas").lib_controllers
+    return max((lib.num_threads for lib in found), default=1)
+
+
 def one_blas_thread() -> Any:
     """A context in which BLAS runs on one thread: for products too small to
     share out across cores, and beside code that runs its own threads."""

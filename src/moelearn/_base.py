@@ -23,7 +23,7 @@ from moelearn._model import (
     sample_outputs,
 )
 from moelearn._moments import SingularColumnsError
-from moelearn._passes import with_ones
+from moelearn._passes import fit_threads, with_ones
 
 Array = np.ndarray
 
@@ -68,6 +68,30 @@ def names_singular_columns(fit):
             raise exc.named(names) from None
 
     return named_fit
+
+
+def shares_the_cores(fit):
+    """Decorate an estimator's ``fit`` so that its passes run their chunks on the
+    cores BLAS may use, and a small problem's linear algebra on one BLAS thread
+    (:func:`moelearn._passes.fit_threads`)."""
+
+    @functools.wraps(fit)
+    def threaded_fit(self, X, *args, **kwargs):
+        with fit_threads(_free_parameters(self, X)):
+            return fit(self, X, *args, **kwargs)
+
+    return threaded_fit
+
+
+def _free_parameters(estimator, X) -> int:
+    """About how many free parameters ``estimator`` fits to ``X``: ``(2 k - 1)
+    (d + 1) + k`` (slopes and an intercept per expert and free gate row, a noise
+    level per expert), before either is validated (0 if they are not numbers)."""
+    try:
+        k, d = int(estimator.n_experts), int(np.shape(X)[1])
+    except (TypeError, ValueError, IndexError):
+        return 0
+    return (2 * k - 1) * (d + 1) + k
 
 
 @shared_entries

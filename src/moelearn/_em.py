@@ -62,6 +62,7 @@ from moelearn._links import get_link, sigmoid
 from moelearn._model import HALF_LOG_2PI, MoEParams, log_gate_cols, tree_paths
 from moelearn._moments import input_whitening
 from moelearn._passes import (
+    SMALL_PROBLEM_PARAMETERS,
     RowSource,
     map_rows,
     reduce_rows,
@@ -74,8 +75,6 @@ Array = np.ndarray
 ProgressCallback = Callable[[str, int, float, float], None]
 
 _MIN_CURVATURE_ROWS = 10_000
-#: Up to this many parameters EM's linear algebra runs on one BLAS thread.
-_SMALL_PROBLEM_PARAMETERS = 400
 #: Up to this many columns the curvature sums use the rows' pairwise products.
 _PRODUCT_COLUMNS = 40
 MAX_HALVINGS = 30
@@ -633,7 +632,12 @@ class _Problem:
         if self.uses_compiled_pass(params, subset):
             kernel = _em_fast.gradient_kernel(params, self.fit_experts, weighted)
             ll, rss, weight, grad = reduce_rows(
-                kernel, self.X, self.y, scale=_em_fast.CHUNK_SCALE, **self._per_row()
+                kernel,
+                self.X,
+                self.y,
+                scale=_em_fast.CHUNK_SCALE,
+                own_threads=True,
+                **self._per_row(),
             )
             stats = _Stats(ll - n * HALF_LOG_2PI, rss, weight, grad.T)
         else:
@@ -1118,7 +1122,7 @@ def _blas_limit(compiled: bool, n_params: int):
     n=1e6, d=50 on 2 cores: the pass took 2-3x longer); small problems' matrices
     are too small to share out (Boston, 78 parameters: the step's eigh took 5 ms
     with two threads, 0.9 ms with one)."""
-    if compiled or n_params <= _SMALL_PROBLEM_PARAMETERS:
+    if compiled or n_params <= SMALL_PROBLEM_PARAMETERS:
         return one_blas_thread()
     return nullcontext()
 

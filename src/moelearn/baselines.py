@@ -13,7 +13,7 @@ from scipy.optimize import minimize_scalar
 
 from moelearn import _starts
 from moelearn import _validation as v
-from moelearn._base import MoEBase, names_singular_columns
+from moelearn._base import MoEBase, names_singular_columns, shares_the_cores
 from moelearn._docstrings import shared_entries
 from moelearn._em import em, em_columns
 from moelearn._gradients import nll_gradient, squared_error_gradient
@@ -131,6 +131,7 @@ class EMMoE(MoEBase):
         self.verbose = verbose
 
     @names_singular_columns
+    @shares_the_cores
     def fit(self, X, y, sample_weight=None):
         """Run EM from ``n_init`` random starts and keep the best.
 
@@ -316,6 +317,7 @@ class GradientMoE(MinibatchMixin, MoEBase):
         self.verbose = verbose
 
     @names_singular_columns
+    @shares_the_cores
     def fit(self, X, y):
         """Run minibatch gradient descent from ``n_init`` random starts.
 

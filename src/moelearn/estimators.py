@@ -13,7 +13,7 @@ from scipy.optimize import linear_sum_assignment
 
 from moelearn import _em_batch, _starts
 from moelearn import _validation as v
-from moelearn._base import MoEBase, names_singular_columns
+from moelearn._base import MoEBase, names_singular_columns, shares_the_cores
 from moelearn._docstrings import shared_entries
 from moelearn._em import (
     MIN_EXPERT_WEIGHT,
@@ -271,6 +271,7 @@ class SpectralMoE(MoEBase):
 
     # ------------------------------------------------------------------ fit
     @names_singular_columns
+    @shares_the_cores
     def fit(self, X, y, sample_weight=None):
         """Learn the parameters from samples ``X`` and targets ``y``.
 

@@ -10,7 +10,7 @@ import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 
 from moelearn import _validation as v
-from moelearn._base import MoEBase, names_singular_columns
+from moelearn._base import MoEBase, names_singular_columns, shares_the_cores
 from moelearn._docstrings import shared_entries
 from moelearn._gradients import nll_gradient
 from moelearn._links import get_link
@@ -177,6 +177,7 @@ class TensorLossMoE(MinibatchMixin, MoEBase):
             )
 
     @names_singular_columns
+    @shares_the_cores
     def fit(self, X, y):
         """Minimise ``L4`` for the regressors, then ``L_log`` for the gate.
 
