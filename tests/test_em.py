@@ -392,3 +392,37 @@ def test_gate_score_and_observed_information_match_the_loglik(gate, global_rando
                 + loglik(theta0 - ea - eb)
             ) / (4 * h * h)
     np.testing.assert_allclose(observed, numeric, rtol=1e-4, atol=1e-3)
+
+
+def test_the_secant_update_holds_the_information_along_the_last_step():
+    """BFGS's secant equation: the corrected information maps the last Newton
+    step to the change of the (unpenalised) gradient it made, stays symmetric
+    positive definite, and is left alone when a curvature is not positive."""
+    rng = np.random.default_rng(3)
+    k, D = 2, 3
+    p = (2 * k - 1) * D + k
+    params = MoEParams(
+        experts=rng.standard_normal((k, D)),
+        gating=np.vstack([rng.standard_normal(D), np.zeros(D)]),
+        noise_std=np.array([0.5, 0.8]),
+        link="linear",
+        gate="softmax",
+    )
+    metric = np.eye(D) + 0.2
+    objective = em_module._Objective(metric, 0.01, True, True)
+    root = rng.standard_normal((p, p))
+    H = root @ root.T + np.eye(p)
+    stats = em_module._Stats(0.0, np.ones(k), np.ones(k), np.zeros((D, 2 * k - 1)))
+    stats.observed, stats.complete = H, 2 * H
+    step, before = rng.standard_normal(p), rng.standard_normal(p)
+    ridge = objective.penalised(np.zeros((p, p)), params) @ step
+    true_curvature = root.T @ root + 0.5 * np.eye(p)
+    after = before - true_curvature @ step - ridge
+    objective._last_step = (step, before)
+    objective.gradient = lambda stats, params: after
+    corrected = objective.secant(stats, params)
+    np.testing.assert_allclose(corrected @ step, true_curvature @ step, rtol=1e-10)
+    np.testing.assert_allclose(corrected, corrected.T, atol=1e-12)
+    assert np.linalg.eigvalsh(corrected)[0] > 0
+    objective.gradient = lambda stats, params: before + step  # negative curvature
+    assert objective.secant(stats, params) is H
