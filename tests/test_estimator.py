@@ -471,3 +471,23 @@ def test_scales_beyond_double_precision_are_refused_by_name():
         SpectralMoE(2).fit(frame, y)
     with pytest.raises(ValueError, match=r"y has values of size 1\.0e-200"):
         SpectralMoE(2).fit(X, y * 1e-200)
+
+
+def test_warnings_point_at_the_line_that_called_fit():
+    """A fit's warnings are attributed to the caller's line, not to a line in
+    moelearn (however deep they are raised, and through fit's decorators)."""
+    from moelearn import EMMoE
+    from moelearn.exceptions import ConvergenceWarning, SpectralReliabilityWarning
+
+    X, y, _ = make_moe(2000, 3, random_state=0)
+    with pytest.warns(SpectralReliabilityWarning) as spectral:
+        SpectralMoE(max_iter=1, random_state=0).fit(X, y)
+    with pytest.warns(ConvergenceWarning) as em:
+        EMMoE(max_iter=1, n_init=1, random_state=0).fit(X, y)
+    ours = [
+        w
+        for w in [*spectral, *em]
+        if issubclass(w.category, (ConvergenceWarning, SpectralReliabilityWarning))
+    ]
+    assert len(ours) >= 2
+    assert {w.filename for w in ours} == {__file__}

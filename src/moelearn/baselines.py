@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-import warnings
 from dataclasses import dataclass
 from functools import partial
 from typing import ClassVar
@@ -22,7 +21,7 @@ from moelearn._model import MoEParams, log_likelihood_terms
 from moelearn._moments import input_whitening
 from moelearn._optim import MinibatchMixin
 from moelearn._passes import with_ones
-from moelearn.exceptions import ConvergenceWarning, not_converged_message
+from moelearn.exceptions import ConvergenceWarning, not_converged_message, warn
 
 Array = np.ndarray
 
@@ -201,13 +200,12 @@ class EMMoE(MoEBase):
         """The kept start's parameters and record; a warning if it did not
         converge."""
         if self.max_iter > 0 and not best.converged:
-            warnings.warn(
+            warn(
                 not_converged_message(
                     f"EM (the best of {self.n_init} starts)", self.max_iter, self.tol
                 )
                 + " Or try moelearn.SpectralMoE.",
                 ConvergenceWarning,
-                stacklevel=3,
             )
         self._set_parameters(best.params, d)
         self.converged_ = bool(best.converged)
@@ -358,11 +356,10 @@ class GradientMoE(MinibatchMixin, MoEBase):
                 best, best_ll = (params, result), ll
         params, result = best
         if self.max_iter > 0 and not result.converged:
-            warnings.warn(
+            warn(
                 f"gradient descent did not settle within max_iter={self.max_iter} "
                 f"epochs (tol={self.tol}) from the best of {self.n_init} starts",
                 ConvergenceWarning,
-                stacklevel=2,
             )
         self._set_parameters(params, d)
         self._set_curve(result)

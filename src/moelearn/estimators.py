@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-import warnings
 from dataclasses import dataclass, field, replace
 from functools import cached_property, partial
 from typing import Any, ClassVar
@@ -36,6 +35,7 @@ from moelearn.exceptions import (
     NonGaussianInputWarning,
     SpectralReliabilityWarning,
     not_converged_message,
+    warn,
 )
 from moelearn.metrics import parameter_error
 
@@ -376,13 +376,12 @@ class SpectralMoE(MoEBase):
                 "the spectral step finds at most one expert per input column, and "
                 "max_iter=0 leaves nothing else; set max_iter > 0"
             )
-        warnings.warn(
+        warn(
             f"n_experts={self.n_experts} exceeds n_features={ctx.n_features}: the "
             "spectral step finds at most one expert per input column and was "
             "skipped; the fit comes from EM's alternative starts (regression "
             "splits, random starts, residual bands; diagnostics_['starts'])",
             SpectralReliabilityWarning,
-            stacklevel=4,
         )
         ctx.set_columns(input_whitening(ctx.X), self.fit_intercept)
         ctx.flags.append("features")
@@ -738,20 +737,18 @@ class SpectralMoE(MoEBase):
                 "of X and y, or try fewer experts or fit_intercept=True"
             )
         if fit.dropped:
-            warnings.warn(
+            warn(
                 f"{len(fit.dropped)} of {self.n_experts} experts fell below "
                 f"{100 * _MIN_SHARE:g}% of the posterior weight (or 2 rows per "
                 f"column) and were dropped: the data support {params.n_experts} "
                 f"experts here (n_experts_), as R's flexmix would report. Fit "
                 "fewer experts, or use select_n_experts.",
                 ExpertsDroppedWarning,
-                stacklevel=4,
             )
         if self.max_iter > 0 and not fit.converged:
-            warnings.warn(
+            warn(
                 not_converged_message("EM", self.max_iter, self.tol),
                 ConvergenceWarning,
-                stacklevel=4,
             )
         if not self.fit_intercept and self.max_iter > 0:
             self._warn_about_offsets(ctx.X_em, ctx.y, params, ctx.rng)
@@ -860,7 +857,7 @@ class SpectralMoE(MoEBase):
         ctx.diagnostics["spectral_shift_ratio"] = shift / expected
         if shift <= _MAX_SPECTRAL_SHIFT * expected:
             return []
-        warnings.warn(
+        warn(
             f"the spectral step was biased: refinement moved the regressors by "
             f"{shift:.3g}, {shift / expected:.0f} times the spectral step's "
             f"sampling error (about {expected:.2g}). The moment identities carry "
@@ -869,7 +866,6 @@ class SpectralMoE(MoEBase):
             "With extra_starts='auto' (the default) cheap alternative starts were "
             "also tried and the most likely fit kept (diagnostics_['starts']).",
             SpectralReliabilityWarning,
-            stacklevel=5,
         )
         return ["shift"]
 
@@ -896,13 +892,12 @@ class SpectralMoE(MoEBase):
                 which.append(f"a gate bias (z = {z_gate.max():.1f})")
             if z_experts.max(initial=0.0) > _OFFSET_Z:
                 which.append(f"expert intercepts (z = {z_experts.max():.1f})")
-            warnings.warn(
+            warn(
                 f"the data show {' and '.join(which)} that the model has none of "
                 f"(score test on {len(rows)} rows, z > {_OFFSET_Z:g}). The spectral "
                 "step's identities assume no offsets, and the fitted model cannot "
                 "represent them: use fit_intercept=True.",
                 SpectralReliabilityWarning,
-                stacklevel=3,
             )
 
     def _warn_about_inputs(
@@ -936,14 +931,13 @@ class SpectralMoE(MoEBase):
                 if suggest
                 else ""
             )
-            warnings.warn(
+            warn(
                 "the spectral step's guarantees may not hold: "
                 + "; ".join(reasons)
                 + ". Its regressors can be biased; EM refinement (refine=True) "
                 "corrects a moderate bias but may find a local optimum if it is "
                 "large." + advice,
                 NonGaussianInputWarning,
-                stacklevel=5,
             )
         return ["inputs"] if reasons else []
 
@@ -1006,11 +1000,10 @@ class SpectralMoE(MoEBase):
             )
         else:
             return []
-        warnings.warn(
+        warn(
             f"the spectral step cannot be trusted: {problem}. The data may not support "
             f"{k} experts or this link; the fit may be a poor local optimum.",
             SpectralReliabilityWarning,
-            stacklevel=5,
         )
         return ["moments"]
 

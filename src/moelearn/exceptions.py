@@ -3,6 +3,11 @@ is used as it is)."""
 
 from __future__ import annotations
 
+import sys
+import warnings
+from pathlib import Path
+from types import FrameType
+
 from sklearn.exceptions import ConvergenceWarning
 
 __all__ = [
@@ -39,3 +44,17 @@ def not_converged_message(what: str, max_iter: int, tol: float) -> str:
         f"(tol={tol}). Increase max_iter or tol; check that n_experts and link "
         "suit the data."
     )
+
+
+_PACKAGE = str(Path(__file__).resolve().parent)
+
+
+def warn(message: str, category: type[Warning]) -> None:
+    """``warnings.warn`` attributed to the first caller outside moelearn (the
+    user's line that called ``fit``), however deep in the package it is raised:
+    a fixed ``stacklevel`` points into the package once a call is wrapped."""
+    frame: FrameType | None = sys._getframe(1)  # (stacklevel 2: warn's caller)
+    level = 2
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-import warnings
 from typing import ClassVar
 
 import numpy as np
@@ -18,7 +17,7 @@ from moelearn._moments import RowInputs
 from moelearn._optim import MinibatchMixin
 from moelearn._spectral import second_moment_eigenpairs
 from moelearn._tensor_loss import coupling_matrix, tensor_loss_terms
-from moelearn.exceptions import SpectralReliabilityWarning
+from moelearn.exceptions import SpectralReliabilityWarning, warn
 
 Array = np.ndarray
 
@@ -196,13 +195,12 @@ class TensorLossMoE(MinibatchMixin, MoEBase):
         whitening = inputs.whitening
         values = pairs.values[:k]
         if not np.all(values > MIN_EIGENVALUE_RATIO * abs(pairs.values[0])):
-            warnings.warn(
+            warn(
                 f"M2 = E[y^2 S2(x)] has eigenvalues {np.round(values, 6).tolist()}: "
                 f"fewer than {k} are clearly positive, so the data do not support "
                 f"{k} experts, or the model is far from its assumptions; the "
                 "regressors found cannot be trusted",
                 SpectralReliabilityWarning,
-                stacklevel=2,
             )
             values = np.maximum(values, MIN_EIGENVALUE_RATIO * abs(pairs.values[0]))
             values = np.maximum(values, 1e-300)
@@ -232,11 +230,10 @@ class TensorLossMoE(MinibatchMixin, MoEBase):
         self.n_iter_ = regressors.n_epochs + gate_fit.n_epochs
         self.fit_times_ = times
         if self.max_iter > 0 and not self.converged_:
-            warnings.warn(
+            warn(
                 f"SGD did not settle within max_iter={self.max_iter} epochs "
                 f"(tol={self.tol}); increase max_iter or tol",
                 ConvergenceWarning,
-                stacklevel=2,
             )
         return self
 
