@@ -186,8 +186,8 @@ def _chunk_results(
     the threads do not change them. BLAS's own threads share a chunk's small
     products out poorly: at n = 1e6, d = 50 on 2 cores the input pass's kernel
     took 107 ms on one BLAS thread, 206 ms on two, and 57-63 ms on two threads
-    with one BLAS thread each (alone; within a fit its gain is smaller, see
-    :func:`fit_threads`).
+    with one BLAS thread each (in a later hour 74-106 ms: how much of the
+    second core this machine gets varies; see :func:`fit_threads`).
     """
     progress = _PROGRESS.get()
     number = 0
