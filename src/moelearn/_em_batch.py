@@ -83,12 +83,12 @@ class _Batch:
     arrays are laid out ``(S, k, n)``, so that sums over experts run along
     contiguous rows."""
 
-    def __init__(self, X, y, sample_weight, covariance, penalty):
+    def __init__(self, X, y, weights, covariance, penalty):
         self.X, self.y = X, y
         self.Xt = np.ascontiguousarray(X.T)
         self.Xy = np.column_stack([X, y])
-        self.w = np.ones(len(y)) if sample_weight is None else sample_weight
-        self.total = float(self.w.sum())
+        self.w = weights  # (ones without sample weights)
+        self.total = float(weights.sum())
         self.metric, self.penalty = covariance, penalty
         n, D = X.shape
         # the rows' products [x_i, y_i] x_i^T, flattened: every weighted Gram
