@@ -11,6 +11,10 @@ Every method fits the same model on the same standardised training rows
 (:mod:`real_tables`): expert intercepts and gate biases, Gaussian noise
 (shared or per expert as the row says). Log-likelihoods are means per row on
 the training rows and on the 20 % held-out rows; times are the fits alone.
+flexmix runs without a floor on its components' weight (``minprior = 0``)
+and, where its best fit then has a component below moelearn's floor (two rows
+per column, :func:`moelearn._em.expert_weight_floor`), once more with that
+floor: the same model with the same safeguard.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import numpy as np
 from sklearn.base import clone
 
 from moelearn import EMMoE, GradientMoE, SpectralMoE
+from moelearn._em import MIN_EXPERT_WEIGHT, expert_weight_floor
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -181,7 +186,11 @@ def cgmm_fit(k: int, table, seed: int) -> dict:
     )
 
 
-def flexmix_fit(k: int, table, seed: int, nrep: int, workdir: Path) -> dict:
+def flexmix_fit(
+    k: int, table, seed: int, nrep: int, workdir: Path, minprior: float = 0.0
+) -> dict:
+    """flexmix's best of ``nrep`` fits (``benchmarks/peers/fit_real.R``);
+    components whose prior falls below ``minprior`` are dropped."""
     import pandas as pd
 
     paths = {}
@@ -204,6 +213,7 @@ def flexmix_fit(k: int, table, seed: int, nrep: int, workdir: Path) -> dict:
             str(nrep),
             str(seed),
             str(out),
+            repr(minprior),
         ],
         capture_output=True,
         text=True,
@@ -219,7 +229,34 @@ def flexmix_fit(k: int, table, seed: int, nrep: int, workdir: Path) -> dict:
         converged=bool(row["converged"]),
         seconds=float(row["seconds"]),
         experts=row["components"],
+        smallest=float(row["smallest"]),
     )
+
+
+def floor_rows(table) -> float:
+    """moelearn's expert weight floor on ``table``'s training rows, in rows
+    (``max(2 D, 0.005 n)``, ``D`` the columns with the intercept)."""
+    n, d = table.X_train.shape
+    return expert_weight_floor(d + 1, float(n), MIN_EXPERT_WEIGHT)
+
+
+def flexmix_rows(k: int, table, args, workdir: Path) -> list:
+    """flexmix's fit without a floor and, when its smallest component is below
+    moelearn's floor, again with that floor (``minprior`` = the floor's share of
+    the rows): the same model with the same safeguard."""
+    nrep = args.flexmix_nrep
+    try:
+        result = flexmix_fit(k, table, args.seed, nrep, workdir)
+        rows = [(k, f"R flexmix (best of {nrep})", result)]
+        floor = floor_rows(table)
+        if result["smallest"] < floor:
+            share = floor / table.X_train.shape[0]
+            same = flexmix_fit(k, table, args.seed, nrep, workdir, minprior=share)
+            rows.append((k, f"R flexmix, moelearn's floor (best of {nrep})", same))
+    except (RuntimeError, subprocess.TimeoutExpired) as exc:
+        print(f"flexmix {table.name} k={k}: {exc}", file=sys.stderr)
+        return []
+    return rows
 
 
 def main() -> int:
@@ -258,9 +295,11 @@ def main() -> int:
         "held-out rows; all mixtures have expert intercepts and gate biases.",
         (
             "EMMoE: 10 random starts; flexmix: best of "
-            f"{args.flexmix_nrep} random starts (stepFlexmix), sigma per component;"
+            f"{args.flexmix_nrep} random starts (stepFlexmix), sigma per component,"
         ),
-        "cgmm: k-means start (its default). Times are the fits alone, on this",
+        "no floor on a component's weight, and where its best fit has a component",
+        "below moelearn's floor (2 rows per column), once more with that floor",
+        "(`minprior`); cgmm: k-means start (its default). Times are the fits alone, on this",
         "project's 2-core machine, all in one run.",
         "",
     ]
@@ -308,16 +347,7 @@ def main() -> int:
                 )
                 rows.append((k, "cgmm", cgmm_fit(k, table, args.seed)))
                 if have_r and name in flexmix_tables:
-                    try:
-                        result = flexmix_fit(
-                            k, table, args.seed, args.flexmix_nrep, Path(tmp)
-                        )
-                    except (RuntimeError, subprocess.TimeoutExpired) as exc:
-                        print(f"flexmix {name} k={k}: {exc}", file=sys.stderr)
-                    else:
-                        rows.append(
-                            (k, f"R flexmix (best of {args.flexmix_nrep})", result)
-                        )
+                    rows += flexmix_rows(k, table, args, Path(tmp))
             results[name] = rows
             for k, method, r in rows:
                 line = (
@@ -335,16 +365,18 @@ def main() -> int:
 def verdict(results: dict, experts: list[int]) -> list[str]:
     """Issue 15's acceptance, read off the rows: ours (SpectralMoE, per-expert
     noise) against linear regression, its own ``k - 1`` fit, EMMoE(10) and
-    flexmix. Differences are ours minus theirs (per row); time ratios are
-    ours / EMMoE's and flexmix's / ours."""
+    flexmix, without a floor and with moelearn's (the unfloored fit where its
+    components all reach the floor). Differences are ours minus theirs (per
+    row); time ratios are ours / EMMoE's and flexmix's (unfloored) / ours."""
     out = [
         "Against issue 15's acceptance (ours: SpectralMoE, per-expert noise):",
         "",
         (
             "| table | k | finite, converged | >= linear regression and k - 1 "
-            "| - EMMoE(10) | time / EMMoE's | - flexmix | flexmix's time / ours |"
+            "| - EMMoE(10) | time / EMMoE's | - flexmix | - flexmix, same floor "
+            "| flexmix's time / ours |"
         ),
-        "|---|---:|---|---|---:|---:|---:|---:|",
+        "|---|---:|---|---|---:|---:|---:|---:|---:|",
     ]
     for name, rows in results.items():
         pick = partial(_row, rows)
@@ -353,18 +385,20 @@ def verdict(results: dict, experts: list[int]) -> list[str]:
             mine, em = pick(k, "SpectralMoE (per_expert)"), pick(k, "EMMoE")
             smaller = pick(k - 1, "SpectralMoE (per_expert)")
             floor = max(linear, smaller["train"] if smaller else linear)
-            flexmix = pick(k, "R flexmix")
-            versus = ("not run", "")
+            flexmix = pick(k, "R flexmix (")
+            same = pick(k, "R flexmix, moelearn's floor") or flexmix
+            versus = ("not run", "", "")
             if flexmix is not None and np.isfinite(flexmix["train"]):
                 versus = (
                     f"{mine['train'] - flexmix['train']:+.4f}",
+                    f"{mine['train'] - same['train']:+.4f}",
                     f"{flexmix['seconds'] / mine['seconds']:.1f}",
                 )
             out.append(
                 f"| {name} | {k} | {'yes' if mine['converged'] else 'NO'} "
                 f"| {'yes' if mine['train'] >= floor - 1e-9 else 'NO'} "
                 f"| {mine['train'] - em['train']:+.4f} "
-                f"| {mine['seconds'] / em['seconds']:.2f} | {versus[0]} | {versus[1]} |"
+                f"| {mine['seconds'] / em['seconds']:.2f} | {' | '.join(versus)} |"
             )
     return out
 
