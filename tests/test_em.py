@@ -348,7 +348,8 @@ def test_compiled_pass_matches_numpy(monkeypatch, link, fit_experts, k, weighted
 def test_compiled_exp_and_log_are_within_an_ulp_or_two():
     """The compiled pass's vectorised exp (x <= 0) and log (x > 0) agree with
     NumPy's to 2 ulp over the ranges the E-step gives them; exp is exactly 1 at
-    0, 0 at -inf and below -708 (where NumPy's is subnormal)."""
+    0, 0 at -inf and below -708 (where NumPy's is subnormal); NaN stays NaN, and
+    log gives NaN outside the positive normal numbers."""
     from moelearn import _em_fast
 
     if not _em_fast.AVAILABLE:
@@ -360,9 +361,9 @@ def test_compiled_exp_and_log_are_within_an_ulp_or_two():
     _em_fast._exp_nonpositive(out, len(x), scratch[0])
     np.testing.assert_allclose(out, np.exp(x), rtol=4.5e-16, atol=0)
     assert out[0] == out[1] == 1.0
-    edge = np.array([-np.inf, -708.5, -745.0, -1e4])
-    _em_fast._exp_nonpositive(edge, 4, scratch[0])
-    assert np.all(edge == 0.0)
+    edge = np.array([-np.inf, -708.5, -745.0, -1e4, np.nan])
+    _em_fast._exp_nonpositive(edge, 5, scratch[0])
+    assert np.all(edge[:4] == 0.0) and np.isnan(edge[4])
     # log of the ratios the E-step takes it of (in [1/k, k]) and far beyond
     x = np.exp(rng.uniform(-700, 700, 8000))
     x[:5] = [1.0, np.sqrt(2), np.nextafter(np.sqrt(2), 3), 0.5, 2.0**-1022]
@@ -370,6 +371,9 @@ def test_compiled_exp_and_log_are_within_an_ulp_or_two():
     _em_fast._log_positive(out, len(x), scratch)
     np.testing.assert_allclose(out, np.log(x), rtol=4.5e-16, atol=1e-300)
     assert out[0] == 0.0
+    edge = np.array([np.nan, 0.0, -1.0, np.inf, 1e-310])  # (a NaN must reach ll)
+    _em_fast._log_positive(edge, 5, scratch)
+    assert np.all(np.isnan(edge))
 
 
 def _gate_problem(gate, seed):

@@ -45,6 +45,7 @@ _LOG2_E = 1.4426950408889634
 _LN2_HIGH, _LN2_LOW = 6.93147180369123816490e-01, 1.90821492927058770002e-10
 _ROUNDING = 1.5 * 2.0**52  # x + this - this rounds x to an integer
 _TWO_52 = 2.0**52
+_SMALLEST, _LARGEST = 2.0**-1022, float(np.finfo(float).max)  # normal numbers
 _EXP_TERMS = tuple(1.0 / math.factorial(i) for i in range(13, -1, -1))  # Horner's order
 _LOG_TERMS = tuple(1.0 / (2 * i + 1) for i in range(9, -1, -1))
 
@@ -62,7 +63,8 @@ if AVAILABLE:
     def _exp_nonpositive(x, rows, scratch):
         """``x[b] = exp(x[b])`` for ``b < rows`` and ``x[b] <= 0`` (``-inf``
         included), within about 1 ulp; 0 below ``-708`` (where ``exp`` is
-        subnormal). Vectorised, unlike libm's ``exp`` (4 times faster on a block).
+        subnormal); NaN stays NaN. Vectorised, unlike libm's ``exp`` (4 times
+        faster on a block).
 
         ``exp(x) = 2^n exp(r)`` with ``n = round(x / ln 2)`` (rounded by adding
         and subtracting ``1.5 2^52``) and ``r = x - n ln 2`` (``|r| <= ln(2) / 2``,
@@ -73,7 +75,7 @@ if AVAILABLE:
         """
         shifted = scratch.view(np.float64)
         for b in range(rows):
-            v = max(x[b], -708.0)
+            v = -708.0 if x[b] < -708.0 else x[b]  # (NaN goes through)
             t = v * _LOG2_E + _ROUNDING
             n = t - _ROUNDING
             r = (v - n * _LN2_HIGH) - n * _LN2_LOW
@@ -81,7 +83,7 @@ if AVAILABLE:
             for c in _EXP_TERMS[1:]:
                 p = p * r + c
             shifted[b] = t  # (its low bits hold n)
-            x[b] = p if x[b] >= -708.0 else 0.0
+            x[b] = 0.0 if x[b] < -708.0 else p
         for b in range(rows):
             scratch[b] = (scratch[b] + 1023) << 52
         for b in range(rows):
@@ -90,7 +92,9 @@ if AVAILABLE:
     @_ordered
     def _log_positive(x, rows, scratch):
         """``x[b] = log(x[b])`` for ``b < rows`` and positive normal ``x[b]``,
-        within about 1 ulp; vectorised.
+        within about 1 ulp; NaN for any other value (NaN, infinite, zero,
+        negative or subnormal: the E-step's ratios are in ``[1 / k, k]``, and a
+        NaN there must reach the log-likelihood). Vectorised.
 
         ``x = 2^e m`` with ``m`` in ``[sqrt(1/2), sqrt(2))`` (from the bits), and
         ``log m = 2 atanh(f) = 2 (f + f^3 / 3 + ... + f^19 / 19)``, ``f = (m - 1)
@@ -113,7 +117,8 @@ if AVAILABLE:
             p = _LOG_TERMS[0]
             for c in _LOG_TERMS[1:]:
                 p = p * s + c
-            x[b] = e * _LN2_HIGH + (e * _LN2_LOW + 2.0 * f * p)
+            value = e * _LN2_HIGH + (e * _LN2_LOW + 2.0 * f * p)
+            x[b] = value if _SMALLEST <= x[b] <= _LARGEST else np.nan
 
     @_inline
     def _project(X, first, rows, coef, proj):
