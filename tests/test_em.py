@@ -376,6 +376,26 @@ def test_compiled_exp_and_log_are_within_an_ulp_or_two():
     assert np.all(np.isnan(edge))
 
 
+def test_a_slow_first_kernel_call_says_why_once(monkeypatch, capsys):
+    """A compiled kernel's first call that takes longer than NOTICE_AFTER (numba
+    compiling it) prints one notice on stderr; a fast first call, later calls
+    and other kernels' first calls print nothing."""
+    import time
+
+    from moelearn import _em_fast
+
+    monkeypatch.setattr(_em_fast, "NOTICE_AFTER", 0.05)
+    monkeypatch.setattr(_em_fast, "_READY", set())
+    with _em_fast._first_call("quick"):
+        pass
+    time.sleep(0.1)
+    assert capsys.readouterr().err == ""
+    for kernel in ("slow", "slow", "other slow"):
+        with _em_fast._first_call(kernel):
+            time.sleep(0.3)
+    assert capsys.readouterr().err == _em_fast._NOTICE + "\n"
+
+
 def _gate_problem(gate, seed):
     """Data, parameters off the truth and the gating-stage pass for a gate form."""
     if gate == "softmax":

@@ -114,22 +114,17 @@ def _print_errors(fits: dict, final, truth: dict, X_test, y_test, n, d) -> None:
 
 def _compile_kernels(link: str) -> None:
     """Compile the optional numba kernels on tiny fits, so that the timings below
-    are the methods' and not the compiler's (cached after the first run): EM's
-    full-data pass, and the start race's compiled runs (on a small table)."""
+    are the methods' and not the compiler's (cached after the first run; the
+    first compile says so on stderr): EM's full-data pass, and the start race's
+    compiled runs (on a small table)."""
     from moelearn import _em_fast
 
     if not _em_fast.AVAILABLE:
         return
-    start = time.perf_counter()
     X, y, _ = make_moe(30_000, 3, link=link, random_state=0)  # > curvature_rows
     SpectralMoE(link=link, random_state=0).fit(X, y)
     small = SpectralMoE(extra_starts="always", fit_intercept=True, random_state=0)
     small.fit(X[:200], y[:200])
-    elapsed = time.perf_counter() - start
-    if elapsed > 1.0:
-        print(
-            f"(compiled the fast EM kernels once, {elapsed:.0f} s; cached from now on)"
-        )
 
 
 def _resample(truth: dict, n: int, d: int, seed: int):

@@ -18,7 +18,10 @@ environment compiles them (about 20 s each); numba caches the result.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import sys
+import threading
 from functools import partial
 
 import numpy as np
@@ -29,6 +32,15 @@ except ImportError:  # the extra is not installed: the NumPy path is used
     numba = None  # type: ignore[assignment]
 
 AVAILABLE = numba is not None
+#: A kernel's first call in a process compiles it (or loads numba's cache of it,
+#: well under a second); when that takes longer than this many seconds, a
+#: notice on stderr says why the fit waits (about a minute, once per machine).
+NOTICE_AFTER = 2.0
+_READY: set[str] = set()  # the kernels called in this process
+_NOTICE = (
+    "moelearn: compiling its fast kernels for this machine, once (up to a "
+    "minute; numba caches them for later runs)"
+)
 #: The compiled pass takes chunks this many times the usual size (about 16 MiB):
 #: each call starts the threads anew.
 CHUNK_SCALE = 16
@@ -296,6 +308,30 @@ if AVAILABLE:
         return lls.sum(), rsss.sum(axis=0), masses.sum(axis=0), grads.sum(axis=0)
 
 
+@contextlib.contextmanager
+def _first_call(kernel: str):
+    """Around a call of ``kernel``: if it is the first in this process (numba
+    compiles the kernel or loads its cache) and takes over :data:`NOTICE_AFTER`
+    seconds, :data:`_NOTICE` goes to stderr, once a process."""
+    if kernel in _READY:
+        yield
+        return
+    timer = threading.Timer(NOTICE_AFTER, _notice)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+        _READY.add(kernel)
+
+
+def _notice() -> None:
+    if "notice" not in _READY:
+        _READY.add("notice")
+        print(_NOTICE, file=sys.stderr, flush=True)
+
+
 def gradient_kernel(params, fit_experts: bool, weighted: bool = False):
     """A :func:`moelearn._passes.reduce_rows` kernel ``(X, y, residuals=...,
     weights=...) -> (sum of log p(y|x) without the -log(2 pi)/2 term, rss (k,),
@@ -336,20 +372,21 @@ def _gradient_sums(
 ):
     res = np.zeros((1, k)) if fit_experts else np.ascontiguousarray(residuals)
     weights = np.ascontiguousarray(weights) if weighted else np.zeros(1)
-    return _pass(
-        np.ascontiguousarray(xc),
-        np.ascontiguousarray(yc),
-        coef,
-        k,
-        fit_experts,
-        res,
-        weighted,
-        weights,
-        inv_sigma,
-        log_sigma,
-        link_code,
-        numba.get_num_threads(),
-    )
+    with _first_call("pass"):
+        return _pass(
+            np.ascontiguousarray(xc),
+            np.ascontiguousarray(yc),
+            coef,
+            k,
+            fit_experts,
+            res,
+            weighted,
+            weights,
+            inv_sigma,
+            log_sigma,
+            link_code,
+            numba.get_num_threads(),
+        )
 
 
 # ------------------------------------------------------- batched EM, compiled
@@ -729,9 +766,13 @@ def batched_runs(X, y, weights, covariance, E, G, sigma, **settings):
         # one start runs without the threads: after a parallel region OpenMP's
         # threads spin for a while, and the BLAS calls that follow (the NumPy
         # path's, on larger tables) ran 10-20 % slower (Boston, k = 2 and 3)
-        n_iter[0], converged[0] = _run_start(data, thetas[0], k, ordered, history[0])
+        with _first_call("start"):
+            n_iter[0], converged[0] = _run_start(
+                data, thetas[0], k, ordered, history[0]
+            )
     else:
-        _runs(data, thetas, k, ordered, n_iter, converged, history)
+        with _first_call("runs"):
+            _runs(data, thetas, k, ordered, n_iter, converged, history)
     E = thetas[:, : k * D].reshape(S, k, D)
     G = thetas[:, k * D : 2 * k * D].reshape(S, k, D)
     return E, G, thetas[:, 2 * k * D :], n_iter, converged, history
