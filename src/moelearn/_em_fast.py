@@ -281,11 +281,10 @@ if AVAILABLE:
                 _project(X, first, rows, coef, proj)
                 if fit_experts:
                     _residuals(proj, y, first, rows, k, link_code, res, deriv)
-                else:
+                else:  # (deriv is read only for the fitted experts)
                     for j in range(k):
                         for b in range(rows):
                             res[j, b] = residuals[first + b, j]
-                            deriv[j, b] = 1.0
                 for j in range(k - 1):
                     for b in range(rows):
                         logit[j, b] = proj[offset + j, b]
