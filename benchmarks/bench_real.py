@@ -280,8 +280,9 @@ def main() -> int:
     args = parser.parse_args()
     have_r = shutil.which("Rscript") is not None
     warm_up()
-    # flexmix on flights (209 501 rows) would take hours: its k = 3 fit on
-    # CPS1988 (18 019 rows) took 493 s
+    # flexmix on flights (261 877 training rows) takes long: best of 5 at k = 2
+    # took 804 s (docs/results.md, section 6), at k = 3 on CPS1988 (22 524
+    # rows) about 470 s
     flexmix_tables = (
         [t for t in args.tables if t != "flights"]
         if args.flexmix is None
