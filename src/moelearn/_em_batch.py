@@ -55,10 +55,11 @@ from moelearn._model import HALF_LOG_2PI, MoEParams
 Array = np.ndarray
 
 #: Tables of at most this many rows and columns run compiled
-#: (:func:`moelearn._em_fast.batched_runs`, with numba). Measured, 24 starts:
-#: compiled 1.0-2.9 times faster up to 2 000 rows (3-31 columns); from 3 000
-#: to 5 000 rows 0.86-1.08; near 32 columns even.
-COMPILED_ROWS, COMPILED_COLUMNS = 2000, 32
+#: (:func:`moelearn._em_fast.batched_runs`, with numba): every race subset.
+#: Measured, 10-24 starts, 30 iterations, k = 2-4: compiled 1.3-2.2 times faster
+#: at 5 000 rows (CPS1988, flights and synthetic, 7-32 columns), 1.35-3.4 times at
+#: 400-2 000 rows.
+COMPILED_ROWS, COMPILED_COLUMNS = 5000, 32
 
 
 def supports(link: Any, gate: str, fit_noise: bool) -> bool:
