@@ -152,3 +152,27 @@ def test_more_experts_than_columns_come_from_the_other_starts():
     assert model.score(X, y) > one_expert_log_likelihood(X, y) + 0.5
     with pytest.raises(ValueError, match="at most one expert per input column"):
         TensorLossMoE(2).fit(X, y)
+
+
+def test_a_small_tables_short_runs_are_not_cut():
+    """On a table the start race sees whole (200 rows), the short runs go on
+    until they converge (or max_iter), so a start that climbs slowly is not ranked
+    out after the larger tables' 30 iterations: more chains run past 30 than the
+    race would continue (it failed so before)."""
+    from moelearn import estimators
+
+    rng = np.random.default_rng(5)
+    x = rng.uniform(0.0, 10.0, 200)
+    y = np.r_[5.0 * x[:100], 15.0 + 10.0 * x[100:] - x[100:] ** 2]
+    y = y + rng.standard_normal(200)
+    X = np.column_stack([x, x * x])
+    X, y = (X - X.mean(axis=0)) / X.std(axis=0), (y - y.mean()) / y.std()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = SpectralMoE(
+            3, noise_type="per_expert", fit_intercept=True, random_state=1
+        ).fit(X, y)
+    records = [r for r in model.diagnostics_["starts"] if r["n_iter"] > 0]
+    assert all(r["rows"] == "all" for r in records)
+    past = [r for r in records if r["n_iter"] > estimators._BATCH_ITER]
+    assert len(past) > 2 * estimators._CONTINUED + 1
