@@ -513,3 +513,21 @@ def test_an_interrupt_after_an_output_says_it_was_written(
         f"moelearn simulate: interrupted; {out} had been written in full\n"
     )
     assert out.read_text() == "{}"
+
+
+def test_more_experts_than_input_columns_save_and_load(tmp_path, capsys):
+    """Two lines on one input column (the spectral step cannot run, so the model
+    has no spectral regressors): `fit -k 2` writes the model (it failed on saving
+    before), which loads with both lines' intercepts (2 and -1, within 0.05 at
+    n = 2000, noise 0.3) and predicts."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(2000)
+    y = np.where(rng.random(2000) < 0.4, 2.0 + x, -1.0 - 0.5 * x)
+    y = y + 0.3 * rng.standard_normal(2000)
+    data, out = tmp_path / "two.csv", tmp_path / "two.json"
+    np.savetxt(data, np.column_stack([x, y]), delimiter=",", header="x,y", comments="")
+    assert run("fit", data, "-k", 2, "--fit-intercept", "-q", "--out", out) == 0
+    assert "exceeds n_features=1" in capsys.readouterr().err
+    model = load_model(out)
+    np.testing.assert_allclose(np.sort(model.intercept_), [-1.0, 2.0], atol=0.05)
+    assert run("predict", out, data, "--out", tmp_path / "p.csv") == 0

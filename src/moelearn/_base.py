@@ -673,6 +673,7 @@ class MoEBase(RegressorMixin, BaseEstimator):
             )
         names = getattr(self, "feature_names_in_", None)
         offsets = hasattr(self, "intercept_")
+        spectral = getattr(self, "spectral_experts_", None)
         return {
             "params": {k: v for k, v in self.get_params().items() if _jsonable(v)},
             "link": self.link,
@@ -688,9 +689,7 @@ class MoEBase(RegressorMixin, BaseEstimator):
             "intercept": self.intercept_.tolist() if offsets else None,
             "gating_intercept": self.gating_intercept_.tolist() if offsets else None,
             "spectral_experts": (
-                self.spectral_experts_.tolist()
-                if hasattr(self, "spectral_experts_")
-                else None
+                None if spectral is None else np.asarray(spectral).tolist()
             ),
             "converged": bool(self.converged_),
             "n_iter": int(self.n_iter_),

@@ -190,8 +190,9 @@ class SpectralMoE(MoEBase):
         Experts in the fitted model: fewer than ``n_experts`` when EM dropped an
         expert whose share of the posterior weight fell below 0.5 % (or two rows
         per column); an ``ExpertsDroppedWarning`` says so.
-    spectral_experts_ : ndarray of shape (n_experts, n_features)
-        The regressors from the spectral step alone.
+    spectral_experts_ : ndarray of shape (n_experts, n_features) or None
+        The regressors from the spectral step alone; None when it could not run
+        (more experts than input columns).
     converged_ : bool
         Whether every EM stage met ``tol`` within ``max_iter``.
     n_iter_ : int

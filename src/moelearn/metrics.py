@@ -179,7 +179,8 @@ def evaluate_model(model, truth: dict | None, X=None, y=None) -> dict:
                 f"cannot compare the model with the truth: {exc}"
             ) from None
         out["regressor_error"] = parameter_error(model, truth, experts_only=True)
-        if hasattr(model, "spectral_experts_"):  # Method 1 models only
+        # Method 1 models whose spectral step ran (not with more experts than columns)
+        if getattr(model, "spectral_experts_", None) is not None:
             out["spectral_regressor_error"] = parameter_error(
                 model.spectral_experts_, truth["experts"]
             )
