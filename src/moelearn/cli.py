@@ -756,13 +756,12 @@ def _fit_auto(args, X, y, names, settings) -> int:
 
     settings = {k: v for k, v in settings.items() if k not in ("n_experts", "verbose")}
     link, seed = settings.pop("link"), settings.pop("random_state")
-    max_k = min(args.max_experts, X.shape[1])
     start = time.perf_counter()
     try:
         choice = select_n_experts(
             X,
             y,
-            max_experts=max_k,
+            max_experts=args.max_experts,
             link=link,
             random_state=seed,
             criterion=args.criterion,
@@ -783,8 +782,11 @@ def _fit_auto(args, X, y, names, settings) -> int:
                 f"{choice.bic[k]:12.2f}  {choice.icl[k]:12.2f}{mark}",
                 file=sys.stderr,
             )
+        gap = choice.eigengap_n_experts
         print(
-            f"T2's eigen-gap points to {choice.eigengap_n_experts} experts",
+            f"T2's eigen-gap points to {gap} experts"
+            if gap is not None
+            else "T2's eigen-gap: none to read (fewer than two eigenvalues)",
             file=sys.stderr,
         )
     if choice.n_experts == 1:

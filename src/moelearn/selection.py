@@ -49,10 +49,14 @@ class ExpertSelection:
     log_likelihood : dict of int to float
         Total log-likelihood of the fit with ``k`` experts.
     t2_eigenvalues : ndarray
-        Eigenvalues of Method 1's ``T2`` (from the largest fit), largest first: ``T2``
-        has rank ``k``, so a gap after the ``k``-th is a second, fit-free opinion.
-    eigengap_n_experts : int
-        ``argmax_j |lambda_j| / |lambda_{j+1}|`` over ``j <= max_experts``.
+        Eigenvalues of Method 1's ``T2`` (from the largest fit that ran the
+        spectral step, ``k <= d``), largest first: ``T2`` has rank ``k``, so a gap
+        after the ``k``-th is a second, fit-free opinion.
+    eigengap_n_experts : int or None
+        ``argmax_j |lambda_j| / |lambda_{j+1}|`` over ``j <= max_experts``; None
+        when ``T2`` has fewer than two eigenvalues to compare (one input column,
+        or ``max_experts=1``). A ``d x d`` matrix shows no gap after its
+        ``d``-th eigenvalue, so this opinion never exceeds ``d - 1``.
     models : dict of int to estimator
         The fitted models (``k = 1`` is a single linear-link regression).
     """
@@ -61,7 +65,7 @@ class ExpertSelection:
     bic: dict[int, float]
     log_likelihood: dict[int, float]
     t2_eigenvalues: Array
-    eigengap_n_experts: int
+    eigengap_n_experts: int | None
     models: dict[int, object] = field(repr=False)
     aic: dict[int, float] = field(default_factory=dict)
     icl: dict[int, float] = field(default_factory=dict)
@@ -82,7 +86,8 @@ def select_n_experts(
     """Choose the number of experts by BIC over Method 1 fits with ``k = 1 .. max_experts``.
 
     Each ``k >= 2`` is fitted by :class:`SpectralMoE` (spectral start, gating EM,
-    joint-EM refinement, so the likelihood is the MLE's), with the fit for
+    joint-EM refinement, so the likelihood is the MLE's; for ``k > d``, where
+    the spectral step cannot run, from EM's alternative starts), with the fit for
     ``k - 1`` experts, its largest expert split in two, as one more start. With
     ``fit_intercept=True`` the split is the same model up to ``O(0.01)`` of a nat
     per row, so the log-likelihoods never fall as ``k`` grows (measured: within
@@ -95,7 +100,9 @@ def select_n_experts(
 
     {Parameters:X_y_fit}
     max_experts : int, default=5
-        Largest ``k`` tried; at most ``d``.
+        Largest ``k`` tried. A fit that drops experts below the weight floor
+        counts the experts it kept (its criteria are then those of a smaller
+        model).
     link : str, default='linear'
         The experts' link ``g``.
     criterion : {'bic', 'aic', 'icl'}, default='bic'
@@ -117,12 +124,9 @@ def select_n_experts(
     """
     # The estimators' checks; Dask arrays and dataframes and tensors stay where they are.
     X, y = SpectralMoE(n_experts=1, link=link)._validate_training_data(X, y)
-    n, d = X.shape
-    if not (isinstance(max_experts, (int, np.integer)) and 1 <= max_experts <= d):
-        raise ValueError(
-            f"max_experts must be an integer between 1 and n_features={d}; "
-            f"got {max_experts!r}"
-        )
+    n = X.shape[0]
+    if not (isinstance(max_experts, (int, np.integer)) and max_experts >= 1):
+        raise ValueError(f"max_experts must be an integer >= 1; got {max_experts!r}")
     if criterion not in ("bic", "aic", "icl"):
         raise ValueError(f"criterion must be 'bic', 'aic' or 'icl'; got {criterion!r}")
     rng = v.check_random_state(random_state)
@@ -140,8 +144,10 @@ def select_n_experts(
     sample = take_rows(X_em, slice(None, None, max(1, n // 20_000)))
     previous = models[1]
     for k in range(2, max_experts + 1):
-        share = gate_proba(sample, previous).mean(axis=0)
-        warm = split_expert(previous, share, rng, transform)
+        warm = previous
+        while warm.n_experts < k:  # (once, unless the last fit dropped experts)
+            share = gate_proba(sample, warm).mean(axis=0)
+            warm = split_expert(warm, share, rng, transform)
         model = SpectralMoE(n_experts=k, link=link, random_state=rng, **fit_params)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # over-specified k warns by design
@@ -187,29 +193,33 @@ def _assignment_entropy(model, X, y) -> float:
 def _criteria(loglik, models, X, y, n: int, D: int, per_expert: bool):
     """BIC, AIC and ICL of each fit: ``-2 log L`` plus
     ``p log n``, ``2 p`` or BIC plus twice the assignment entropy, with ``p =
-    (2k - 1) D`` regression and gate coefficients and the noise levels."""
+    (2m - 1) D`` regression and gate coefficients and the noise levels, ``m`` the
+    experts the fit kept."""
     bic: dict[int, float] = {}
     aic: dict[int, float] = {}
     icl: dict[int, float] = {}
     for k, ll in loglik.items():
-        n_params = (2 * k - 1) * D + (k if per_expert and k > 1 else 1)
+        m = getattr(models[k], "n_experts_", k)
+        n_params = (2 * m - 1) * D + (m if per_expert and m > 1 else 1)
         bic[k] = -2.0 * ll + n_params * np.log(n)
         aic[k] = -2.0 * ll + 2.0 * n_params
         icl[k] = bic[k] + (2.0 * _assignment_entropy(models[k], X, y) if k > 1 else 0.0)
     return bic, aic, icl
 
 
-def _eigen_gap(models: dict, max_experts: int) -> tuple[int, Array]:
+def _eigen_gap(models: dict, max_experts: int) -> tuple[int | None, Array]:
     """The ``k`` at the largest ratio of consecutive ``|eigenvalues|`` of ``T2``
-    (from the largest fit's diagnostics), and the eigenvalues."""
-    values = (
-        np.asarray(models[max_experts].diagnostics_["t2_eigenvalues"])
-        if max_experts > 1
-        else np.array([])
-    )
+    (from the diagnostics of the largest fit that ran the spectral step), and the
+    eigenvalues; None when there are fewer than two."""
+    spectral = [
+        models[k].diagnostics_["t2_eigenvalues"]
+        for k in range(2, max_experts + 1)
+        if models[k].diagnostics_["t2_eigenvalues"] is not None
+    ]
+    values = np.asarray(spectral[-1]) if spectral else np.array([])
     magnitudes = np.abs(values[: max_experts + 1])
     if magnitudes.size < 2:
-        return 1, values
+        return None, values
     ratios = magnitudes[:-1] / np.maximum(magnitudes[1:], 1e-300)
     return int(np.argmax(ratios) + 1), values
 
