@@ -47,6 +47,7 @@ bench-real: $(STAMP)
 	$(BIN)/python benchmarks/bench_real.py --out benchmarks/results/real.md
 	$(BIN)/python benchmarks/bench_floor.py --out benchmarks/results/floor.md
 	$(BIN)/python benchmarks/bench_spikes.py --out benchmarks/results/spikes.md
+	$(BIN)/python benchmarks/bench_seeds.py --out benchmarks/results/seeds.md
 
 # Method 1 with the inputs' own scores (issue 19): Gaussian against mixture scores
 # on clustered, skewed and heavy-tailed inputs and on the real tables (about 15
