@@ -26,6 +26,15 @@ def correlated_inputs(n, d, rng, mean_scale=0.3):
     return rng.standard_normal((n, d)) @ B.T + mean
 
 
+def two_lines(n: int, noise: float, seed: int = 3):
+    """One input column, two regression lines (mixtools' CO2 shape): 40 % of
+    the rows on ``2 + x``, the rest on ``-1 - x / 2``; ``(X, y)``."""
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, 1))
+    y = np.where(rng.random(n) < 0.4, 2.0 + X[:, 0], -1.0 - 0.5 * X[:, 0])
+    return X, y + noise * rng.standard_normal(n)
+
+
 #: Generated cases per fuzz target (tests/test_fuzz.py), reported after the run.
 FUZZ_CASES: dict[str, int] = {}
 

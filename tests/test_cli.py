@@ -10,6 +10,7 @@ import time
 import numpy as np
 import pytest
 
+from conftest import two_lines
 from moelearn.cli import main
 from moelearn.io import atomic_path, load_model, read_table
 
@@ -520,12 +521,9 @@ def test_more_experts_than_input_columns_save_and_load(tmp_path, capsys):
     has no spectral regressors): `fit -k 2` writes the model (it failed on saving
     before), which loads with both lines' intercepts (2 and -1, within 0.05 at
     n = 2000, noise 0.3) and predicts."""
-    rng = np.random.default_rng(3)
-    x = rng.standard_normal(2000)
-    y = np.where(rng.random(2000) < 0.4, 2.0 + x, -1.0 - 0.5 * x)
-    y = y + 0.3 * rng.standard_normal(2000)
+    X, y = two_lines(2_000, noise=0.3)
     data, out = tmp_path / "two.csv", tmp_path / "two.json"
-    np.savetxt(data, np.column_stack([x, y]), delimiter=",", header="x,y", comments="")
+    np.savetxt(data, np.column_stack([X, y]), delimiter=",", header="x,y", comments="")
     assert run("fit", data, "-k", 2, "--fit-intercept", "-q", "--out", out) == 0
     assert "exceeds n_features=1" in capsys.readouterr().err
     model = load_model(out)

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import two_lines
 from moelearn import (
     EMMoE,
     ExpertsDroppedWarning,
@@ -140,12 +141,7 @@ def test_more_experts_than_columns_come_from_the_other_starts():
     shape of mixtools' CO2 example): the spectral step cannot run, says so, and
     the fit still recovers both lines' intercepts within 0.05 (n = 4000,
     sigma = 0.2); the tensor-loss method, which needs k <= d, refuses clearly."""
-    rng = np.random.default_rng(3)
-    n = 4_000
-    X = rng.standard_normal((n, 1))
-    z = rng.random(n) < 0.4
-    y = np.where(z, 2.0 + X[:, 0], -1.0 - 0.5 * X[:, 0])
-    y = y + 0.2 * rng.standard_normal(n)
+    X, y = two_lines(4_000, noise=0.2)
     with pytest.warns(SpectralReliabilityWarning, match="exceeds n_features=1"):
         model = SpectralMoE(2, fit_intercept=True, random_state=0).fit(X, y)
     np.testing.assert_allclose(np.sort(model.intercept_), [-1.0, 2.0], atol=0.05)

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from conftest import two_lines
 from moelearn import make_moe, select_n_experts
 from moelearn.cli import main
 
@@ -51,22 +52,13 @@ def test_max_experts_is_checked():
         select_n_experts(X, y, max_experts=0)
 
 
-def _two_lines(n: int = 2_000, seed: int = 3):
-    """One input column, two regression lines (mixtools' CO2 shape): 40 % of
-    the rows on ``2 + x``, the rest on ``-1 - x / 2``, noise 0.3."""
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal(n)
-    y = np.where(rng.random(n) < 0.4, 2.0 + x, -1.0 - 0.5 * x)
-    return x[:, None], y + 0.3 * rng.standard_normal(n)
-
-
 def test_more_experts_than_input_columns_are_tried():
     """With one input column, k = 2 and 3 come from EM's other starts: BIC picks
     the true 2 (the lines are 3 apart in level, 10 noise levels: k = 2 gains
     about 0.8 nats a row over one line, k = 3 at most the fit of noise), the
     log-likelihoods never fall with k (within 1e-3 a row), and T2, one number,
     shows no eigen-gap."""
-    X, y = _two_lines()
+    X, y = two_lines(2_000, noise=0.3)
     choice = select_n_experts(X, y, max_experts=3, random_state=0, fit_intercept=True)
     assert choice.n_experts == 2
     assert choice.eigengap_n_experts is None
@@ -78,7 +70,7 @@ def test_more_experts_than_input_columns_are_tried():
 def test_cli_experts_auto_with_one_input_column(tmp_path, capsys):
     """`--experts auto` on a one-column table tries 1..--max-experts (before,
     it tried only k = 1 and said the data showed no mixture)."""
-    X, y = _two_lines()
+    X, y = two_lines(2_000, noise=0.3)
     data, out = tmp_path / "d.csv", tmp_path / "m.json"
     np.savetxt(data, np.column_stack([X, y]), delimiter=",", header="x,y", comments="")
     args = ["fit", str(data), "--experts", "auto", "--max-experts", "3"]
