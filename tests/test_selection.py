@@ -55,7 +55,7 @@ def test_max_experts_is_checked():
 def test_more_experts_than_input_columns_are_tried():
     """With one input column, k = 2 and 3 come from EM's other starts: BIC picks
     the true 2 (the lines are 3 apart in level, 10 noise levels: k = 2 gains
-    about 0.8 nats a row over one line, k = 3 at most the fit of noise), the
+    1.1 nats a row over one line, k = 3 at most the fit of noise), the
     log-likelihoods never fall with k (within 1e-3 a row), and T2, one number,
     shows no eigen-gap."""
     X, y = two_lines(2_000, noise=0.3)
