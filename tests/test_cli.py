@@ -520,7 +520,7 @@ def test_more_experts_than_input_columns_save_and_load(tmp_path, capsys):
     """Two lines on one input column (the spectral step cannot run, so the model
     has no spectral regressors): `fit -k 2` writes the model (it failed on saving
     before), which loads with both lines' intercepts (2 and -1, within 0.05 at
-    n = 2000, noise 0.3) and predicts."""
+    n = 2000, noise 0.3) and no spectral regressors, and predicts."""
     X, y = two_lines(2_000, noise=0.3)
     data, out = tmp_path / "two.csv", tmp_path / "two.json"
     np.savetxt(data, np.column_stack([X, y]), delimiter=",", header="x,y", comments="")
@@ -528,4 +528,5 @@ def test_more_experts_than_input_columns_save_and_load(tmp_path, capsys):
     assert "exceeds n_features=1" in capsys.readouterr().err
     model = load_model(out)
     np.testing.assert_allclose(np.sort(model.intercept_), [-1.0, 2.0], atol=0.05)
+    assert model.spectral_experts_ is None  # as the fitted model has it
     assert run("predict", out, data, "--out", tmp_path / "p.csv") == 0

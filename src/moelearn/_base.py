@@ -111,6 +111,8 @@ class MoEBase(RegressorMixin, BaseEstimator):
     #: Whether the method needs ``n_experts <= n_features`` (it whitens the inputs
     #: onto one direction per expert).
     _one_expert_per_feature: ClassVar[bool] = True
+    #: Whether a fit has ``spectral_experts_`` (None when the step could not run).
+    _spectral_step: ClassVar[bool] = False
     #: ``(s, t)``: the column and target scales the fit divided by (None: none).
     _scales: tuple[Array, float] | None
     # Rules for the parameters every estimator has; subclasses add their own.
@@ -727,6 +729,8 @@ class MoEBase(RegressorMixin, BaseEstimator):
         model.experts_, model.gating_ = experts, gating
         if has_spectral:
             model.spectral_experts_ = spectral
+        elif cls._spectral_step:  # fitted without it (more experts than columns)
+            model.spectral_experts_ = None
         if obj.get("intercept") is not None:
             offsets = {
                 "intercept": experts.shape[0],

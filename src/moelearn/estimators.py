@@ -241,6 +241,7 @@ class SpectralMoE(MoEBase):
     # After the gating stage, restart from the spectral regressors re-solved at the
     # estimated noise (subclasses whose gating stage moves the experts do not).
     _restart_from_spectral: ClassVar[bool] = True
+    _spectral_step = True
 
     def __init__(
         self,
