@@ -120,7 +120,10 @@ def test_errors_are_one_line_exit_2_and_leave_no_file(workdir, capsys):
             ["fit", data, "--method", "tensor-loss", "--experts", 9],
             "exceeds n_features",
         ),
-        (["fit", workdir / "text.csv"], "non-numeric value 'x' at data row 1 (line 2)"),
+        (
+            ["fit", workdir / "text.csv"],
+            "column 'y' is not numeric ('x' at data row 1 (line 2)",
+        ),
         (["fit", workdir / "data.txt"], "unsupported file type"),
         (["fit", data, "--method", "em", "--no-refine"], "--no-refine applies"),
         (
@@ -428,6 +431,71 @@ def test_feature_columns_are_chosen_by_name(workdir, tmp_path, capsys):
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1
         assert not (tmp_path / "bad.json").exists()
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_text_columns_are_named_and_can_be_left_out(workdir, tmp_path, capsys, suffix):
+    """A real table with text columns (a region, a yes/no) and an id with a gap:
+    fit names every text column at once with the --exclude that leaves them out,
+    in memory and streamed; with them excluded it fits as on the numbers alone,
+    and predict and evaluate read the model's columns from the same file. Text
+    in an excluded column used to fail as if it were a feature."""
+    if suffix == ".parquet":
+        pytest.importorskip("pyarrow")
+    import pandas as pd
+
+    table = read_table(workdir / "data.csv")
+    frame = pd.DataFrame(table.data[:5000], columns=table.columns)
+    plain = tmp_path / "plain.csv"
+    frame.to_csv(plain, index=False)
+    frame["region"] = np.where(frame["x0"] > 0, "north", "south")
+    frame["smsa"] = np.where(frame["x1"] > 0, "yes", "no")
+    frame["id"] = np.arange(len(frame), dtype=float)
+    frame.loc[7, "id"] = np.nan
+    mixed = tmp_path / f"mixed{suffix}"
+    if suffix == ".csv":
+        frame.to_csv(mixed, index=False)
+    else:
+        frame.to_parquet(mixed)
+    for stream in ("no", "yes"):
+        out = tmp_path / "bad.json"
+        assert run("fit", mixed, "--stream", stream, "--out", out) == 2
+        err = capsys.readouterr().err
+        assert "columns 'region', 'smsa' are not numeric" in err, err
+        assert "--exclude region,smsa" in err and err.count("\n") == 1
+        assert not out.exists()
+    reference = tmp_path / "reference.json"
+    assert run("fit", plain, "--out", reference, "-q") == 0
+    for stream in ("no", "yes"):
+        out = tmp_path / f"model_{stream}.json"
+        excluded = ("--exclude", "region,smsa,id", "--stream", stream)
+        assert run("fit", mixed, *excluded, "--out", out, "-q") == 0
+        np.testing.assert_allclose(
+            load_model(out).experts_, load_model(reference).experts_, rtol=1e-6
+        )
+    preds = tmp_path / "p.csv"
+    assert run("predict", reference, mixed, "--out", preds) == 0
+    assert run("predict", reference, plain, "--out", tmp_path / "q.csv") == 0
+    np.testing.assert_array_equal(
+        read_table(preds).data, read_table(tmp_path / "q.csv").data
+    )
+    capsys.readouterr()
+    assert run("evaluate", reference, "--data", mixed, "--json") == 0
+    on_mixed = json.loads(capsys.readouterr().out)
+    assert run("evaluate", reference, "--data", plain, "--json") == 0
+    assert on_mixed == json.loads(capsys.readouterr().out)
+
+
+def test_a_ragged_row_is_found_past_a_text_column(tmp_path, capsys):
+    """Text in an excluded column makes the reader read the others alone; a row
+    with a value too many is still found, not read shifted."""
+    rows = ["a,b,name,y"] + [f"{i},{i % 7},n{i},{2 * i}" for i in range(30)]
+    rows[20] = "1,2,n19,x,5"
+    path = tmp_path / "ragged.csv"
+    path.write_text("\n".join(rows) + "\n")
+    assert run("fit", path, "--exclude", "name", "--out", tmp_path / "m.json") == 2
+    err = capsys.readouterr().err
+    assert "data row 20 (line 21) has 5 values, the header names 4" in err, err
 
 
 def test_every_option_has_a_help_text():

@@ -20,12 +20,10 @@ from moelearn._passes import report_passes
 from moelearn.io import (
     WRITTEN,
     atomic_path,
-    check_finite,
-    feature_columns,
     load_model,
     model_data,
     model_features,
-    read_table,
+    read_features,
     read_truth,
     save_model,
     stream_table,
@@ -614,18 +612,9 @@ def cmd_fit(args) -> int:
             exclude=args.exclude,
         ) as (X, y, w, names):
             return _fit_data(args, X, y, w, names, hme)
-    table = read_table(args.data)
-    try:
-        j, jw, keep = feature_columns(
-            table.columns, args.target, args.weight, args.features, args.exclude
-        )
-    except ValueError as exc:
-        raise CLIError(f"{args.data}: {exc}") from None
-    used = [j, *([] if jw is None else [jw]), *keep]  # (excluded columns may hold NaN)
-    check_finite(args.data, table.data[:, used], [table.columns[i] for i in used])
-    X, y = table.data[:, keep], table.data[:, j]
-    w = None if jw is None else table.data[:, jw]
-    names = [table.columns[i] for i in keep]
+    X, y, w, names = read_features(
+        args.data, args.target, args.weight, args.features, args.exclude
+    )
     return _fit_data(args, X, y, w, names, hme)
 
 

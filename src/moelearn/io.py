@@ -10,7 +10,7 @@ import re
 import tempfile
 import warnings
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,11 +52,12 @@ class Table:
         keep = [i for i in range(len(self.columns)) if i != j]
         return self.data[:, keep], self.data[:, j], [self.columns[i] for i in keep]
 
-    def drop(self, column: str | None) -> Table:
-        if column is None or column not in self.columns:
+    def columns_named(self, names: list[str] | None, path: Path) -> Table:
+        """The columns ``names`` in that order (all when None)."""
+        if names is None:
             return self
-        X, _, names = self.split(column)
-        return Table(X, names)
+        idx = _positions(path, self.columns, names)
+        return Table(self.data[:, idx], list(names))
 
 
 def check_finite(
@@ -125,22 +126,74 @@ def _suffix(path: Path) -> str:
     return suffix
 
 
-def read_table(path: str | os.PathLike) -> Table:
+def read_table(path: str | os.PathLike, columns: list[str] | None = None) -> Table:
     """Read a numeric table from CSV (with a header), .npy, .npz or Parquet.
 
-    * CSV: first line names the columns; every value must be numeric.
+    * CSV: first line names the columns; every value read must be numeric.
     * .npy: a 2-D array; columns are named ``x0, x1, ...`` and the last ``y``.
     * .npz: arrays ``X`` (n, d) and ``y`` (n,) as written by ``moelearn simulate``,
       or any set of 1-D arrays of equal length (one column each).
     * Parquet (needs ``pyarrow``): numeric columns.
+
+    ``columns`` names the columns to read, in that order (the others may hold
+    anything, text included); all of them by default.
     """
+    return _read_selected(path, lambda names: columns)
+
+
+def read_features(
+    path: str | os.PathLike,
+    target: str,
+    weight: str | None = None,
+    features: list[str] | None = None,
+    exclude: list[str] | None = None,
+) -> tuple[Array, Array, Array | None, list[str]]:
+    """``(X, y, sample_weight or None, feature_names)`` of a data file, as
+    :func:`stream_table` yields them but in memory: only the target, weight and
+    feature columns (:func:`feature_columns`) are read, so the others may hold
+    text or missing values; those read must be finite."""
+    table = _read_selected(path, _used_columns(path, target, weight, features, exclude))
+    check_finite(path, table.data, table.columns)
+    start = 1 if weight is None else 2
+    w_values = None if weight is None else table.data[:, 1]
+    return table.data[:, start:], table.data[:, 0], w_values, table.columns[start:]
+
+
+#: Given a file's column names, the names to read (in order), or None for all.
+Select = Callable[[list[str]], "list[str] | None"]
+
+
+def _used_columns(
+    path: str | os.PathLike,
+    target: str,
+    weight: str | None,
+    features: list[str] | None,
+    exclude: list[str] | None,
+) -> Select:
+    """The target's, the weight's (if any) and the features' names, in that
+    order, from a file's column names (:func:`feature_columns`)."""
+
+    def select(names: list[str]) -> list[str]:
+        check_unique_names(Path(path), names)
+        try:
+            j, w, keep = feature_columns(names, target, weight, features, exclude)
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from None
+        return [names[i] for i in (j, *([] if w is None else [w]), *keep)]
+
+    return select
+
+
+def _read_selected(path: str | os.PathLike, select: Select) -> Table:
     path = Path(path)
     suffix = _suffix(path)
     if not path.is_file():
         raise ValueError(f"{path}: no such file")
     try:
         if suffix == ".csv":
-            return _read_csv(path)
+            return _read_csv(path, select)
+        if suffix == ".parquet":
+            return _read_parquet(path, select)
         if suffix == ".npy":
             arr = np.load(path, allow_pickle=False)
             if arr.ndim != 2 or arr.shape[1] < 2:
@@ -148,16 +201,24 @@ def read_table(path: str | os.PathLike) -> Table:
                     f"{path}: expected a 2-D array with >= 2 columns, got shape {arr.shape}"
                 )
             names = [f"x{i}" for i in range(arr.shape[1] - 1)] + ["y"]
-            return Table(_numeric(arr, path), names)
-        if suffix == ".npz":
-            return _read_npz(path)
-        return _read_parquet(path)
+            table = Table(_numeric(arr, path), names)
+        else:
+            table = _read_npz(path)
+        return table.columns_named(select(table.columns), path)
     except (OSError, EOFError, KeyError, UnicodeDecodeError) as exc:
         raise ValueError(f"{path}: cannot read the file ({exc})") from None
     except ValueError as exc:
         if str(exc).startswith(str(path)):
             raise
         raise ValueError(f"{path}: cannot read the file ({exc})") from None
+
+
+def _positions(path: Path, names: list[str], wanted: list[str]) -> list[int]:
+    """Where the ``wanted`` columns are among ``names``."""
+    try:
+        return [column_index(names, name, "the") for name in wanted]
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
 
 
 def _numeric(arr: Any, path: Path) -> Array:
@@ -167,25 +228,59 @@ def _numeric(arr: Any, path: Path) -> Array:
         raise ValueError(f"{path}: the data are not numeric") from None
 
 
-def _read_csv(path: Path) -> Table:
+def _read_csv(path: Path, select: Select) -> Table:
     names = _csv_header(path)
+    wanted = select(names)
+    used = list(range(len(names)))
+    if wanted is not None:
+        used = _positions(path, names, wanted)
     try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings(
-                "ignore", message="loadtxt: input contained no data"
-            )
-            data = np.loadtxt(
-                path, delimiter=",", skiprows=1, ndmin=2, dtype=np.float64
-            )
+        data = _load_csv(path, None)  # (every column: each row's length checked)
     except ValueError as exc:
-        raise ValueError(_csv_value_error(path, names, str(exc))) from None
+        text = re.search(r"to float64 at row \d+, column (\d+)", str(exc))
+        if not text or int(text.group(1)) - 1 in used:
+            raise ValueError(_csv_value_error(path, names, used, str(exc))) from None
+        # Text in a column that is not read: read the others alone.
+        _check_row_lengths(path, len(names))
+        try:
+            data = _load_csv(path, used)
+        except ValueError as exc:
+            raise ValueError(_csv_value_error(path, names, used, str(exc))) from None
+    else:
+        if data.shape[0] and data.shape[1] != len(names):
+            raise ValueError(
+                f"{path}: {len(names)} column names but {data.shape[1]} values per row"
+            )
+        if wanted is not None and data.shape[0]:
+            data = data[:, used]
     if data.shape[0] == 0:
         raise ValueError(f"{path}: no data rows after the header")
-    if data.shape[1] != len(names):
-        raise ValueError(
-            f"{path}: {len(names)} column names but {data.shape[1]} values per row"
+    return Table(data, [names[i] for i in used])
+
+
+def _load_csv(path: Path, usecols: list[int] | None) -> Array:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="loadtxt: input contained no data")
+        return np.loadtxt(
+            path, delimiter=",", skiprows=1, ndmin=2, dtype=np.float64, usecols=usecols
         )
-    return Table(data, names)
+
+
+def _check_row_lengths(path: Path, n_columns: int) -> None:
+    """``ValueError`` at the first data row without ``n_columns`` values."""
+    with open(path, newline="") as fh:
+        rows = csv.reader(fh)
+        next(rows, None)
+        for row_number, row in enumerate(rows, start=1):
+            if row and len(row) != n_columns:
+                raise ValueError(_ragged_row(path, row_number, len(row), n_columns))
+
+
+def _ragged_row(path: Path, row: int, got: int, want: int) -> str:
+    return (
+        f"{path}: data row {row} (line {row + 1}) has {got} values, the "
+        f"header names {want} columns; every line needs one value per column"
+    )
 
 
 def _csv_header(path: Path) -> list[str]:
@@ -211,26 +306,55 @@ def _csv_header(path: Path) -> list[str]:
     raise ValueError(f"{path}: the first line must name the columns (found a number)")
 
 
-def _csv_value_error(path: Path, names: list[str], message: str) -> str:
-    """numpy.loadtxt's ``message`` said as where in the file, and what."""
+def _csv_value_error(
+    path: Path, names: list[str], used: Iterable[int], message: str
+) -> str:
+    """numpy.loadtxt's ``message`` said as where in the file, and what; text in
+    the ``used`` columns is named for all of them at once."""
     ragged = re.search(
         r"number of columns changed from (\d+) to (\d+) at row (\d+)", message
     )
     if ragged:
         want, got, row = (int(g) for g in ragged.groups())
-        return (
-            f"{path}: data row {row} (line {row + 1}) has {got} values, the "
-            f"header names {want} columns; every line needs one value per column"
-        )
+        return _ragged_row(path, row, got, want)
     found = re.search(r"string '(.*)' to float64 at row (\d+), column (\d+)", message)
-    if found:
-        text, row, col = found.group(1), int(found.group(2)), int(found.group(3))
-        what = "an empty value" if text == "" else f"non-numeric value {text!r}"
-        where = f"data row {row + 1} (line {row + 2})"
-        if 0 < col <= len(names):
-            return f"{path}: {what} at {where}, column {names[col - 1]!r}"
-        return f"{path}: {what} at {where}"
-    return f"{path}: non-numeric or missing value ({message})"
+    if not found:
+        return f"{path}: non-numeric or missing value ({message})"
+    text, row, col = found.group(1), int(found.group(2)), int(found.group(3))
+    where = f"data row {row + 1} (line {row + 2})"
+    if not 0 < col <= len(names):
+        return f"{path}: non-numeric value {text!r} at {where}"
+    if text == "":
+        return (
+            f"{path}: an empty value at {where}, column {names[col - 1]!r}; "
+            "remove or impute it before fitting"
+        )
+    text_columns = _text_columns(path, names, used) or [names[col - 1]]
+    return _not_numeric(
+        path, text_columns, f" ({text!r} at {where}, column {names[col - 1]!r})"
+    )
+
+
+#: Data rows :func:`_text_columns` looks at.
+TEXT_SCAN_ROWS = 1000
+
+
+def _text_columns(path: Path, names: list[str], used: Iterable[int]) -> list[str]:
+    """The ``used`` columns with a non-numeric value in the first
+    :data:`TEXT_SCAN_ROWS` data rows."""
+    used = list(used)
+    found: set[int] = set()
+    with open(path, newline="") as fh:
+        rows = csv.reader(fh)
+        next(rows, None)
+        for _, row in zip(range(TEXT_SCAN_ROWS), rows, strict=False):
+            for i in used:
+                if i < len(row) and i not in found and row[i].strip():
+                    try:
+                        float(row[i])
+                    except ValueError:
+                        found.add(i)
+    return [names[i] for i in used if i in found]
 
 
 def _read_npz(path: Path) -> Table:
@@ -259,24 +383,43 @@ def _read_npz(path: Path) -> Table:
     )
 
 
-def _read_parquet(path: Path) -> Table:
+def _read_parquet(path: Path, select: Select) -> Table:
     try:
         import pyarrow.parquet as pq
     except ImportError:
         raise ValueError(
             f"{path}: reading Parquet needs pyarrow: pip install 'moelearn[parquet]'"
         ) from None
-    table = pq.read_table(path)
-    names = list(table.column_names)
+    names = list(pq.read_schema(path).names)
     check_unique_names(path, names)
-    cols = []
-    for name in names:
-        col = table.column(name)
+    wanted = select(names)
+    if wanted is not None:
+        _positions(path, names, wanted)
+    table = pq.read_table(path, columns=wanted)
+    cols, text = [], []
+    for name in table.column_names:
         try:
-            cols.append(col.to_numpy(zero_copy_only=False).astype(np.float64))
+            col = table.column(name).to_numpy(zero_copy_only=False)
+            cols.append(col.astype(np.float64))
         except (TypeError, ValueError):
-            raise ValueError(f"{path}: column {name!r} is not numeric") from None
-    return Table(np.column_stack(cols), names)
+            text.append(name)
+    if text:
+        raise ValueError(_not_numeric(path, text))
+    return Table(np.column_stack(cols), list(table.column_names))
+
+
+def _not_numeric(path: Path, columns: list[str], example: str = "") -> str:
+    """The error for ``columns`` of text (or other non-numbers)."""
+    listed = ", ".join(repr(name) for name in columns)
+    one = len(columns) == 1
+    typed = all(name.isprintable() and "," not in name for name in columns)
+    flag = f" (CLI: --exclude {','.join(columns)})" if typed else ""
+    return (
+        f"{path}: {'column' if one else 'columns'} {listed} "
+        f"{'is' if one else 'are'} not numeric{example}; moelearn fits numbers: "
+        f"leave {'it' if one else 'them'} out{flag} or encode as numbers, e.g. one "
+        "0/1 column per level"
+    )
 
 
 #: Rows per batch when streaming a file (about 8 MiB of float64 at 20 columns).
@@ -325,36 +468,31 @@ def stream_table(
             f"{path}: .npz archives cannot be streamed (they are zipped); convert "
             "to .npy, CSV or Parquet"
         )
-    batches, columns, total = _open_batches(path, suffix)
-    check_unique_names(path, columns)
-    try:
-        j, w_col, keep = feature_columns(columns, target, weight, features, exclude)
-    except ValueError as exc:  # (named by file, as read_table's errors are)
-        raise ValueError(f"{path}: {exc}") from None
-    names = [columns[i] for i in keep]
+    select = _used_columns(path, target, weight, features, exclude)
+    batches, columns, total = _open_batches(path, suffix, select)
+    start = 1 if weight is None else 2  # (columns: target, weight, features)
     with tempfile.TemporaryDirectory(prefix="moelearn-", dir=scratch) as folder:
         raw = Path(folder) / "X.raw"
         targets: list[Array] = []
         weights: list[Array] = []
         done = 0
         with open(raw, "wb") as fh:
-            used = [j, *([] if w_col is None else [w_col]), *keep]
-            used_names = [columns[i] for i in used]
             for block in batches:
-                check_finite(path, block[:, used], used_names, done)
-                fh.write(np.ascontiguousarray(block[:, keep]).tobytes())
-                targets.append(block[:, j].copy())
-                if w_col is not None:
-                    weights.append(block[:, w_col].copy())
+                check_finite(path, block, columns, done)
+                fh.write(np.ascontiguousarray(block[:, start:]).tobytes())
+                targets.append(block[:, 0].copy())
+                if weight is not None:
+                    weights.append(block[:, 1].copy())
                 done += len(block)
                 if progress is not None:
                     progress(done, total)
         if done == 0:
             raise ValueError(f"{path}: no data rows")
         _release_arrow_memory()
-        X = np.memmap(raw, dtype=np.float64, mode="r", shape=(done, len(keep)))
+        shape = (done, len(columns) - start)
+        X = np.memmap(raw, dtype=np.float64, mode="r", shape=shape)
         w = np.concatenate(weights) if weights else None
-        yield X, np.concatenate(targets), w, names
+        yield X, np.concatenate(targets), w, columns[start:]
 
 
 def _release_arrow_memory() -> None:
@@ -366,10 +504,11 @@ def _release_arrow_memory() -> None:
     pa.default_memory_pool().release_unused()
 
 
-def _open_batches(path: Path, suffix: str):
-    """``(iterator of float64 (rows, columns) blocks, column names, rows or None)``."""
+def _open_batches(path: Path, suffix: str, select: Select):
+    """``(iterator of float64 (rows, columns) blocks, column names, rows or None)``
+    of the columns ``select`` chooses, in its order."""
     if suffix == ".npy":
-        return _npy_batches(path)
+        return _npy_batches(path, select)
     try:
         import pyarrow as pa
     except ImportError:
@@ -379,13 +518,13 @@ def _open_batches(path: Path, suffix: str):
         ) from None
     opener = _parquet_batches if suffix == ".parquet" else _csv_batches
     try:
-        batches, names, total = opener(path)
+        batches, names, total = opener(path, select)
     except (OSError, pa.ArrowException) as exc:
         raise ValueError(f"{path}: cannot read the file ({exc})") from None
     return _arrow_blocks(path, batches, names), names, total
 
 
-def _npy_batches(path: Path):
+def _npy_batches(path: Path, select: Select):
     """A ``.npy`` file's blocks, memory-mapped (pages released after each)."""
     arr = np.load(path, mmap_mode="r", allow_pickle=False)
     if arr.ndim != 2 or arr.shape[1] < 2 or arr.dtype.kind not in "fiu":
@@ -394,45 +533,66 @@ def _npy_batches(path: Path):
             f"{arr.dtype} of shape {arr.shape}"
         )
     names = [f"x{i}" for i in range(arr.shape[1] - 1)] + ["y"]
+    wanted = select(names) or names
+    idx = _positions(path, names, wanted)
 
     def npy_blocks():
         for start in range(0, arr.shape[0], STREAM_BATCH_ROWS):
             rows = slice(start, start + STREAM_BATCH_ROWS)
-            block = np.asarray(arr[rows], dtype=np.float64)
+            block = np.asarray(arr[rows][:, idx], dtype=np.float64)
             release_pages(arr, rows)
             yield block
 
-    return npy_blocks(), names, arr.shape[0]
+    return npy_blocks(), wanted, arr.shape[0]
 
 
-def _parquet_batches(path: Path):
-    """A Parquet file's record batches, its column names and row count."""
+def _parquet_batches(path: Path, select: Select):
+    """A Parquet file's record batches of the chosen columns, their names and the
+    row count."""
     import pyarrow.parquet as pq
 
     # pre_buffer=False: with it, pyarrow keeps every row group it has read.
     source = pq.ParquetFile(path, pre_buffer=False)
     names = list(source.schema_arrow.names)
-    batches = source.iter_batches(batch_size=STREAM_BATCH_ROWS)
-    return batches, names, source.metadata.num_rows
+    wanted = select(names) or names
+    _positions(path, names, wanted)
+    text = [name for name in wanted if not _numeric_type(source.schema_arrow, name)]
+    if text:
+        raise ValueError(_not_numeric(path, text))
+    batches = source.iter_batches(batch_size=STREAM_BATCH_ROWS, columns=wanted)
+    return batches, wanted, source.metadata.num_rows
 
 
-def _csv_batches(path: Path):
-    """A CSV file's record batches (every column as float64) and column names."""
+def _csv_batches(path: Path, select: Select):
+    """A CSV file's record batches of the chosen columns (as float64) and their
+    names; text in those columns (seen in the first rows) is an error naming
+    them all."""
     import pyarrow as pa
     import pyarrow.csv as pcsv
 
-    with open(path, newline="") as fh:
-        header = [h.strip() for h in next(csv.reader(fh), [])]
+    names = _csv_header(path)
+    wanted = select(names) or names
+    text = _text_columns(path, names, _positions(path, names, wanted))
+    if text:
+        raise ValueError(_not_numeric(path, text))
     # Every column read as float64: type inference on the first block alone would
     # reject a later block's decimals in an integer-looking column.
     reader = pcsv.open_csv(
         path,
         read_options=pcsv.ReadOptions(block_size=STREAM_CSV_BLOCK_BYTES),
         convert_options=pcsv.ConvertOptions(
-            column_types=dict.fromkeys(header, pa.float64())
+            include_columns=wanted, column_types=dict.fromkeys(wanted, pa.float64())
         ),
     )
     return reader, list(reader.schema.names), None
+
+
+def _numeric_type(schema, name: str) -> bool:
+    """Whether the Arrow ``schema`` types column ``name`` as a number."""
+    import pyarrow as pa
+
+    kind = schema.field(name).type
+    return bool(pa.types.is_integer(kind) or pa.types.is_floating(kind))
 
 
 def _arrow_blocks(path: Path, batches, names: list[str]):
@@ -444,10 +604,8 @@ def _arrow_blocks(path: Path, batches, names: list[str]):
         for batch in batches:
             cols = []
             for name, col in zip(names, batch.columns, strict=True):
-                if not (
-                    pa.types.is_integer(col.type) or pa.types.is_floating(col.type)
-                ):
-                    raise ValueError(f"{path}: column {name!r} is not numeric")
+                if not _numeric_type(batch.schema, name):
+                    raise ValueError(_not_numeric(path, [name]))
                 if col.null_count:
                     raise ValueError(
                         f"{path}: column {name!r} has {col.null_count} missing "
@@ -637,33 +795,45 @@ def write_table_npz(path: Path, X: np.ndarray, y: np.ndarray) -> None:
         np.savez(fh, X=X, y=y)
 
 
-def model_features(model, path: str, table=None) -> np.ndarray:
-    """The model's feature columns of the data file ``path`` (or of its
-    ``table``, already read and checked)."""
-    if table is None:
-        table = read_table(path)
-        check_finite(path, table.data, table.columns)
-    table = table.drop(getattr(model, "target_name_", None))
-    names = getattr(model, "feature_names_in_", None)
-    if names is not None:
-        missing = [n for n in names if n not in table.columns]
-        if missing:
-            raise ValueError(f"{path}: missing feature column(s) {missing[:5]}")
-        idx = [table.columns.index(n) for n in names]
-        return table.data[:, idx]
-    if table.data.shape[1] != model.n_features_in_:
-        raise ValueError(
-            f"{path}: {table.data.shape[1]} feature columns, the model expects "
-            f"{model.n_features_in_}"
-        )
-    return table.data
+def model_features(model, path: str) -> np.ndarray:
+    """The model's feature columns of the data file ``path``."""
+    return _model_columns(model, path, None)[0]
 
 
 def model_data(model, path: str, target: str | None):
     """The model's feature columns and the target of the data file ``path``."""
     target = target or getattr(model, "target_name_", None) or "y"
-    table = read_table(path)
+    return _model_columns(model, path, target)
+
+
+def _model_columns(model, path: str, target: str | None):
+    """``(X, y or None)``: only the model's features (by name when it knows
+    them, else every column but the targets) and ``target`` are read, so the
+    file's other columns may hold text or missing values."""
+    names = getattr(model, "feature_names_in_", None)
+    targets = {target, getattr(model, "target_name_", None)}
+
+    def select(columns: list[str]) -> list[str]:
+        if target is not None and target not in columns:
+            raise ValueError(
+                f"{path}: target column {target!r} not found (use --target)"
+            )
+        if names is None:
+            features = [c for c in columns if c not in targets]
+        else:
+            missing = [n for n in names if n not in columns]
+            if missing:
+                raise ValueError(f"{path}: missing feature column(s) {missing[:5]}")
+            features = list(names)
+        return ([] if target is None else [target]) + features
+
+    table = _read_selected(path, select)
     check_finite(path, table.data, table.columns)
-    if target not in table.columns:
-        raise ValueError(f"{path}: target column {target!r} not found (use --target)")
-    return model_features(model, path, table), table.split(target)[1]
+    start = 0 if target is None else 1
+    X = table.data[:, start:]
+    if names is None and X.shape[1] != model.n_features_in_:
+        raise ValueError(
+            f"{path}: {X.shape[1]} feature columns, the model expects "
+            f"{model.n_features_in_}"
+        )
+    return X, (None if target is None else table.data[:, 0])
