@@ -111,6 +111,31 @@ def test_summary_names_rows_by_feature_and_intervals_hold_the_estimate():
     )
 
 
+@pytest.mark.parametrize(
+    "x_scale, y_scale", [(1.0, 1e6), (1e-4, 1.0), (1e2, 1e6), (1e3, 1.0)]
+)
+def test_standard_errors_follow_the_units(x_scale, y_scale):
+    """The same data in other units (inputs times ``x_scale``, target times
+    ``y_scale``, as a raw wage in dollars is to a wage in thousands): the same
+    fit, so an expert coefficient's standard error scales by ``y_scale /
+    x_scale`` and a noise level's by ``y_scale``, to 1e-3. The definiteness check
+    once compared the information's eigenvalues in mixed units and refused such
+    fits as singular."""
+    X, y = draw(5_000, 6)
+    base = fit(X, y).summary(X, y)
+    scaled = fit(X * x_scale, y * y_scale).summary(X * x_scale, y * y_scale)
+    slopes = (base["group"] == "expert") & (base["term"] != "intercept")
+    np.testing.assert_allclose(
+        scaled["std_error"][slopes],
+        base["std_error"][slopes] * y_scale / x_scale,
+        rtol=1e-3,
+    )
+    noise = base["group"] == "noise"
+    np.testing.assert_allclose(
+        scaled["std_error"][noise], base["std_error"][noise] * y_scale, rtol=1e-3
+    )
+
+
 def test_bootstrap_keeps_the_experts_labels():
     """Replicates start from the fit, so none swaps the experts: the bootstrap
     standard errors of the regressors stay at the observed ones' size (a swap

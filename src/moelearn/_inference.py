@@ -150,10 +150,19 @@ def estimate_covariance(
 def _inverse(information_matrix: Array) -> Array:
     """The inverse of a symmetric information matrix; a singular or indefinite
     one (a flat direction of the likelihood, a fit not at a maximum) is an
-    error, as its standard errors would be meaningless."""
-    values, vectors = np.linalg.eigh(information_matrix)
-    scale = max(float(np.abs(values).max(initial=0.0)), 1e-300)
-    if values.min() <= 1e-10 * scale:
+    error, as its standard errors would be meaningless.
+
+    Judged on the matrix scaled to a unit diagonal, ``D^-1/2 I D^-1/2`` with
+    ``D = diag(I)``: its eigenvalues do not depend on the parameters' units (an
+    expert's slope per unit of a column in the hundreds and a noise level in the
+    hundreds made ``I``'s own eigenvalues span more than 1e10 on a fit that is
+    well determined)."""
+    diagonal = np.diag(information_matrix)
+    values = np.zeros(1)
+    if diagonal.min(initial=1.0) > 0:
+        unit = 1.0 / np.sqrt(diagonal)
+        values, vectors = np.linalg.eigh(information_matrix * np.outer(unit, unit))
+    if values.min() <= 1e-10 * max(float(np.abs(values).max()), 1e-300):
         raise np.linalg.LinAlgError(
             "the observed information is singular or not positive definite at "
             "this fit (a flat or saddle direction of the likelihood: collinear "
@@ -161,7 +170,8 @@ def _inverse(information_matrix: Array) -> Array:
             "converge); its standard errors are undefined. Try kind='bootstrap', "
             "fewer experts, or refit with a larger max_iter"
         )
-    return (vectors / values) @ vectors.T
+    scaled = vectors * unit[:, None]
+    return (scaled / values) @ scaled.T
 
 
 def _bootstrap(
