@@ -486,6 +486,118 @@ def test_text_columns_are_named_and_can_be_left_out(workdir, tmp_path, capsys, s
     assert on_mixed == json.loads(capsys.readouterr().out)
 
 
+def test_categorical_columns_enter_as_indicators(tmp_path, capsys):
+    """--categorical region,month: region (text) and month (numeric codes) enter
+    as one 0/1 column per level but the first; the fit, its predictions and its
+    summary are those of the same table with the 0/1 columns made by hand
+    (pandas.get_dummies, first level dropped). The model file keeps the levels,
+    so predict encodes a new file the same way and refuses a level it never saw.
+    A categorical column that is not a feature, has one level, or is streamed is
+    a one-line error."""
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    n = 3_000
+    frame = pd.DataFrame(
+        {
+            "x": rng.standard_normal(n),
+            "region": rng.choice(["west", "east", "north"], n),
+            "month": rng.integers(1, 4, n),
+        }
+    )
+    shift = frame["region"].map({"east": 0.0, "north": 1.0, "west": -1.0})
+    upper = rng.random(n) < 0.5
+    frame["y"] = np.where(upper, 2 + frame["x"], -1 - frame["x"]) + shift
+    frame["y"] += 0.3 * rng.standard_normal(n) + 0.2 * (frame["month"] == 3)
+    text = tmp_path / "text.csv"
+    frame.to_csv(text, index=False)
+    dummies = pd.get_dummies(
+        frame, columns=["region", "month"], prefix_sep="=", drop_first=True, dtype=float
+    )
+    dummies = dummies[["x", "region=north", "region=west", "month=2", "month=3", "y"]]
+    coded = tmp_path / "coded.csv"
+    dummies.to_csv(coded, index=False)
+    options = ("-k", 2, "--fit-intercept", "--noise-type", "per_expert", "-q")
+    by_hand = tmp_path / "by_hand.json"
+    assert run("fit", coded, *options, "--out", by_hand) == 0
+    model = tmp_path / "model.json"
+    assert (
+        run("fit", text, "--categorical", "region,month", *options, "--out", model) == 0
+    )
+    saved = json.loads(model.read_text())
+    assert saved["feature_names"] == list(dummies.columns[:-1])
+    assert saved["categories"] == {
+        "region": ["east", "north", "west"],
+        "month": ["1", "2", "3"],
+    }
+    np.testing.assert_allclose(
+        load_model(model).experts_, load_model(by_hand).experts_, rtol=1e-6
+    )
+    assert run("predict", model, text, "--out", tmp_path / "p.csv") == 0
+    assert run("predict", by_hand, coded, "--out", tmp_path / "q.csv") == 0
+    np.testing.assert_allclose(
+        read_table(tmp_path / "p.csv").data, read_table(tmp_path / "q.csv").data
+    )
+    capsys.readouterr()
+    assert run("summary", model, text) == 0
+    assert "region=west" in capsys.readouterr().out
+    frame.loc[5, "region"] = "south"
+    unseen = tmp_path / "unseen.csv"
+    frame.to_csv(unseen, index=False)
+    for args, message in [
+        (
+            ("predict", model, unseen, "--out", tmp_path / "bad.csv"),
+            "level 'south' of column 'region' (data row 6) is not one of the model's",
+        ),
+        (
+            ("fit", text, "--categorical", "y", "--out", tmp_path / "bad.json"),
+            "categorical column(s) ['y'] are not among the features",
+        ),
+        (
+            (
+                "fit",
+                unseen,
+                "--features",
+                "x",
+                "--categorical",
+                "x",
+                "--out",
+                tmp_path / "bad.json",
+            ),
+            "categorical column 'x' has 3000 levels",
+        ),
+        (
+            (
+                "fit",
+                text,
+                "--categorical",
+                "region",
+                "--stream",
+                "yes",
+                "--out",
+                tmp_path / "bad.json",
+            ),
+            "--categorical cannot be streamed yet",
+        ),
+    ]:
+        assert run(*args) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+        assert not (tmp_path / "bad.json").exists()
+        assert not (tmp_path / "bad.csv").exists()
+    frame["region"] = "east"
+    frame.to_csv(unseen, index=False)
+    assert (
+        run("fit", unseen, "--categorical", "region", "--out", tmp_path / "bad.json")
+        == 2
+    )
+    assert "has a single level 'east'" in capsys.readouterr().err
+    saved["categories"]["region"] = ["east"]
+    (tmp_path / "tampered.json").write_text(json.dumps(saved))
+    with pytest.raises(ValueError, match="categories must map columns to lists"):
+        load_model(tmp_path / "tampered.json")
+
+
 def test_a_ragged_row_is_found_past_a_text_column(tmp_path, capsys):
     """Text in an excluded column makes the reader read the others alone; a row
     with a value too many is still found, not read shifted."""

@@ -20,7 +20,7 @@ from hypothesis import strategies as st  # noqa: E402
 
 from moelearn import EMMoE, SpectralMoE  # noqa: E402
 from moelearn.exceptions import FitError  # noqa: E402
-from moelearn.io import load_model, read_table, save_model  # noqa: E402
+from moelearn.io import load_model, read_features, read_table, save_model  # noqa: E402
 
 FILE_CASES = 2000
 FIT_CASES = 2000  # each a fit of at most 200 rows: about 30 ms
@@ -96,6 +96,36 @@ def test_fuzz_csv_reader(tmp_path):
         assert table.data.dtype == np.float64
         assert table.data.shape[1] == len(table.columns)
         assert len(set(table.columns)) == len(table.columns)
+
+    check()
+    counter.report()
+
+
+def test_fuzz_categorical_reader(tmp_path):
+    """Random CSV text read with its first column as the target and its second
+    as categorical: ``(X, y, ...)`` of matching rows, every 0/1 column named
+    ``column=level``, or a one-line ValueError."""
+    path = tmp_path / "c.csv"
+    counter = Counter("categorical reader", FILE_CASES)
+
+    @QUICK
+    @given(csv_text())
+    def check(text):
+        counter()
+        path.write_text(text, encoding="utf-8")
+        header = text.split("\n", 1)[0].split(",")
+        if len(header) < 3:
+            return
+        target, category = header[0].strip(), header[1].strip()
+        try:
+            X, y, _, names, levels = read_features(path, target, categorical=[category])
+        except ValueError as exc:
+            assert one_line(exc), str(exc)
+            return
+        assert X.shape == (len(y), len(names))
+        coded = [n for n in names if n.startswith(f"{category}=")]
+        assert len(coded) == len(levels[category]) - 1
+        assert set(np.unique(X[:, [names.index(n) for n in coded]])) <= {0.0, 1.0}
 
     check()
     counter.report()

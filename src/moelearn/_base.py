@@ -746,6 +746,9 @@ class MoEBase(RegressorMixin, BaseEstimator):
         model.converged_ = bool(obj.get("converged", True))
         model.n_iter_ = int(obj.get("n_iter", 0))
         model.target_name_ = obj.get("target")
+        categories = _categories_field(obj.get("categories"), names, path)
+        if categories:
+            model.categories_ = categories
         return model
 
     def _progress(self, stage: str, iteration: int, ll: float, change: float) -> None:
@@ -803,6 +806,28 @@ def _names_field(names, d: int, path: Any) -> list | None:
         raise ValueError(f"{path}: feature_names must list {d} names")
     v.check_unique_names(path, [str(n) for n in names])
     return names
+
+
+def _categories_field(categories, names: list | None, path: Any) -> dict | None:
+    """``categories`` (written by ``moelearn fit --categorical``): absent, or
+    each column's levels, at least two, whose 0/1 columns ``column=level`` (all
+    levels but the first) are among the feature names."""
+    if categories is None:
+        return None
+    well_formed = isinstance(categories, dict) and all(
+        isinstance(levels, list)
+        and len(levels) >= 2
+        and all(isinstance(level, str) for level in levels)
+        for levels in categories.values()
+    )
+    if not well_formed:
+        raise ValueError(f"{path}: categories must map columns to lists of levels")
+    encoded = {
+        f"{column}={level}" for column, ls in categories.items() for level in ls[1:]
+    }
+    if not encoded <= set(names or ()):
+        raise ValueError(f"{path}: categories name 0/1 columns the model does not have")
+    return categories
 
 
 def _configure(model, obj: dict, n_experts: int, tree: bool, path: Any) -> None:

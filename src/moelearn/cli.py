@@ -325,6 +325,15 @@ def _add_fit_io_options(fit) -> None:
         metavar="A,B,...",
         help="columns that are not features (ids, other targets), comma-separated",
     )
+    fit.add_argument(
+        "--categorical",
+        type=_names_arg,
+        default=None,
+        metavar="A,B,...",
+        help="features that are categories (text, or numbers that are codes): "
+        "each enters as one 0/1 column per level but the first (sorted), named "
+        "column=level; predict reads the same columns and levels",
+    )
 
 
 def _add_predict_command(sub) -> None:
@@ -602,6 +611,12 @@ def cmd_fit(args) -> int:
         if args.weight == args.target:
             raise CLIError(f"--weight {args.weight!r} is the target column")
     if _should_stream(args):
+        if args.categorical:
+            raise CLIError(
+                "--categorical cannot be streamed yet (the file is read in batches "
+                "with --stream yes, or when it is over a quarter of free memory): "
+                "add the 0/1 columns to the file, or use --stream no"
+            )
         with stream_table(
             args.data,
             args.target,
@@ -611,14 +626,19 @@ def cmd_fit(args) -> int:
             features=args.features,
             exclude=args.exclude,
         ) as (X, y, w, names):
-            return _fit_data(args, X, y, w, names, hme)
-    X, y, w, names = read_features(
-        args.data, args.target, args.weight, args.features, args.exclude
+            return _fit_data(args, X, y, w, names, hme, {})
+    X, y, w, names, categories = read_features(
+        args.data,
+        args.target,
+        args.weight,
+        args.features,
+        args.exclude,
+        args.categorical,
     )
-    return _fit_data(args, X, y, w, names, hme)
+    return _fit_data(args, X, y, w, names, hme, categories)
 
 
-def _fit_data(args, X, y, w, names, hme: bool) -> int:
+def _fit_data(args, X, y, w, names, hme: bool, categories: dict) -> int:
     settings = {
         ("depth" if hme else "n_experts"): args.depth if hme else args.experts,
         "link": args.link,
@@ -647,8 +667,8 @@ def _fit_data(args, X, y, w, names, hme: bool) -> int:
     if args.experts == "auto":
         if args.method != "spectral":
             raise CLIError("--experts auto needs --method spectral")
-        return _fit_auto(args, X, y, names, settings)
-    return _fit_one(args, X, y, w, names, settings)
+        return _fit_auto(args, X, y, names, settings, categories)
+    return _fit_one(args, X, y, w, names, settings, categories)
 
 
 def _should_stream(args) -> bool:
@@ -709,7 +729,7 @@ def _pass_bar(quiet: bool):
     return show
 
 
-def _fit_one(args, X, y, w, names, settings) -> int:
+def _fit_one(args, X, y, w, names, settings, categories: dict) -> int:
     model = _estimator(args.method)(**settings)
     model._input_names = names  # (messages name the file's columns)
     weights = {} if w is None else {"sample_weight": w}
@@ -721,7 +741,7 @@ def _fit_one(args, X, y, w, names, settings) -> int:
             model.fit(X, y, **weights)
     for warning in caught:
         print(f"moelearn fit: warning: {warning.message}", file=sys.stderr)
-    save_model(model, args.out, feature_names=names, target=args.target)
+    save_model(model, args.out, **_model_metadata(args, names, categories))
     if not args.quiet:
         print(
             f"fitted {args.experts} {args.link} experts to {X.shape[0]} rows in "
@@ -732,6 +752,13 @@ def _fit_one(args, X, y, w, names, settings) -> int:
     return 0
 
 
+def _model_metadata(args, names: list[str], categories: dict) -> dict:
+    """What a model file says of the data beside the fit: the feature and
+    target columns, and the categorical columns' levels."""
+    found = {"feature_names": names, "target": args.target}
+    return {**found, "categories": categories} if categories else found
+
+
 def _numbers(value) -> str:
     """A number, or a list of numbers, to 4 significant digits."""
     if np.ndim(value):
@@ -739,7 +766,7 @@ def _numbers(value) -> str:
     return f"{value:.4g}"
 
 
-def _fit_auto(args, X, y, names, settings) -> int:
+def _fit_auto(args, X, y, names, settings, categories: dict) -> int:
     from moelearn._moments import SingularColumnsError
     from moelearn.selection import select_n_experts
 
@@ -784,7 +811,7 @@ def _fit_auto(args, X, y, names, settings) -> int:
             "written (pass --experts K to fit K experts anyway)"
         )
     model = choice.models[choice.n_experts]
-    save_model(model, args.out, feature_names=names, target=args.target)
+    save_model(model, args.out, **_model_metadata(args, names, categories))
     if not args.quiet:
         print(
             f"chose {choice.n_experts} experts in {time.perf_counter() - start:.1f} s; "

@@ -11,7 +11,7 @@ import tempfile
 import warnings
 import zipfile
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,8 @@ class Table:
 
     data: Array  # (n, p)
     columns: list[str]
+    #: Columns read as text (:func:`read_features`' ``categorical``), by name.
+    text: dict[str, Array] = field(default_factory=dict)
 
     def split(self, target: str | None) -> tuple[Array, Array | None, list[str]]:
         """``(X, y, feature_names)``; ``y`` is None when ``target`` is None."""
@@ -78,7 +80,9 @@ def check_finite(
 def column_index(columns: list[str], name: str, what: str) -> int:
     """Where column ``name`` is; ``ValueError`` listing the columns if absent."""
     if name not in columns:
-        shown = ", ".join(columns[:10]) + (" ..." if len(columns) > 10 else "")
+        shown = ", ".join(map(repr, columns[:10])) + (
+            " ..." if len(columns) > 10 else ""
+        )
         raise ValueError(f"{what} column {name!r} not found; columns are: {shown}")
     return columns.index(name)
 
@@ -147,16 +151,93 @@ def read_features(
     weight: str | None = None,
     features: list[str] | None = None,
     exclude: list[str] | None = None,
-) -> tuple[Array, Array, Array | None, list[str]]:
-    """``(X, y, sample_weight or None, feature_names)`` of a data file, as
-    :func:`stream_table` yields them but in memory: only the target, weight and
-    feature columns (:func:`feature_columns`) are read, so the others may hold
-    text or missing values; those read must be finite."""
-    table = _read_selected(path, _used_columns(path, target, weight, features, exclude))
-    check_finite(path, table.data, table.columns)
+    categorical: list[str] | None = None,
+) -> tuple[Array, Array, Array | None, list[str], dict[str, list[str]]]:
+    """``(X, y, sample_weight or None, feature_names, categories)`` of a data
+    file, as :func:`stream_table` yields them but in memory: only the target,
+    weight and feature columns (:func:`feature_columns`) are read, so the others
+    may hold text or missing values; those read must be finite.
+
+    The ``categorical`` features (text or numeric codes) enter as one 0/1
+    column per level but the first, named ``column=level``
+    (:func:`encode_categories`); ``categories`` maps each to its levels."""
+    categorical = list(categorical or [])
+    select = _used_columns(path, target, weight, features, exclude)
     start = 1 if weight is None else 2
+    chosen: list[str] = []
+
+    def with_categories(names: list[str]) -> list[str]:
+        chosen[:] = select(names) or names
+        stray = [name for name in categorical if name not in chosen[start:]]
+        if stray:
+            raise ValueError(
+                f"{path}: categorical column(s) {stray} are not among the features"
+            )
+        return chosen
+
+    table = _read_selected(path, with_categories, frozenset(categorical))
+    check_finite(path, table.data, table.columns)
+    categories = {
+        name: category_levels(path, name, table.text[name]) for name in categorical
+    }
+    X, names = encode_categories(path, table, chosen[start:], categories)
     w_values = None if weight is None else table.data[:, 1]
-    return table.data[:, start:], table.data[:, 0], w_values, table.columns[start:]
+    return X, table.data[:, 0], w_values, names, categories
+
+
+#: At most this many 0/1 columns from one categorical column.
+MAX_LEVELS = 1000
+
+
+def category_levels(path: str | os.PathLike, name: str, values: Array) -> list[str]:
+    """The levels of a categorical column, sorted (as numbers when they all are);
+    the first is the reference, the one without a 0/1 column."""
+    levels = sorted(set(values.tolist()))
+    try:
+        levels.sort(key=float)
+    except ValueError:
+        pass
+    if len(levels) < 2:
+        raise ValueError(
+            f"{path}: categorical column {name!r} has a single level "
+            f"{levels[0]!r}: it says nothing; leave it out"
+        )
+    if len(levels) > MAX_LEVELS + 1:
+        raise ValueError(
+            f"{path}: categorical column {name!r} has {len(levels)} levels, more "
+            f"than {MAX_LEVELS + 1}: an id or a measurement, not a category"
+        )
+    return levels
+
+
+def encode_categories(
+    path: str | os.PathLike,
+    table: Table,
+    features: list[str],
+    categories: dict[str, list[str]],
+) -> tuple[Array, list[str]]:
+    """The ``features`` of ``table`` as one matrix, each categorical column (its
+    ``text``) replaced in place by the indicators ``x == level`` of its levels
+    but the first, named ``column=level``. A level outside ``categories`` (one
+    the model never saw) is an error naming the row."""
+    columns, names = [], []
+    for name in features:
+        if name not in categories:
+            columns.append(table.data[:, table.columns.index(name)])
+            names.append(name)
+            continue
+        values, levels = table.text[name], categories[name]
+        unknown = ~np.isin(values, levels)
+        if unknown.any():
+            row = int(np.argmax(unknown))
+            raise ValueError(
+                f"{path}: level {values[row]!r} of column {name!r} (data row "
+                f"{row + 1}) is not one of the model's: {', '.join(levels[:10])}"
+            )
+        for level in levels[1:]:
+            columns.append((values == level).astype(np.float64))
+            names.append(f"{name}={level}")
+    return np.column_stack(columns), names
 
 
 #: Given a file's column names, the names to read (in order), or None for all.
@@ -184,8 +265,24 @@ def _used_columns(
     return select
 
 
-def _read_selected(path: str | os.PathLike, select: Select) -> Table:
+def _read_selected(
+    path: str | os.PathLike, select: Select, text: frozenset[str] = frozenset()
+) -> Table:
+    """The columns ``select`` chooses: those named in ``text`` as strings (in
+    ``Table.text``), the others as numbers."""
     path = Path(path)
+
+    def numeric(names: list[str]) -> list[str] | None:
+        wanted = select(names)
+        return wanted if not text else [n for n in wanted or names if n not in text]
+
+    table = _read_numbers(path, numeric)
+    if text:
+        table.text = _read_text(path, sorted(text), len(table.data))
+    return table
+
+
+def _read_numbers(path: Path, select: Select) -> Table:
     suffix = _suffix(path)
     if not path.is_file():
         raise ValueError(f"{path}: no such file")
@@ -211,6 +308,60 @@ def _read_selected(path: str | os.PathLike, select: Select) -> Table:
         if str(exc).startswith(str(path)):
             raise
         raise ValueError(f"{path}: cannot read the file ({exc})") from None
+
+
+def _read_text(path: Path, names: list[str], n_rows: int) -> dict[str, Array]:
+    """Columns ``names`` as strings (numbers written as read from a CSV file, or
+    as integers where they are whole); an empty value is an error."""
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        header = _csv_header(path)
+        idx = _positions(path, header, names)
+        with open(path, newline="") as fh:  # (numpy skips blank lines too)
+            rows = [row for row in csv.reader(fh) if "".join(row).strip()][1:]
+        found = {
+            name: np.array(
+                [row[i].strip() if i < len(row) else "" for row in rows], dtype=object
+            )
+            for name, i in zip(names, idx, strict=True)
+        }
+    elif suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(path, columns=names)
+        found = {
+            name: np.array(
+                [
+                    None if v is None else _level_text(v)
+                    for v in table[name].to_pylist()
+                ],
+                dtype=object,
+            )
+            for name in names
+        }
+    else:
+        full = _read_numbers(path, lambda columns: names)
+        found = {
+            name: np.array([_level_text(v) for v in full.data[:, j]], dtype=object)
+            for j, name in enumerate(names)
+        }
+    for name, values in found.items():
+        if len(values) != n_rows:
+            raise ValueError(f"{path}: column {name!r} has a different number of rows")
+        empty = [i for i, v in enumerate(values) if v is None or v == ""]
+        if empty:
+            raise ValueError(
+                f"{path}: an empty value at data row {empty[0] + 1}, column "
+                f"{name!r}; remove or impute it before fitting"
+            )
+    return found
+
+
+def _level_text(value: Any) -> str:
+    """A level's text: whole numbers without a decimal point."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
 
 
 def _positions(path: Path, names: list[str], wanted: list[str]) -> list[int]:
@@ -413,12 +564,14 @@ def _not_numeric(path: Path, columns: list[str], example: str = "") -> str:
     listed = ", ".join(repr(name) for name in columns)
     one = len(columns) == 1
     typed = all(name.isprintable() and "," not in name for name in columns)
-    flag = f" (CLI: --exclude {','.join(columns)})" if typed else ""
+    names = ",".join(columns)
     return (
         f"{path}: {'column' if one else 'columns'} {listed} "
-        f"{'is' if one else 'are'} not numeric{example}; moelearn fits numbers: "
-        f"leave {'it' if one else 'them'} out{flag} or encode as numbers, e.g. one "
-        "0/1 column per level"
+        f"{'is' if one else 'are'} not numeric{example}; leave "
+        f"{'it' if one else 'them'} out"
+        + (f" (--exclude {names})" if typed else "")
+        + f" or enter {'it' if one else 'them'} as categories, one 0/1 column per "
+        "level" + (f" (--categorical {names})" if typed else "")
     )
 
 
@@ -809,8 +962,17 @@ def model_data(model, path: str, target: str | None):
 def _model_columns(model, path: str, target: str | None):
     """``(X, y or None)``: only the model's features (by name when it knows
     them, else every column but the targets) and ``target`` are read, so the
-    file's other columns may hold text or missing values."""
+    file's other columns may hold text or missing values. A categorical column
+    the model was fitted with (``categories_``) is encoded by its levels."""
     names = getattr(model, "feature_names_in_", None)
+    categories = getattr(model, "categories_", None) or {}
+    source = {
+        f"{column}={level}": column
+        for column, levels in categories.items()
+        for level in levels[1:]
+    }
+    names = None if names is None else [str(n) for n in names]
+    columns_of_names = list(dict.fromkeys(source.get(n, n) for n in names or ()))
     targets = {target, getattr(model, "target_name_", None)}
 
     def select(columns: list[str]) -> list[str]:
@@ -821,19 +983,23 @@ def _model_columns(model, path: str, target: str | None):
         if names is None:
             features = [c for c in columns if c not in targets]
         else:
-            missing = [n for n in names if n not in columns]
+            missing = [n for n in columns_of_names if n not in columns]
             if missing:
                 raise ValueError(f"{path}: missing feature column(s) {missing[:5]}")
-            features = list(names)
+            features = columns_of_names
         return ([] if target is None else [target]) + features
 
-    table = _read_selected(path, select)
+    table = _read_selected(path, select, frozenset(categories))
     check_finite(path, table.data, table.columns)
     start = 0 if target is None else 1
-    X = table.data[:, start:]
-    if names is None and X.shape[1] != model.n_features_in_:
-        raise ValueError(
-            f"{path}: {X.shape[1]} feature columns, the model expects "
-            f"{model.n_features_in_}"
-        )
-    return X, (None if target is None else table.data[:, 0])
+    y = None if target is None else table.data[:, 0]
+    if names is None:
+        X = table.data[:, start:]
+        if X.shape[1] != model.n_features_in_:
+            raise ValueError(
+                f"{path}: {X.shape[1]} feature columns, the model expects "
+                f"{model.n_features_in_}"
+            )
+        return X, y
+    X, encoded = encode_categories(path, table, columns_of_names, categories)
+    return X[:, [encoded.index(n) for n in names]], y
