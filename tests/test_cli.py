@@ -113,7 +113,10 @@ def test_errors_are_one_line_exit_2_and_leave_no_file(workdir, capsys):
         (["fit", workdir / "semi.csv"], "the file seems separated by ';'"),
         (["fit", workdir / "ragged.csv"], "data row 2 (line 3) has 2 values"),
         (["fit", workdir / "header.csv"], "no data rows after the header"),
-        (["fit", workdir / "nan.csv"], "nan.csv: NaN at data row 5, column 'x2'"),
+        (
+            ["fit", workdir / "nan.csv"],
+            "nan.csv: a missing value (NaN, NA or empty) at data row 5, column 'x2'",
+        ),
         (["fit", workdir / "missing.csv"], "no such file"),
         (["fit", data, "--target", "z"], "target column 'z' not found"),
         (
@@ -144,7 +147,10 @@ def test_errors_are_one_line_exit_2_and_leave_no_file(workdir, capsys):
     assert run("fit", data, "--out", model, "-q") == 0
     capsys.readouterr()
     assert run("predict", model, workdir / "nan.csv", "--out", preds) == 2
-    assert "nan.csv: NaN at data row 5, column 'x2'" in capsys.readouterr().err
+    assert (
+        "nan.csv: a missing value (NaN, NA or empty) at data row 5, column 'x2'"
+        in capsys.readouterr().err
+    )
     assert not preds.exists()
 
 
@@ -596,6 +602,59 @@ def test_categorical_columns_enter_as_indicators(tmp_path, capsys):
     (tmp_path / "tampered.json").write_text(json.dumps(saved))
     with pytest.raises(ValueError, match="categories must map columns to lists"):
         load_model(tmp_path / "tampered.json")
+
+
+def test_missing_values_are_named_or_their_rows_left_out(workdir, tmp_path, capsys):
+    """R writes NA, pandas an empty cell: a missing value in a column used is an
+    error naming its row and column, or with --drop-missing its row is left out
+    (and counted), in memory and streamed, with the fit, evaluation and summary
+    of the table without those rows; one in a column not used does not matter,
+    nor does a categorical column's NA once its row is left out."""
+    import pandas as pd
+
+    table = read_table(workdir / "data.csv")
+    frame = pd.DataFrame(table.data[:4000], columns=table.columns)
+    frame["group"] = np.where(frame["x0"] > 0, "a", "b")
+    frame["note"] = np.nan
+    holes = {"x1": [3, 50], "y": [7], "group": [50, 900]}
+    complete = frame.drop(index=[3, 7, 50, 900])
+    marked = frame.astype(object)
+    for column, rows in holes.items():
+        marked.loc[rows, column] = np.nan
+    text = tmp_path / "holes.csv"
+    marked.to_csv(text, index=False, na_rep="NA")
+    clean = tmp_path / "clean.csv"
+    complete.to_csv(clean, index=False, na_rep="NA")
+    options = ("--exclude", "note", "--categorical", "group", "-q")
+    assert run("fit", text, *options, "--out", tmp_path / "bad.json") == 2
+    err = capsys.readouterr().err
+    assert "missing value (NaN, NA or empty) at data row 4, column 'x1'" in err
+    assert "--drop-missing" in err and err.count("\n") == 1
+    reference = tmp_path / "reference.json"
+    assert run("fit", clean, *options, "--out", reference) == 0
+    model = tmp_path / "model.json"
+    assert run("fit", text, *options, "--drop-missing", "--out", model) == 0
+    assert "left out 4 of 4000 rows with a missing value" in capsys.readouterr().err
+    np.testing.assert_allclose(
+        load_model(model).experts_, load_model(reference).experts_, rtol=1e-9
+    )
+    numeric = ("--exclude", "note,group", "-q")  # (row 900 is complete here)
+    frame.drop(index=[3, 7, 50]).to_csv(clean, index=False)
+    assert run("fit", clean, *numeric, "--out", reference) == 0
+    marked.to_csv(text, index=False)  # (empty cells)
+    streamed = tmp_path / "streamed.json"
+    args = ("--drop-missing", "--stream", "yes", "--out", streamed)
+    assert run("fit", text, *numeric, *args) == 0
+    assert "left out 3 of 4000 rows" in capsys.readouterr().err
+    np.testing.assert_allclose(
+        load_model(streamed).experts_, load_model(reference).experts_, rtol=1e-6
+    )
+    assert run("evaluate", reference, "--data", clean, "--json") == 0
+    expected = json.loads(capsys.readouterr().out)
+    assert run("evaluate", reference, "--data", text, "--drop-missing", "--json") == 0
+    assert json.loads(capsys.readouterr().out) == expected
+    assert run("summary", reference, text) == 2
+    assert "at data row 4, column 'x1'" in capsys.readouterr().err
 
 
 def test_a_ragged_row_is_found_past_a_text_column(tmp_path, capsys):

@@ -118,13 +118,14 @@ def test_fuzz_categorical_reader(tmp_path):
             return
         target, category = header[0].strip(), header[1].strip()
         try:
-            X, y, _, names, levels = read_features(path, target, categorical=[category])
+            read = read_features(path, target, categorical=[category])
         except ValueError as exc:
             assert one_line(exc), str(exc)
             return
-        assert X.shape == (len(y), len(names))
+        X, names = read.X, read.names
+        assert X.shape == (len(read.y), len(names))
         coded = [n for n in names if n.startswith(f"{category}=")]
-        assert len(coded) == len(levels[category]) - 1
+        assert len(coded) == len(read.categories[category]) - 1
         assert set(np.unique(X[:, [names.index(n) for n in coded]])) <= {0.0, 1.0}
 
     check()

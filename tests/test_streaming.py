@@ -38,12 +38,11 @@ def test_streamed_file_equals_the_loaded_one(tmp_path, monkeypatch, data, suffix
     write_table(path, {**{f"x{i}": X[:, i] for i in range(5)}, "y": y})
     loaded, target, names = read_table(path).split("y")
     seen = []
-    with stream_table(path, "y", tmp_path, lambda done, total: seen.append(done)) as (
-        Xs,
-        ys,
-        weights,
-        streamed_names,
-    ):
+    with stream_table(
+        path, "y", tmp_path, lambda done, total: seen.append(done)
+    ) as streamed:
+        Xs, ys, weights = streamed.X, streamed.y, streamed.sample_weight
+        streamed_names = streamed.names
         assert weights is None
         assert isinstance(Xs, np.memmap) and not Xs.flags.writeable
         np.testing.assert_array_equal(Xs, loaded)
@@ -108,7 +107,10 @@ def test_stream_errors_name_the_row_and_column(tmp_path, data):
     X[12_345, 2] = np.nan
     path = tmp_path / "bad.parquet"
     write_table(path, {**{f"x{i}": X[:, i] for i in range(5)}, "y": y})
-    with pytest.raises(ValueError, match=r"NaN at data row 12346, column 'x2'"):
+    with pytest.raises(
+        ValueError,
+        match=r"missing value \(NaN, NA or empty\) at data row 12346, column 'x2'",
+    ):
         with stream_table(path, "y", tmp_path):
             pass
     with pytest.raises(ValueError, match="target column 'z' not found"):

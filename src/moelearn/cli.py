@@ -325,6 +325,7 @@ def _add_fit_io_options(fit) -> None:
         metavar="A,B,...",
         help="columns that are not features (ids, other targets), comma-separated",
     )
+    _add_drop_missing(fit)
     fit.add_argument(
         "--categorical",
         type=_names_arg,
@@ -353,7 +354,34 @@ def _add_evaluate_command(sub) -> None:
     ev.add_argument("--truth", help="true parameters (.truth.json from 'simulate')")
     ev.add_argument("--data", help="data file to score (mean log-likelihood, RMSE)")
     ev.add_argument("--target", default=None, help="target column of --data")
+    _add_drop_missing(ev)
     ev.add_argument("--json", action="store_true", help="print the figures as JSON")
+
+
+def _model_data(model, args):
+    """``(X, y)`` of ``args.data`` for ``model``, saying how many rows
+    ``--drop-missing`` left out."""
+    data = model_data(model, args.data, args.target, args.drop_missing)
+    _say_dropped(args, data)
+    return data.X, data.y
+
+
+def _say_dropped(args, data) -> None:
+    if data.dropped:
+        print(
+            f"moelearn {args.command}: left out {data.dropped} of "
+            f"{data.dropped + len(data.y)} rows with a missing value",
+            file=sys.stderr,
+        )
+
+
+def _add_drop_missing(parser) -> None:
+    parser.add_argument(
+        "--drop-missing",
+        action="store_true",
+        help="leave out the rows with a missing value (NaN, NA or empty) in a "
+        "column used, and say how many (default: such a value is an error)",
+    )
 
 
 def _add_fitted_model_arguments(parser, kind_help: str) -> None:
@@ -362,6 +390,7 @@ def _add_fitted_model_arguments(parser, kind_help: str) -> None:
     parser.add_argument("model", help="model .json written by 'moelearn fit'")
     parser.add_argument("data", help="the data file the model was fitted on")
     parser.add_argument("--target", default=None, help="target column (default: y)")
+    _add_drop_missing(parser)
     parser.add_argument(
         "--kind",
         choices=["observed", "sandwich", "bootstrap"],
@@ -625,20 +654,26 @@ def cmd_fit(args) -> int:
             weight=args.weight,
             features=args.features,
             exclude=args.exclude,
-        ) as (X, y, w, names):
-            return _fit_data(args, X, y, w, names, hme, {})
-    X, y, w, names, categories = read_features(
+            drop_missing=args.drop_missing,
+        ) as data:
+            _say_dropped(args, data)
+            return _fit_data(args, data, hme)
+    data = read_features(
         args.data,
         args.target,
         args.weight,
         args.features,
         args.exclude,
         args.categorical,
+        args.drop_missing,
     )
-    return _fit_data(args, X, y, w, names, hme, categories)
+    _say_dropped(args, data)
+    return _fit_data(args, data, hme)
 
 
-def _fit_data(args, X, y, w, names, hme: bool, categories: dict) -> int:
+def _fit_data(args, data, hme: bool) -> int:
+    X, y, w, names = data.X, data.y, data.sample_weight, data.names
+    categories = data.categories
     settings = {
         ("depth" if hme else "n_experts"): args.depth if hme else args.experts,
         "link": args.link,
@@ -843,7 +878,7 @@ def cmd_evaluate(args) -> int:
     truth = read_truth(args.truth) if args.truth else None
     X = y = None
     if args.data:
-        X, y = model_data(model, args.data, args.target)
+        X, y = _model_data(model, args)
     from moelearn.metrics import evaluate_model
 
     figures = evaluate_model(model, truth, X, y)
@@ -863,7 +898,7 @@ def cmd_summary(args) -> int:
     if not 0.0 < args.coverage < 1.0:
         raise CLIError(f"--coverage must be between 0 and 1; got {args.coverage}")
     model = load_model(args.model)
-    X, y = model_data(model, args.data, args.target)
+    X, y = _model_data(model, args)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="X does not have valid feature")
         try:
@@ -902,7 +937,7 @@ def cmd_report(args) -> int:
     from moelearn.report import write_report
 
     model = load_model(args.model)
-    X, y = model_data(model, args.data, args.target)
+    X, y = _model_data(model, args)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="X does not have valid feature")
         write_report(model, X, y, args.out, kind=args.kind)

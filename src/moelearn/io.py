@@ -62,6 +62,28 @@ class Table:
         return Table(self.data[:, idx], list(names))
 
 
+@dataclass
+class Features:
+    """A data file's columns ready to fit: :func:`read_features` and
+    :func:`stream_table` give them."""
+
+    X: Array
+    y: Array
+    sample_weight: Array | None
+    names: list[str]
+    #: Each categorical column's levels, the first the reference.
+    categories: dict[str, list[str]] = field(default_factory=dict)
+    #: Rows left out for a missing value (``drop_missing``).
+    dropped: int = 0
+
+
+#: Cells read as a missing value (besides NaN), as R, pandas and spreadsheets
+#: write them.
+MISSING = frozenset(
+    {"", "NA", "N/A", "#N/A", "NaN", "nan", "-nan", "NULL", "null", "None"}
+)
+
+
 def check_finite(
     path: str | os.PathLike, data: Array, columns: list[str], done: int = 0
 ):
@@ -70,11 +92,19 @@ def check_finite(
     bad = ~np.isfinite(data)
     if bad.any():
         r, c = np.argwhere(bad)[0]
-        kind = "NaN" if np.isnan(data[r, c]) else "an infinite value"
+        if np.isnan(data[r, c]):
+            raise ValueError(_missing_message(path, done + r, columns[c]))
         raise ValueError(
-            f"{path}: {kind} at data row {done + r + 1}, column {columns[c]!r}; "
-            "remove or impute it before fitting"
+            f"{path}: an infinite value at data row {done + r + 1}, column "
+            f"{columns[c]!r}; remove or impute it before fitting"
         )
+
+
+def _missing_message(path: str | os.PathLike, row: int, column: str) -> str:
+    return (
+        f"{path}: a missing value (NaN, NA or empty) at data row {row + 1}, column "
+        f"{column!r}; impute it, or leave out the rows with one (--drop-missing)"
+    )
 
 
 def column_index(columns: list[str], name: str, what: str) -> int:
@@ -152,15 +182,17 @@ def read_features(
     features: list[str] | None = None,
     exclude: list[str] | None = None,
     categorical: list[str] | None = None,
-) -> tuple[Array, Array, Array | None, list[str], dict[str, list[str]]]:
-    """``(X, y, sample_weight or None, feature_names, categories)`` of a data
-    file, as :func:`stream_table` yields them but in memory: only the target,
-    weight and feature columns (:func:`feature_columns`) are read, so the others
-    may hold text or missing values; those read must be finite.
+    drop_missing: bool = False,
+) -> Features:
+    """The target, weight and feature columns (:func:`feature_columns`) of a
+    data file, as :func:`stream_table` gives them but in memory. Only those
+    columns are read, so the others may hold text or missing values.
 
     The ``categorical`` features (text or numeric codes) enter as one 0/1
     column per level but the first, named ``column=level``
-    (:func:`encode_categories`); ``categories`` maps each to its levels."""
+    (:func:`encode_categories`). A missing value (:data:`MISSING`) in a column
+    read is an error naming its row, or with ``drop_missing`` its row is left
+    out (``Features.dropped`` counts them); an infinite value is an error."""
     categorical = list(categorical or [])
     select = _used_columns(path, target, weight, features, exclude)
     start = 1 if weight is None else 2
@@ -176,13 +208,41 @@ def read_features(
         return chosen
 
     table = _read_selected(path, with_categories, frozenset(categorical))
-    check_finite(path, table.data, table.columns)
+    table, dropped = _complete_rows(path, table, drop_missing)
     categories = {
         name: category_levels(path, name, table.text[name]) for name in categorical
     }
     X, names = encode_categories(path, table, chosen[start:], categories)
     w_values = None if weight is None else table.data[:, 1]
-    return X, table.data[:, 0], w_values, names, categories
+    return Features(X, table.data[:, 0], w_values, names, categories, dropped)
+
+
+def _complete_rows(
+    path: str | os.PathLike, table: Table, drop_missing: bool
+) -> tuple[Table, int]:
+    """``table`` without the rows that have a missing value (NaN, or a
+    :data:`MISSING` text), and how many they were; without ``drop_missing`` the
+    first is an error. An infinite value is an error either way."""
+    missing = np.isnan(table.data).any(axis=1)
+    for values in table.text.values():
+        missing |= np.isin(values, list(MISSING))
+    if not drop_missing:
+        check_finite(path, table.data, table.columns)
+        for name, values in table.text.items():
+            empty = np.isin(values, list(MISSING))
+            if empty.any():
+                raise ValueError(_missing_message(path, int(np.argmax(empty)), name))
+        return table, 0
+    if missing.all():
+        raise ValueError(f"{path}: every row has a missing value")
+    keep = ~missing
+    kept = Table(
+        table.data[keep],
+        table.columns,
+        {name: values[keep] for name, values in table.text.items()},
+    )
+    check_finite(path, kept.data, kept.columns)
+    return kept, int(missing.sum())
 
 
 #: At most this many 0/1 columns from one categorical column.
@@ -312,7 +372,7 @@ def _read_numbers(path: Path, select: Select) -> Table:
 
 def _read_text(path: Path, names: list[str], n_rows: int) -> dict[str, Array]:
     """Columns ``names`` as strings (numbers written as read from a CSV file, or
-    as integers where they are whole); an empty value is an error."""
+    as integers where they are whole); a missing value is ``""``."""
     suffix = path.suffix.lower()
     if suffix == ".csv":
         header = _csv_header(path)
@@ -331,10 +391,7 @@ def _read_text(path: Path, names: list[str], n_rows: int) -> dict[str, Array]:
         table = pq.read_table(path, columns=names)
         found = {
             name: np.array(
-                [
-                    None if v is None else _level_text(v)
-                    for v in table[name].to_pylist()
-                ],
+                ["" if v is None else _level_text(v) for v in table[name].to_pylist()],
                 dtype=object,
             )
             for name in names
@@ -348,12 +405,6 @@ def _read_text(path: Path, names: list[str], n_rows: int) -> dict[str, Array]:
     for name, values in found.items():
         if len(values) != n_rows:
             raise ValueError(f"{path}: column {name!r} has a different number of rows")
-        empty = [i for i, v in enumerate(values) if v is None or v == ""]
-        if empty:
-            raise ValueError(
-                f"{path}: an empty value at data row {empty[0] + 1}, column "
-                f"{name!r}; remove or impute it before fitting"
-            )
     return found
 
 
@@ -388,15 +439,20 @@ def _read_csv(path: Path, select: Select) -> Table:
     try:
         data = _load_csv(path, None)  # (every column: each row's length checked)
     except ValueError as exc:
-        text = re.search(r"to float64 at row \d+, column (\d+)", str(exc))
-        if not text or int(text.group(1)) - 1 in used:
+        cell = _failing_cell(str(exc))
+        if cell is None or (cell[0] in used and cell[1] not in MISSING):
             raise ValueError(_csv_value_error(path, names, used, str(exc))) from None
-        # Text in a column that is not read: read the others alone.
+        # Text in a column that is not read, or a missing value: the columns
+        # read alone, and missing values as NaN.
         _check_row_lengths(path, len(names))
         try:
             data = _load_csv(path, used)
         except ValueError as exc:
-            raise ValueError(_csv_value_error(path, names, used, str(exc))) from None
+            cell = _failing_cell(str(exc))
+            if cell is None or cell[1] not in MISSING:
+                message = _csv_value_error(path, names, used, str(exc))
+                raise ValueError(message) from None
+            data = _csv_numbers(path, names, used)
     else:
         if data.shape[0] and data.shape[1] != len(names):
             raise ValueError(
@@ -407,6 +463,31 @@ def _read_csv(path: Path, select: Select) -> Table:
     if data.shape[0] == 0:
         raise ValueError(f"{path}: no data rows after the header")
     return Table(data, [names[i] for i in used])
+
+
+def _failing_cell(message: str) -> tuple[int, str] | None:
+    """The column (from 0) and stripped text of the cell numpy.loadtxt's
+    ``message`` says it could not read as a number."""
+    found = re.search(r"string '(.*)' to float64 at row \d+, column (\d+)", message)
+    return None if found is None else (int(found.group(2)) - 1, found.group(1).strip())
+
+
+def _csv_numbers(path: Path, names: list[str], used: list[int]) -> Array:
+    """The ``used`` columns of a CSV file parsed cell by cell (slower than
+    numpy.loadtxt, which has no missing values): :data:`MISSING` as NaN."""
+    with open(path, newline="") as fh:  # (numpy skips blank lines too)
+        rows = [row for row in csv.reader(fh) if "".join(row).strip()][1:]
+    data = np.empty((len(rows), len(used)))
+    for r, row in enumerate(rows):
+        for j, i in enumerate(used):
+            text = row[i].strip()
+            try:
+                data[r, j] = np.nan if text in MISSING else float(text)
+            except ValueError:
+                where = f"{text!r} at data row {r + 1} (line {r + 2})"
+                columns = _text_columns(path, names, used) or [names[i]]
+                raise ValueError(_not_numeric(path, columns, f" ({where})")) from None
+    return data
 
 
 def _load_csv(path: Path, usecols: list[int] | None) -> Array:
@@ -475,11 +556,6 @@ def _csv_value_error(
     where = f"data row {row + 1} (line {row + 2})"
     if not 0 < col <= len(names):
         return f"{path}: non-numeric value {text!r} at {where}"
-    if text == "":
-        return (
-            f"{path}: an empty value at {where}, column {names[col - 1]!r}; "
-            "remove or impute it before fitting"
-        )
     text_columns = _text_columns(path, names, used) or [names[col - 1]]
     return _not_numeric(
         path, text_columns, f" ({text!r} at {where}, column {names[col - 1]!r})"
@@ -500,7 +576,7 @@ def _text_columns(path: Path, names: list[str], used: Iterable[int]) -> list[str
         next(rows, None)
         for _, row in zip(range(TEXT_SCAN_ROWS), rows, strict=False):
             for i in used:
-                if i < len(row) and i not in found and row[i].strip():
+                if i < len(row) and i not in found and row[i].strip() not in MISSING:
                     try:
                         float(row[i])
                     except ValueError:
@@ -590,7 +666,8 @@ def stream_table(
     weight: str | None = None,
     features: list[str] | None = None,
     exclude: list[str] | None = None,
-) -> Iterator[tuple[Array, Array, Array | None, list[str]]]:
+    drop_missing: bool = False,
+) -> Iterator[Features]:
     """Stream a data file into a memory-mapped ``X`` and an in-memory ``y``.
 
     The file is read in batches: :data:`STREAM_BATCH_ROWS` rows of Parquet (pyarrow)
@@ -601,8 +678,10 @@ def stream_table(
     about one chunk resident at a time (:func:`moelearn._moments.release_pages`).
     Memory: ``y`` (8 bytes a row) plus a batch. The scratch file (8 bytes per
     feature and row) is removed when the block ends. ``progress(rows_done,
-    rows_total or None)`` is called after each batch. NaN/inf and non-numeric
-    values raise ``ValueError`` naming the row and column.
+    rows_total or None)`` is called after each batch. A missing value (NaN, or
+    a :data:`MISSING` cell), an infinite or a non-numeric one raises
+    ``ValueError`` naming the row and column; with ``drop_missing`` the rows
+    with a missing value are left out instead (``Features.dropped``).
 
     ``weight`` names a column of sample weights, kept in memory like ``y``;
     ``features`` or ``exclude`` choose the feature columns
@@ -610,7 +689,8 @@ def stream_table(
 
     Yields
     ------
-    ``(X, y, sample_weight or None, feature_names)``
+    Features
+        ``X`` the memory map; no ``categories``.
     """
     path = Path(path)
     suffix = _suffix(path)
@@ -628,24 +708,29 @@ def stream_table(
         raw = Path(folder) / "X.raw"
         targets: list[Array] = []
         weights: list[Array] = []
-        done = 0
+        done = kept = 0
         with open(raw, "wb") as fh:
             for block in batches:
+                missing = np.isnan(block).any(axis=1)
+                if drop_missing and missing.any():
+                    block, done = block[~missing], done + int(missing.sum())
                 check_finite(path, block, columns, done)
                 fh.write(np.ascontiguousarray(block[:, start:]).tobytes())
                 targets.append(block[:, 0].copy())
                 if weight is not None:
                     weights.append(block[:, 1].copy())
-                done += len(block)
+                done, kept = done + len(block), kept + len(block)
                 if progress is not None:
                     progress(done, total)
-        if done == 0:
-            raise ValueError(f"{path}: no data rows")
+        if kept == 0:
+            what = "every row has a missing value" if done else "no data rows"
+            raise ValueError(f"{path}: {what}")
         _release_arrow_memory()
-        shape = (done, len(columns) - start)
+        shape = (kept, len(columns) - start)
         X = np.memmap(raw, dtype=np.float64, mode="r", shape=shape)
         w = np.concatenate(weights) if weights else None
-        yield X, np.concatenate(targets), w, columns[start:]
+        y = np.concatenate(targets)
+        yield Features(X, y, w, columns[start:], dropped=done - kept)
 
 
 def _release_arrow_memory() -> None:
@@ -749,8 +834,8 @@ def _numeric_type(schema, name: str) -> bool:
 
 
 def _arrow_blocks(path: Path, batches, names: list[str]):
-    """Record batches as float64 blocks; a non-numeric column or a missing value
-    is an error naming the column."""
+    """Record batches as float64 blocks (a missing value NaN); a non-numeric
+    column is an error naming it."""
     import pyarrow as pa
 
     try:
@@ -759,12 +844,8 @@ def _arrow_blocks(path: Path, batches, names: list[str]):
             for name, col in zip(names, batch.columns, strict=True):
                 if not _numeric_type(batch.schema, name):
                     raise ValueError(_not_numeric(path, [name]))
-                if col.null_count:
-                    raise ValueError(
-                        f"{path}: column {name!r} has {col.null_count} missing "
-                        "value(s) in a batch; remove or impute them"
-                    )
-                cols.append(col.to_numpy(zero_copy_only=False).astype(np.float64))
+                values = col.to_numpy(zero_copy_only=False)  # (nulls: NaN)
+                cols.append(values.astype(np.float64))
             yield np.column_stack(cols)
     except pa.ArrowException as exc:
         raise ValueError(f"{path}: cannot read the file ({exc})") from None
@@ -950,20 +1031,26 @@ def write_table_npz(path: Path, X: np.ndarray, y: np.ndarray) -> None:
 
 def model_features(model, path: str) -> np.ndarray:
     """The model's feature columns of the data file ``path``."""
-    return _model_columns(model, path, None)[0]
+    return _model_columns(model, path, None, False).X
 
 
-def model_data(model, path: str, target: str | None):
-    """The model's feature columns and the target of the data file ``path``."""
+def model_data(
+    model, path: str, target: str | None, drop_missing: bool = False
+) -> Features:
+    """The model's feature columns and the target of the data file ``path``;
+    with ``drop_missing`` the rows with a missing value are left out."""
     target = target or getattr(model, "target_name_", None) or "y"
-    return _model_columns(model, path, target)
+    return _model_columns(model, path, target, drop_missing)
 
 
-def _model_columns(model, path: str, target: str | None):
-    """``(X, y or None)``: only the model's features (by name when it knows
-    them, else every column but the targets) and ``target`` are read, so the
-    file's other columns may hold text or missing values. A categorical column
-    the model was fitted with (``categories_``) is encoded by its levels."""
+def _model_columns(
+    model, path: str, target: str | None, drop_missing: bool
+) -> Features:
+    """Only the model's features (by name when it knows them, else every column
+    but the targets) and ``target`` (if any; ``y`` is empty without) are read,
+    so the file's other columns may hold text or missing values. A categorical
+    column the model was fitted with (``categories_``) is encoded by its
+    levels."""
     names = getattr(model, "feature_names_in_", None)
     categories = getattr(model, "categories_", None) or {}
     source = {
@@ -990,9 +1077,9 @@ def _model_columns(model, path: str, target: str | None):
         return ([] if target is None else [target]) + features
 
     table = _read_selected(path, select, frozenset(categories))
-    check_finite(path, table.data, table.columns)
+    table, dropped = _complete_rows(path, table, drop_missing)
     start = 0 if target is None else 1
-    y = None if target is None else table.data[:, 0]
+    y = table.data[:, 0] if target is not None else np.empty(0)
     if names is None:
         X = table.data[:, start:]
         if X.shape[1] != model.n_features_in_:
@@ -1000,6 +1087,7 @@ def _model_columns(model, path: str, target: str | None):
                 f"{path}: {X.shape[1]} feature columns, the model expects "
                 f"{model.n_features_in_}"
             )
-        return X, y
+        return Features(X, y, None, table.columns[start:], dropped=dropped)
     X, encoded = encode_categories(path, table, columns_of_names, categories)
-    return X[:, [encoded.index(n) for n in names]], y
+    X = X[:, [encoded.index(n) for n in names]]
+    return Features(X, y, None, names, categories, dropped)
