@@ -170,3 +170,33 @@ def test_a_small_tables_short_runs_are_not_cut():
     assert all(r["rows"] == "all" for r in records)
     past = [r for r in records if r["n_iter"] > estimators._BATCH_ITER]
     assert len(past) > 2 * estimators._CONTINUED + 1
+
+
+@pytest.mark.parametrize(
+    "estimator",
+    [SpectralMoE(2), EMMoE(2), GradientMoE(2), TensorLossMoE(2)],
+    ids=lambda e: type(e).__name__,
+)
+def test_text_columns_of_a_data_frame_are_named(estimator):
+    """A DataFrame with text columns (a table as read): fit and predict name
+    them all and say how to encode them, instead of numpy's "could not convert
+    string to float: 'north'"."""
+    pd = pytest.importorskip("pandas")
+    X, y = two_lines(500, 0.3)
+    frame = pd.DataFrame(
+        {
+            "x": X[:, 0],
+            "z": np.arange(500.0) % 7,
+            "region": np.where(X[:, 0] > 0, "north", "south"),
+            "smsa": "yes",
+        }
+    )
+    with pytest.raises(
+        ValueError, match=r"'region', 'smsa' are not numeric.*get_dummies"
+    ):
+        estimator.fit(frame, y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        estimator.fit(frame[["x", "z"]], y)
+    with pytest.raises(ValueError, match=r"'region', 'smsa' are not numeric"):
+        estimator.predict(frame[["x", "z", "region", "smsa"]])

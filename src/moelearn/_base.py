@@ -239,6 +239,7 @@ class MoEBase(RegressorMixin, BaseEstimator):
         if _read_by_passes(X) or _read_by_passes(y):
             X, y = self._validate_dask(X, y, reset=True)
         else:
+            v.check_numeric_columns(X)
             X, y = validate_data(
                 self,
                 X,
@@ -331,6 +332,7 @@ class MoEBase(RegressorMixin, BaseEstimator):
         if _read_by_passes(X):
             X = self._validate_dask(X, None, reset=False)[0]
         else:
+            v.check_numeric_columns(X)
             X = validate_data(
                 self, X, reset=False, dtype=np.float64, ensure_all_finite=False
             )

@@ -119,6 +119,24 @@ def validate_params(estimator: Any, constraints: dict[str, Callable[[Any], bool]
             )
 
 
+def check_numeric_columns(X: Any) -> None:
+    """A pandas or polars DataFrame's columns of text (or dates, categories):
+    ``ValueError`` naming them all, with the encoding that puts them in."""
+    if hasattr(X, "select_dtypes"):  # pandas
+        text = [str(c) for c in X.select_dtypes(exclude=["number", "bool"]).columns]
+    elif hasattr(X, "schema") and hasattr(X, "to_numpy"):  # polars
+        text = [str(c) for c, kind in X.schema.items() if not kind.is_numeric()]
+    else:
+        return
+    if text:
+        listed = ", ".join(map(repr, text))
+        raise ValueError(
+            f"X's column(s) {listed} are not numeric: encode them, e.g. "
+            f"pandas.get_dummies(X, columns={text!r}, drop_first=True, dtype=float) "
+            "for one 0/1 column per level, or drop them"
+        )
+
+
 def check_finite_2d(X: Any, name: str = "X", values: bool = True) -> Array:
     """A C-contiguous float64 2-D array with only finite values (a Dask array
     stays one: float64, chunked by rows only; a PyTorch tensor stays as it is;
