@@ -52,11 +52,16 @@ APPLICATIONS = {"__init__", "__main__", "_demo", "cli", "experiments", "io", "re
 
 
 def imports() -> dict[str, set[str]]:
-    """Each module's imports of other moelearn modules (also inside functions)."""
+    """Each module's imports of other moelearn modules (also inside functions);
+    a subpackage (``io/``) is one module, its files' imports together."""
     found = {}
-    for path in PACKAGE.glob("*.py"):
+    modules = {path.stem: [path] for path in PACKAGE.glob("*.py")}
+    for init in PACKAGE.glob("*/__init__.py"):
+        modules[init.parent.name] = sorted(init.parent.glob("*.py"))
+    for module, paths in modules.items():
         names = set()
-        for node in ast.walk(ast.parse(path.read_text())):
+        nodes = (n for path in paths for n in ast.walk(ast.parse(path.read_text())))
+        for node in nodes:
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(
                 "moelearn"
             ):
@@ -71,7 +76,7 @@ def imports() -> dict[str, set[str]]:
                     for alias in node.names
                     if alias.name.startswith("moelearn.")
                 )
-        found[path.stem] = names - {"__version__"}
+        found[module] = names - {"__version__", module}
     return found
 
 

@@ -6,12 +6,12 @@ import warnings
 import numpy as np
 import pytest
 
-import moelearn.io as io_module
+import moelearn.io._stream as stream_module
 from moelearn import SpectralMoE, make_moe
 from moelearn._mmap import _WithOnes, release_pages
 from moelearn._passes import with_ones
 from moelearn.cli import main
-from moelearn.io import read_table, stream_table, write_table
+from moelearn.io import load_model, read_table, stream_table, write_table
 
 pytest.importorskip("pyarrow")
 
@@ -31,8 +31,8 @@ def data():
 @pytest.mark.parametrize("suffix", [".parquet", ".csv", ".npy"])
 def test_streamed_file_equals_the_loaded_one(tmp_path, monkeypatch, data, suffix):
     """Batches (made small here so that there are many) rebuild the same columns."""
-    monkeypatch.setattr(io_module, "STREAM_BATCH_ROWS", 7_000)
-    monkeypatch.setattr(io_module, "STREAM_CSV_BLOCK_BYTES", 1 << 19)
+    monkeypatch.setattr(stream_module, "STREAM_BATCH_ROWS", 7_000)
+    monkeypatch.setattr(stream_module, "STREAM_CSV_BLOCK_BYTES", 1 << 19)
     X, y = data
     path = tmp_path / f"data{suffix}"
     write_table(path, {**{f"x{i}": X[:, i] for i in range(5)}, "y": y})
@@ -134,15 +134,15 @@ def test_cli_streamed_fit_writes_the_same_model(tmp_path, data, capsys):
     assert main([*common, "--stream", "no", "--out", str(tmp_path / "a.json")]) == 0
     assert main([*common, "--stream", "yes", "--out", str(tmp_path / "b.json")]) == 0
     assert "reading: 30,000 rows (100%)" in capsys.readouterr().err
-    a = io_module.load_model(tmp_path / "a.json")
-    b = io_module.load_model(tmp_path / "b.json")
+    a = load_model(tmp_path / "a.json")
+    b = load_model(tmp_path / "b.json")
     np.testing.assert_allclose(b.experts_, a.experts_, rtol=1e-10)
     np.testing.assert_allclose(b.gating_, a.gating_, rtol=1e-10)
     for stream, name in (("no", "c.json"), ("yes", "d.json")):
         args = ["--stream", stream, "--fit-intercept", "--out", str(tmp_path / name)]
         assert main([*common, *args]) == 0
-    c = io_module.load_model(tmp_path / "c.json")
-    d = io_module.load_model(tmp_path / "d.json")
+    c = load_model(tmp_path / "c.json")
+    d = load_model(tmp_path / "d.json")
     np.testing.assert_allclose(d.experts_, c.experts_, rtol=1e-10)
     np.testing.assert_allclose(d.intercept_, c.intercept_, rtol=1e-8, atol=1e-12)
 
@@ -217,7 +217,7 @@ def test_cli_weight_column_gives_the_weighted_fit(tmp_path, data, stream):
     out = tmp_path / "model.json"
     args = ["fit", str(path), "--target", "y", "--weight", "w", "--seed", "0"]
     assert main([*args, "--stream", stream, "-q", "--out", str(out)]) == 0
-    model = io_module.load_model(out)
+    model = load_model(out)
     assert list(model.feature_names_in_) == [f"x{i}" for i in range(5)]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -237,4 +237,4 @@ def test_cli_streamed_experts_auto(tmp_path, capsys):
     args = ["fit", str(path), "--target", "y", "--experts", "auto", "--stream", "yes"]
     assert main([*args, "--max-experts", "4", "--out", str(out)]) == 0
     assert "chose 3 experts" in capsys.readouterr().out
-    assert io_module.load_model(out).experts_.shape == (3, 5)
+    assert load_model(out).experts_.shape == (3, 5)
