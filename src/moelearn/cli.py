@@ -640,12 +640,6 @@ def cmd_fit(args) -> int:
         if args.weight == args.target:
             raise CLIError(f"--weight {args.weight!r} is the target column")
     if _should_stream(args):
-        if args.categorical:
-            raise CLIError(
-                "--categorical cannot be streamed yet (the file is read in batches "
-                "with --stream yes, or when it is over a quarter of free memory): "
-                "add the 0/1 columns to the file, or use --stream no"
-            )
         with stream_table(
             args.data,
             args.target,
@@ -654,6 +648,7 @@ def cmd_fit(args) -> int:
             weight=args.weight,
             features=args.features,
             exclude=args.exclude,
+            categorical=args.categorical,
             drop_missing=args.drop_missing,
         ) as data:
             _say_dropped(args, data)

@@ -91,21 +91,17 @@ def read_features(
     read is an error naming its row, or with ``drop_missing`` its row is left
     out (``Features.dropped`` counts them); an infinite value is an error."""
     categorical = list(categorical or [])
-    select = _used_columns(path, target, weight, features, exclude)
     start = 1 if weight is None else 2
-    chosen: list[str] = []
-
-    def with_categories(names: list[str]) -> list[str]:
-        chosen[:] = select(names) or names
-        stray = [name for name in categorical if name not in chosen[start:]]
-        if stray:
-            raise ValueError(
-                f"{path}: categorical column(s) {stray} are not among the features"
-            )
-        return chosen
-
-    table = _read_selected(path, with_categories, frozenset(categorical))
+    select, chosen = _with_categorical(
+        path,
+        _used_columns(path, target, weight, features, exclude),
+        categorical,
+        start,
+    )
+    table = _read_selected(path, select, frozenset(categorical))
     table, dropped = _complete_rows(path, table, drop_missing)
+    if len(table.data) == 0:
+        raise ValueError(f"{path}: every row has a missing value")
     categories = {
         name: category_levels(path, name, table.text[name]) for name in categorical
     }
@@ -115,31 +111,46 @@ def read_features(
 
 
 def _complete_rows(
-    path: str | os.PathLike, table: Table, drop_missing: bool
+    path: str | os.PathLike, table: Table, drop_missing: bool, done: int = 0
 ) -> tuple[Table, int]:
     """``table`` without the rows that have a missing value (NaN, or a
     :data:`MISSING` text), and how many they were; without ``drop_missing`` the
-    first is an error. An infinite value is an error either way."""
+    first is an error. An infinite value is an error either way. Errors count
+    rows from ``done`` (the rows before ``table``)."""
     missing = np.isnan(table.data).any(axis=1)
     for values in table.text.values():
         missing |= np.isin(values, list(MISSING))
     if not drop_missing:
-        check_finite(path, table.data, table.columns)
+        check_finite(path, table.data, table.columns, done)
         for name, values in table.text.items():
             empty = np.isin(values, list(MISSING))
             if empty.any():
-                raise ValueError(_missing_message(path, int(np.argmax(empty)), name))
+                row = done + int(np.argmax(empty))
+                raise ValueError(_missing_message(path, row, name))
         return table, 0
-    if missing.all():
-        raise ValueError(f"{path}: every row has a missing value")
+    check_finite(path, np.where(missing[:, None], 0.0, table.data), table.columns, done)
     keep = ~missing
-    kept = Table(
-        table.data[keep],
-        table.columns,
-        {name: values[keep] for name, values in table.text.items()},
-    )
-    check_finite(path, kept.data, kept.columns)
-    return kept, int(missing.sum())
+    texts = {name: values[keep] for name, values in table.text.items()}
+    return Table(table.data[keep], table.columns, texts), int(missing.sum())
+
+
+def _with_categorical(
+    path: str | os.PathLike, select: Select, categorical: list[str], start: int
+) -> tuple[Select, list[str]]:
+    """``select``, checking that the ``categorical`` columns are among its
+    features (from position ``start``), and the list it fills with its choice."""
+    chosen: list[str] = []
+
+    def checked(names: list[str]) -> list[str]:
+        chosen[:] = select(names) or names
+        stray = [name for name in categorical if name not in chosen[start:]]
+        if stray:
+            raise ValueError(
+                f"{path}: categorical column(s) {stray} are not among the features"
+            )
+        return chosen
+
+    return checked, chosen
 
 
 #: At most this many 0/1 columns from one categorical column.
@@ -267,6 +278,8 @@ def _model_columns(
 
     table = _read_selected(path, select, frozenset(categories))
     table, dropped = _complete_rows(path, table, drop_missing)
+    if len(table.data) == 0:
+        raise ValueError(f"{path}: every row has a missing value")
     start = 0 if target is None else 1
     y = table.data[:, 0] if target is not None else np.empty(0)
     if names is None:
