@@ -604,8 +604,9 @@ def test_categorical_columns_enter_as_indicators(tmp_path, capsys):
 def test_missing_values_are_named_or_their_rows_left_out(workdir, tmp_path, capsys):
     """R writes NA, pandas an empty cell: a missing value in a column used is an
     error naming its row and column, or with --drop-missing its row is left out
-    (and counted), in memory and streamed, with the fit, evaluation and summary
-    of the table without those rows; one in a column not used does not matter,
+    (and counted), in memory and streamed, with the fit, evaluation and
+    predictions of the table without those rows (predict's first column says
+    which data row each is of); one in a column not used does not matter,
     nor does a categorical column's NA once its row is left out."""
     import pandas as pd
 
@@ -652,6 +653,17 @@ def test_missing_values_are_named_or_their_rows_left_out(workdir, tmp_path, caps
     assert json.loads(capsys.readouterr().out) == expected
     assert run("summary", reference, text) == 2
     assert "at data row 4, column 'x1'" in capsys.readouterr().err
+    predictions = tmp_path / "p.csv"
+    assert run("predict", reference, text, "--out", predictions) == 2
+    assert "at data row 4, column 'x1'" in capsys.readouterr().err
+    assert not predictions.exists()
+    assert run("predict", reference, text, "--drop-missing", "--out", predictions) == 0
+    kept = read_table(predictions)
+    rows = np.setdiff1d(np.arange(len(frame)), [3, 50])  # (y is not read)
+    np.testing.assert_array_equal(kept.data[:, 0], rows + 1)
+    frame.iloc[rows].to_csv(clean, index=False)
+    assert run("predict", reference, clean, "--out", tmp_path / "q.csv") == 0
+    np.testing.assert_array_equal(kept.data[:, 1:], read_table(tmp_path / "q.csv").data)
 
 
 def test_a_ragged_row_is_found_past_a_text_column(tmp_path, capsys):

@@ -345,6 +345,13 @@ def _add_predict_command(sub) -> None:
     pred.add_argument(
         "--out", required=True, help="predictions file (.csv, .npz, .parquet)"
     )
+    pred.add_argument(
+        "--drop-missing",
+        action="store_true",
+        help="leave out the rows with a missing value (NaN, NA or empty) in a "
+        "feature; a first column 'row' then says which data row (from 1) each "
+        "prediction is of (default: such a value is an error)",
+    )
 
 
 def _add_evaluate_command(sub) -> None:
@@ -362,15 +369,15 @@ def _model_data(model, args):
     """``(X, y)`` of ``args.data`` for ``model``, saying how many rows
     ``--drop-missing`` left out."""
     data = model_data(model, args.data, args.target, args.drop_missing)
-    _say_dropped(args, data)
+    _say_dropped(args, data, len(data.y))
     return data.X, data.y
 
 
-def _say_dropped(args, data) -> None:
+def _say_dropped(args, data, kept: int) -> None:
     if data.dropped:
         print(
             f"moelearn {args.command}: left out {data.dropped} of "
-            f"{data.dropped + len(data.y)} rows with a missing value",
+            f"{data.dropped + kept} rows with a missing value",
             file=sys.stderr,
         )
 
@@ -651,7 +658,7 @@ def cmd_fit(args) -> int:
             categorical=args.categorical,
             drop_missing=args.drop_missing,
         ) as data:
-            _say_dropped(args, data)
+            _say_dropped(args, data, len(data.y))
             return _fit_data(args, data, hme)
     data = read_features(
         args.data,
@@ -662,7 +669,7 @@ def cmd_fit(args) -> int:
         args.categorical,
         args.drop_missing,
     )
-    _say_dropped(args, data)
+    _say_dropped(args, data, len(data.y))
     return _fit_data(args, data, hme)
 
 
@@ -853,7 +860,8 @@ def _fit_auto(args, X, y, names, settings, categories: dict) -> int:
 def cmd_predict(args) -> int:
     _check_out_dir(args.out)
     model = load_model(args.model)
-    X = model_features(model, args.data)
+    data = model_features(model, args.data, args.drop_missing)
+    X = data.X
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="X does not have valid feature names")
         mean = model.predict(X)
@@ -861,6 +869,9 @@ def cmd_predict(args) -> int:
     columns = {"prediction": mean} | {
         f"gate_{j}": gates[:, j] for j in range(gates.shape[1])
     }
+    if args.drop_missing:  # (which rows the predictions are of)
+        columns = {"row": np.asarray(data.rows) + 1.0} | columns
+        _say_dropped(args, data, len(X))
     write_table(args.out, columns)
     print(f"wrote {args.out} ({X.shape[0]} rows)")
     return 0

@@ -37,6 +37,8 @@ class Features:
     categories: dict[str, list[str]] = field(default_factory=dict)
     #: Rows left out for a missing value (``drop_missing``).
     dropped: int = 0
+    #: The file's data rows (from 0) that the rows of ``X`` are.
+    rows: Array | None = None
 
 
 def feature_columns(
@@ -99,7 +101,7 @@ def read_features(
         start,
     )
     table = _read_selected(path, select, frozenset(categorical))
-    table, dropped = _complete_rows(path, table, drop_missing)
+    table, missing = _complete_rows(path, table, drop_missing)
     if len(table.data) == 0:
         raise ValueError(f"{path}: every row has a missing value")
     categories = {
@@ -107,16 +109,24 @@ def read_features(
     }
     X, names = encode_categories(path, table, chosen[start:], categories)
     w_values = None if weight is None else table.data[:, 1]
-    return Features(X, table.data[:, 0], w_values, names, categories, dropped)
+    return Features(
+        X,
+        table.data[:, 0],
+        w_values,
+        names,
+        categories,
+        int(missing.sum()),
+        np.flatnonzero(~missing),
+    )
 
 
 def _complete_rows(
     path: str | os.PathLike, table: Table, drop_missing: bool, done: int = 0
-) -> tuple[Table, int]:
+) -> tuple[Table, Array]:
     """``table`` without the rows that have a missing value (NaN, or a
-    :data:`MISSING` text), and how many they were; without ``drop_missing`` the
-    first is an error. An infinite value is an error either way. Errors count
-    rows from ``done`` (the rows before ``table``)."""
+    :data:`MISSING` text), and which they were (a mask of ``table``'s rows);
+    without ``drop_missing`` the first is an error. An infinite value is an error
+    either way. Errors count rows from ``done`` (the rows before ``table``)."""
     missing = np.isnan(table.data).any(axis=1)
     for values in table.text.values():
         missing |= np.isin(values, list(MISSING))
@@ -127,11 +137,11 @@ def _complete_rows(
             if empty.any():
                 row = done + int(np.argmax(empty))
                 raise ValueError(_missing_message(path, row, name))
-        return table, 0
+        return table, np.zeros(len(table.data), dtype=bool)
     check_finite(path, np.where(missing[:, None], 0.0, table.data), table.columns, done)
     keep = ~missing
     texts = {name: values[keep] for name, values in table.text.items()}
-    return Table(table.data[keep], table.columns, texts), int(missing.sum())
+    return Table(table.data[keep], table.columns, texts), missing
 
 
 def _with_categorical(
@@ -229,9 +239,11 @@ def _used_columns(
     return select
 
 
-def model_features(model, path: str) -> np.ndarray:
-    """The model's feature columns of the data file ``path``."""
-    return _model_columns(model, path, None, False).X
+def model_features(model, path: str, drop_missing: bool = False) -> Features:
+    """The model's feature columns of the data file ``path`` (``y`` empty); with
+    ``drop_missing`` the rows with a missing value are left out (``rows`` says
+    which are kept)."""
+    return _model_columns(model, path, None, drop_missing)
 
 
 def model_data(
@@ -277,9 +289,10 @@ def _model_columns(
         return ([] if target is None else [target]) + features
 
     table = _read_selected(path, select, frozenset(categories))
-    table, dropped = _complete_rows(path, table, drop_missing)
+    table, missing = _complete_rows(path, table, drop_missing)
     if len(table.data) == 0:
         raise ValueError(f"{path}: every row has a missing value")
+    dropped, rows = int(missing.sum()), np.flatnonzero(~missing)
     start = 0 if target is None else 1
     y = table.data[:, 0] if target is not None else np.empty(0)
     if names is None:
@@ -289,7 +302,7 @@ def _model_columns(
                 f"{path}: {X.shape[1]} feature columns, the model expects "
                 f"{model.n_features_in_}"
             )
-        return Features(X, y, None, table.columns[start:], dropped=dropped)
+        return Features(X, y, None, table.columns[start:], {}, dropped, rows)
     X, encoded = encode_categories(path, table, columns_of_names, categories)
     X = X[:, [encoded.index(n) for n in names]]
-    return Features(X, y, None, names, categories, dropped)
+    return Features(X, y, None, names, categories, dropped, rows)
