@@ -342,6 +342,10 @@ def _csv_value_error(
     if ragged:
         want, got, row = (int(g) for g in ragged.groups())
         return _ragged_row(path, row, got, want)
+    short = re.search(r"invalid column index \d+ at row (\d+) with (\d+) col", message)
+    if short:  # (numpy.loadtxt with usecols)
+        row, got = (int(g) for g in short.groups())
+        return _ragged_row(path, row, got, len(names))
     found = re.search(r"string '(.*)' to float64 at row (\d+), column (\d+)", message)
     if not found:
         return f"{path}: non-numeric or missing value ({message})"
