@@ -178,7 +178,8 @@ def test_a_small_tables_short_runs_are_not_cut():
     ids=lambda e: type(e).__name__,
 )
 def test_text_columns_of_a_data_frame_are_named(estimator):
-    """A DataFrame with text columns (a table as read): fit and predict name
+    """A pandas or polars DataFrame with text columns (a table as read; a
+    bool column is a number): fit and predict name
     them all and say how to encode them, instead of numpy's "could not convert
     string to float: 'north'"."""
     pd = pytest.importorskip("pandas")
@@ -200,3 +201,10 @@ def test_text_columns_of_a_data_frame_are_named(estimator):
         estimator.fit(frame[["x", "z"]], y)
     with pytest.raises(ValueError, match=r"'region', 'smsa' are not numeric"):
         estimator.predict(frame[["x", "z", "region", "smsa"]])
+    pl = pytest.importorskip("polars")
+    polars_frame = pl.from_pandas(frame).with_columns(pl.col("x") > 0)  # (a bool)
+    with pytest.raises(ValueError, match=r"'region', 'smsa' are not numeric.*to_dumm"):
+        estimator.fit(polars_frame, y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        estimator.fit(polars_frame.drop(["region", "smsa"]), y)

@@ -124,15 +124,22 @@ def check_numeric_columns(X: Any) -> None:
     ``ValueError`` naming them all, with the encoding that puts them in."""
     if hasattr(X, "select_dtypes"):  # pandas
         text = [str(c) for c in X.select_dtypes(exclude=["number", "bool"]).columns]
-    elif hasattr(X, "schema") and hasattr(X, "to_numpy"):  # polars
-        text = [str(c) for c, kind in X.schema.items() if not kind.is_numeric()]
+        encode = (
+            f"pandas.get_dummies(X, columns={text!r}, drop_first=True, dtype=float)"
+        )
+    elif hasattr(X, "schema") and hasattr(X, "to_dummies"):  # polars
+        text = [
+            str(c)
+            for c, kind in X.schema.items()
+            if not (kind.is_numeric() or str(kind) == "Boolean")
+        ]
+        encode = f"X.to_dummies(columns={text!r}, drop_first=True)"
     else:
         return
     if text:
         listed = ", ".join(map(repr, text))
         raise ValueError(
-            f"X's column(s) {listed} are not numeric: encode them, e.g. "
-            f"pandas.get_dummies(X, columns={text!r}, drop_first=True, dtype=float) "
+            f"X's column(s) {listed} are not numeric: encode them, e.g. {encode} "
             "for one 0/1 column per level, or drop them"
         )
 
