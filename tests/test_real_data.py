@@ -178,10 +178,9 @@ def test_a_small_tables_short_runs_are_not_cut():
     ids=lambda e: type(e).__name__,
 )
 def test_text_columns_of_a_data_frame_are_named(estimator):
-    """A pandas or polars DataFrame with text columns (a table as read; a
-    bool column is a number): fit and predict name
-    them all and say how to encode them, instead of numpy's "could not convert
-    string to float: 'north'"."""
+    """A pandas or polars DataFrame with text columns (a table as read; a bool
+    column is a number): fit and predict name them all and say how to encode
+    them, instead of numpy's "could not convert string to float: 'north'"."""
     pd = pytest.importorskip("pandas")
     X, y = two_lines(500, 0.3)
     frame = pd.DataFrame(
