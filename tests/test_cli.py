@@ -12,7 +12,7 @@ import pytest
 
 from conftest import two_lines
 from moelearn.cli import main
-from moelearn.io import atomic_path, load_model, read_table
+from moelearn.io import atomic_path, load_model, read_features, read_table
 
 
 def run(*args):
@@ -664,6 +664,24 @@ def test_missing_values_are_named_or_their_rows_left_out(workdir, tmp_path, caps
     frame.iloc[rows].to_csv(clean, index=False)
     assert run("predict", reference, clean, "--out", tmp_path / "q.csv") == 0
     np.testing.assert_array_equal(kept.data[:, 1:], read_table(tmp_path / "q.csv").data)
+
+
+def test_text_cells_with_commas_and_hashes_are_read_as_csv(tmp_path):
+    """An excluded column of notes with "#" and quoted commas (an address, a
+    name): the numbers beside it are read as they are (numpy.loadtxt took "#"
+    for a comment and a quoted comma for a separator, and said the row was
+    ragged or the target not numeric)."""
+    rng = np.random.default_rng(1)
+    numbers = rng.standard_normal((200, 3))
+    notes = ["apt #4", '"Smith, John"', "plain", '"a ""quoted"" word"']
+    lines = ["a,b,note,y"] + [
+        f"{a},{b},{notes[i % 4]},{y}" for i, (a, b, y) in enumerate(numbers.tolist())
+    ]
+    path = tmp_path / "notes.csv"
+    path.write_text("\n".join(lines) + "\n")
+    read = read_features(path, "y", exclude=["note"])
+    np.testing.assert_array_equal(read.X, numbers[:, :2])
+    np.testing.assert_array_equal(read.y, numbers[:, 2])
 
 
 def test_a_ragged_row_is_found_past_a_text_column(tmp_path, capsys):

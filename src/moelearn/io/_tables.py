@@ -287,7 +287,14 @@ def _load_csv(path: Path, usecols: list[int] | None) -> Array:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="loadtxt: input contained no data")
         return np.loadtxt(
-            path, delimiter=",", skiprows=1, ndmin=2, dtype=np.float64, usecols=usecols
+            path,
+            delimiter=",",
+            skiprows=1,
+            ndmin=2,
+            dtype=np.float64,
+            usecols=usecols,
+            comments=None,  # (CSV has no comments: "#" may be in a text cell)
+            quotechar='"',  # (a quoted cell may hold commas)
         )
 
 
