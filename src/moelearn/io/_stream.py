@@ -23,11 +23,11 @@ from moelearn.io._tables import (
     Select,
     Table,
     _csv_header,
-    _level_text,
     _not_numeric,
     _positions,
     _suffix,
     _text_columns,
+    level_texts,
 )
 
 Array = np.ndarray
@@ -203,8 +203,7 @@ def _npy_batches(path: Path, select: Select, text: frozenset[str]):
             rows = slice(start, start + STREAM_BATCH_ROWS)
             block = np.asarray(arr[rows][:, idx], dtype=np.float64)
             texts = {
-                name: np.array([_level_text(v) for v in arr[rows, j]], dtype=object)
-                for name, j in coded.items()
+                name: level_texts(arr[rows, j].tolist()) for name, j in coded.items()
             }
             release_pages(arr, rows)
             yield block, texts
@@ -273,10 +272,7 @@ def _arrow_blocks(path: Path, batches, names: list[str], text: frozenset[str]):
             cols, texts = [], {}
             for name, col in zip(names, batch.columns, strict=True):
                 if name in text:
-                    texts[name] = np.array(
-                        ["" if v is None else _level_text(v) for v in col.to_pylist()],
-                        dtype=object,
-                    )
+                    texts[name] = level_texts(col.to_pylist())
                     continue
                 if not _numeric_type(batch.schema, name):
                     raise ValueError(_not_numeric(path, [name]))

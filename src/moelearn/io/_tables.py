@@ -9,7 +9,7 @@ import os
 import re
 import warnings
 import zipfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -99,7 +99,7 @@ def _suffix(path: Path) -> str:
     return suffix
 
 
-def read_table(path: str | os.PathLike, columns: list[str] | None = None) -> Table:
+def read_table(path: str | os.PathLike) -> Table:
     """Read a numeric table from CSV (with a header), .npy, .npz or Parquet.
 
     * CSV: first line names the columns; every value read must be numeric.
@@ -107,11 +107,8 @@ def read_table(path: str | os.PathLike, columns: list[str] | None = None) -> Tab
     * .npz: arrays ``X`` (n, d) and ``y`` (n,) as written by ``moelearn simulate``,
       or any set of 1-D arrays of equal length (one column each).
     * Parquet (needs ``pyarrow``): numeric columns.
-
-    ``columns`` names the columns to read, in that order (the others may hold
-    anything, text included); all of them by default.
     """
-    return _read_selected(path, lambda names: columns)
+    return _read_selected(path, lambda names: None)
 
 
 #: Given a file's column names, the names to read (in order), or None for all.
@@ -129,6 +126,11 @@ def _read_selected(
         wanted = select(names)
         return wanted if not text else [n for n in wanted or names if n not in text]
 
+    if text and path.suffix.lower() in (".npy", ".npz"):  # (numbers: read once)
+        table = _read_numbers(path, select)
+        names = [n for n in table.columns if n not in text]
+        texts = {n: level_texts(table.data[:, table.columns.index(n)]) for n in text}
+        return Table(table.columns_named(names, path).data, names, texts)
     table = _read_numbers(path, numeric)
     if text:
         table.text = _read_text(path, sorted(text), len(table.data))
@@ -164,48 +166,55 @@ def _read_numbers(path: Path, select: Select) -> Table:
 
 
 def _read_text(path: Path, names: list[str], n_rows: int) -> dict[str, Array]:
-    """Columns ``names`` as strings (numbers written as read from a CSV file, or
-    as integers where they are whole); a missing value is ``""``."""
-    suffix = path.suffix.lower()
-    if suffix == ".csv":
-        header = _csv_header(path)
-        idx = _positions(path, header, names)
-        with open(path, newline="") as fh:  # (numpy skips blank lines too)
-            rows = [row for row in csv.reader(fh) if "".join(row).strip()][1:]
+    """Columns ``names`` of a CSV or Parquet file as strings (numbers written as
+    read from a CSV file, or as integers where they are whole); a missing value
+    is ``""``."""
+    if path.suffix.lower() == ".csv":
+        idx = _positions(path, _csv_header(path), names)
+        rows = _csv_filled_rows(path)
         found = {
             name: np.array(
                 [row[i].strip() if i < len(row) else "" for row in rows], dtype=object
             )
             for name, i in zip(names, idx, strict=True)
         }
-    elif suffix == ".parquet":
+    else:
         import pyarrow.parquet as pq
 
         table = pq.read_table(path, columns=names)
-        found = {
-            name: np.array(
-                ["" if v is None else _level_text(v) for v in table[name].to_pylist()],
-                dtype=object,
-            )
-            for name in names
-        }
-    else:
-        full = _read_numbers(path, lambda columns: names)
-        found = {
-            name: np.array([_level_text(v) for v in full.data[:, j]], dtype=object)
-            for j, name in enumerate(names)
-        }
+        found = {name: level_texts(table[name].to_pylist()) for name in names}
     for name, values in found.items():
         if len(values) != n_rows:
             raise ValueError(f"{path}: column {name!r} has a different number of rows")
     return found
 
 
-def _level_text(value: Any) -> str:
-    """A level's text: whole numbers without a decimal point."""
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)
+def level_texts(values: Iterable[Any]) -> Array:
+    """Levels as text: whole numbers without a decimal point, a missing value
+    (None) ``""``."""
+
+    def text(value: Any) -> str:
+        if value is None:
+            return ""
+        if isinstance(value, float) and value.is_integer():
+            return str(int(value))
+        return str(value)
+
+    return np.array([text(value) for value in values], dtype=object)
+
+
+def _csv_rows(path: Path) -> Iterator[list[str]]:
+    """A CSV file's data rows (after the header line), as the csv module splits
+    them."""
+    with open(path, newline="") as fh:
+        rows = csv.reader(fh)
+        next(rows, None)
+        yield from rows
+
+
+def _csv_filled_rows(path: Path) -> list[list[str]]:
+    """The data rows that are not blank (numpy.loadtxt skips those too)."""
+    return [row for row in _csv_rows(path) if "".join(row).strip()]
 
 
 def _positions(path: Path, names: list[str], wanted: list[str]) -> list[int]:
@@ -268,8 +277,7 @@ def _failing_cell(message: str) -> tuple[int, str] | None:
 def _csv_numbers(path: Path, names: list[str], used: list[int]) -> Array:
     """The ``used`` columns of a CSV file parsed cell by cell (slower than
     numpy.loadtxt, which has no missing values): :data:`MISSING` as NaN."""
-    with open(path, newline="") as fh:  # (numpy skips blank lines too)
-        rows = [row for row in csv.reader(fh) if "".join(row).strip()][1:]
+    rows = _csv_filled_rows(path)
     data = np.empty((len(rows), len(used)))
     for r, row in enumerate(rows):
         for j, i in enumerate(used):
@@ -300,12 +308,9 @@ def _load_csv(path: Path, usecols: list[int] | None) -> Array:
 
 def _check_row_lengths(path: Path, n_columns: int) -> None:
     """``ValueError`` at the first data row without ``n_columns`` values."""
-    with open(path, newline="") as fh:
-        rows = csv.reader(fh)
-        next(rows, None)
-        for row_number, row in enumerate(rows, start=1):
-            if row and len(row) != n_columns:
-                raise ValueError(_ragged_row(path, row_number, len(row), n_columns))
+    for row_number, row in enumerate(_csv_rows(path), start=1):
+        if row and len(row) != n_columns:
+            raise ValueError(_ragged_row(path, row_number, len(row), n_columns))
 
 
 def _ragged_row(path: Path, row: int, got: int, want: int) -> str:
@@ -375,16 +380,13 @@ def _text_columns(path: Path, names: list[str], used: Iterable[int]) -> list[str
     :data:`TEXT_SCAN_ROWS` data rows."""
     used = list(used)
     found: set[int] = set()
-    with open(path, newline="") as fh:
-        rows = csv.reader(fh)
-        next(rows, None)
-        for _, row in zip(range(TEXT_SCAN_ROWS), rows, strict=False):
-            for i in used:
-                if i < len(row) and i not in found and row[i].strip() not in MISSING:
-                    try:
-                        float(row[i])
-                    except ValueError:
-                        found.add(i)
+    for _, row in zip(range(TEXT_SCAN_ROWS), _csv_rows(path), strict=False):
+        for i in used:
+            if i < len(row) and i not in found and row[i].strip() not in MISSING:
+                try:
+                    float(row[i])
+                except ValueError:
+                    found.add(i)
     return [names[i] for i in used if i in found]
 
 
